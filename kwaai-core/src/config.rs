@@ -1,0 +1,33 @@
+//! Configuration of a [`crate::Node`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where hivemind listens by default: loopback, an OS-chosen TCP port.
+pub const DEFAULT_LISTEN_ADDR: &str = "/ip4/127.0.0.1/tcp/0";
+
+/// How a node starts: its identity and where it listens.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Multiaddrs to listen on, e.g. `/ip4/127.0.0.1/tcp/0`. Empty means [`DEFAULT_LISTEN_ADDR`].
+    pub listen_addrs: Vec<String>,
+    /// A libp2p private-key file (hivemind's format: a protobuf `PrivateKey`). When the file is
+    /// missing a fresh Ed25519 key is written there (mode 0400); when `None` the node gets a fresh
+    /// key on every start, as hivemind does.
+    pub identity_path: Option<PathBuf>,
+    /// Worker threads of the node's tokio runtime; `None` picks `min(available cores, 4)`.
+    pub worker_threads: Option<usize>,
+    /// How long [`crate::Node::start`] waits for every listener to come up.
+    pub start_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen_addrs: Vec::new(),
+            identity_path: None,
+            worker_threads: None,
+            start_timeout: Duration::from_secs(10),
+        }
+    }
+}

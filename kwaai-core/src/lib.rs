@@ -1,0 +1,19 @@
+//! kwaai-core: a node of the Petals / hivemind swarm.
+//!
+//! [`Node`] is the entry point: it owns a tokio runtime and a libp2p host that speaks the same
+//! wire as Python hivemind peers. Every fallible call returns [`Error`], whose [`ErrorKind`] is the
+//! stable, coarse classification shared by the C ABI and every language binding.
+
+mod config;
+mod error;
+mod identity;
+mod node;
+pub mod p2p;
+
+pub use config::NodeConfig;
+pub use error::{Error, ErrorKind, Result};
+pub use identity::Identity;
+pub use node::Node;
+
+/// The crate version, as in Cargo.toml.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,229 @@
+//! The node facade: owns the tokio runtime and the services running on it.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::{NodeConfig, DEFAULT_LISTEN_ADDR};
+use crate::error::{Error, ErrorKind, Result};
+use crate::identity::Identity;
+use crate::p2p::{start_host, HostHandle, PeerInfo};
+
+/// How long `shutdown` waits for in-flight work before dropping it.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A running kwaai node.
+///
+/// The node owns its own tokio runtime, so it can be used from plain threads and from any host
+/// language. Its methods block the calling thread; do not call them from inside an async runtime.
+/// Dropping the node shuts it down.
+pub struct Node {
+    peer_id: PeerId,
+    running: Mutex<Option<Running>>,
+}
+
+struct Running {
+    runtime: Runtime,
+    host: HostHandle,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Node {
+    /// Starts a node: loads or creates its identity, starts its runtime and listeners, and returns
+    /// once every listen address is bound.
+    pub fn start(config: NodeConfig) -> Result<Node> {
+        let listen = parse_listen_addrs(&config.listen_addrs)?;
+        let identity = match &config.identity_path {
+            Some(path) => Identity::load_or_create(path)?,
+            None => Identity::generate(),
+        };
+        let workers =
+            config.worker_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get().min(4)));
+        if workers == 0 {
+            return Err(Error::invalid_argument("worker_threads must be at least 1"));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("kwaai-node")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::with_source(ErrorKind::Io, "starting the node runtime", e))?;
+        let (stop, stopped) = oneshot::channel();
+        let started = runtime.block_on(start_host(&identity, &listen, config.start_timeout, stopped));
+        let (host, task) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                runtime.shutdown_timeout(SHUTDOWN_GRACE);
+                return Err(e);
+            }
+        };
+        let peer_id = identity.peer_id();
+        tracing::info!(%peer_id, "node started");
+        Ok(Node { peer_id, running: Mutex::new(Some(Running { runtime, host, stop, task })) })
+    }
+
+    /// The node's peer ID.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The addresses the node listens on, each ending in `/p2p/<peer id>` so that other peers can
+    /// use them as initial peers. Empty after shutdown.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let Some(host) = self.host() else { return Vec::new() };
+        host.listen_addrs().into_iter().map(|addr| addr.with_p2p(self.peer_id).unwrap_or_else(|addr| addr)).collect()
+    }
+
+    /// Whether the node is still running.
+    pub fn is_running(&self) -> bool {
+        self.host().is_some()
+    }
+
+    /// Connects to the peer at `addr` (a multiaddr, usually ending in `/p2p/<peer id>`) and returns
+    /// what it says about itself.
+    pub fn connect(&self, addr: &str, timeout: Duration) -> Result<PeerInfo> {
+        let addr = parse_multiaddr(addr)?;
+        let (host, runtime) = {
+            let running = self.lock();
+            let running = running.as_ref().ok_or_else(closed)?;
+            (running.host.clone(), running.runtime.handle().clone())
+        };
+        runtime.block_on(async {
+            tokio::time::timeout(timeout, host.connect(addr.clone()))
+                .await
+                .map_err(|_| Error::new(ErrorKind::Timeout, format!("connecting to {addr} took over {timeout:?}")))?
+        })
+    }
+
+    /// Stops every service and the runtime. Idempotent: later calls do nothing.
+    pub fn shutdown(&self) {
+        let Some(running) = self.lock().take() else { return };
+        let Running { runtime, host, stop, task } = running;
+        drop(host);
+        let _ = stop.send(());
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Blocking inside an async context would panic: let the runtime wind down on its own.
+            runtime.shutdown_background();
+            return;
+        }
+        let _ = runtime.block_on(async { tokio::time::timeout(SHUTDOWN_GRACE, task).await });
+        runtime.shutdown_timeout(SHUTDOWN_GRACE);
+        tracing::info!(peer_id = %self.peer_id, "node stopped");
+    }
+
+    fn host(&self) -> Option<HostHandle> {
+        self.lock().as_ref().map(|r| r.host.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Running>> {
+        // A panic while holding the lock cannot leave `Running` half-updated: recover the guard.
+        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("peer_id", &self.peer_id).field("running", &self.is_running()).finish()
+    }
+}
+
+fn closed() -> Error {
+    Error::new(ErrorKind::Closed, "the node is shut down")
+}
+
+fn parse_multiaddr(text: &str) -> Result<Multiaddr> {
+    text.parse().map_err(|e| Error::with_source(ErrorKind::InvalidArgument, format!("bad multiaddr {text:?}"), e))
+}
+
+fn parse_listen_addrs(addrs: &[String]) -> Result<Vec<Multiaddr>> {
+    if addrs.is_empty() {
+        return Ok(vec![DEFAULT_LISTEN_ADDR.parse().expect("the default listen address parses")]);
+    }
+    addrs
+        .iter()
+        .map(|text| {
+            let addr = parse_multiaddr(text)?;
+            if addr.iter().any(|p| matches!(p, Protocol::P2p(_))) {
+                return Err(Error::invalid_argument(format!("listen address {text:?} must not contain /p2p/")));
+            }
+            Ok(addr)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loopback() -> NodeConfig {
+        NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() }
+    }
+
+    #[test]
+    fn starts_listens_on_loopback_and_shuts_down() {
+        let node = Node::start(loopback()).unwrap();
+        let addrs = node.listen_addrs();
+        assert_eq!(addrs.len(), 1);
+        let text = addrs[0].to_string();
+        assert!(text.starts_with("/ip4/127.0.0.1/tcp/"), "{text}");
+        assert!(text.ends_with(&format!("/p2p/{}", node.peer_id())), "{text}");
+        assert!(!text.contains("/tcp/0/"), "port must be bound: {text}");
+        node.shutdown();
+        assert!(!node.is_running());
+        assert!(node.listen_addrs().is_empty());
+        node.shutdown();
+        let err = node.connect(&text, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Closed);
+    }
+
+    #[test]
+    fn bad_listen_addresses_are_invalid_arguments() {
+        for bad in ["not a multiaddr", "/ip4/127.0.0.1/tcp/0/p2p/12D3KooWJWoaqZhDaoEFshF7Rh1bpY9ohihFhzcW6d69Lr2NASuq"]
+        {
+            let config = NodeConfig { listen_addrs: vec![bad.into()], ..NodeConfig::default() };
+            let err = Node::start(config).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn two_nodes_connect_and_identify_each_other() {
+        let a = Node::start(loopback()).unwrap();
+        let b = Node::start(loopback()).unwrap();
+        let info = a.connect(&b.listen_addrs()[0].to_string(), Duration::from_secs(10)).unwrap();
+        assert_eq!(info.peer_id, b.peer_id());
+        assert!(info.agent_version.starts_with("kwaai/"), "{}", info.agent_version);
+        assert!(info.protocols.iter().any(|p| p == "/ipfs/id/1.0.0"), "{:?}", info.protocols);
+    }
+
+    #[test]
+    fn dialing_a_closed_port_is_a_network_error() {
+        let a = Node::start(loopback()).unwrap();
+        let b = Node::start(loopback()).unwrap();
+        let addr = b.listen_addrs()[0].to_string();
+        b.shutdown();
+        let err = a.connect(&addr, Duration::from_secs(10)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Network, "{err}");
+    }
+
+    #[test]
+    fn same_identity_file_gives_same_peer_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = NodeConfig { identity_path: Some(dir.path().join("id.key")), ..loopback() };
+        let first = Node::start(config.clone()).unwrap().peer_id();
+        let second = Node::start(config).unwrap().peer_id();
+        assert_eq!(first, second);
+    }
+}
