@@ -14,6 +14,10 @@ pub use config::NodeConfig;
 pub use error::{Error, ErrorKind, Result};
 pub use identity::Identity;
 pub use node::Node;
+pub use p2p::PeerInfo;
+
+/// Peer IDs and multiaddrs as libp2p defines them.
+pub use libp2p::{Multiaddr, PeerId};
 
 /// The crate version, as in Cargo.toml.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,86 @@
+//! Support for tests that run the Python reference peer (../shared/reference installed into a venv).
+//!
+//! An interop test that cannot start the reference fails with a message saying how to install it;
+//! it never skips.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The reference venv's Python: `$KWAAI_REFERENCE_PYTHON`, else `~/.cache/kwaai/reference-venv/bin/python`.
+pub fn reference_python() -> PathBuf {
+    let path = std::env::var_os("KWAAI_REFERENCE_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+        home.join(".cache/kwaai/reference-venv/bin/python")
+    });
+    assert!(
+        path.exists(),
+        "the reference peer is not installed at {}: run `make reference` (or set KWAAI_REFERENCE_PYTHON)",
+        path.display()
+    );
+    path
+}
+
+/// A Python script from `tests/reference/`, run by the reference venv. It must print one JSON
+/// line when ready and exit when its stdin closes; dropping this closes stdin, waits, then kills.
+pub struct ReferenceProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl ReferenceProcess {
+    /// Starts `tests/reference/<script>` with `args`.
+    pub fn start(script: &str, args: &[&str]) -> Self {
+        let path = repo_root().join("tests/reference").join(script);
+        let mut child = Command::new(reference_python())
+            .arg(&path)
+            .args(args)
+            .env("HF_HUB_OFFLINE", "1")
+            .env("TRANSFORMERS_OFFLINE", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the reference peer {}: {e}", path.display()));
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        ReferenceProcess { child, stdin, stdout }
+    }
+
+    /// Reads the next JSON line the script prints (panics if it exits first).
+    pub fn read_json(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        let n = self.stdout.read_line(&mut line).expect("reading the reference peer's stdout");
+        assert!(n > 0, "the reference peer exited before printing its JSON line (see its stderr above)");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON from the reference peer: {e}: {line}"))
+    }
+
+    /// Sends one line to the script's stdin.
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").and_then(|()| stdin.flush()).expect("writing to the reference peer");
+    }
+}
+
+impl Drop for ReferenceProcess {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
