@@ -9,6 +9,7 @@ mod error;
 mod identity;
 mod node;
 pub mod p2p;
+pub mod wire;
 
 pub use config::NodeConfig;
 pub use error::{Error, ErrorKind, Result};
