@@ -1,0 +1,12 @@
+//! Swift and Kotlin bindings of kwaai through UniFFI (proc-macro interface, no UDL).
+//!
+//! One file per core concept: `node.rs` for `kwaai_core::Node`, `error.rs` for its errors. The
+//! generated sources live in `generated/` and are checked for staleness by `make test`.
+
+mod error;
+mod node;
+
+pub use error::KwaaiError;
+pub use node::{Node, NodeConfig};
+
+uniffi::setup_scaffolding!("kwaai");
