@@ -5,6 +5,7 @@
 //! stable, coarse classification shared by the C ABI and every language binding.
 
 mod config;
+pub mod dht;
 mod error;
 mod identity;
 mod node;

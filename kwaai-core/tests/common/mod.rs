@@ -84,3 +84,27 @@ impl Drop for ReferenceProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `tests/reference/<script>` to completion with `stdin` as input and returns its stdout;
+/// panics with its stderr if it fails.
+pub fn run_reference_script(script: &str, args: &[&str], stdin: &str) -> String {
+    let path = repo_root().join("tests/reference").join(script);
+    let mut child = Command::new(reference_python())
+        .arg(&path)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", path.display()));
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("writing stdin");
+    let output = child.wait_with_output().expect("waiting for the reference script");
+    assert!(
+        output.status.success(),
+        "{} failed ({}):\n{}",
+        path.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
