@@ -7,6 +7,8 @@ SHARED ?= $(abspath $(CURDIR)/../shared)
 REFERENCE_VENV ?= $(HOME)/.cache/kwaai/reference-venv
 export KWAAI_REFERENCE_PYTHON ?= $(REFERENCE_VENV)/bin/python
 VENV := $(CURDIR)/target/venv
+# pyo3 finds Python through PATH unless told; pinning it keeps npx's PATH from forcing rebuilds.
+export PYO3_PYTHON ?= $(shell command -v python3)
 PYTHON_TOOLS := maturin==1.16.0 pytest==8.3.4 mypy==1.13.0
 FFI_LIB := target/debug
 C_FLAGS := -std=c11 -Wall -Wextra -Werror -Iinclude
@@ -14,8 +16,8 @@ C_LINK := -L$(FFI_LIB) -lkwaai -Wl,-rpath,$(CURDIR)/$(FFI_LIB)
 VALGRIND := valgrind -q --leak-check=full --show-leak-kinds=definite,indirect \
 	--errors-for-leak-kinds=definite,indirect --error-exitcode=1
 
-.PHONY: help demo test deps reference tools lint test-rust test-c test-python test-node check-generated \
-	header uniffi-bindings
+.PHONY: help demo test deps reference tools build lint test-rust test-c test-python test-node check-generated \
+	header uniffi-bindings wheel
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -23,7 +25,7 @@ help: ## list the targets
 demo: ## build and run the local demo swarm on 127.0.0.1 (Ctrl-C stops it)
 	cargo run -p kwaai-cli -- demo
 
-test: deps lint test-rust test-c test-python test-node check-generated ## install what tests need, run every test
+test: deps lint build test-rust test-c test-python test-node check-generated ## install what tests need, run every test
 	@echo "make test: all suites passed"
 
 deps: reference tools ## the reference peer, Python and Node test tools, valgrind
@@ -36,16 +38,22 @@ tools:
 	[ -x $(VENV)/bin/maturin ] || { python3 -m venv $(VENV) && $(VENV)/bin/pip install -q $(PYTHON_TOOLS); }
 	cd bindings/node && npm ci --no-audit --no-fund --loglevel=error
 
+# Every cargo invocation selects the whole workspace with all targets, so dependencies are
+# resolved with one feature set and compiled once (per-package builds would rebuild them).
+CARGO_SET := --workspace --all-targets
+
+build: ## build every crate, library and test of the workspace (debug)
+	cargo build $(CARGO_SET)
+
 lint: ## formatting and clippy, warnings are errors
 	cargo fmt --all --check
-	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy $(CARGO_SET) -- -D warnings
 
-test-rust: ## Rust unit, interop and header tests, and the Rust examples
-	cargo test
-	cargo run -q -p kwaai-core --example start_node
+test-rust: build ## Rust unit, interop and header tests, and the Rust examples
+	cargo test --workspace
+	./target/debug/examples/start_node
 
-test-c: ## the C ABI from C: plain, under valgrind, and with AddressSanitizer
-	cargo build -p kwaai-ffi
+test-c: build ## the C ABI from C: plain, under valgrind, and with AddressSanitizer
 	mkdir -p target/c
 	gcc $(C_FLAGS) tests/c/node_lifecycle.c $(C_LINK) -o target/c/node_lifecycle
 	gcc $(C_FLAGS) -fsanitize=address,undefined -fno-omit-frame-pointer tests/c/node_lifecycle.c $(C_LINK) \
@@ -56,20 +64,26 @@ test-c: ## the C ABI from C: plain, under valgrind, and with AddressSanitizer
 	gcc $(C_FLAGS) examples/c/start_node.c $(C_LINK) -o target/c/start_node && ./target/c/start_node
 	@echo "C ABI: clean under valgrind and AddressSanitizer"
 
-test-python: ## build the Python package into a venv, run pytest and check the type stubs
-	cd bindings/python && VIRTUAL_ENV=$(VENV) PATH=$(VENV)/bin:$$PATH maturin develop -q
-	cd bindings/python && $(VENV)/bin/python -m mypy.stubtest kwaai._kwaai
-	cd bindings/python && $(VENV)/bin/pytest -q tests
-	$(VENV)/bin/python examples/python/start_node.py
+# The tests import the package from its source tree with the extension built by `make build`
+# (what `maturin develop` does, without a second cargo build); `make wheel` builds the wheel.
+PY_RUN := PYTHONPATH=$(CURDIR)/bindings/python/python $(VENV)/bin/python
 
-test-node: ## build the Node addon and run node's test runner
-	cd bindings/node && npx napi build --platform --js index.js --dts index.d.ts
+test-python: build ## the Python package: pytest, type stubs checked against the module, the example
+	cp target/debug/lib_kwaai.so bindings/python/python/kwaai/_kwaai.abi3.so
+	$(PY_RUN) -m mypy.stubtest kwaai._kwaai
+	cd bindings/python && $(PY_RUN) -m pytest -q tests
+	$(PY_RUN) examples/python/start_node.py
+
+wheel: ## build the Python wheel (release) into target/wheels
+	cd bindings/python && $(VENV)/bin/maturin build --release -o $(CURDIR)/target/wheels
+
+test-node: build ## build the Node addon and run node's test runner
+	cd bindings/node && npx napi build --platform --js index.js --dts index.d.ts --cargo-flags="$(CARGO_SET)"
 	cd bindings/node && node --test __test__/
 	node examples/node/start_node.mjs
 
-check-generated: ## generated sources (header, index.d.ts, UniFFI) are committed and current
+check-generated: build ## generated sources (header, index.d.ts, UniFFI) are committed and current
 	rm -rf target/uniffi-check
-	cargo build -p kwaai-uniffi
 	./target/debug/uniffi-bindgen generate --no-format --library target/debug/libkwaai_uniffi.so \
 		--language kotlin --language swift --out-dir target/uniffi-check >/dev/null
 	diff -r bindings/uniffi/generated target/uniffi-check || \
@@ -78,10 +92,9 @@ check-generated: ## generated sources (header, index.d.ts, UniFFI) are committed
 		{ echo "bindings/node/index.{js,d.ts} changed: commit them"; exit 1; }
 
 header: ## regenerate include/kwaai.h
-	KWAAI_BLESS=1 cargo test -p kwaai-ffi --test header_is_current
+	KWAAI_BLESS=1 cargo test $(CARGO_SET) --test header_is_current
 
-uniffi-bindings: ## regenerate the Swift and Kotlin sources
-	cargo build -p kwaai-uniffi
+uniffi-bindings: build ## regenerate the Swift and Kotlin sources
 	rm -rf bindings/uniffi/generated
 	./target/debug/uniffi-bindgen generate --no-format --library target/debug/libkwaai_uniffi.so \
 		--language kotlin --language swift --out-dir bindings/uniffi/generated
