@@ -41,6 +41,10 @@ use crate::wire::p2pd::{
 
 /// How many requests a streaming handler's input holds before the reader waits (hivemind: 5).
 const STREAM_PREFETCH: usize = 5;
+/// Most bytes of unread input a streaming handler swallows after refusing a frame.
+const MAX_DRAIN: usize = 64 << 20;
+/// How long a finished streaming handler waits for its caller's remaining input.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// The length of a unary call ID (a UUID).
 const CALL_ID_LEN: usize = 16;
 
@@ -416,12 +420,21 @@ async fn serve_stream(peer: PeerId, stream: RpcStream, handler: Arc<StreamFn>, l
                 Ok(Some(Frame::Error(_))) | Ok(None) => break,
                 Err(e) => {
                     let _ = requests_tx.send(Err(e)).await;
-                    break;
+                    drop(requests_tx);
+                    // Swallow what the caller is still sending (bounded), so that it reads our error
+                    // frame instead of failing on a reset stream.
+                    let mut scratch = vec![0u8; 64 << 10];
+                    let mut drained = 0usize;
+                    while drained < MAX_DRAIN {
+                        match reader.read(&mut scratch).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => drained += n,
+                        }
+                    }
+                    return;
                 }
             }
         }
-        drop(requests_tx);
-        futures::future::pending::<()>().await;
     };
     let requests = ChannelStream(requests_rx).boxed();
     let mut replies = handler(peer, requests);
@@ -447,8 +460,12 @@ async fn serve_stream(peer: PeerId, stream: RpcStream, handler: Arc<StreamFn>, l
     };
     futures::pin_mut!(read_requests, write_replies);
     match futures::future::select(read_requests, write_replies).await {
-        futures::future::Either::Right((result, _)) => result,
-        futures::future::Either::Left(((), _)) => Ok(()),
+        futures::future::Either::Left(((), write_replies)) => write_replies.await,
+        futures::future::Either::Right((result, read_requests)) => {
+            // The handler is done; let the caller finish sending for a moment before the stream goes.
+            let _ = tokio::time::timeout(DRAIN_GRACE, read_requests).await;
+            result
+        }
     }
 }
 
