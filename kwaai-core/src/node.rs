@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use crate::config::{NodeConfig, DEFAULT_LISTEN_ADDR};
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::Identity;
-use crate::p2p::{start_host, HostHandle, PeerInfo};
+use crate::p2p::{start_host, HostHandle, PeerInfo, RequestStream, Rpc, RpcLimits};
 
 /// How long `shutdown` waits for in-flight work before dropping it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -99,6 +99,93 @@ impl Node {
                 .await
                 .map_err(|_| Error::new(ErrorKind::Timeout, format!("connecting to {addr} took over {timeout:?}")))?
         })
+    }
+
+    /// The RPC layer, for async use: register handlers, call peers (see [`Rpc`]).
+    pub fn rpc(&self) -> Result<Rpc> {
+        Ok(self.host().ok_or_else(closed)?.rpc().clone())
+    }
+
+    /// Registers a unary hivemind handler under `name` (e.g. `DHTProtocol.rpc_ping`, no leading
+    /// slash): it gets the caller's peer ID and serialized request and returns the serialized
+    /// reply, or an error whose message the caller receives. It runs on the node's runtime.
+    pub fn add_unary_handler<F, Fut>(&self, name: &str, handler: F) -> Result<()>
+    where
+        F: Fn(PeerId, Vec<u8>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Vec<u8>>> + Send + 'static,
+    {
+        self.rpc()?.add_unary_handler(name, handler)
+    }
+
+    /// Registers a streaming hivemind handler under `name`: it gets the caller's requests as a
+    /// stream and returns a stream of replies; an `Err` item ends the call with its message.
+    pub fn add_stream_handler<F, S>(&self, name: &str, handler: F) -> Result<()>
+    where
+        F: Fn(PeerId, RequestStream) -> S + Send + Sync + 'static,
+        S: futures::Stream<Item = Result<Vec<u8>>> + Send + 'static,
+    {
+        self.rpc()?.add_stream_handler(name, handler)
+    }
+
+    /// Removes the handler `name`; returns whether there was one.
+    pub fn remove_handler(&self, name: &str) -> Result<bool> {
+        Ok(self.rpc()?.remove_handler(name))
+    }
+
+    /// Sets the RPC size limits and handler timeout.
+    pub fn set_rpc_limits(&self, limits: RpcLimits) -> Result<()> {
+        self.rpc()?.set_limits(limits);
+        Ok(())
+    }
+
+    /// Calls `peer`'s unary handler `name` and returns its serialized reply. The peer is dialed if
+    /// needed (its addresses come from Kademlia). A handler error arrives as an
+    /// [`ErrorKind::Protocol`] error carrying the handler's message.
+    pub fn call_unary(&self, peer: PeerId, name: &str, request: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        let (rpc, runtime) = self.rpc_and_runtime()?;
+        runtime.block_on(rpc.call_unary(peer, name, request.to_vec(), timeout))
+    }
+
+    /// Calls `peer`'s streaming handler `name` with `requests` and collects every reply.
+    /// `timeout` bounds opening the call and each wait for a reply.
+    pub fn call_stream(
+        &self,
+        peer: PeerId,
+        name: &str,
+        requests: Vec<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Vec<Vec<u8>>> {
+        use futures::StreamExt;
+        let (rpc, runtime) = self.rpc_and_runtime()?;
+        runtime.block_on(async {
+            let mut replies = rpc.call_stream(peer, name, futures::stream::iter(requests), timeout).await?;
+            let mut out = Vec::new();
+            while let Some(reply) = replies.next().await {
+                out.push(reply?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Connects to `peer` by its ID alone: known addresses first, else a Kademlia lookup through
+    /// the peers we are connected to.
+    pub fn dial_peer(&self, peer: PeerId, timeout: Duration) -> Result<()> {
+        let (host, runtime) = {
+            let running = self.lock();
+            let running = running.as_ref().ok_or_else(closed)?;
+            (running.host.clone(), running.runtime.handle().clone())
+        };
+        runtime.block_on(async {
+            tokio::time::timeout(timeout, host.dial_peer(peer))
+                .await
+                .map_err(|_| Error::new(ErrorKind::Timeout, format!("reaching {peer} took over {timeout:?}")))?
+        })
+    }
+
+    fn rpc_and_runtime(&self) -> Result<(Rpc, tokio::runtime::Handle)> {
+        let running = self.lock();
+        let running = running.as_ref().ok_or_else(closed)?;
+        Ok((running.host.rpc().clone(), running.runtime.handle().clone()))
     }
 
     /// Stops every service and the runtime. Idempotent: later calls do nothing.

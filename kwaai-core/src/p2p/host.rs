@@ -5,14 +5,18 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::ListenerId;
-use libp2p::swarm::dial_opts::DialOpts;
-use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{identify, noise, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::core::upgrade::Version;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
+use libp2p::{identify, kad, noise, tcp, yamux, Multiaddr, PeerId, Swarm, Transport};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::behaviour::{Behaviour, BehaviourEvent};
+use super::muxer::RpcMuxer;
+use super::rpc::{Rpc, RpcShared};
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::Identity;
 
@@ -36,8 +40,11 @@ pub struct PeerInfo {
     pub listen_addrs: Vec<Multiaddr>,
 }
 
-enum Command {
+pub(crate) enum Command {
+    /// Dial `addr` and answer with the peer's identify record.
     Connect { addr: Multiaddr, reply: oneshot::Sender<Result<PeerInfo>> },
+    /// Make sure we have a connection to `peer`, finding its addresses through Kademlia if needed.
+    Dial { peer: PeerId, reply: oneshot::Sender<Result<()>> },
 }
 
 /// A cheap, cloneable handle to the running swarm task.
@@ -45,12 +52,28 @@ enum Command {
 pub(crate) struct HostHandle {
     commands: mpsc::Sender<Command>,
     listen_addrs: Arc<RwLock<Vec<Multiaddr>>>,
+    rpc: Rpc,
 }
 
 impl HostHandle {
+    /// The RPC layer: handlers and calls.
+    pub fn rpc(&self) -> &Rpc {
+        &self.rpc
+    }
+
     /// The addresses the host currently listens on (without the `/p2p/` suffix).
     pub fn listen_addrs(&self) -> Vec<Multiaddr> {
         self.listen_addrs.read().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// Connects to `peer` by ID (through Kademlia if its addresses are unknown).
+    pub async fn dial_peer(&self, peer: PeerId) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Dial { peer, reply })
+            .await
+            .map_err(|_| Error::new(ErrorKind::Closed, "the node is shut down"))?;
+        answer.await.map_err(|_| Error::new(ErrorKind::Closed, "the node is shut down"))?
     }
 
     /// Dials `addr` and waits until the peer has identified itself.
@@ -72,7 +95,9 @@ pub(crate) async fn start_host(
     timeout: Duration,
     stop: oneshot::Receiver<()>,
 ) -> Result<(HostHandle, JoinHandle<()>)> {
-    let mut swarm = build_swarm(identity)?;
+    let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
+    let rpc = Arc::new(RpcShared::new(tokio::runtime::Handle::current(), commands_tx.downgrade()));
+    let mut swarm = build_swarm(identity, rpc.clone())?;
     let mut waiting: HashSet<ListenerId> = HashSet::new();
     for addr in listen {
         let id = swarm
@@ -80,9 +105,14 @@ pub(crate) async fn start_host(
             .map_err(|e| Error::with_source(ErrorKind::InvalidArgument, format!("cannot listen on {addr}"), e))?;
         waiting.insert(id);
     }
-    let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
-    let mut event_loop =
-        EventLoop { swarm, commands, listen_addrs: Arc::new(RwLock::new(Vec::new())), connecting: HashMap::new() };
+    let mut event_loop = EventLoop {
+        swarm,
+        commands,
+        listen_addrs: Arc::new(RwLock::new(Vec::new())),
+        connecting: HashMap::new(),
+        dialing: HashMap::new(),
+        lookups: HashMap::new(),
+    };
     let wait_for_listeners = async {
         while !waiting.is_empty() {
             let event = event_loop.swarm.select_next_some().await;
@@ -109,22 +139,33 @@ pub(crate) async fn start_host(
     tokio::time::timeout(timeout, wait_for_listeners)
         .await
         .map_err(|_| Error::new(ErrorKind::Timeout, format!("listeners not up after {timeout:?}")))??;
-    let handle = HostHandle { commands: commands_tx, listen_addrs: event_loop.listen_addrs.clone() };
+    let handle =
+        HostHandle { commands: commands_tx, listen_addrs: event_loop.listen_addrs.clone(), rpc: Rpc::new(rpc) };
     let task = tokio::spawn(event_loop.run(stop));
     Ok((handle, task))
 }
 
-fn build_swarm(identity: &Identity) -> Result<Swarm<Behaviour>> {
-    let transport_error =
-        |e: &dyn std::fmt::Display| Error::new(ErrorKind::Internal, format!("building transport: {e}"));
-    Ok(libp2p::SwarmBuilder::with_existing_identity(identity.keypair().clone())
-        .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-        .map_err(|e| transport_error(&e))?
-        .with_behaviour(|key| Behaviour::new(key.public()))
-        .map_err(|e| transport_error(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
-        .build())
+/// TCP, then Noise, then yamux (as p2pd offers them), with every yamux connection wrapped in
+/// [`RpcMuxer`] so that hivemind's handler names reach our RPC layer.
+fn build_swarm(identity: &Identity, rpc: Arc<RpcShared>) -> Result<Swarm<Behaviour>> {
+    let keypair = identity.keypair();
+    let noise = noise::Config::new(keypair)
+        .map_err(|e| Error::with_source(ErrorKind::Internal, "building the noise transport", e))?;
+    let transport = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise)
+        .multiplex(yamux::Config::default())
+        .map({
+            let rpc = rpc.clone();
+            move |(peer, muxer), _| {
+                let muxer = RpcMuxer::new(StreamMuxerBox::new(muxer), peer, rpc.clone());
+                (peer, StreamMuxerBox::new(muxer))
+            }
+        })
+        .boxed();
+    let behaviour = Behaviour::new(keypair.public(), rpc);
+    let config = libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT);
+    Ok(Swarm::new(transport, behaviour, keypair.public().to_peer_id(), config))
 }
 
 struct EventLoop {
@@ -133,6 +174,10 @@ struct EventLoop {
     listen_addrs: Arc<RwLock<Vec<Multiaddr>>>,
     /// Outgoing connections whose caller waits for the peer's identify info.
     connecting: HashMap<ConnectionId, oneshot::Sender<Result<PeerInfo>>>,
+    /// Peers being dialed by ID, with whoever waits for the connection.
+    dialing: HashMap<PeerId, Vec<oneshot::Sender<Result<()>>>>,
+    /// Kademlia lookups of peers' addresses, by query.
+    lookups: HashMap<kad::QueryId, PeerId>,
 }
 
 impl EventLoop {
@@ -149,6 +194,11 @@ impl EventLoop {
         }
         for (_, reply) in self.connecting.drain() {
             let _ = reply.send(Err(Error::new(ErrorKind::Closed, "the node shut down")));
+        }
+        for (_, replies) in self.dialing.drain() {
+            for reply in replies {
+                let _ = reply.send(Err(Error::new(ErrorKind::Closed, "the node shut down")));
+            }
         }
         tracing::debug!("swarm task stopped");
     }
@@ -167,6 +217,67 @@ impl EventLoop {
                     }
                 }
             }
+            Command::Dial { peer, reply } => {
+                if self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                let first = !self.dialing.contains_key(&peer);
+                self.dialing.entry(peer).or_default().push(reply);
+                if first {
+                    self.dial_peer(peer);
+                }
+            }
+        }
+    }
+
+    /// Dials `peer` at the addresses the behaviours know; with none, asks Kademlia first.
+    fn dial_peer(&mut self, peer: PeerId) {
+        let opts = DialOpts::peer_id(peer).condition(PeerCondition::DisconnectedAndNotDialing).build();
+        match self.swarm.dial(opts) {
+            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
+            Err(DialError::NoAddresses) if !self.lookups.values().any(|p| p == &peer) => {
+                let query = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                self.lookups.insert(query, peer);
+            }
+            Err(DialError::NoAddresses) => {}
+            Err(e) => self.dial_failed(peer, Error::with_source(ErrorKind::Network, format!("dialing {peer}"), e)),
+        }
+    }
+
+    fn dial_failed(&mut self, peer: PeerId, error: Error) {
+        for reply in self.dialing.remove(&peer).unwrap_or_default() {
+            let _ = reply.send(Err(Error::new(error.kind(), error.message())));
+        }
+    }
+
+    fn on_kad_event(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::OutboundQueryProgressed {
+                id, result: kad::QueryResult::GetClosestPeers(result), step, ..
+            } => {
+                let Some(&peer) = self.lookups.get(&id) else { return };
+                let found = match &result {
+                    Ok(ok) => ok.peers.iter().find(|info| info.peer_id == peer).cloned(),
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => {
+                        peers.iter().find(|info| info.peer_id == peer).cloned()
+                    }
+                };
+                if let Some(info) = found {
+                    for addr in info.addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                    }
+                    if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                        query.finish();
+                    }
+                    self.lookups.remove(&id);
+                    self.dial_peer(peer);
+                } else if step.last {
+                    self.lookups.remove(&id);
+                    self.dial_failed(peer, Error::new(ErrorKind::Network, format!("no address found for {peer}")));
+                }
+            }
+            other => tracing::trace!(?other, "kad event"),
         }
     }
 
@@ -183,11 +294,20 @@ impl EventLoop {
                     addrs.retain(|a| a != &address);
                 }
             }
-            SwarmEvent::OutgoingConnectionError { connection_id, error, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                for reply in self.dialing.remove(&peer_id).unwrap_or_default() {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+                if let Some(peer) = peer_id.filter(|p| self.dialing.contains_key(p) && !self.swarm.is_connected(p)) {
+                    self.dial_failed(peer, Error::new(ErrorKind::Network, format!("dialing {peer} failed: {error}")));
+                }
                 if let Some(reply) = self.connecting.remove(&connection_id) {
                     let _ = reply.send(Err(Error::with_source(ErrorKind::Network, "dial failed", error)));
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad_event(event),
             SwarmEvent::ConnectionClosed { connection_id, cause, .. } => {
                 if let Some(reply) = self.connecting.remove(&connection_id) {
                     let why = cause.map(|c| c.to_string()).unwrap_or_else(|| "closed".into());
@@ -200,6 +320,12 @@ impl EventLoop {
                 peer_id,
                 info,
             })) => {
+                // Remember where a Kademlia peer listens, so that we can dial it by ID later.
+                if info.protocols.iter().any(|p| p == &kad::PROTOCOL_NAME) {
+                    for addr in &info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
+                    }
+                }
                 if let Some(reply) = self.connecting.remove(&connection_id) {
                     let _ = reply.send(Ok(PeerInfo {
                         peer_id,

@@ -1,11 +1,18 @@
-//! The libp2p host: TCP + Noise + yamux, identify and ping, as p2pd peers speak them.
+//! The libp2p host: TCP + Noise + yamux, identify, ping and Kademlia, as p2pd peers speak them,
+//! plus hivemind RPC (unary and streaming) as caller and handler.
 //!
 //! The swarm runs as one task on the node's runtime; the rest of the library talks to it through
-//! [`HostHandle`] commands. Hivemind RPC, Kademlia peer routing and relays join this module in
-//! later steps.
+//! [`HostHandle`] commands. RPC streams bypass the swarm: [`muxer`] negotiates hivemind's
+//! slash-less handler names itself and [`rpc`] frames the calls.
 
 mod behaviour;
 mod host;
+mod keep_alive;
+pub mod multistream;
+mod muxer;
+mod rpc;
 
 pub use host::PeerInfo;
 pub(crate) use host::{start_host, HostHandle};
+pub use muxer::RpcStream;
+pub use rpc::{RequestStream, ResponseStream, Rpc, RpcLimits};

@@ -6,3 +6,4 @@
 
 pub mod dht;
 pub mod msgpack;
+pub mod p2pd;

@@ -1,0 +1,111 @@
+//! Keeps a connection open while RPC streams run on it.
+//!
+//! RPC streams bypass the swarm's stream accounting (see [`super::muxer`]), so without this the
+//! swarm would close a connection that only carries a long streaming call once its idle timeout
+//! passes. The handler asks [`Connections`] whether the peer has active RPC streams.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use libp2p::core::transport::PortUse;
+use libp2p::core::upgrade::DeniedUpgrade;
+use libp2p::core::Endpoint;
+use libp2p::swarm::handler::ConnectionEvent;
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm, NetworkBehaviour,
+    SubstreamProtocol, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
+use libp2p::{Multiaddr, PeerId};
+
+use super::muxer::Connections;
+
+/// The behaviour: one [`KeepAliveHandler`] per connection, no events.
+pub(crate) struct KeepAlive {
+    connections: Arc<super::rpc::RpcShared>,
+}
+
+impl KeepAlive {
+    pub fn new(rpc: Arc<super::rpc::RpcShared>) -> Self {
+        KeepAlive { connections: rpc }
+    }
+
+    fn handler(&self, peer: PeerId) -> KeepAliveHandler {
+        KeepAliveHandler { peer, rpc: self.connections.clone() }
+    }
+}
+
+impl NetworkBehaviour for KeepAlive {
+    type ConnectionHandler = KeepAliveHandler;
+    type ToSwarm = Infallible;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(self.handler(peer))
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(self.handler(peer))
+    }
+
+    fn on_swarm_event(&mut self, _: FromSwarm) {}
+
+    fn on_connection_handler_event(&mut self, _: PeerId, _: ConnectionId, event: THandlerOutEvent<Self>) {
+        match event {}
+    }
+
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        Poll::Pending
+    }
+}
+
+/// Says "keep alive" while the peer has RPC streams open.
+pub(crate) struct KeepAliveHandler {
+    peer: PeerId,
+    rpc: Arc<super::rpc::RpcShared>,
+}
+
+impl KeepAliveHandler {
+    fn connections(&self) -> &Connections {
+        &self.rpc.connections
+    }
+}
+
+impl ConnectionHandler for KeepAliveHandler {
+    type FromBehaviour = Infallible;
+    type ToBehaviour = Infallible;
+    type InboundProtocol = DeniedUpgrade;
+    type OutboundProtocol = DeniedUpgrade;
+    type InboundOpenInfo = ();
+    type OutboundOpenInfo = ();
+
+    fn listen_protocol(&self) -> SubstreamProtocol<DeniedUpgrade, ()> {
+        SubstreamProtocol::new(DeniedUpgrade, ())
+    }
+
+    fn connection_keep_alive(&self) -> bool {
+        self.connections().has_active_streams(&self.peer)
+    }
+
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ConnectionHandlerEvent<DeniedUpgrade, (), Infallible>> {
+        Poll::Pending
+    }
+
+    fn on_behaviour_event(&mut self, event: Infallible) {
+        match event {}
+    }
+
+    fn on_connection_event(&mut self, _: ConnectionEvent<DeniedUpgrade, DeniedUpgrade, (), ()>) {}
+}

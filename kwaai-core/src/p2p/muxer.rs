@@ -1,0 +1,334 @@
+//! A stream muxer wrapper that gives hivemind's slash-less protocol names to our RPC layer.
+//!
+//! rust-libp2p's multistream-select refuses protocol names without a leading `/`, and hivemind
+//! names its handlers `DHTProtocol.rpc_ping` and the like. Rather than patching it, every yamux
+//! connection is wrapped in [`RpcMuxer`]:
+//!
+//! * **Inbound**: each new substream is read by our own listener (a few lines of
+//!   multistream-select 1.0, [`super::multistream`]) until the dialer's first proposal arrives.
+//!   A slash-less name with a registered handler is accepted (header + echo) and the stream goes
+//!   straight to [`super::rpc`]; a slash-less name without one is refused with `na` and the next
+//!   proposal is read. Anything else (`/ipfs/id/1.0.0`, `/ipfs/kad/1.0.0`, ...) is handed to the
+//!   swarm untouched: the bytes read so far are replayed before the rest of the stream, so
+//!   identify, ping and kad negotiate as usual. If we already sent our header (after an `na`), the
+//!   swarm's own header is swallowed so that the dialer sees exactly one.
+//! * **Outbound**: [`Connections::open`] queues a request that [`RpcMuxer`]'s `poll` (run by the
+//!   connection task) serves by opening a raw substream; the RPC layer then proposes the name
+//!   itself.
+//!
+//! Streams handed to the RPC layer count as active in [`Connections`], which the keep-alive
+//! behaviour reads so that the swarm never closes a connection in the middle of a call.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::core::muxing::{StreamMuxer, StreamMuxerBox, StreamMuxerEvent, StreamMuxerExt, SubstreamBox};
+use libp2p::PeerId;
+use tokio::sync::{mpsc, oneshot};
+
+use super::multistream::{decode_message, encode_message, HEADER, MAX_MESSAGE_LEN, NOT_AVAILABLE};
+use super::rpc::RpcShared;
+use crate::error::{Error, ErrorKind, Result};
+
+/// How long a dialer may take to send its header and proposal.
+const INBOUND_NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many unknown names one inbound stream may propose before we give up on it.
+const MAX_REFUSALS: usize = 8;
+/// Bytes of the multistream header message (`0x13 /multistream/1.0.0 \n`).
+const HEADER_MESSAGE_LEN: usize = 20;
+
+/// A substream: bytes to replay first, then the muxer's stream.
+pub struct RpcStream {
+    inner: SubstreamBox,
+    prefix: Vec<u8>,
+    read: usize,
+    skip_write: usize,
+    _active: Option<ActiveGuard>,
+}
+
+impl RpcStream {
+    fn plain(inner: SubstreamBox) -> Self {
+        RpcStream { inner, prefix: Vec::new(), read: 0, skip_write: 0, _active: None }
+    }
+}
+
+impl AsyncRead for RpcStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.read < this.prefix.len() {
+            let n = buf.len().min(this.prefix.len() - this.read);
+            buf[..n].copy_from_slice(&this.prefix[this.read..this.read + n]);
+            this.read += n;
+            if this.read == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.read = 0;
+            }
+            return Poll::Ready(Ok(n));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for RpcStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.skip_write > 0 && !buf.is_empty() {
+            let n = buf.len().min(this.skip_write);
+            this.skip_write -= n;
+            return Poll::Ready(Ok(n));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_close(cx)
+    }
+}
+
+/// Counts one RPC stream as active on its connection while it lives.
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl ActiveGuard {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(counter.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type OpenReply = oneshot::Sender<Result<RpcStream>>;
+
+struct Slot {
+    id: u64,
+    opener: mpsc::UnboundedSender<OpenReply>,
+    active: Arc<AtomicUsize>,
+}
+
+/// Every live connection, by peer: how to open RPC streams on it and how many are open.
+#[derive(Default)]
+pub(crate) struct Connections {
+    slots: Mutex<HashMap<PeerId, Vec<Slot>>>,
+    next_id: AtomicU64,
+}
+
+impl Connections {
+    fn register(&self, peer: PeerId) -> (u64, mpsc::UnboundedReceiver<OpenReply>, Arc<AtomicUsize>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (opener, requests) = mpsc::unbounded_channel();
+        let active = Arc::new(AtomicUsize::new(0));
+        self.lock().entry(peer).or_default().push(Slot { id, opener, active: active.clone() });
+        (id, requests, active)
+    }
+
+    fn unregister(&self, peer: &PeerId, id: u64) {
+        let mut slots = self.lock();
+        if let Some(list) = slots.get_mut(peer) {
+            list.retain(|slot| slot.id != id);
+            if list.is_empty() {
+                slots.remove(peer);
+            }
+        }
+    }
+
+    /// Asks the newest live connection to `peer` for a raw substream; `None` if there is none.
+    pub fn open(&self, peer: &PeerId) -> Option<oneshot::Receiver<Result<RpcStream>>> {
+        let slots = self.lock();
+        let slot = slots.get(peer)?.iter().rev().find(|slot| !slot.opener.is_closed())?;
+        let (reply, answer) = oneshot::channel();
+        slot.opener.send(reply).ok()?;
+        Some(answer)
+    }
+
+    /// Whether any RPC stream with `peer` is open.
+    pub fn has_active_streams(&self, peer: &PeerId) -> bool {
+        self.lock().get(peer).is_some_and(|list| list.iter().any(|slot| slot.active.load(Ordering::Relaxed) > 0))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Vec<Slot>>> {
+        self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The muxer of one connection; see the module doc.
+pub(crate) struct RpcMuxer {
+    inner: StreamMuxerBox,
+    peer: PeerId,
+    slot: u64,
+    rpc: Arc<RpcShared>,
+    active: Arc<AtomicUsize>,
+    open_requests: mpsc::UnboundedReceiver<OpenReply>,
+    pending_opens: VecDeque<OpenReply>,
+    replay_tx: mpsc::UnboundedSender<RpcStream>,
+    replays: mpsc::UnboundedReceiver<RpcStream>,
+}
+
+impl RpcMuxer {
+    /// Wraps the muxer of a fresh connection with `peer`.
+    pub fn new(inner: StreamMuxerBox, peer: PeerId, rpc: Arc<RpcShared>) -> Self {
+        let (slot, open_requests, active) = rpc.connections.register(peer);
+        let (replay_tx, replays) = mpsc::unbounded_channel();
+        RpcMuxer { inner, peer, slot, rpc, active, open_requests, pending_opens: VecDeque::new(), replay_tx, replays }
+    }
+}
+
+impl Drop for RpcMuxer {
+    fn drop(&mut self) {
+        self.rpc.connections.unregister(&self.peer, self.slot);
+    }
+}
+
+impl StreamMuxer for RpcMuxer {
+    type Substream = RpcStream;
+    type Error = io::Error;
+
+    fn poll_inbound(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<RpcStream, io::Error>> {
+        let this = self.get_mut();
+        loop {
+            if let Poll::Ready(Some(stream)) = this.replays.poll_recv(cx) {
+                return Poll::Ready(Ok(stream));
+            }
+            let stream = match this.inner.poll_inbound_unpin(cx) {
+                Poll::Ready(Ok(stream)) => stream,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            let (rpc, peer, replay) = (this.rpc.clone(), this.peer, this.replay_tx.clone());
+            let guard = ActiveGuard::new(&this.active);
+            this.rpc.runtime.spawn(async move {
+                let listened = tokio::time::timeout(INBOUND_NEGOTIATION_TIMEOUT, listen(stream, &rpc)).await;
+                match listened {
+                    Ok(Ok(Listened::Handler { name, stream })) => {
+                        let stream = RpcStream { _active: Some(guard), ..stream };
+                        rpc.serve(peer, name, stream).await;
+                    }
+                    Ok(Ok(Listened::Swarm(stream))) => {
+                        drop(guard);
+                        let _ = replay.send(stream);
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, "inbound stream negotiation failed: {e}"),
+                    Err(_) => tracing::debug!(%peer, "inbound stream negotiation timed out"),
+                }
+            });
+        }
+    }
+
+    fn poll_outbound(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<RpcStream, io::Error>> {
+        self.get_mut().inner.poll_outbound_unpin(cx).map_ok(RpcStream::plain)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
+        self.get_mut().inner.poll_close_unpin(cx)
+    }
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<StreamMuxerEvent, io::Error>> {
+        let this = self.get_mut();
+        while let Poll::Ready(Some(reply)) = this.open_requests.poll_recv(cx) {
+            this.pending_opens.push_back(reply);
+        }
+        while let Some(reply) = this.pending_opens.front() {
+            if reply.is_closed() {
+                this.pending_opens.pop_front();
+                continue;
+            }
+            match this.inner.poll_outbound_unpin(cx) {
+                Poll::Ready(opened) => {
+                    let opened = opened
+                        .map(|inner| RpcStream {
+                            _active: Some(ActiveGuard::new(&this.active)),
+                            ..RpcStream::plain(inner)
+                        })
+                        .map_err(|e| Error::with_source(ErrorKind::Network, "opening a stream", e));
+                    if let Some(reply) = this.pending_opens.pop_front() {
+                        let _ = reply.send(opened);
+                    }
+                }
+                Poll::Pending => break,
+            }
+        }
+        this.inner.poll_unpin(cx)
+    }
+}
+
+enum Listened {
+    /// A registered handler name was accepted; the stream holds any bytes read past the proposal.
+    Handler { name: String, stream: RpcStream },
+    /// Not ours: the swarm negotiates it from the replayed bytes.
+    Swarm(RpcStream),
+}
+
+/// Our side of multistream-select as listener, up to the dialer's first proposal that is not a
+/// slash-less unknown name.
+async fn listen(mut inner: SubstreamBox, rpc: &RpcShared) -> Result<Listened> {
+    let mut buf: Vec<u8> = Vec::with_capacity(64);
+    let mut consumed = 0;
+    let mut header_seen = false;
+    let mut sent_header = false;
+    let mut refusals = 0;
+    loop {
+        let Some((line, used)) = decode_message(&buf[consumed..])? else {
+            if buf.len() - consumed > MAX_MESSAGE_LEN + 10 {
+                return Err(Error::new(ErrorKind::Protocol, "oversized multistream message"));
+            }
+            let mut chunk = [0u8; 512];
+            let n = inner.read(&mut chunk).await.map_err(|e| Error::with_source(ErrorKind::Network, "reading", e))?;
+            if n == 0 {
+                return Err(Error::new(ErrorKind::Network, "stream closed during negotiation"));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            continue;
+        };
+        if !header_seen {
+            if line != HEADER {
+                return Err(Error::new(ErrorKind::Protocol, "stream does not start with the multistream header"));
+            }
+            header_seen = true;
+            consumed += used;
+            continue;
+        }
+        let start = consumed;
+        consumed += used;
+        let name = match std::str::from_utf8(line) {
+            Ok(name) if !name.starts_with('/') && name != "ls" => name.to_owned(),
+            _ => {
+                // Not a hivemind name: the swarm sees the header and everything from this proposal on.
+                let mut prefix = Vec::with_capacity(HEADER_MESSAGE_LEN + buf.len() - start);
+                encode_message(HEADER, &mut prefix);
+                prefix.extend_from_slice(&buf[start..]);
+                let skip_write = if sent_header { HEADER_MESSAGE_LEN } else { 0 };
+                return Ok(Listened::Swarm(RpcStream { prefix, skip_write, ..RpcStream::plain(inner) }));
+            }
+        };
+        let mut answer = Vec::with_capacity(HEADER_MESSAGE_LEN + name.len() + 2);
+        if !sent_header {
+            encode_message(HEADER, &mut answer);
+            sent_header = true;
+        }
+        let accepted = rpc.has_handler(&name);
+        encode_message(if accepted { name.as_bytes() } else { NOT_AVAILABLE }, &mut answer);
+        inner.write_all(&answer).await.map_err(|e| Error::with_source(ErrorKind::Network, "answering", e))?;
+        inner.flush().await.map_err(|e| Error::with_source(ErrorKind::Network, "answering", e))?;
+        if accepted {
+            let leftover = buf.split_off(consumed);
+            return Ok(Listened::Handler { name, stream: RpcStream { prefix: leftover, ..RpcStream::plain(inner) } });
+        }
+        refusals += 1;
+        if refusals >= MAX_REFUSALS {
+            return Err(Error::new(ErrorKind::Protocol, "too many refused proposals"));
+        }
+    }
+}

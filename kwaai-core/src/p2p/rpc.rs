@@ -1,0 +1,583 @@
+//! Hivemind RPC over libp2p streams, as two p2pd daemons speak it, both as caller and handler.
+//!
+//! Each call opens a new stream whose protocol is the handler name (e.g. `DHTProtocol.rpc_ping`,
+//! no leading slash; see [`super::muxer`] for how such names are negotiated).
+//!
+//! * **Unary**: the caller sends one `uvarint(len) ‖ PersistentConnectionRequest{callId (16 B),
+//!   callUnary}`; the handler answers one `PersistentConnectionRequest{callId, unaryResponse}`
+//!   holding the reply or the handler's error text. Envelopes are capped (4 MiB like p2pd).
+//! * **Streaming**: frames `marker ‖ u64 BE len ‖ payload`; `0x00` carries a message, `0x01` an
+//!   `RPCError`. The caller ends its input with an empty error frame; the handler ends its output
+//!   by closing the stream, or fails it with one error frame.
+//!
+//! Nobody half-closes before the reply has been read: p2pd takes that as a cancellation. A call is
+//! cancelled by dropping it (the stream is dropped); a handler is cancelled when its caller goes
+//! away. Every read has a size limit and every call a timeout.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::io::{BufReader, ReadHalf, WriteHalf};
+use futures::stream::BoxStream;
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Stream, StreamExt};
+use libp2p::PeerId;
+use prost::Message;
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot};
+
+use super::host::Command;
+use super::multistream::{decode_message, dialer_proposal, HEADER, MAX_MESSAGE_LEN, NOT_AVAILABLE};
+use super::muxer::{Connections, RpcStream};
+use crate::error::{Error, ErrorKind, Result};
+use crate::wire::p2pd::{
+    call_unary_response, decode_envelope_length, decode_frame_header, decode_rpc_error, encode_frame_header,
+    encode_unary_envelope, persistent_connection_request as request, CallUnaryRequest, CallUnaryResponse,
+    PersistentConnectionRequest, RpcError, END_OF_STREAM, FRAME_ERROR, FRAME_HEADER_LEN, FRAME_MESSAGE,
+};
+
+/// How many requests a streaming handler's input holds before the reader waits (hivemind: 5).
+const STREAM_PREFETCH: usize = 5;
+/// Most bytes of unread input a streaming handler swallows after refusing a frame.
+const MAX_DRAIN: usize = 64 << 20;
+/// How long a finished streaming handler waits for its caller's remaining input.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// The length of a unary call ID (a UUID).
+const CALL_ID_LEN: usize = 16;
+
+/// Size limits and timeouts of the RPC layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RpcLimits {
+    /// Largest unary envelope sent or accepted, in bytes (p2pd: 4 MiB).
+    pub max_unary_len: usize,
+    /// Largest streaming frame payload sent or accepted, in bytes.
+    pub max_frame_len: usize,
+    /// How long an inbound unary handler may run before the call fails.
+    pub handler_timeout: Duration,
+}
+
+impl Default for RpcLimits {
+    fn default() -> Self {
+        RpcLimits { max_unary_len: 4 << 20, max_frame_len: 16 << 20, handler_timeout: Duration::from_secs(300) }
+    }
+}
+
+/// The requests a streaming handler receives, in order; it ends at the caller's end of stream.
+pub type RequestStream = BoxStream<'static, Result<Vec<u8>>>;
+/// The replies of a streaming call, in order; it ends when the handler closes the stream.
+pub type ResponseStream = BoxStream<'static, Result<Vec<u8>>>;
+type UnaryFn = dyn Fn(PeerId, Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>>> + Send + Sync;
+type StreamFn = dyn Fn(PeerId, RequestStream) -> BoxStream<'static, Result<Vec<u8>>> + Send + Sync;
+
+#[derive(Clone)]
+enum Handler {
+    Unary(Arc<UnaryFn>),
+    Stream(Arc<StreamFn>),
+}
+
+/// State shared by the RPC handle, the muxers and the swarm task.
+pub(crate) struct RpcShared {
+    handlers: RwLock<HashMap<String, Handler>>,
+    pub(crate) connections: Connections,
+    pub(crate) runtime: Handle,
+    limits: RwLock<RpcLimits>,
+    commands: mpsc::WeakSender<Command>,
+}
+
+impl RpcShared {
+    pub(crate) fn new(runtime: Handle, commands: mpsc::WeakSender<Command>) -> Self {
+        RpcShared {
+            handlers: RwLock::default(),
+            connections: Connections::default(),
+            runtime,
+            limits: RwLock::new(RpcLimits::default()),
+            commands,
+        }
+    }
+
+    pub(crate) fn has_handler(&self, name: &str) -> bool {
+        self.handlers.read().is_ok_and(|h| h.contains_key(name))
+    }
+
+    fn handler(&self, name: &str) -> Option<Handler> {
+        self.handlers.read().ok()?.get(name).cloned()
+    }
+
+    fn limits(&self) -> RpcLimits {
+        self.limits.read().map(|l| *l).unwrap_or_default()
+    }
+
+    /// Serves one inbound stream whose protocol `name` we accepted.
+    pub(crate) async fn serve(&self, peer: PeerId, name: String, stream: RpcStream) {
+        let Some(handler) = self.handler(&name) else { return };
+        let limits = self.limits();
+        let outcome = match handler {
+            Handler::Unary(f) => serve_unary(peer, &name, stream, f, limits).await,
+            Handler::Stream(f) => serve_stream(peer, stream, f, limits).await,
+        };
+        if let Err(e) = outcome {
+            tracing::debug!(%peer, name, "inbound call failed: {e}");
+        }
+    }
+}
+
+/// A cloneable handle to the node's RPC layer: register handlers, call peers.
+#[derive(Clone)]
+pub struct Rpc {
+    shared: Arc<RpcShared>,
+}
+
+impl std::fmt::Debug for Rpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rpc").finish_non_exhaustive()
+    }
+}
+
+impl Rpc {
+    pub(crate) fn new(shared: Arc<RpcShared>) -> Self {
+        Rpc { shared }
+    }
+
+    /// Registers a unary handler under `name` (e.g. `DHTProtocol.rpc_ping`). An `Err` it returns
+    /// reaches the caller as an error holding the message. Replaces a handler of the same name.
+    pub fn add_unary_handler<F, Fut>(&self, name: &str, handler: F) -> Result<()>
+    where
+        F: Fn(PeerId, Vec<u8>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Vec<u8>>> + Send + 'static,
+    {
+        let f: Arc<UnaryFn> = Arc::new(move |peer, request| Box::pin(handler(peer, request)));
+        self.insert(name, Handler::Unary(f))
+    }
+
+    /// Registers a streaming handler under `name`: it gets the caller's requests as a stream and
+    /// returns its replies as a stream; an `Err` item ends the call with that error's message.
+    pub fn add_stream_handler<F, S>(&self, name: &str, handler: F) -> Result<()>
+    where
+        F: Fn(PeerId, RequestStream) -> S + Send + Sync + 'static,
+        S: Stream<Item = Result<Vec<u8>>> + Send + 'static,
+    {
+        let f: Arc<StreamFn> = Arc::new(move |peer, requests| handler(peer, requests).boxed());
+        self.insert(name, Handler::Stream(f))
+    }
+
+    /// Removes the handler `name`; returns whether there was one. New calls are refused with `na`.
+    pub fn remove_handler(&self, name: &str) -> bool {
+        self.shared.handlers.write().is_ok_and(|mut h| h.remove(name).is_some())
+    }
+
+    /// Sets the size limits and handler timeout for calls made and served from now on.
+    pub fn set_limits(&self, limits: RpcLimits) {
+        if let Ok(mut current) = self.shared.limits.write() {
+            *current = limits;
+        }
+    }
+
+    fn insert(&self, name: &str, handler: Handler) -> Result<()> {
+        if name.is_empty() || name.starts_with('/') || name.contains('\n') || name.len() + 1 > MAX_MESSAGE_LEN {
+            return Err(Error::invalid_argument(format!(
+                "handler name {name:?} must be non-empty, without a leading '/' or a newline"
+            )));
+        }
+        let mut handlers =
+            self.shared.handlers.write().map_err(|_| Error::new(ErrorKind::Internal, "handler table poisoned"))?;
+        handlers.insert(name.to_owned(), handler);
+        Ok(())
+    }
+
+    /// Calls `peer`'s unary handler `name` with `request` and returns its reply. The handler's
+    /// error arrives as an [`ErrorKind::Protocol`] error holding its message.
+    pub async fn call_unary(&self, peer: PeerId, name: &str, request: Vec<u8>, timeout: Duration) -> Result<Vec<u8>> {
+        let work = self.unary_exchange(peer, name, request);
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| Error::new(ErrorKind::Timeout, format!("{name} on {peer} took over {timeout:?}")))?
+    }
+
+    async fn unary_exchange(&self, peer: PeerId, name: &str, request: Vec<u8>) -> Result<Vec<u8>> {
+        let limits = self.shared.limits();
+        let call_id = new_call_id();
+        let envelope = encode_unary_envelope(&PersistentConnectionRequest {
+            call_id: call_id.clone(),
+            message: Some(request::Message::CallUnary(CallUnaryRequest {
+                peer: peer.to_bytes(),
+                proto: name.to_owned(),
+                data: request,
+            })),
+        });
+        if envelope.len() > limits.max_unary_len {
+            return Err(Error::invalid_argument(format!(
+                "unary request of {} bytes exceeds the limit of {} bytes",
+                envelope.len(),
+                limits.max_unary_len
+            )));
+        }
+        let stream = self.open(peer).await?;
+        let mut stream = BufReader::new(stream);
+        let mut out = dialer_proposal(name);
+        out.extend_from_slice(&envelope);
+        write_all(&mut stream, &out).await?;
+        read_negotiation_answer(&mut stream, name).await?;
+        let reply = read_unary_envelope(&mut stream, limits.max_unary_len).await?;
+        let _ = stream.close().await;
+        if reply.call_id != call_id {
+            return Err(Error::new(ErrorKind::Protocol, "reply carries another call ID"));
+        }
+        match reply.message {
+            Some(request::Message::UnaryResponse(CallUnaryResponse { result: Some(result) })) => match result {
+                call_unary_response::Result::Response(bytes) => Ok(bytes),
+                call_unary_response::Result::Error(text) => Err(remote_error(&String::from_utf8_lossy(&text))),
+            },
+            _ => Err(Error::new(ErrorKind::Protocol, "reply without a unaryResponse")),
+        }
+    }
+
+    /// Calls `peer`'s streaming handler `name`: sends `requests` then the end of stream, and
+    /// returns the replies as they come. `timeout` bounds opening the call and each wait for a
+    /// reply. Dropping the returned stream cancels the call.
+    pub async fn call_stream(
+        &self,
+        peer: PeerId,
+        name: &str,
+        requests: impl Stream<Item = Vec<u8>> + Send + 'static,
+        timeout: Duration,
+    ) -> Result<ResponseStream> {
+        let limits = self.shared.limits();
+        let timed_out = || Error::new(ErrorKind::Timeout, format!("{name} on {peer}: no reply within {timeout:?}"));
+        let stream = tokio::time::timeout(timeout, self.open(peer)).await.map_err(|_| timed_out())??;
+        let (reader, mut writer) = stream.split();
+        let proposal = dialer_proposal(name);
+        let sender = self.shared.runtime.spawn(async move {
+            write_all(&mut writer, &proposal).await?;
+            let mut requests = std::pin::pin!(requests);
+            while let Some(request) = requests.next().await {
+                if request.len() > limits.max_frame_len {
+                    return Err(Error::invalid_argument(format!(
+                        "stream request of {} bytes exceeds the limit of {} bytes",
+                        request.len(),
+                        limits.max_frame_len
+                    )));
+                }
+                write_frame(&mut writer, FRAME_MESSAGE, &request).await?;
+            }
+            write_all(&mut writer, &END_OF_STREAM).await?;
+            // Keep the write side open (a half-close cancels the call) until the call is dropped.
+            Ok::<_, Error>(writer)
+        });
+        let mut reader = BufReader::new(reader);
+        tokio::time::timeout(timeout, read_negotiation_answer(&mut reader, name)).await.map_err(|_| timed_out())??;
+        let state = CallState { reader: Some(reader), sender: Some(sender), limits, timeout };
+        let replies = futures::stream::unfold(state, |mut state| async move {
+            let item = state.next_reply().await?;
+            Some((item, state))
+        });
+        Ok(replies.boxed())
+    }
+
+    async fn open(&self, peer: PeerId) -> Result<RpcStream> {
+        if let Some(answer) = self.shared.connections.open(&peer) {
+            if let Ok(opened) = answer.await {
+                return opened;
+            }
+        }
+        let commands = self.shared.commands.upgrade().ok_or_else(closed)?;
+        let (reply, connected) = oneshot::channel();
+        commands.send(Command::Dial { peer, reply }).await.map_err(|_| closed())?;
+        connected.await.map_err(|_| closed())??;
+        let answer = self
+            .shared
+            .connections
+            .open(&peer)
+            .ok_or_else(|| Error::new(ErrorKind::Network, format!("connection to {peer} closed")))?;
+        answer.await.map_err(|_| Error::new(ErrorKind::Network, format!("connection to {peer} closed")))?
+    }
+}
+
+/// The reading side of a streaming call in progress.
+struct CallState {
+    reader: Option<BufReader<ReadHalf<RpcStream>>>,
+    sender: Option<tokio::task::JoinHandle<Result<WriteHalf<RpcStream>>>>,
+    limits: RpcLimits,
+    timeout: Duration,
+}
+
+impl CallState {
+    async fn next_reply(&mut self) -> Option<Result<Vec<u8>>> {
+        let reader = self.reader.as_mut()?;
+        let frame = tokio::time::timeout(self.timeout, read_frame(reader, self.limits.max_frame_len)).await;
+        let item = match frame {
+            Err(_) => Some(Err(Error::new(ErrorKind::Timeout, format!("no reply within {:?}", self.timeout)))),
+            Ok(Ok(Some(Frame::Message(bytes)))) => return Some(Ok(bytes)),
+            Ok(Ok(Some(Frame::Error(text)))) => Some(Err(remote_error(&text))),
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => Some(Err(e)),
+        };
+        if item.is_none() {
+            // A clean end: report a request that could not be sent, if any.
+            if let Some(sender) = self.sender.take() {
+                if sender.is_finished() {
+                    if let Ok(Err(e)) = sender.await {
+                        self.reader = None;
+                        return Some(Err(e));
+                    }
+                } else {
+                    sender.abort();
+                }
+            }
+        }
+        self.reader = None;
+        self.stop_sender();
+        item
+    }
+
+    fn stop_sender(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            sender.abort();
+        }
+    }
+}
+
+impl Drop for CallState {
+    fn drop(&mut self) {
+        self.stop_sender();
+    }
+}
+
+enum Frame {
+    Message(Vec<u8>),
+    Error(String),
+}
+
+async fn serve_unary(
+    peer: PeerId,
+    name: &str,
+    stream: RpcStream,
+    handler: Arc<UnaryFn>,
+    limits: RpcLimits,
+) -> Result<()> {
+    let mut stream = BufReader::new(stream);
+    let call = read_unary_envelope(&mut stream, limits.max_unary_len).await?;
+    let Some(request::Message::CallUnary(CallUnaryRequest { data, .. })) = call.message else {
+        return Err(Error::new(ErrorKind::Protocol, "unary call without callUnary"));
+    };
+    if call.call_id.len() != CALL_ID_LEN {
+        return Err(Error::new(ErrorKind::Protocol, "call ID is not 16 bytes"));
+    }
+    let work = tokio::time::timeout(limits.handler_timeout, handler(peer, data));
+    // p2pd cancels a call when its caller closes or resets the stream: watch for that meanwhile.
+    let mut probe = [0u8; 1];
+    let result = {
+        let cancelled = stream.read(&mut probe);
+        futures::pin_mut!(work, cancelled);
+        match futures::future::select(work, cancelled).await {
+            futures::future::Either::Left((result, _)) => result,
+            futures::future::Either::Right(_) => {
+                tracing::debug!(%peer, name, "caller cancelled the call");
+                return Ok(());
+            }
+        }
+    };
+    let result = match result {
+        Ok(Ok(reply)) => call_unary_response::Result::Response(reply),
+        Ok(Err(e)) => call_unary_response::Result::Error(e.message().as_bytes().to_vec()),
+        Err(_) => call_unary_response::Result::Error(
+            format!("handler {name} took over {:?}", limits.handler_timeout).into_bytes(),
+        ),
+    };
+    let mut reply = encode_unary_envelope(&PersistentConnectionRequest {
+        call_id: call.call_id.clone(),
+        message: Some(request::Message::UnaryResponse(CallUnaryResponse { result: Some(result) })),
+    });
+    if reply.len() > limits.max_unary_len {
+        let text = format!("reply of {} bytes exceeds the limit of {} bytes", reply.len(), limits.max_unary_len);
+        reply = encode_unary_envelope(&PersistentConnectionRequest {
+            call_id: call.call_id,
+            message: Some(request::Message::UnaryResponse(CallUnaryResponse {
+                result: Some(call_unary_response::Result::Error(text.into_bytes())),
+            })),
+        });
+    }
+    write_all(&mut stream, &reply).await?;
+    let _ = stream.close().await;
+    Ok(())
+}
+
+async fn serve_stream(peer: PeerId, stream: RpcStream, handler: Arc<StreamFn>, limits: RpcLimits) -> Result<()> {
+    let (reader, mut writer) = stream.split();
+    let (requests_tx, requests_rx) = mpsc::channel::<Result<Vec<u8>>>(STREAM_PREFETCH);
+    let read_requests = async move {
+        let mut reader = BufReader::new(reader);
+        loop {
+            match read_frame(&mut reader, limits.max_frame_len).await {
+                Ok(Some(Frame::Message(bytes))) => {
+                    if requests_tx.send(Ok(bytes)).await.is_err() {
+                        break;
+                    }
+                }
+                // Any error frame (the empty one included) ends the caller's input; so does EOF.
+                Ok(Some(Frame::Error(_))) | Ok(None) => break,
+                Err(e) => {
+                    let _ = requests_tx.send(Err(e)).await;
+                    drop(requests_tx);
+                    // Swallow what the caller is still sending (bounded), so that it reads our error
+                    // frame instead of failing on a reset stream.
+                    let mut scratch = vec![0u8; 64 << 10];
+                    let mut drained = 0usize;
+                    while drained < MAX_DRAIN {
+                        match reader.read(&mut scratch).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => drained += n,
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    };
+    let requests = ChannelStream(requests_rx).boxed();
+    let mut replies = handler(peer, requests);
+    let write_replies = async {
+        while let Some(reply) = replies.next().await {
+            match reply {
+                Ok(bytes) if bytes.len() <= limits.max_frame_len => {
+                    write_frame(&mut writer, FRAME_MESSAGE, &bytes).await?
+                }
+                Ok(bytes) => {
+                    let text = format!("reply of {} bytes exceeds the limit of {}", bytes.len(), limits.max_frame_len);
+                    write_error_frame(&mut writer, &text).await?;
+                    break;
+                }
+                Err(e) => {
+                    write_error_frame(&mut writer, e.message()).await?;
+                    break;
+                }
+            }
+        }
+        let _ = writer.close().await;
+        Ok::<_, Error>(())
+    };
+    futures::pin_mut!(read_requests, write_replies);
+    match futures::future::select(read_requests, write_replies).await {
+        futures::future::Either::Left(((), write_replies)) => write_replies.await,
+        futures::future::Either::Right((result, read_requests)) => {
+            // The handler is done; let the caller finish sending for a moment before the stream goes.
+            let _ = tokio::time::timeout(DRAIN_GRACE, read_requests).await;
+            result
+        }
+    }
+}
+
+/// A `Stream` over a tokio mpsc receiver.
+struct ChannelStream<T>(mpsc::Receiver<T>);
+
+impl<T> Stream for ChannelStream<T> {
+    type Item = T;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+async fn write_all<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> Result<()> {
+    writer.write_all(bytes).await.map_err(io_error)?;
+    writer.flush().await.map_err(io_error)
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, marker: u8, payload: &[u8]) -> Result<()> {
+    writer.write_all(&encode_frame_header(marker, payload.len())).await.map_err(io_error)?;
+    write_all(writer, payload).await
+}
+
+async fn write_error_frame<W: AsyncWrite + Unpin>(writer: &mut W, text: &str) -> Result<()> {
+    let payload = RpcError { message: Some(text.to_owned()) }.encode_to_vec();
+    write_frame(writer, FRAME_ERROR, &payload).await
+}
+
+/// Reads one streaming frame; `Ok(None)` on a clean end of stream between frames.
+async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, max_len: usize) -> Result<Option<Frame>> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    let first = reader.read(&mut header[..1]).await.map_err(io_error)?;
+    if first == 0 {
+        return Ok(None);
+    }
+    reader.read_exact(&mut header[1..]).await.map_err(io_error)?;
+    let header = decode_frame_header(&header, max_len).map_err(|e| Error::new(ErrorKind::Protocol, e))?;
+    let mut payload = vec![0u8; header.len];
+    reader.read_exact(&mut payload).await.map_err(io_error)?;
+    if header.marker == FRAME_ERROR {
+        let text = decode_rpc_error(&payload).map_err(|e| Error::new(ErrorKind::Protocol, e))?;
+        return Ok(Some(Frame::Error(text)));
+    }
+    Ok(Some(Frame::Message(payload)))
+}
+
+/// Reads one unary envelope of at most `max_len` bytes.
+async fn read_unary_envelope<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max_len: usize,
+) -> Result<PersistentConnectionRequest> {
+    let mut prefix = Vec::with_capacity(10);
+    let len = loop {
+        let mut byte = [0u8; 1];
+        reader.read_exact(&mut byte).await.map_err(io_error)?;
+        prefix.push(byte[0]);
+        if let Some((len, _)) =
+            decode_envelope_length(&prefix, max_len).map_err(|e| Error::new(ErrorKind::Protocol, e))?
+        {
+            break len;
+        }
+    };
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).await.map_err(io_error)?;
+    PersistentConnectionRequest::decode(&body[..])
+        .map_err(|e| Error::new(ErrorKind::Protocol, format!("bad PersistentConnectionRequest: {e}")))
+}
+
+/// Reads the listener's header and its answer to our proposal of `name`.
+async fn read_negotiation_answer<R: AsyncRead + Unpin>(reader: &mut R, name: &str) -> Result<()> {
+    let header = read_multistream_message(reader).await?;
+    if header != HEADER {
+        return Err(Error::new(ErrorKind::Protocol, "peer did not answer with the multistream header"));
+    }
+    let answer = read_multistream_message(reader).await?;
+    if answer == name.as_bytes() {
+        Ok(())
+    } else if answer == NOT_AVAILABLE {
+        Err(Error::new(ErrorKind::Protocol, format!("protocol not supported: {name}")))
+    } else {
+        Err(Error::new(ErrorKind::Protocol, format!("peer answered {:?} to {name}", String::from_utf8_lossy(&answer))))
+    }
+}
+
+async fn read_multistream_message<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(32);
+    loop {
+        let mut byte = [0u8; 1];
+        reader.read_exact(&mut byte).await.map_err(io_error)?;
+        buf.push(byte[0]);
+        if let Some((line, _)) = decode_message(&buf)? {
+            return Ok(line.to_vec());
+        }
+    }
+}
+
+fn new_call_id() -> Vec<u8> {
+    let mut id: [u8; CALL_ID_LEN] = rand::random();
+    id[6] = (id[6] & 0x0f) | 0x40; // UUID version 4
+    id[8] = (id[8] & 0x3f) | 0x80; // RFC 4122 variant
+    id.to_vec()
+}
+
+fn remote_error(text: &str) -> Error {
+    Error::new(ErrorKind::Protocol, format!("remote handler failed: {text}"))
+}
+
+fn io_error(e: std::io::Error) -> Error {
+    let kind = if e.kind() == std::io::ErrorKind::UnexpectedEof { ErrorKind::Protocol } else { ErrorKind::Network };
+    Error::with_source(kind, "rpc stream", e)
+}
+
+fn closed() -> Error {
+    Error::new(ErrorKind::Closed, "the node is shut down")
+}

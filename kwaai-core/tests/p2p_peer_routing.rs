@@ -1,0 +1,73 @@
+//! Kademlia peer routing with Python hivemind peers (Go p2pd, kad server mode) on 127.0.0.1: a
+//! peer that knows only the other's peer ID reaches it through a third peer, in both directions.
+
+mod common;
+
+use std::time::Duration;
+
+use kwaai_core::{Error, ErrorKind, Node, NodeConfig, PeerId};
+use prost::Message;
+use serde_json::{json, Value};
+
+/// hivemind's `runtime.proto` ExpertResponse (tensors omitted).
+#[derive(Clone, PartialEq, Message)]
+struct ExpertResponse {
+    #[prost(bytes = "vec", tag = "3")]
+    metadata: Vec<u8>,
+}
+
+const T: Duration = Duration::from_secs(30);
+
+fn ready(process: &mut common::ReferenceProcess) -> (PeerId, String) {
+    let ready = process.read_json();
+    let peer_id = ready["peer_id"].as_str().expect("peer_id").parse().expect("a peer ID");
+    (peer_id, ready["maddrs"][0].as_str().expect("a multiaddr").to_owned())
+}
+
+#[test]
+fn peers_that_know_only_a_peer_id_find_each_other_through_a_third_peer() {
+    let mut third = common::ReferenceProcess::start("p2p_peer.py", &[]);
+    let (third_id, third_addr) = ready(&mut third);
+    // Two Python peers that know only the third one.
+    let mut reached_by_us = common::ReferenceProcess::start("p2p_peer.py", &[&third_addr]);
+    let mut reaching_us = common::ReferenceProcess::start("p2p_peer.py", &[&third_addr]);
+    let (target_id, _) = ready(&mut reached_by_us);
+    let (caller_id, _) = ready(&mut reaching_us);
+
+    let node =
+        Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() }).unwrap();
+    node.add_unary_handler("Rust.echo", |caller: PeerId, _| async move {
+        Ok(ExpertResponse { metadata: caller.to_bytes() }.encode_to_vec())
+    })
+    .unwrap();
+    let info = node.connect(&third_addr, T).unwrap();
+    assert_eq!(info.peer_id, third_id);
+
+    // We know only the target's peer ID: Kademlia through the third peer gives its address.
+    let reply = node.call_unary(target_id, "Py.echo", &[], T).expect("we reach a Python peer by its ID");
+    // An empty ExpertRequest is answered by an empty ExpertResponse.
+    assert!(reply.is_empty(), "{reply:?}");
+
+    // The caller knows only our peer ID: its p2pd asks the third peer, which admitted us to its
+    // routing table because our identify lists /ipfs/kad/1.0.0.
+    let command =
+        json!({"op": "unary", "peer": node.peer_id().to_base58(), "name": "Rust.echo", "uid": "", "metadata": ""});
+    reaching_us.send_line(&command.to_string());
+    let answer: Value = reaching_us.read_json();
+    assert_eq!(answer["ok"], true, "{answer}");
+    // Our handler replied with the caller's peer ID, so the call came from that peer.
+    let expected: String = caller_id.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(answer["metadata"], expected, "{answer}");
+}
+
+#[test]
+fn an_unreachable_peer_id_fails_after_the_lookup() {
+    let mut third = common::ReferenceProcess::start("p2p_peer.py", &[]);
+    let (_, third_addr) = ready(&mut third);
+    let node =
+        Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() }).unwrap();
+    node.connect(&third_addr, T).unwrap();
+    let nobody = kwaai_core::Identity::generate().peer_id();
+    let err: Error = node.dial_peer(nobody, T).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Network, "{err}");
+}
