@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::dht::DhtConfig;
+
 /// Where hivemind listens by default: loopback, an OS-chosen TCP port.
 pub const DEFAULT_LISTEN_ADDR: &str = "/ip4/127.0.0.1/tcp/0";
 
@@ -15,6 +17,11 @@ pub struct NodeConfig {
     /// missing a fresh Ed25519 key is written there (mode 0400); when `None` the node gets a fresh
     /// key on every start, as hivemind does.
     pub identity_path: Option<PathBuf>,
+    /// Peers to join the swarm through: multiaddrs ending in `/p2p/<peer id>` (hivemind's
+    /// `initial_peers`). Empty starts a new swarm.
+    pub initial_peers: Vec<String>,
+    /// DHT settings (client mode, bucket size, timeouts, ...).
+    pub dht: DhtConfig,
     /// Worker threads of the node's tokio runtime; `None` picks `min(available cores, 4)`.
     pub worker_threads: Option<usize>,
     /// How long [`crate::Node::start`] waits for every listener to come up.
@@ -26,6 +33,8 @@ impl Default for NodeConfig {
         NodeConfig {
             listen_addrs: Vec::new(),
             identity_path: None,
+            initial_peers: Vec::new(),
+            dht: DhtConfig::default(),
             worker_threads: None,
             start_timeout: Duration::from_secs(10),
         }

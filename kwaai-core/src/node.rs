@@ -5,11 +5,13 @@ use std::time::Duration;
 
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
+use rmpv::Value;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::{NodeConfig, DEFAULT_LISTEN_ADDR};
+use crate::dht::{Dht, DhtTime, DhtValue, StoreItem};
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::Identity;
 use crate::p2p::{start_host, HostHandle, PeerInfo, RequestStream, Rpc, RpcLimits};
@@ -30,6 +32,7 @@ pub struct Node {
 struct Running {
     runtime: Runtime,
     host: HostHandle,
+    dht: Dht,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -39,6 +42,7 @@ impl Node {
     /// once every listen address is bound.
     pub fn start(config: NodeConfig) -> Result<Node> {
         let listen = parse_listen_addrs(&config.listen_addrs)?;
+        let initial_peers = parse_initial_peers(&config.initial_peers)?;
         let identity = match &config.identity_path {
             Some(path) => Identity::load_or_create(path)?,
             None => Identity::generate(),
@@ -55,8 +59,17 @@ impl Node {
             .build()
             .map_err(|e| Error::with_source(ErrorKind::Io, "starting the node runtime", e))?;
         let (stop, stopped) = oneshot::channel();
-        let started = runtime.block_on(start_host(&identity, &listen, config.start_timeout, stopped));
-        let (host, task) = match started {
+        let started = runtime.block_on(async {
+            let (host, task) = start_host(&identity, &listen, config.start_timeout, stopped).await?;
+            match Dht::start(config.dht.clone(), host.rpc().clone(), &host, &initial_peers).await {
+                Ok(dht) => Ok((host, task, dht)),
+                Err(e) => {
+                    task.abort();
+                    Err(e)
+                }
+            }
+        });
+        let (host, task, dht) = match started {
             Ok(started) => started,
             Err(e) => {
                 runtime.shutdown_timeout(SHUTDOWN_GRACE);
@@ -64,8 +77,8 @@ impl Node {
             }
         };
         let peer_id = identity.peer_id();
-        tracing::info!(%peer_id, "node started");
-        Ok(Node { peer_id, running: Mutex::new(Some(Running { runtime, host, stop, task })) })
+        tracing::info!(%peer_id, dht_node_id = %dht.node_id(), "node started");
+        Ok(Node { peer_id, running: Mutex::new(Some(Running { runtime, host, dht, stop, task })) })
     }
 
     /// The node's peer ID.
@@ -182,6 +195,45 @@ impl Node {
         })
     }
 
+    /// The node's DHT, for async use (see [`Dht`]).
+    pub fn dht(&self) -> Result<Dht> {
+        Ok(self.lock().as_ref().ok_or_else(closed)?.dht.clone())
+    }
+
+    /// Stores `value` under `key` (and `subkey`) in the DHT until `expiration` (Unix seconds);
+    /// `true` if a replica accepted it. Blocks until the store is done.
+    pub fn dht_store(&self, key: Value, subkey: Option<Value>, value: Value, expiration: DhtTime) -> Result<bool> {
+        self.block_on_dht(|dht| async move { dht.store(key, subkey, value, expiration).await })
+    }
+
+    /// Stores several items in the DHT; one flag per item.
+    pub fn dht_store_many(&self, items: Vec<StoreItem>) -> Result<Vec<bool>> {
+        self.block_on_dht(|dht| async move { dht.store_many(items).await })
+    }
+
+    /// Reads `key` from the DHT (`latest`: search the whole swarm for the newest value).
+    pub fn dht_get(&self, key: Value, latest: bool) -> Result<Option<DhtValue>> {
+        self.block_on_dht(|dht| async move { dht.get(key, latest).await })
+    }
+
+    /// Reads several keys from the DHT; one result per key.
+    pub fn dht_get_many(&self, keys: Vec<Value>, latest: bool) -> Result<Vec<Option<DhtValue>>> {
+        self.block_on_dht(|dht| async move { dht.get_many(keys, latest).await })
+    }
+
+    fn block_on_dht<F, Fut, T>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(Dht) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let (dht, runtime) = {
+            let running = self.lock();
+            let running = running.as_ref().ok_or_else(closed)?;
+            (running.dht.clone(), running.runtime.handle().clone())
+        };
+        runtime.block_on(f(dht))
+    }
+
     fn rpc_and_runtime(&self) -> Result<(Rpc, tokio::runtime::Handle)> {
         let running = self.lock();
         let running = running.as_ref().ok_or_else(closed)?;
@@ -191,8 +243,9 @@ impl Node {
     /// Stops every service and the runtime. Idempotent: later calls do nothing.
     pub fn shutdown(&self) {
         let Some(running) = self.lock().take() else { return };
-        let Running { runtime, host, stop, task } = running;
-        drop(host);
+        let Running { runtime, host, dht, stop, task } = running;
+        dht.stop();
+        drop((host, dht));
         let _ = stop.send(());
         if tokio::runtime::Handle::try_current().is_ok() {
             // Blocking inside an async context would panic: let the runtime wind down on its own.
@@ -232,6 +285,19 @@ fn closed() -> Error {
 
 fn parse_multiaddr(text: &str) -> Result<Multiaddr> {
     text.parse().map_err(|e| Error::with_source(ErrorKind::InvalidArgument, format!("bad multiaddr {text:?}"), e))
+}
+
+fn parse_initial_peers(addrs: &[String]) -> Result<Vec<Multiaddr>> {
+    addrs
+        .iter()
+        .map(|text| {
+            let addr = parse_multiaddr(text)?;
+            if !addr.iter().any(|p| matches!(p, Protocol::P2p(_))) {
+                return Err(Error::invalid_argument(format!("initial peer {text:?} must end in /p2p/<peer id>")));
+            }
+            Ok(addr)
+        })
+        .collect()
 }
 
 fn parse_listen_addrs(addrs: &[String]) -> Result<Vec<Multiaddr>> {

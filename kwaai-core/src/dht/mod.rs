@@ -1,9 +1,14 @@
-//! hivemind's DHT: IDs, storage and the routing table (pure logic, no I/O), and, on top of the
-//! p2p layer, its RPCs and lookups.
+//! hivemind's DHT: IDs, storage and the routing table (pure logic, no I/O), its RPC protocol,
+//! the iterative lookup, and [`Dht`], the API a node exposes.
 
 pub mod id;
+mod protocol;
 pub mod routing;
+mod search;
+mod service;
 pub mod storage;
 
 pub use id::DhtId;
+pub use protocol::{DhtConfig, RPC_FIND, RPC_PING, RPC_STORE};
+pub use service::{Dht, DhtValue, DictionaryEntry, StoreItem};
 pub use storage::{dht_time, DhtTime, DictionaryValue, LocalStorage, StoredEntry, StoredValue, SubkeyEntry};

@@ -1,0 +1,259 @@
+//! [`Dht`]: the public face of a node's DHT (hivemind's `DHTNode`): bootstrap, `store`, `get`.
+
+use std::sync::Arc;
+
+use futures::future::join_all;
+use libp2p::{Multiaddr, PeerId};
+use rmpv::Value;
+
+use super::id::DhtId;
+use super::protocol::{subkey_tag, DhtConfig, FoundValue, Protocol};
+use super::search::{lookup, SearchState};
+use super::storage::{dht_time, DhtTime, StoredValue};
+use crate::error::{Error, ErrorKind, Result};
+use crate::p2p::{HostHandle, Rpc};
+use crate::wire::msgpack;
+
+/// One item of [`Dht::store_many`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreItem {
+    /// The key (hashed to its [`DhtId`] as hivemind does).
+    pub key: Value,
+    /// A subkey makes the key a dictionary that merges subkeys from every writer.
+    pub subkey: Option<Value>,
+    /// The value.
+    pub value: Value,
+    /// Absolute expiration in DHT time (Unix seconds).
+    pub expiration: DhtTime,
+}
+
+/// One subkey of a dictionary value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DictionaryEntry {
+    /// The subkey.
+    pub subkey: Value,
+    /// Its value.
+    pub value: Value,
+    /// Its expiration.
+    pub expiration: DhtTime,
+}
+
+/// A value read from the DHT.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DhtValue {
+    /// A plain value.
+    Regular {
+        /// The value.
+        value: Value,
+        /// Its expiration.
+        expiration: DhtTime,
+    },
+    /// A dictionary: the live subkeys from every replica, merged.
+    Dictionary {
+        /// The subkeys, each with its own value and expiration.
+        entries: Vec<DictionaryEntry>,
+        /// The latest expiration among them.
+        expiration: DhtTime,
+    },
+}
+
+/// A handle to the node's DHT; cheap to clone. Its calls run on the node's runtime.
+#[derive(Clone)]
+pub struct Dht {
+    protocol: Arc<Protocol>,
+}
+
+impl std::fmt::Debug for Dht {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dht").field("node_id", &self.protocol.node_id).finish()
+    }
+}
+
+impl Dht {
+    /// Starts the DHT on `rpc` and joins the swarm through `initial_peers` (multiaddrs ending in
+    /// `/p2p/<peer id>`). Like hivemind, it fails if none of them answers a validating ping.
+    pub(crate) async fn start(
+        config: DhtConfig,
+        rpc: Rpc,
+        host: &HostHandle,
+        initial_peers: &[Multiaddr],
+    ) -> Result<Dht> {
+        let protocol = Protocol::start(DhtId::random(), config, rpc)?;
+        let dht = Dht { protocol };
+        if !initial_peers.is_empty() {
+            dht.bootstrap(host, initial_peers).await?;
+        }
+        Ok(dht)
+    }
+
+    /// Unregisters the DHT's handlers (the node is shutting down).
+    pub(crate) fn stop(&self) {
+        self.protocol.stop();
+    }
+
+    async fn bootstrap(&self, host: &HostHandle, initial_peers: &[Multiaddr]) -> Result<()> {
+        let pings = initial_peers.iter().map(|addr| async move {
+            let info = host.connect(addr.clone()).await?;
+            self.protocol.call_ping(info.peer_id, true).await
+        });
+        let results = join_all(pings).await;
+        let mut errors = Vec::new();
+        let mut answered = 0;
+        for (addr, result) in initial_peers.iter().zip(results) {
+            match result {
+                Ok(Some(_)) => answered += 1,
+                Ok(None) => errors.push(format!("{addr}: answered as a client-mode node")),
+                Err(e) => errors.push(format!("{addr}: {e}")),
+            }
+        }
+        if answered == 0 {
+            return Err(Error::new(
+                ErrorKind::Network,
+                format!("DHT bootstrap failed, no initial peer answered: {}", errors.join("; ")),
+            ));
+        }
+        // Fill the routing table with the nodes nearest to us.
+        lookup(
+            &self.protocol,
+            self.protocol.node_id,
+            self.protocol.config.bucket_size,
+            SearchState::new(f64::INFINITY),
+        )
+        .await;
+        tracing::info!(answered, known = self.protocol.routing_table_len(), "DHT joined the swarm");
+        Ok(())
+    }
+
+    /// This node's DHT ID (random per start, as in hivemind).
+    pub fn node_id(&self) -> DhtId {
+        self.protocol.node_id
+    }
+
+    /// Nodes in the routing table.
+    pub fn routing_table_len(&self) -> usize {
+        self.protocol.routing_table_len()
+    }
+
+    /// Stores `value` under `key` (and `subkey`, if given) on the nodes nearest to the key until
+    /// `expiration`; `true` if at least one replica accepted it.
+    pub async fn store(&self, key: Value, subkey: Option<Value>, value: Value, expiration: DhtTime) -> Result<bool> {
+        Ok(self.store_many(vec![StoreItem { key, subkey, value, expiration }]).await?[0])
+    }
+
+    /// Stores several items, each on the replicas nearest to its key; one flag per item.
+    pub async fn store_many(&self, items: Vec<StoreItem>) -> Result<Vec<bool>> {
+        let stores = items.iter().map(|item| self.store_one(item));
+        join_all(stores).await.into_iter().collect()
+    }
+
+    async fn store_one(&self, item: &StoreItem) -> Result<bool> {
+        let value = msgpack::pack(&item.value);
+        if value.len() > self.protocol.config.max_value_size {
+            return Err(Error::invalid_argument(format!(
+                "value of {} bytes exceeds the DHT limit of {} bytes",
+                value.len(),
+                self.protocol.config.max_value_size
+            )));
+        }
+        let key = DhtId::of_key(&item.key);
+        let tag = subkey_tag(item.subkey.as_ref());
+        let config = &self.protocol.config;
+        let found =
+            lookup(&self.protocol, key, config.bucket_size.max(config.num_replicas), SearchState::new(f64::INFINITY))
+                .await;
+        // Candidates nearest first, ourselves included, as hivemind does.
+        let mut candidates: Vec<(DhtId, Option<PeerId>)> =
+            found.nearest.into_iter().map(|(n, p)| (n, Some(p))).collect();
+        candidates.push((self.protocol.node_id, None));
+        candidates.sort_by_key(|(node, _)| node.distance(&key));
+        let mut stored = 0;
+        let mut accepted = false;
+        let now = dht_time();
+        for (_, peer) in candidates {
+            if stored >= config.num_replicas {
+                break;
+            }
+            let ok = match peer {
+                None => self.protocol.with_storage(false, |storage| match &item.subkey {
+                    None => storage.store(key, value.clone(), item.expiration, now),
+                    Some(subkey) => storage.store_subkey(key, subkey.clone(), value.clone(), item.expiration, now),
+                }),
+                Some(peer) => match self
+                    .protocol
+                    .call_store(peer, &[(key, tag.clone(), value.clone(), item.expiration)], false)
+                    .await
+                {
+                    Ok(flags) => flags[0],
+                    Err(e) => {
+                        tracing::debug!(%peer, "DHT store failed: {e}");
+                        continue;
+                    }
+                },
+            };
+            stored += 1;
+            accepted |= ok;
+        }
+        Ok(accepted)
+    }
+
+    /// Reads `key`: the first unexpired value found, or with `latest` the newest one in the swarm
+    /// (dictionaries are merged from every replica).
+    pub async fn get(&self, key: Value, latest: bool) -> Result<Option<DhtValue>> {
+        Ok(self.get_many(vec![key], latest).await?.pop().flatten())
+    }
+
+    /// Reads several keys; one result per key.
+    pub async fn get_many(&self, keys: Vec<Value>, latest: bool) -> Result<Vec<Option<DhtValue>>> {
+        let gets = keys.iter().map(|key| self.get_one(DhtId::of_key(key), latest));
+        join_all(gets).await.into_iter().collect()
+    }
+
+    async fn get_one(&self, key: DhtId, latest: bool) -> Result<Option<DhtValue>> {
+        let now = dht_time();
+        let mut state = SearchState::new(if latest { f64::INFINITY } else { now });
+        for cache in [false, true] {
+            let local = self.protocol.with_storage(cache, |s| s.get(&key, now).cloned());
+            state.add(local.map(|e| FoundValue { value: e.value, expiration: e.expiration }), now);
+        }
+        if !state.finished() {
+            state = lookup(&self.protocol, key, self.protocol.config.bucket_size, state).await.state;
+        }
+        let Some(found) = state.into_value() else { return Ok(None) };
+        if found.expiration < now {
+            return Ok(None);
+        }
+        // Cache what we found, so the next read is local.
+        self.protocol.with_storage(true, |cache| match &found.value {
+            StoredValue::Regular(bytes) => {
+                cache.store(key, bytes.clone(), found.expiration, now);
+            }
+            StoredValue::Dictionary(d) => {
+                for e in d.entries(now) {
+                    cache.store_subkey(key, e.subkey.clone(), e.value.clone(), e.expiration, now);
+                }
+            }
+        });
+        decode_found(found, now).map(Some)
+    }
+}
+
+fn decode_found(found: FoundValue, now: DhtTime) -> Result<DhtValue> {
+    Ok(match found.value {
+        StoredValue::Regular(bytes) => {
+            DhtValue::Regular { value: msgpack::unpack(&bytes)?, expiration: found.expiration }
+        }
+        StoredValue::Dictionary(d) => DhtValue::Dictionary {
+            entries: d
+                .entries(now)
+                .map(|e| {
+                    Ok(DictionaryEntry {
+                        subkey: e.subkey.clone(),
+                        value: msgpack::unpack(&e.value)?,
+                        expiration: e.expiration,
+                    })
+                })
+                .collect::<Result<_>>()?,
+            expiration: found.expiration,
+        },
+    })
+}
