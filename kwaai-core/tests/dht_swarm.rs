@@ -97,3 +97,90 @@ fn a_bootstrap_peer_that_does_not_answer_fails_the_start() {
         .unwrap_err();
     assert_eq!(err.kind(), kwaai_core::ErrorKind::InvalidArgument, "{err}");
 }
+
+#[test]
+fn a_node_restarted_with_its_identity_rejoins_and_its_records_are_found_after_re_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = swarm(3);
+    let bootstrap = nodes[0].listen_addrs()[0].to_string();
+    let config = || NodeConfig {
+        listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        identity_path: Some(dir.path().join("id.key")),
+        initial_peers: vec![bootstrap.clone()],
+        ..NodeConfig::default()
+    };
+    let node = Node::start(config()).unwrap();
+    let peer_id = node.peer_id();
+    let expiration = dht_time() + 60.0;
+    assert!(node
+        .dht_store(Value::from("mine"), Some(Value::from(peer_id.to_base58())), Value::from(1), expiration)
+        .unwrap());
+    node.shutdown();
+
+    let again = Node::start(config()).unwrap();
+    assert_eq!(again.peer_id(), peer_id);
+    let later = expiration + 1.0;
+    assert!(again
+        .dht_store(Value::from("mine"), Some(Value::from(peer_id.to_base58())), Value::from(2), later)
+        .unwrap());
+    for reader in &nodes {
+        let Some(DhtValue::Dictionary { entries, .. }) = reader.dht_get(Value::from("mine"), true).unwrap() else {
+            panic!("expected a dictionary");
+        };
+        assert_eq!(entries.len(), 1);
+        assert_eq!((entries[0].value.clone(), entries[0].expiration), (Value::from(2), later));
+    }
+}
+
+#[test]
+fn malformed_dht_requests_get_errors_and_lose_nothing() {
+    use kwaai_core::dht::{RPC_FIND, RPC_STORE};
+    use kwaai_core::wire::dht::{NodeInfo, StoreRequest, StoreResponse};
+    use prost::Message;
+
+    let nodes = swarm(2);
+    let (victim, attacker) = (&nodes[0], &nodes[1]);
+    let expiration = dht_time() + 60.0;
+    assert!(victim.dht_store(Value::from("precious"), None, Value::from("intact"), expiration).unwrap());
+    let timeout = Duration::from_secs(5);
+    let call = |name: &str, request: Vec<u8>| attacker.call_unary(victim.peer_id(), name, &request, timeout);
+
+    for garbage in [vec![0xff; 64], vec![0x0a, 0x7f, 0x01]] {
+        let err = call(RPC_STORE, garbage.clone()).unwrap_err();
+        assert!(err.message().contains("bad DHT message"), "{err}");
+        assert!(call(RPC_FIND, garbage).is_err());
+    }
+    let misaligned = StoreRequest {
+        keys: vec![vec![1; 20], vec![2; 20]],
+        subkeys: vec![vec![0xc0]; 2],
+        values: vec![vec![0x01]],
+        expiration_time: vec![expiration; 2],
+        in_cache: vec![false; 2],
+        ..StoreRequest::default()
+    };
+    assert!(call(RPC_STORE, misaligned.encode_to_vec()).unwrap_err().message().contains("not aligned"));
+    let short_key = StoreRequest {
+        keys: vec![vec![1; 19]],
+        subkeys: vec![vec![0xc0]],
+        values: vec![vec![0x01]],
+        expiration_time: vec![expiration],
+        in_cache: vec![false],
+        peer: Some(NodeInfo { node_id: vec![3; 7] }),
+        ..StoreRequest::default()
+    };
+    assert!(call(RPC_STORE, short_key.encode_to_vec()).is_err());
+    let oversized = StoreRequest {
+        keys: vec![vec![1; 20]],
+        subkeys: vec![vec![0xc0]],
+        values: vec![vec![0xc4; (1 << 20) + 1]],
+        expiration_time: vec![expiration],
+        in_cache: vec![false],
+        ..StoreRequest::default()
+    };
+    let reply = StoreResponse::decode(call(RPC_STORE, oversized.encode_to_vec()).unwrap().as_slice()).unwrap();
+    assert_eq!(reply.store_ok, vec![false], "an oversized value is refused");
+
+    let got = victim.dht_get(Value::from("precious"), false).unwrap();
+    assert_eq!(got, Some(DhtValue::Regular { value: Value::from("intact"), expiration }));
+    assert!(attacker.dht_get(Value::from("precious"), true).unwrap().is_some());
+}

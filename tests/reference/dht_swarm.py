@@ -4,19 +4,23 @@ with one JSON line on stdout. Used by kwaai-core/tests/dht_python_swarm.rs.
 Commands:
   {"op": "spawn", "initial_peers": [maddr, ...]}                  -> {"index": i, "maddrs": [...]}
   {"op": "store", "node": i, "key": k, "value": v, "expiration": t, "subkey": s?} -> {"ok": bool}
+  {"op": "owner_marker"} -> {"marker": "[owner:ssh-rsa ...]"}  (with --rsa)
   {"op": "get", "node": i, "key": k, "latest": bool}
       -> {"found": false} | {"found": true, "value": v, "expiration": t}
        | {"found": true, "dictionary": {subkey: [v, t]}, "expiration": t}
-Exits (shutting every node down) when stdin closes.
+With --rsa every node validates records with hivemind's RSASignatureValidator (one key for the
+whole process, as hivemind uses). Exits (shutting every node down) when stdin closes.
 """
 import json
 import sys
 
 import hivemind
+from hivemind.dht.crypto import RSASignatureValidator
 from hivemind.utils.timed_storage import ValueWithExpiration
 
 
 def main():
+    validators = [RSASignatureValidator()] if "--rsa" in sys.argv else []
     nodes = []
     try:
         for line in sys.stdin:
@@ -26,6 +30,7 @@ def main():
                 dht = hivemind.DHT(
                     initial_peers=request.get("initial_peers") or None,
                     host_maddrs=["/ip4/127.0.0.1/tcp/0"],
+                    record_validators=validators,
                     start=True,
                 )
                 nodes.append(dht)
@@ -36,6 +41,8 @@ def main():
                     request["key"], request["value"], request["expiration"], subkey=request.get("subkey")
                 )
                 reply = {"ok": bool(ok)}
+            elif op == "owner_marker":
+                reply = {"marker": validators[0].local_public_key.decode()}
             elif op == "get":
                 found = nodes[request["node"]].get(request["key"], latest=request.get("latest", False))
                 if found is None:

@@ -7,6 +7,7 @@ pub mod routing;
 mod search;
 mod service;
 pub mod storage;
+pub mod validation;
 
 pub use id::DhtId;
 pub use protocol::{DhtConfig, RPC_FIND, RPC_PING, RPC_STORE};

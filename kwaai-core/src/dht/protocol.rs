@@ -12,6 +12,7 @@ use rmpv::Value;
 use super::id::DhtId;
 use super::routing::RoutingTable;
 use super::storage::{dht_time, DhtTime, DictionaryValue, LocalStorage, StoredEntry, StoredValue};
+use super::validation::{DhtRecord, Validators};
 use crate::error::{Error, ErrorKind, Result};
 use crate::p2p::Rpc;
 use crate::wire::dht::{
@@ -54,6 +55,9 @@ pub struct DhtConfig {
     pub max_value_size: usize,
     /// Keys kept in storage and in the cache, each.
     pub max_entries: usize,
+    /// Record validators (e.g. [`super::validation::RsaSignatureValidator`]); none by default, as
+    /// in Petals.
+    pub validators: Validators,
 }
 
 impl Default for DhtConfig {
@@ -68,6 +72,7 @@ impl Default for DhtConfig {
             blacklist_time: Duration::from_secs(5),
             max_value_size: 1 << 20,
             max_entries: 1 << 20,
+            validators: Validators::default(),
         }
     }
 }
@@ -201,22 +206,46 @@ impl Protocol {
         in_cache: bool,
         now: f64,
     ) -> Result<bool> {
-        let key = DhtId::from_slice(key)?;
+        let key_id = DhtId::from_slice(key)?;
         if value.len() > self.config.max_value_size {
+            return Ok(false);
+        }
+        if tag == IS_DICTIONARY {
+            let dictionary = DictionaryValue::from_msgpack(&value)?;
+            if !self.valid_dictionary(key, &dictionary) {
+                return Ok(false);
+            }
+            let entries: Vec<_> = dictionary.entries(f64::NEG_INFINITY).cloned().collect();
+            let mut state = self.lock();
+            let storage = if in_cache { &mut state.cache } else { &mut state.storage };
+            // `all` stops at the first refusal, as hivemind's generator does.
+            return Ok(entries.into_iter().all(|e| storage.store_subkey(key_id, e.subkey, e.value, e.expiration, now)));
+        }
+        let subkey = if tag == IS_REGULAR_VALUE { None } else { Some(msgpack::unpack(tag)?) };
+        let record = DhtRecord { key: key.to_vec(), subkey: tag.to_vec(), value, expiration };
+        if !self.config.validators.validate(&record) {
             return Ok(false);
         }
         let mut state = self.lock();
         let storage = if in_cache { &mut state.cache } else { &mut state.storage };
-        Ok(match tag {
-            IS_DICTIONARY => {
-                let dictionary = DictionaryValue::from_msgpack(&value)?;
-                let entries: Vec<_> = dictionary.entries(f64::NEG_INFINITY).cloned().collect();
-                // `all` stops at the first refusal, as hivemind's generator does.
-                entries.into_iter().all(|e| storage.store_subkey(key, e.subkey, e.value, e.expiration, now))
-            }
-            IS_REGULAR_VALUE => storage.store(key, value, expiration, now),
-            subkey => storage.store_subkey(key, msgpack::unpack(subkey)?, value, expiration, now),
+        Ok(match subkey {
+            None => storage.store(key_id, record.value, expiration, now),
+            Some(subkey) => storage.store_subkey(key_id, subkey, record.value, expiration, now),
         })
+    }
+
+    /// Whether every entry of a dictionary passes the validators.
+    fn valid_dictionary(&self, key: &[u8], dictionary: &DictionaryValue) -> bool {
+        self.config.validators.is_empty()
+            || dictionary.entries(f64::NEG_INFINITY).all(|e| {
+                let record = DhtRecord {
+                    key: key.to_vec(),
+                    subkey: msgpack::pack(&e.subkey),
+                    value: e.value.clone(),
+                    expiration: e.expiration,
+                };
+                self.config.validators.validate(&record)
+            })
     }
 
     fn rpc_find(self: Arc<Self>, sender: PeerId, request: Vec<u8>) -> Result<Vec<u8>> {
@@ -354,11 +383,53 @@ impl Protocol {
             }
         };
         self.clone().spawn_update(sender_node_id(response.peer.as_ref())?, peer, true);
-        response.results.into_iter().map(parse_find_result).collect()
+        keys.iter().zip(response.results).map(|(key, result)| self.parse_find_result(key, result)).collect()
     }
 
     async fn call(&self, peer: PeerId, name: &str, request: Vec<u8>) -> Result<Vec<u8>> {
         self.rpc.call_unary(peer, name, request, self.config.wait_timeout).await
+    }
+
+    /// Decodes one `FindResult`; a value that fails validation counts as not found.
+    fn parse_find_result(&self, key: &DhtId, result: FindResult) -> Result<FindAnswer> {
+        if result.nearest_node_ids.len() != result.nearest_peer_ids.len() {
+            return Err(Error::new(ErrorKind::Protocol, "FindResult nearest lists are not aligned"));
+        }
+        let nearest = result
+            .nearest_node_ids
+            .iter()
+            .zip(&result.nearest_peer_ids)
+            .map(|(node, peer)| {
+                let peer =
+                    PeerId::from_bytes(peer).map_err(|e| Error::with_source(ErrorKind::Protocol, "bad peer ID", e))?;
+                Ok((DhtId::from_slice(node)?, peer))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let expiration = result.expiration_time;
+        let value = match ResultType::try_from(result.r#type) {
+            Ok(ResultType::NotFound) => None,
+            Ok(ResultType::FoundRegular) => {
+                let record = DhtRecord {
+                    key: key.as_bytes().to_vec(),
+                    subkey: IS_REGULAR_VALUE.to_vec(),
+                    value: result.value,
+                    expiration,
+                };
+                self.config
+                    .validators
+                    .validate(&record)
+                    .then(|| FoundValue { value: StoredValue::Regular(record.value), expiration })
+            }
+            Ok(ResultType::FoundDictionary) => {
+                let dictionary = DictionaryValue::from_msgpack(&result.value)?;
+                self.valid_dictionary(key.as_bytes(), &dictionary)
+                    .then(|| FoundValue { value: StoredValue::Dictionary(dictionary), expiration })
+            }
+            Err(_) => {
+                return Err(Error::new(ErrorKind::Protocol, format!("unknown FindResult type {}", result.r#type)))
+            }
+        };
+        Ok(FindAnswer { value, nearest })
     }
 
     // ----- local state ------------------------------------------------------------------------
@@ -484,33 +555,6 @@ fn sender_node_id(info: Option<&NodeInfo>) -> Result<Option<DhtId>> {
         Some(info) if !info.node_id.is_empty() => DhtId::from_slice(&info.node_id).map(Some),
         _ => Ok(None),
     }
-}
-
-fn parse_find_result(result: FindResult) -> Result<FindAnswer> {
-    if result.nearest_node_ids.len() != result.nearest_peer_ids.len() {
-        return Err(Error::new(ErrorKind::Protocol, "FindResult nearest lists are not aligned"));
-    }
-    let nearest = result
-        .nearest_node_ids
-        .iter()
-        .zip(&result.nearest_peer_ids)
-        .map(|(node, peer)| {
-            let peer =
-                PeerId::from_bytes(peer).map_err(|e| Error::with_source(ErrorKind::Protocol, "bad peer ID", e))?;
-            Ok((DhtId::from_slice(node)?, peer))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let expiration = result.expiration_time;
-    let value = match ResultType::try_from(result.r#type) {
-        Ok(ResultType::NotFound) => None,
-        Ok(ResultType::FoundRegular) => Some(FoundValue { value: StoredValue::Regular(result.value), expiration }),
-        Ok(ResultType::FoundDictionary) => Some(FoundValue {
-            value: StoredValue::Dictionary(DictionaryValue::from_msgpack(&result.value)?),
-            expiration,
-        }),
-        Err(_) => return Err(Error::new(ErrorKind::Protocol, format!("unknown FindResult type {}", result.r#type))),
-    };
-    Ok(FindAnswer { value, nearest })
 }
 
 /// The msgpack subkey tag for a store: `c0` for a regular value, else the packed subkey.

@@ -7,9 +7,10 @@ use libp2p::{Multiaddr, PeerId};
 use rmpv::Value;
 
 use super::id::DhtId;
-use super::protocol::{subkey_tag, DhtConfig, FoundValue, Protocol};
+use super::protocol::{subkey_tag, DhtConfig, FoundValue, Protocol, IS_REGULAR_VALUE};
 use super::search::{lookup, SearchState};
 use super::storage::{dht_time, DhtTime, StoredValue};
+use super::validation::DhtRecord;
 use crate::error::{Error, ErrorKind, Result};
 use crate::p2p::{HostHandle, Rpc};
 use crate::wire::msgpack;
@@ -157,6 +158,11 @@ impl Dht {
         }
         let key = DhtId::of_key(&item.key);
         let tag = subkey_tag(item.subkey.as_ref());
+        let validators = &self.protocol.config.validators;
+        let record =
+            DhtRecord { key: key.as_bytes().to_vec(), subkey: tag.clone(), value, expiration: item.expiration };
+        let value = validators.sign_value(&record);
+        let locally_valid = validators.validate(&record.with_value(value.clone()));
         let config = &self.protocol.config;
         let found =
             lookup(&self.protocol, key, config.bucket_size.max(config.num_replicas), SearchState::new(f64::INFINITY))
@@ -174,6 +180,7 @@ impl Dht {
                 break;
             }
             let ok = match peer {
+                None if !locally_valid => false,
                 None => self.protocol.with_storage(false, |storage| match &item.subkey {
                     None => storage.store(key, value.clone(), item.expiration, now),
                     Some(subkey) => storage.store_subkey(key, subkey.clone(), value.clone(), item.expiration, now),
@@ -233,27 +240,31 @@ impl Dht {
                 }
             }
         });
-        decode_found(found, now).map(Some)
+        self.decode_found(key, found, now).map(Some)
     }
-}
 
-fn decode_found(found: FoundValue, now: DhtTime) -> Result<DhtValue> {
-    Ok(match found.value {
-        StoredValue::Regular(bytes) => {
-            DhtValue::Regular { value: msgpack::unpack(&bytes)?, expiration: found.expiration }
-        }
-        StoredValue::Dictionary(d) => DhtValue::Dictionary {
-            entries: d
-                .entries(now)
-                .map(|e| {
-                    Ok(DictionaryEntry {
-                        subkey: e.subkey.clone(),
-                        value: msgpack::unpack(&e.value)?,
-                        expiration: e.expiration,
+    /// Strips signatures (through the validators) and decodes the values.
+    fn decode_found(&self, key: DhtId, found: FoundValue, now: DhtTime) -> Result<DhtValue> {
+        let validators = &self.protocol.config.validators;
+        let strip = |subkey: Vec<u8>, value: &[u8], expiration| {
+            let record = DhtRecord { key: key.as_bytes().to_vec(), subkey, value: value.to_vec(), expiration };
+            msgpack::unpack(&validators.strip_value(&record))
+        };
+        Ok(match found.value {
+            StoredValue::Regular(bytes) => DhtValue::Regular {
+                value: strip(IS_REGULAR_VALUE.to_vec(), &bytes, found.expiration)?,
+                expiration: found.expiration,
+            },
+            StoredValue::Dictionary(d) => DhtValue::Dictionary {
+                entries: d
+                    .entries(now)
+                    .map(|e| {
+                        let value = strip(msgpack::pack(&e.subkey), &e.value, e.expiration)?;
+                        Ok(DictionaryEntry { subkey: e.subkey.clone(), value, expiration: e.expiration })
                     })
-                })
-                .collect::<Result<_>>()?,
-            expiration: found.expiration,
-        },
-    })
+                    .collect::<Result<_>>()?,
+                expiration: found.expiration,
+            },
+        })
+    }
 }
