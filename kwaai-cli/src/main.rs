@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use kwaai_core::dht::DhtConfig;
 use kwaai_core::{Node, NodeConfig};
 
 #[derive(Parser)]
@@ -23,6 +24,12 @@ enum Command {
         /// Identity file (hivemind's format); created if missing.
         #[arg(long)]
         identity: Option<PathBuf>,
+        /// A peer to join the swarm through, `/ip4/.../tcp/.../p2p/<peer id>` (repeatable).
+        #[arg(long = "initial-peer")]
+        initial_peers: Vec<String>,
+        /// Run the DHT in client mode: ask, but do not serve.
+        #[arg(long)]
+        client: bool,
     },
     /// Run the local demo swarm on 127.0.0.1 until interrupted.
     Demo,
@@ -35,9 +42,13 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Start { listen, identity } => {
-            run_node(NodeConfig { listen_addrs: listen, identity_path: identity, ..NodeConfig::default() })
-        }
+        Command::Start { listen, identity, initial_peers, client } => run_node(NodeConfig {
+            listen_addrs: listen,
+            identity_path: identity,
+            initial_peers,
+            dht: DhtConfig { client_mode: client, ..DhtConfig::default() },
+            ..NodeConfig::default()
+        }),
         Command::Demo => {
             run_node(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() })
         }
@@ -59,6 +70,9 @@ fn run_node(config: NodeConfig) -> kwaai_core::Result<()> {
         println!("listening on: {addr}");
     }
     println!("press Ctrl-C to stop");
+    // Let a parent that reads our output see it at once.
+    std::io::Write::flush(&mut std::io::stdout())
+        .map_err(|e| kwaai_core::Error::with_source(kwaai_core::ErrorKind::Io, "writing to stdout", e))?;
     wait_for_interrupt()?;
     node.shutdown();
     println!("stopped");

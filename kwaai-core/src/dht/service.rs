@@ -167,10 +167,13 @@ impl Dht {
         let found =
             lookup(&self.protocol, key, config.bucket_size.max(config.num_replicas), SearchState::new(f64::INFINITY))
                 .await;
-        // Candidates nearest first, ourselves included, as hivemind does.
+        // Candidates nearest first, ourselves included (as hivemind does) unless we are a client.
         let mut candidates: Vec<(DhtId, Option<PeerId>)> =
             found.nearest.into_iter().map(|(n, p)| (n, Some(p))).collect();
-        candidates.push((self.protocol.node_id, None));
+        if !config.client_mode {
+            // A client cannot serve what it stores, so it only stores on others.
+            candidates.push((self.protocol.node_id, None));
+        }
         candidates.sort_by_key(|(node, _)| node.distance(&key));
         let mut stored = 0;
         let mut accepted = false;
