@@ -12,6 +12,7 @@ from ._kwaai import (
     Node,
     ProtocolError,
     TimeoutError,
+    ValueWithExpiration,
     __version__,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "Node",
     "ProtocolError",
     "TimeoutError",
+    "ValueWithExpiration",
     "__version__",
 ]

@@ -1,6 +1,6 @@
 # Type stubs of the native module; `make test` checks them against the built module (mypy stubtest).
 import os
-from typing import List, Optional, Tuple, final
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union, final
 
 __version__: str
 ERROR_KINDS: List[Tuple[int, str]]
@@ -19,11 +19,31 @@ class ClosedError(KwaaiError): ...
 class InternalError(KwaaiError): ...
 
 @final
+class ValueWithExpiration:
+    value: Any
+    expiration_time: float
+    def __init__(self, value: Any, expiration_time: float) -> None: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+@final
 class Node:
     @staticmethod
     def start(
-        listen_addrs: Optional[List[str]] = None, identity_path: Optional[os.PathLike[str] | str] = None
+        listen_addrs: Optional[List[str]] = None,
+        identity_path: Optional[os.PathLike[str] | str] = None,
+        initial_peers: Optional[List[str]] = None,
+        client_mode: bool = False,
     ) -> Node: ...
+    def store(self, key: Any, value: Any, expiration_time: float, subkey: Any = None) -> bool: ...
+    def store_many(
+        self,
+        keys: Sequence[Any],
+        values: Sequence[Any],
+        expiration_time: Union[float, Sequence[float]],
+        subkeys: Optional[Sequence[Any]] = None,
+    ) -> List[bool]: ...
+    def get(self, key: Any, latest: bool = False) -> Optional[ValueWithExpiration]: ...
+    def get_many(self, keys: Sequence[Any], latest: bool = False) -> Dict[Any, Optional[ValueWithExpiration]]: ...
     @property
     def peer_id(self) -> str: ...
     @property
