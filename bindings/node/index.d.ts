@@ -16,6 +16,10 @@ export interface NodeConfig {
   listenAddrs?: Array<string>
   /** Identity file (hivemind's format), created if missing; default: a fresh identity. */
   identityPath?: string
+  /** Peers to join the swarm through: multiaddrs ending in `/p2p/<peer id>`. */
+  initialPeers?: Array<string>
+  /** Run the DHT in client mode (ask, do not serve). */
+  clientMode?: boolean
 }
 /** A running kwaai node. Call `shutdown()` when done. */
 export declare class Node {
@@ -27,6 +31,20 @@ export declare class Node {
   get listenAddrs(): Array<string>
   /** Whether the node is still running. */
   get isRunning(): boolean
+  /**
+   * Stores `value` under `key` (and `subkey`) in the DHT until `expiration` (Unix seconds);
+   * resolves to whether a replica accepted it.
+   */
+  dhtStore(key: unknown, value: unknown, expiration: number, subkey?: unknown): Promise<boolean>
+  /** Stores several `{ key, value, expiration, subkey? }` items; resolves to one boolean each. */
+  dhtStoreMany(items: Array<{ key: unknown, value: unknown, expiration: number, subkey?: unknown }>): Promise<boolean[]>
+  /**
+   * Reads `key` from the DHT: `null`, `{ value, expiration }`, or for a dictionary
+   * `{ entries: [{ subkey, value, expiration }], expiration }`. `latest` searches the whole swarm.
+   */
+  dhtGet(key: unknown, latest?: boolean): Promise<{ value?: unknown, entries?: Array<{ subkey: unknown, value: unknown, expiration: number }>, expiration: number } | null>
+  /** Reads several keys; resolves to one result (or `null`) per key. */
+  dhtGetMany(keys: unknown[], latest?: boolean): Promise<Array<{ value?: unknown, entries?: Array<{ subkey: unknown, value: unknown, expiration: number }>, expiration: number } | null>>
   /** Stops the node; resolves when it is down. Calling it again does nothing. */
   shutdown(): Promise<void>
 }

@@ -35,7 +35,11 @@ impl ValueWithExpiration {
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        Ok(format!("ValueWithExpiration(value={}, expiration_time={})", self.value.bind(py).repr()?, self.expiration_time))
+        Ok(format!(
+            "ValueWithExpiration(value={}, expiration_time={})",
+            self.value.bind(py).repr()?,
+            self.expiration_time
+        ))
     }
 }
 
@@ -49,7 +53,8 @@ pub(crate) fn to_python_result(py: Python<'_>, found: Option<DhtValue>) -> PyRes
         Some(DhtValue::Dictionary { entries, expiration }) => {
             let dict = PyDict::new(py);
             for entry in entries {
-                let item = ValueWithExpiration { value: to_python(py, &entry.value)?, expiration_time: entry.expiration };
+                let item =
+                    ValueWithExpiration { value: to_python(py, &entry.value)?, expiration_time: entry.expiration };
                 dict.set_item(to_python(py, &entry.subkey)?, Py::new(py, item)?)?;
             }
             Some(ValueWithExpiration { value: dict.into_any().unbind(), expiration_time: expiration })
@@ -65,9 +70,12 @@ pub(crate) fn store_items(
     subkeys: Option<&[Bound<'_, PyAny>]>,
 ) -> PyResult<Vec<StoreItem>> {
     let n = keys.len();
-    let aligned = values.len() == n && (expirations.len() == n || expirations.len() == 1) && subkeys.is_none_or(|s| s.len() == n);
+    let aligned =
+        values.len() == n && (expirations.len() == n || expirations.len() == 1) && subkeys.is_none_or(|s| s.len() == n);
     if !aligned {
-        return Err(crate::error::InvalidArgumentError::new_err("keys, values, expirations and subkeys differ in length"));
+        return Err(crate::error::InvalidArgumentError::new_err(
+            "keys, values, expirations and subkeys differ in length",
+        ));
     }
     (0..n)
         .map(|i| {

@@ -115,7 +115,12 @@ impl Node {
 
     /// Reads several keys; returns `{key: ValueWithExpiration or None}`.
     #[pyo3(signature = (keys, latest = false))]
-    fn get_many<'py>(&self, py: Python<'py>, keys: Vec<Bound<'py, PyAny>>, latest: bool) -> PyResult<Bound<'py, PyDict>> {
+    fn get_many<'py>(
+        &self,
+        py: Python<'py>,
+        keys: Vec<Bound<'py, PyAny>>,
+        latest: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let values = keys.iter().map(crate::value::to_value).collect::<PyResult<Vec<_>>>()?;
         let found = py.allow_threads(|| self.inner.dht_get_many(values, latest)).map_err(to_py)?;
         let out = PyDict::new(py);
