@@ -58,8 +58,11 @@ test-c: build ## the C ABI from C: plain, under valgrind, and with AddressSaniti
 	gcc $(C_FLAGS) tests/c/node_lifecycle.c $(C_LINK) -o target/c/node_lifecycle
 	gcc $(C_FLAGS) -fsanitize=address,undefined -fno-omit-frame-pointer tests/c/node_lifecycle.c $(C_LINK) \
 		-o target/c/node_lifecycle_asan
+	gcc $(C_FLAGS) tests/c/dht_store_get.c $(C_LINK) -o target/c/dht_store_get
 	./target/c/node_lifecycle
+	./target/c/dht_store_get
 	$(VALGRIND) ./target/c/node_lifecycle > target/c/valgrind.log || { cat target/c/valgrind.log; exit 1; }
+	$(VALGRIND) ./target/c/dht_store_get > target/c/valgrind-dht.log || { cat target/c/valgrind-dht.log; exit 1; }
 	./target/c/node_lifecycle_asan > target/c/asan.log || { cat target/c/asan.log; exit 1; }
 	gcc $(C_FLAGS) examples/c/start_node.c $(C_LINK) -o target/c/start_node && ./target/c/start_node
 	@echo "C ABI: clean under valgrind and AddressSanitizer"

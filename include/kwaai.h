@@ -53,6 +53,20 @@ typedef struct kwaai_config kwaai_config;
 // A running node. It owns its threads; calls on it may come from any thread.
 typedef struct kwaai_node kwaai_node;
 
+// What `kwaai_node_dht_get` found. Free the value with `kwaai_dht_result_free`.
+typedef struct {
+  // Whether the key holds an unexpired value.
+  bool found;
+  // Whether it is a dictionary (written with subkeys).
+  bool is_dictionary;
+  // Its expiration in DHT time (Unix seconds); for a dictionary, the latest of its entries.
+  double expiration;
+  // msgpack of the value; for a dictionary, an array of `[subkey, value, expiration]` arrays.
+  uint8_t *value;
+  // Length of `value` in bytes.
+  size_t value_len;
+} kwaai_dht_result;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -79,8 +93,49 @@ kwaai_status kwaai_config_add_listen_addr(kwaai_config *config, const char *addr
 // `path` must be NULL or a NUL-terminated string.
 kwaai_status kwaai_config_set_identity_path(kwaai_config *config, const char *path);
 
+// Adds a peer to join the swarm through: a multiaddr ending in `/p2p/<peer id>`.
+//
+// # Safety
+// `addr` must be NULL or a NUL-terminated string.
+kwaai_status kwaai_config_add_initial_peer(kwaai_config *config, const char *addr);
+
+// Runs the DHT in client mode (ask, do not serve) when `client_mode` is true.
+kwaai_status kwaai_config_set_client_mode(kwaai_config *config, bool client_mode);
+
 // Frees a configuration. NULL, or a handle already freed, is ignored.
 void kwaai_config_free(kwaai_config *config);
+
+// Stores a value in the DHT until `expiration` (Unix seconds) and writes to `out_stored` whether a
+// replica accepted it. `key`, `subkey` and `value` are msgpack; `subkey` may be NULL (no subkey).
+//
+// # Safety
+// Each pointer must be NULL or point to its stated number of bytes; `out_stored` must be writable.
+kwaai_status kwaai_node_dht_store(kwaai_node *node,
+                                  const uint8_t *key,
+                                  size_t key_len,
+                                  const uint8_t *subkey,
+                                  size_t subkey_len,
+                                  const uint8_t *value,
+                                  size_t value_len,
+                                  double expiration,
+                                  bool *out_stored);
+
+// Reads `key` (msgpack) from the DHT into `out`; `latest` searches the whole swarm for the newest
+// value. `out->found` is false when the key holds nothing.
+//
+// # Safety
+// `key` must point to `key_len` bytes; `out` must be writable.
+kwaai_status kwaai_node_dht_get(kwaai_node *node,
+                                const uint8_t *key,
+                                size_t key_len,
+                                bool latest,
+                                kwaai_dht_result *out);
+
+// Frees the value of a result filled by `kwaai_node_dht_get` and resets it. NULL is ignored.
+//
+// # Safety
+// `result` must be NULL or a result filled by `kwaai_node_dht_get`, not yet freed.
+void kwaai_dht_result_free(kwaai_dht_result *result);
 
 // Returns the message of the last error on this thread, or NULL if none occurred yet.
 //

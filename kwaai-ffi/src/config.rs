@@ -54,6 +54,24 @@ pub unsafe extern "C" fn kwaai_config_set_identity_path(
     })
 }
 
+/// Adds a peer to join the swarm through: a multiaddr ending in `/p2p/<peer id>`.
+///
+/// # Safety
+/// `addr` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn kwaai_config_add_initial_peer(config: *mut kwaai_config, addr: *const c_char) -> kwaai_status {
+    ffi_call(|| {
+        let addr = str_arg(addr, "addr")?.to_owned();
+        CONFIGS.with(config, |c| c.inner.initial_peers.push(addr))
+    })
+}
+
+/// Runs the DHT in client mode (ask, do not serve) when `client_mode` is true.
+#[no_mangle]
+pub extern "C" fn kwaai_config_set_client_mode(config: *mut kwaai_config, client_mode: bool) -> kwaai_status {
+    ffi_call(|| CONFIGS.with(config, |c| c.inner.dht.client_mode = client_mode))
+}
+
 /// Frees a configuration. NULL, or a handle already freed, is ignored.
 #[no_mangle]
 pub extern "C" fn kwaai_config_free(config: *mut kwaai_config) {

@@ -7,12 +7,14 @@
 #![allow(non_camel_case_types)]
 
 mod config;
+mod dht;
 mod error;
 mod handles;
 mod node;
 mod strings;
 
 pub use config::*;
+pub use dht::*;
 pub use error::*;
 pub use node::*;
 pub use strings::*;

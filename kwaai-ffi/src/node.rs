@@ -17,7 +17,7 @@ pub struct kwaai_node {
     node: Arc<Node>,
 }
 
-fn node_of(handle: *mut kwaai_node) -> Result<Arc<Node>, Error> {
+pub(crate) fn node_of(handle: *mut kwaai_node) -> Result<Arc<Node>, Error> {
     NODES.with(handle, |h| h.node.clone())
 }
 

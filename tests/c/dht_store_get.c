@@ -1,0 +1,86 @@
+/* The DHT through the C ABI: two nodes on loopback, a value stored on one is read on the other,
+ * a subkey makes a dictionary, and bad msgpack is refused. Keys and values are msgpack bytes.
+ * Prints one line per check and a final "N passed, N failed" line. */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "kwaai.h"
+
+static int passed = 0, failed = 0;
+
+static void check(int ok, const char *what) {
+    if (ok) {
+        passed++;
+        printf("ok - %s\n", what);
+    } else {
+        failed++;
+        const char *msg = kwaai_last_error_message();
+        printf("FAIL - %s (last error: %s)\n", what, msg ? msg : "none");
+    }
+}
+
+static kwaai_node *start(const char *initial_peer) {
+    kwaai_config *config = NULL;
+    kwaai_node *node = NULL;
+    kwaai_config_new(&config);
+    if (initial_peer) kwaai_config_add_initial_peer(config, initial_peer);
+    kwaai_status s = kwaai_node_start(config, &node);
+    kwaai_config_free(config);
+    check(s == KWAAI_STATUS_OK, initial_peer ? "second node joins through the first" : "first node starts");
+    return node;
+}
+
+int main(void) {
+    kwaai_node *a = start(NULL);
+    char *addr = NULL;
+    kwaai_node_listen_addr(a, 0, &addr);
+    kwaai_node *b = start(addr);
+    kwaai_string_free(addr);
+
+    const unsigned char key[] = {0xa3, 'k', 'e', 'y'};           /* "key" */
+    const unsigned char value[] = {0x92, 0x2a, 0xa2, 'h', 'i'};   /* [42, "hi"] */
+    double expiration = (double)time(NULL) + 60.0;
+    bool stored = false;
+    check(kwaai_node_dht_store(a, key, sizeof key, NULL, 0, value, sizeof value, expiration, &stored) ==
+              KWAAI_STATUS_OK && stored, "store on the first node");
+
+    kwaai_dht_result result;
+    check(kwaai_node_dht_get(b, key, sizeof key, true, &result) == KWAAI_STATUS_OK, "get on the second node");
+    check(result.found && !result.is_dictionary, "found a regular value");
+    check(result.value_len == sizeof value && memcmp(result.value, value, sizeof value) == 0, "same msgpack bytes");
+    check(result.expiration == expiration, "same expiration");
+    kwaai_dht_result_free(&result);
+    check(result.value == NULL && !result.found, "result reset after free");
+    kwaai_dht_result_free(&result); /* a second free is harmless */
+
+    const unsigned char dict_key[] = {0xa6, 's', 'e', 'r', 'v', 'e', 'r'};
+    const unsigned char subkey[] = {0xa1, 's'};
+    const unsigned char one[] = {0x01};
+    check(kwaai_node_dht_store(b, dict_key, sizeof dict_key, subkey, sizeof subkey, one, sizeof one, expiration, &stored) ==
+              KWAAI_STATUS_OK && stored, "store a subkey");
+    check(kwaai_node_dht_get(a, dict_key, sizeof dict_key, true, &result) == KWAAI_STATUS_OK && result.found &&
+              result.is_dictionary, "get a dictionary");
+    /* [[ "s", 1, expiration ]] */
+    const unsigned char expected[] = {0x91, 0x93, 0xa1, 's', 0x01, 0xcb};
+    check(result.value_len == sizeof expected + 8 && memcmp(result.value, expected, sizeof expected) == 0,
+          "dictionary entries as msgpack");
+    kwaai_dht_result_free(&result);
+
+    const unsigned char absent[] = {0xa6, 'a', 'b', 's', 'e', 'n', 't'};
+    check(kwaai_node_dht_get(b, absent, sizeof absent, false, &result) == KWAAI_STATUS_OK && !result.found,
+          "absent key is not found");
+    const unsigned char truncated[] = {0xa5, 'k'};
+    check(kwaai_node_dht_get(b, truncated, sizeof truncated, false, &result) == KWAAI_STATUS_INVALID_ARGUMENT,
+          "truncated msgpack key is invalid_argument");
+    check(kwaai_node_dht_store(a, NULL, 4, NULL, 0, value, sizeof value, expiration, &stored) ==
+              KWAAI_STATUS_INVALID_ARGUMENT, "NULL key with a length is invalid_argument");
+    check(kwaai_node_dht_store(a, key, sizeof key, NULL, 0, value, sizeof value, expiration, NULL) ==
+              KWAAI_STATUS_INVALID_ARGUMENT, "NULL out_stored is invalid_argument");
+    check(kwaai_node_dht_get(NULL, key, sizeof key, false, &result) == KWAAI_STATUS_INVALID_ARGUMENT, "NULL node");
+
+    kwaai_node_free(b);
+    kwaai_node_free(a);
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed == 0 ? 0 : 1;
+}
