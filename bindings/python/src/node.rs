@@ -75,12 +75,11 @@ impl Node {
         expiration_time: f64,
         subkey: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
-        let subkey = subkey.map(|s| s.clone());
         let items = crate::dht::store_items(
-            &[key.clone()],
-            &[value.clone()],
+            std::slice::from_ref(key),
+            std::slice::from_ref(value),
             &[expiration_time],
-            subkey.as_ref().map(std::slice::from_ref),
+            subkey.map(std::slice::from_ref),
         )?;
         let ok = py.allow_threads(|| self.inner.dht_store_many(items)).map_err(to_py)?;
         Ok(ok[0])
