@@ -125,6 +125,9 @@ impl RpcShared {
 }
 
 /// A cloneable handle to the node's RPC layer: register handlers, call peers.
+///
+/// Its async methods run in any tokio runtime with timers enabled (the connections themselves run
+/// on the node's runtime). Handlers run on the node's runtime.
 #[derive(Clone)]
 pub struct Rpc {
     shared: Arc<RpcShared>,
