@@ -332,3 +332,132 @@ async fn listen(mut inner: SubstreamBox, rpc: &RpcShared) -> Result<Listened> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::p2p::multistream::{dialer_proposal, encode_uvarint};
+    use crate::p2p::rpc::Rpc;
+
+    /// An in-memory substream: reads come from `input`, writes are recorded.
+    struct Scripted {
+        input: Vec<u8>,
+        read: usize,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl AsyncRead for Scripted {
+        fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            // One byte at a time, to exercise partial messages.
+            let n = buf.len().min(this.input.len() - this.read).min(1);
+            buf[..n].copy_from_slice(&this.input[this.read..this.read + n]);
+            this.read += n;
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    impl AsyncWrite for Scripted {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.written.lock().unwrap().extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn scripted(input: Vec<u8>) -> (SubstreamBox, Arc<Mutex<Vec<u8>>>) {
+        let written = Arc::new(Mutex::new(Vec::new()));
+        (SubstreamBox::new(Scripted { input, read: 0, written: written.clone() }), written)
+    }
+
+    fn rpc_with_handler() -> (Arc<RpcShared>, mpsc::Sender<super::super::host::Command>) {
+        let (commands, _) = mpsc::channel(1);
+        let shared = Arc::new(RpcShared::new(tokio::runtime::Handle::current(), commands.downgrade()));
+        Rpc::new(shared.clone()).add_unary_handler("Test.echo", |_, r| async move { Ok(r) }).unwrap();
+        (shared, commands)
+    }
+
+    fn message(line: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_message(line, &mut out);
+        out
+    }
+
+    async fn read_all(mut stream: RpcStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_registered_name_is_accepted_and_keeps_the_bytes_after_it() {
+        let (rpc, _keep) = rpc_with_handler();
+        let mut input = dialer_proposal("Test.echo");
+        input.extend_from_slice(b"payload");
+        let (stream, written) = scripted(input);
+        let Ok(Listened::Handler { name, stream }) = listen(stream, &rpc).await else { panic!("not accepted") };
+        assert_eq!(name, "Test.echo");
+        assert_eq!(*written.lock().unwrap(), dialer_proposal("Test.echo"), "header then echo");
+        assert_eq!(read_all(stream).await, b"payload");
+    }
+
+    #[tokio::test]
+    async fn unknown_names_get_na_and_slash_names_go_to_the_swarm_with_one_header() {
+        let (rpc, _keep) = rpc_with_handler();
+        let mut input = dialer_proposal("Test.missing");
+        input.extend(message(b"/ipfs/ping/1.0.0"));
+        input.extend_from_slice(b"rest");
+        let (stream, written) = scripted(input);
+        let Ok(Listened::Swarm(mut stream)) = listen(stream, &rpc).await else { panic!("not replayed") };
+        let mut expected = message(HEADER);
+        expected.extend(message(NOT_AVAILABLE));
+        assert_eq!(*written.lock().unwrap(), expected);
+        // The swarm's own header is swallowed; what it writes next goes through.
+        stream.write_all(&message(HEADER)).await.unwrap();
+        stream.write_all(&message(b"/ipfs/ping/1.0.0")).await.unwrap();
+        expected.extend(message(b"/ipfs/ping/1.0.0"));
+        assert_eq!(*written.lock().unwrap(), expected);
+        // It reads a fresh header, the proposal and everything after.
+        let mut replay = message(HEADER);
+        replay.extend(message(b"/ipfs/ping/1.0.0"));
+        replay.extend_from_slice(b"rest");
+        assert_eq!(read_all(stream).await, replay);
+    }
+
+    #[tokio::test]
+    async fn slash_names_are_replayed_untouched() {
+        let (rpc, _keep) = rpc_with_handler();
+        let mut input = dialer_proposal("/ipfs/id/1.0.0");
+        input.extend_from_slice(b"lazy data");
+        let (stream, written) = scripted(input.clone());
+        let Ok(Listened::Swarm(stream)) = listen(stream, &rpc).await else { panic!("not replayed") };
+        assert!(written.lock().unwrap().is_empty(), "nothing answered before the swarm");
+        assert_eq!(read_all(stream).await, input);
+    }
+
+    #[tokio::test]
+    async fn garbage_closed_and_endless_streams_are_errors() {
+        let (rpc, _keep) = rpc_with_handler();
+        let mut refusals = Vec::new();
+        for i in 0..MAX_REFUSALS {
+            refusals.extend(if i == 0 { dialer_proposal("A.x") } else { message(b"A.x") });
+        }
+        let mut oversized = message(HEADER);
+        encode_uvarint(MAX_MESSAGE_LEN as u64 + 1, &mut oversized);
+        oversized.extend(vec![b'a'; MAX_MESSAGE_LEN + 64]);
+        for (what, input) in [
+            ("not multistream", b"GET / HTTP/1.1\r\n".to_vec()),
+            ("closed early", message(HEADER)),
+            ("oversized message", oversized),
+            ("endless refusals", refusals),
+        ] {
+            let (stream, _) = scripted(input);
+            assert!(listen(stream, &rpc).await.is_err(), "{what}");
+        }
+    }
+}
