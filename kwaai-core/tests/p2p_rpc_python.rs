@@ -119,8 +119,8 @@ fn connected_pair() -> (Node, Python) {
 
 #[test]
 fn rust_calls_python_unary_and_streaming_handlers() {
-    let (node, _python_guard) = connected_pair();
-    let py = _python_guard.peer_id;
+    let (node, python) = connected_pair();
+    let py = python.peer_id;
     let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
     let reply = node.call_unary(py, "Py.echo", &request("", &payload), T).unwrap();
     assert_eq!(metadata(&reply), reversed(&payload));
@@ -148,16 +148,13 @@ fn rust_calls_python_unary_and_streaming_handlers() {
 
     let err = node.call_unary(py, "Py.missing", &request("", b""), T).unwrap_err();
     assert!(err.message().contains("protocol not supported"), "{err}");
-}
 
-#[test]
-fn rust_streams_with_python_step_by_step() {
-    let (node, python) = connected_pair();
+    // Step by step: each reply arrives before the next request is sent.
     let rpc = node.rpc().unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let (tx, rx) = futures::channel::mpsc::unbounded::<Vec<u8>>();
-        let mut replies = rpc.call_stream(python.peer_id, "Py.stream", rx, T).await.unwrap();
+        let mut replies = rpc.call_stream(py, "Py.stream", rx, T).await.unwrap();
         for step in [&b"one"[..], b"two", b"three"] {
             tx.unbounded_send(request("", step)).unwrap();
             let reply = tokio::time::timeout(T, replies.next()).await.unwrap().unwrap().unwrap();
