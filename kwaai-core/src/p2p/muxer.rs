@@ -12,14 +12,14 @@
 //!   swarm untouched: the bytes read so far are replayed before the rest of the stream, so
 //!   identify, ping and kad negotiate as usual. If we already sent our header (after an `na`), the
 //!   swarm's own header is swallowed so that the dialer sees exactly one.
-//! * **Outbound**: [`Connections::open`] queues a request that [`RpcMuxer`]'s `poll` (run by the
-//!   connection task) serves by opening a raw substream; the RPC layer then proposes the name
-//!   itself.
+//! * **Outbound**: [`Connections::open`] opens a raw substream on the connection's muxer, which
+//!   [`RpcMuxer`] shares (behind a mutex) for that purpose, so a call needs no round trip through
+//!   the connection task; the RPC layer then proposes the name itself.
 //!
 //! Streams handed to the RPC layer count as active in [`Connections`], which the keep-alive
 //! behaviour reads so that the swarm never closes a connection in the middle of a call.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -27,10 +27,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::core::muxing::{StreamMuxer, StreamMuxerBox, StreamMuxerEvent, StreamMuxerExt, SubstreamBox};
 use libp2p::PeerId;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::multistream::{decode_message, encode_message, HEADER, MAX_MESSAGE_LEN, NOT_AVAILABLE};
 use super::rpc::RpcShared;
@@ -111,11 +112,19 @@ impl Drop for ActiveGuard {
     }
 }
 
-type OpenReply = oneshot::Sender<Result<RpcStream>>;
+/// A connection's muxer, shared by the swarm's connection task and the RPC layer.
+type SharedMuxer = Arc<Mutex<StreamMuxerBox>>;
+
+fn lock(muxer: &SharedMuxer) -> std::sync::MutexGuard<'_, StreamMuxerBox> {
+    muxer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 struct Slot {
     id: u64,
-    opener: mpsc::UnboundedSender<OpenReply>,
+    muxer: SharedMuxer,
+    /// The connection task's waker: yamux only notices a stream opened outside that task (its
+    /// command channel, its writes, its drop) once the task polls the muxer again.
+    connection_task: Arc<AtomicWaker>,
     active: Arc<AtomicUsize>,
 }
 
@@ -127,12 +136,11 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
-    fn register(&self, peer: PeerId) -> (u64, mpsc::UnboundedReceiver<OpenReply>, Arc<AtomicUsize>) {
+    fn register(&self, peer: PeerId, muxer: SharedMuxer, connection_task: Arc<AtomicWaker>) -> (u64, Arc<AtomicUsize>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (opener, requests) = mpsc::unbounded_channel();
         let active = Arc::new(AtomicUsize::new(0));
-        self.lock().entry(peer).or_default().push(Slot { id, opener, active: active.clone() });
-        (id, requests, active)
+        self.lock().entry(peer).or_default().push(Slot { id, muxer, connection_task, active: active.clone() });
+        (id, active)
     }
 
     fn unregister(&self, peer: &PeerId, id: u64) {
@@ -145,13 +153,20 @@ impl Connections {
         }
     }
 
-    /// Asks the newest live connection to `peer` for a raw substream; `None` if there is none.
-    pub fn open(&self, peer: &PeerId) -> Option<oneshot::Receiver<Result<RpcStream>>> {
-        let slots = self.lock();
-        let slot = slots.get(peer)?.iter().rev().find(|slot| !slot.opener.is_closed())?;
-        let (reply, answer) = oneshot::channel();
-        slot.opener.send(reply).ok()?;
-        Some(answer)
+    /// Opens a raw substream on the newest connection to `peer`; `None` if there is none.
+    pub fn open(&self, peer: &PeerId) -> Option<impl std::future::Future<Output = Result<RpcStream>>> {
+        let (muxer, connection_task, active) = {
+            let slots = self.lock();
+            let slot = slots.get(peer)?.last()?;
+            (slot.muxer.clone(), slot.connection_task.clone(), slot.active.clone())
+        };
+        Some(async move {
+            let inner = futures::future::poll_fn(|cx| lock(&muxer).poll_outbound_unpin(cx))
+                .await
+                .map_err(|e| Error::with_source(ErrorKind::Network, "opening a stream", e))?;
+            connection_task.wake();
+            Ok(RpcStream { _active: Some(ActiveGuard::new(&active)), ..RpcStream::plain(inner) })
+        })
     }
 
     /// Whether any RPC stream with `peer` is open.
@@ -166,13 +181,12 @@ impl Connections {
 
 /// The muxer of one connection; see the module doc.
 pub(crate) struct RpcMuxer {
-    inner: StreamMuxerBox,
+    inner: SharedMuxer,
+    connection_task: Arc<AtomicWaker>,
     peer: PeerId,
     slot: u64,
     rpc: Arc<RpcShared>,
     active: Arc<AtomicUsize>,
-    open_requests: mpsc::UnboundedReceiver<OpenReply>,
-    pending_opens: VecDeque<OpenReply>,
     replay_tx: mpsc::UnboundedSender<RpcStream>,
     replays: mpsc::UnboundedReceiver<RpcStream>,
 }
@@ -180,9 +194,11 @@ pub(crate) struct RpcMuxer {
 impl RpcMuxer {
     /// Wraps the muxer of a fresh connection with `peer`.
     pub fn new(inner: StreamMuxerBox, peer: PeerId, rpc: Arc<RpcShared>) -> Self {
-        let (slot, open_requests, active) = rpc.connections.register(peer);
+        let inner = Arc::new(Mutex::new(inner));
+        let connection_task = Arc::new(AtomicWaker::new());
+        let (slot, active) = rpc.connections.register(peer, inner.clone(), connection_task.clone());
         let (replay_tx, replays) = mpsc::unbounded_channel();
-        RpcMuxer { inner, peer, slot, rpc, active, open_requests, pending_opens: VecDeque::new(), replay_tx, replays }
+        RpcMuxer { inner, connection_task, peer, slot, rpc, active, replay_tx, replays }
     }
 }
 
@@ -202,7 +218,7 @@ impl StreamMuxer for RpcMuxer {
             if let Poll::Ready(Some(stream)) = this.replays.poll_recv(cx) {
                 return Poll::Ready(Ok(stream));
             }
-            let stream = match this.inner.poll_inbound_unpin(cx) {
+            let stream = match lock(&this.inner).poll_inbound_unpin(cx) {
                 Poll::Ready(Ok(stream)) => stream,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
@@ -228,39 +244,16 @@ impl StreamMuxer for RpcMuxer {
     }
 
     fn poll_outbound(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<RpcStream, io::Error>> {
-        self.get_mut().inner.poll_outbound_unpin(cx).map_ok(RpcStream::plain)
+        lock(&self.inner).poll_outbound_unpin(cx).map_ok(RpcStream::plain)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
-        self.get_mut().inner.poll_close_unpin(cx)
+        lock(&self.inner).poll_close_unpin(cx)
     }
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<StreamMuxerEvent, io::Error>> {
-        let this = self.get_mut();
-        while let Poll::Ready(Some(reply)) = this.open_requests.poll_recv(cx) {
-            this.pending_opens.push_back(reply);
-        }
-        while let Some(reply) = this.pending_opens.front() {
-            if reply.is_closed() {
-                this.pending_opens.pop_front();
-                continue;
-            }
-            match this.inner.poll_outbound_unpin(cx) {
-                Poll::Ready(opened) => {
-                    let opened = opened
-                        .map(|inner| RpcStream {
-                            _active: Some(ActiveGuard::new(&this.active)),
-                            ..RpcStream::plain(inner)
-                        })
-                        .map_err(|e| Error::with_source(ErrorKind::Network, "opening a stream", e));
-                    if let Some(reply) = this.pending_opens.pop_front() {
-                        let _ = reply.send(opened);
-                    }
-                }
-                Poll::Pending => break,
-            }
-        }
-        this.inner.poll_unpin(cx)
+        self.connection_task.register(cx.waker());
+        lock(&self.inner).poll_unpin(cx)
     }
 }
 

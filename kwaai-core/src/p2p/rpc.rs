@@ -280,21 +280,21 @@ impl Rpc {
     }
 
     async fn open(&self, peer: PeerId) -> Result<RpcStream> {
-        if let Some(answer) = self.shared.connections.open(&peer) {
-            if let Ok(opened) = answer.await {
-                return opened;
+        if let Some(opening) = self.shared.connections.open(&peer) {
+            if let Ok(stream) = opening.await {
+                return Ok(stream);
             }
         }
         let commands = self.shared.commands.upgrade().ok_or_else(closed)?;
         let (reply, connected) = oneshot::channel();
         commands.send(Command::Dial { peer, reply }).await.map_err(|_| closed())?;
         connected.await.map_err(|_| closed())??;
-        let answer = self
+        let opening = self
             .shared
             .connections
             .open(&peer)
             .ok_or_else(|| Error::new(ErrorKind::Network, format!("connection to {peer} closed")))?;
-        answer.await.map_err(|_| Error::new(ErrorKind::Network, format!("connection to {peer} closed")))?
+        opening.await
     }
 }
 
