@@ -179,11 +179,7 @@ impl Rpc {
     }
 
     fn insert(&self, name: &str, handler: Handler) -> Result<()> {
-        if name.is_empty() || name.starts_with('/') || name.contains('\n') || name.len() + 1 > MAX_MESSAGE_LEN {
-            return Err(Error::invalid_argument(format!(
-                "handler name {name:?} must be non-empty, without a leading '/' or a newline"
-            )));
-        }
+        check_name(name)?;
         let mut handlers =
             self.shared.handlers.write().map_err(|_| Error::new(ErrorKind::Internal, "handler table poisoned"))?;
         handlers.insert(name.to_owned(), handler);
@@ -200,6 +196,7 @@ impl Rpc {
     }
 
     async fn unary_exchange(&self, peer: PeerId, name: &str, request: Vec<u8>) -> Result<Vec<u8>> {
+        check_name(name)?;
         let limits = self.shared.limits();
         let call_id = new_call_id();
         let envelope = encode_unary_envelope(&PersistentConnectionRequest {
@@ -247,6 +244,7 @@ impl Rpc {
         requests: impl Stream<Item = Vec<u8>> + Send + 'static,
         timeout: Duration,
     ) -> Result<ResponseStream> {
+        check_name(name)?;
         let limits = self.shared.limits();
         let timed_out = || Error::new(ErrorKind::Timeout, format!("{name} on {peer}: no reply within {timeout:?}"));
         let stream = tokio::time::timeout(timeout, self.open(peer)).await.map_err(|_| timed_out())??;
@@ -563,6 +561,17 @@ async fn read_multistream_message<R: AsyncRead + Unpin>(reader: &mut R) -> Resul
             return Ok(line.to_vec());
         }
     }
+}
+
+/// Hivemind handler names: non-empty, no leading `/` (those belong to libp2p protocols), no
+/// newline, short enough for one multistream message.
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.starts_with('/') || name.contains('\n') || name.len() + 1 > MAX_MESSAGE_LEN {
+        return Err(Error::invalid_argument(format!(
+            "handler name {name:?} must be non-empty, without a leading '/' or a newline"
+        )));
+    }
+    Ok(())
 }
 
 fn new_call_id() -> Vec<u8> {
