@@ -57,11 +57,19 @@ pub struct RpcLimits {
     pub max_frame_len: usize,
     /// How long an inbound unary handler may run before the call fails.
     pub handler_timeout: Duration,
+    /// How long a handler waits for the rest of a request or frame once its first byte arrived
+    /// (a peer that stalls mid-message, or lies about a length, is dropped after this).
+    pub read_timeout: Duration,
 }
 
 impl Default for RpcLimits {
     fn default() -> Self {
-        RpcLimits { max_unary_len: 4 << 20, max_frame_len: 16 << 20, handler_timeout: Duration::from_secs(300) }
+        RpcLimits {
+            max_unary_len: 4 << 20,
+            max_frame_len: 16 << 20,
+            handler_timeout: Duration::from_secs(300),
+            read_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -307,7 +315,8 @@ struct CallState {
 impl CallState {
     async fn next_reply(&mut self) -> Option<Result<Vec<u8>>> {
         let reader = self.reader.as_mut()?;
-        let frame = tokio::time::timeout(self.timeout, read_frame(reader, self.limits.max_frame_len)).await;
+        let frame =
+            tokio::time::timeout(self.timeout, read_frame(reader, self.limits.max_frame_len, self.timeout)).await;
         let item = match frame {
             Err(_) => Some(Err(Error::new(ErrorKind::Timeout, format!("no reply within {:?}", self.timeout)))),
             Ok(Ok(Some(Frame::Message(bytes)))) => return Some(Ok(bytes)),
@@ -359,7 +368,9 @@ async fn serve_unary(
     limits: RpcLimits,
 ) -> Result<()> {
     let mut stream = BufReader::new(stream);
-    let call = read_unary_envelope(&mut stream, limits.max_unary_len).await?;
+    let call = tokio::time::timeout(limits.read_timeout, read_unary_envelope(&mut stream, limits.max_unary_len))
+        .await
+        .map_err(|_| Error::new(ErrorKind::Timeout, "the caller stalled while sending its request"))??;
     let Some(request::Message::CallUnary(CallUnaryRequest { data, .. })) = call.message else {
         return Err(Error::new(ErrorKind::Protocol, "unary call without callUnary"));
     };
@@ -411,7 +422,7 @@ async fn serve_stream(peer: PeerId, stream: RpcStream, handler: Arc<StreamFn>, l
     let read_requests = async move {
         let mut reader = BufReader::new(reader);
         loop {
-            match read_frame(&mut reader, limits.max_frame_len).await {
+            match read_frame(&mut reader, limits.max_frame_len, limits.read_timeout).await {
                 Ok(Some(Frame::Message(bytes))) => {
                     if requests_tx.send(Ok(bytes)).await.is_err() {
                         break;
@@ -495,22 +506,35 @@ async fn write_error_frame<W: AsyncWrite + Unpin>(writer: &mut W, text: &str) ->
     write_frame(writer, FRAME_ERROR, &payload).await
 }
 
-/// Reads one streaming frame; `Ok(None)` on a clean end of stream between frames.
-async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, max_len: usize) -> Result<Option<Frame>> {
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    let first = reader.read(&mut header[..1]).await.map_err(io_error)?;
-    if first == 0 {
+/// Reads one streaming frame; `Ok(None)` on a clean end of stream between frames. Waiting for a
+/// frame is unbounded; once its first byte is in, the rest must follow within `rest_timeout`.
+async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max_len: usize,
+    rest_timeout: Duration,
+) -> Result<Option<Frame>> {
+    let mut first = [0u8; 1];
+    if reader.read(&mut first).await.map_err(io_error)? == 0 {
         return Ok(None);
     }
+    tokio::time::timeout(rest_timeout, read_frame_rest(reader, first[0], max_len))
+        .await
+        .map_err(|_| Error::new(ErrorKind::Timeout, "the peer stalled in the middle of a frame"))?
+        .map(Some)
+}
+
+async fn read_frame_rest<R: AsyncRead + Unpin>(reader: &mut R, marker: u8, max_len: usize) -> Result<Frame> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    header[0] = marker;
     reader.read_exact(&mut header[1..]).await.map_err(io_error)?;
     let header = decode_frame_header(&header, max_len).map_err(|e| Error::new(ErrorKind::Protocol, e))?;
     let mut payload = vec![0u8; header.len];
     reader.read_exact(&mut payload).await.map_err(io_error)?;
     if header.marker == FRAME_ERROR {
         let text = decode_rpc_error(&payload).map_err(|e| Error::new(ErrorKind::Protocol, e))?;
-        return Ok(Some(Frame::Error(text)));
+        return Ok(Frame::Error(text));
     }
-    Ok(Some(Frame::Message(payload)))
+    Ok(Frame::Message(payload))
 }
 
 /// Reads one unary envelope of at most `max_len` bytes.
@@ -592,4 +616,97 @@ fn io_error(e: std::io::Error) -> Error {
 
 fn closed() -> Error {
     Error::new(ErrorKind::Closed, "the node is shut down")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Gives `data`, then either ends (`stall == false`) or never answers again.
+    struct Feed {
+        data: Vec<u8>,
+        at: usize,
+        stall: bool,
+    }
+
+    impl AsyncRead for Feed {
+        fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
+            let this = self.get_mut();
+            if this.at == this.data.len() {
+                return if this.stall { Poll::Pending } else { Poll::Ready(Ok(0)) };
+            }
+            let n = buf.len().min(this.data.len() - this.at);
+            buf[..n].copy_from_slice(&this.data[this.at..this.at + n]);
+            this.at += n;
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    fn feed(data: &[u8], stall: bool) -> Feed {
+        Feed { data: data.to_vec(), at: 0, stall }
+    }
+
+    const SHORT: Duration = Duration::from_millis(50);
+
+    #[tokio::test]
+    async fn frames_decode_and_end_cleanly() {
+        let mut bytes = encode_frame_header(FRAME_MESSAGE, 3).to_vec();
+        bytes.extend_from_slice(b"abc");
+        bytes.extend_from_slice(&encode_frame_header(FRAME_ERROR, 5));
+        bytes.extend_from_slice(&RpcError { message: Some("bad".into()) }.encode_to_vec());
+        let mut reader = feed(&bytes, false);
+        assert!(matches!(read_frame(&mut reader, 16, SHORT).await, Ok(Some(Frame::Message(m))) if m == b"abc"));
+        assert!(matches!(read_frame(&mut reader, 16, SHORT).await, Ok(Some(Frame::Error(t))) if t == "bad"));
+        assert!(matches!(read_frame(&mut reader, 16, SHORT).await, Ok(None)));
+    }
+
+    #[tokio::test]
+    async fn lying_stalling_and_oversized_frames_are_errors() {
+        let mut lying = encode_frame_header(FRAME_MESSAGE, 1000).to_vec();
+        lying.extend_from_slice(b"short");
+        let err = read_frame(&mut feed(&lying, false), 4096, SHORT).await.err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+        let err = read_frame(&mut feed(&lying, true), 4096, SHORT).await.err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        let err = read_frame(&mut feed(&lying, true), 999, SHORT).await.err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "refused from the header alone: {err}");
+        let err = read_frame(&mut feed(&[7, 0, 0], false), 999, SHORT).await.err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    }
+
+    #[tokio::test]
+    async fn lying_and_oversized_unary_envelopes_are_errors() {
+        let err = read_unary_envelope(&mut feed(&[100, 1, 2, 3], false), 4096).await.err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+        let err = read_unary_envelope(&mut feed(&[0x80, 0x80, 0x80, 0x04], true), 4096).await.err().unwrap();
+        assert!(err.message().contains("exceeds the limit"), "refused before the body: {err}");
+        let err = read_unary_envelope(&mut feed(&[3, 0xff, 0xff, 0xff], false), 4096).await.err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "garbage body: {err}");
+    }
+
+    #[tokio::test]
+    async fn negotiation_answers_are_checked() {
+        let mut ok = Vec::new();
+        crate::p2p::multistream::encode_message(HEADER, &mut ok);
+        crate::p2p::multistream::encode_message(b"A.b", &mut ok);
+        assert!(read_negotiation_answer(&mut feed(&ok, false), "A.b").await.is_ok());
+        let mut na = Vec::new();
+        crate::p2p::multistream::encode_message(HEADER, &mut na);
+        crate::p2p::multistream::encode_message(NOT_AVAILABLE, &mut na);
+        let err = read_negotiation_answer(&mut feed(&na, false), "A.b").await.unwrap_err();
+        assert!(err.message().contains("protocol not supported"), "{err}");
+        let err = read_negotiation_answer(&mut feed(&ok, false), "A.c").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+        let err = read_negotiation_answer(&mut feed(b"\x05hello", false), "A.b").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn call_ids_are_uuid_v4() {
+        let id = new_call_id();
+        assert_eq!(id.len(), CALL_ID_LEN);
+        assert_eq!(id[6] >> 4, 4);
+        assert_eq!(id[8] >> 6, 0b10);
+        assert_ne!(new_call_id(), id);
+    }
 }
