@@ -45,7 +45,7 @@ const MAX_REFUSALS: usize = 8;
 const HEADER_MESSAGE_LEN: usize = 20;
 
 /// A substream: bytes to replay first, then the muxer's stream.
-pub struct RpcStream {
+pub(crate) struct RpcStream {
     inner: SubstreamBox,
     prefix: Vec<u8>,
     read: usize,
