@@ -50,12 +50,19 @@ pub(crate) struct RpcStream {
     prefix: Vec<u8>,
     read: usize,
     skip_write: usize,
+    /// Our multistream answer, when it was deferred to go out with the first reply.
+    answer: Vec<u8>,
     _active: Option<ActiveGuard>,
 }
 
 impl RpcStream {
     fn plain(inner: SubstreamBox) -> Self {
-        RpcStream { inner, prefix: Vec::new(), read: 0, skip_write: 0, _active: None }
+        RpcStream { inner, prefix: Vec::new(), read: 0, skip_write: 0, answer: Vec::new(), _active: None }
+    }
+
+    /// The multistream answer the handler must send before anything else (empty if already sent).
+    pub fn take_answer(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.answer)
     }
 }
 
@@ -313,11 +320,16 @@ async fn listen(mut inner: SubstreamBox, rpc: &RpcShared) -> Result<Listened> {
         }
         let accepted = rpc.has_handler(&name);
         encode_message(if accepted { name.as_bytes() } else { NOT_AVAILABLE }, &mut answer);
+        if accepted && consumed < buf.len() {
+            // A lazy dialer already sent its request: answer together with the first reply.
+            let leftover = buf.split_off(consumed);
+            let stream = RpcStream { prefix: leftover, answer, ..RpcStream::plain(inner) };
+            return Ok(Listened::Handler { name, stream });
+        }
         inner.write_all(&answer).await.map_err(|e| Error::with_source(ErrorKind::Network, "answering", e))?;
         inner.flush().await.map_err(|e| Error::with_source(ErrorKind::Network, "answering", e))?;
         if accepted {
-            let leftover = buf.split_off(consumed);
-            return Ok(Listened::Handler { name, stream: RpcStream { prefix: leftover, ..RpcStream::plain(inner) } });
+            return Ok(Listened::Handler { name, stream: RpcStream::plain(inner) });
         }
         refusals += 1;
         if refusals >= MAX_REFUSALS {
@@ -332,18 +344,18 @@ mod tests {
     use crate::p2p::multistream::{dialer_proposal, encode_uvarint};
     use crate::p2p::rpc::Rpc;
 
-    /// An in-memory substream: reads come from `input`, writes are recorded.
+    /// An in-memory substream: reads come from `input` (`chunk` bytes at most), writes are recorded.
     struct Scripted {
         input: Vec<u8>,
         read: usize,
+        chunk: usize,
         written: Arc<Mutex<Vec<u8>>>,
     }
 
     impl AsyncRead for Scripted {
         fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
             let this = self.get_mut();
-            // One byte at a time, to exercise partial messages.
-            let n = buf.len().min(this.input.len() - this.read).min(1);
+            let n = buf.len().min(this.input.len() - this.read).min(this.chunk);
             buf[..n].copy_from_slice(&this.input[this.read..this.read + n]);
             this.read += n;
             Poll::Ready(Ok(n))
@@ -363,9 +375,14 @@ mod tests {
         }
     }
 
+    /// Delivers one byte per read, to exercise partial messages.
     fn scripted(input: Vec<u8>) -> (SubstreamBox, Arc<Mutex<Vec<u8>>>) {
+        scripted_in_chunks(input, 1)
+    }
+
+    fn scripted_in_chunks(input: Vec<u8>, chunk: usize) -> (SubstreamBox, Arc<Mutex<Vec<u8>>>) {
         let written = Arc::new(Mutex::new(Vec::new()));
-        (SubstreamBox::new(Scripted { input, read: 0, written: written.clone() }), written)
+        (SubstreamBox::new(Scripted { input, read: 0, chunk, written: written.clone() }), written)
     }
 
     fn rpc_with_handler() -> (Arc<RpcShared>, mpsc::Sender<super::super::host::Command>) {
@@ -392,11 +409,22 @@ mod tests {
         let (rpc, _keep) = rpc_with_handler();
         let mut input = dialer_proposal("Test.echo");
         input.extend_from_slice(b"payload");
-        let (stream, written) = scripted(input);
-        let Ok(Listened::Handler { name, stream }) = listen(stream, &rpc).await else { panic!("not accepted") };
+        // The request arrives with the proposal, as a lazy dialer sends it.
+        let (stream, written) = scripted_in_chunks(input, 512);
+        let Ok(Listened::Handler { name, mut stream }) = listen(stream, &rpc).await else { panic!("not accepted") };
         assert_eq!(name, "Test.echo");
-        assert_eq!(*written.lock().unwrap(), dialer_proposal("Test.echo"), "header then echo");
+        assert!(written.lock().unwrap().is_empty(), "a lazy dialer's answer waits for the reply");
+        assert_eq!(stream.take_answer(), dialer_proposal("Test.echo"), "header then echo");
         assert_eq!(read_all(stream).await, b"payload");
+    }
+
+    #[tokio::test]
+    async fn a_dialer_waiting_for_the_answer_gets_it_at_once() {
+        let (rpc, _keep) = rpc_with_handler();
+        let (stream, written) = scripted(dialer_proposal("Test.echo"));
+        let Ok(Listened::Handler { mut stream, .. }) = listen(stream, &rpc).await else { panic!("not accepted") };
+        assert_eq!(*written.lock().unwrap(), dialer_proposal("Test.echo"));
+        assert!(stream.take_answer().is_empty());
     }
 
     #[tokio::test]

@@ -363,6 +363,8 @@ async fn serve_unary(
     handler: Arc<UnaryFn>,
     limits: RpcLimits,
 ) -> Result<()> {
+    let mut stream = stream;
+    let answer = stream.take_answer();
     let mut stream = BufReader::new(stream);
     let call = tokio::time::timeout(limits.read_timeout, read_unary_envelope(&mut stream, limits.max_unary_len))
         .await
@@ -407,12 +409,17 @@ async fn serve_unary(
             })),
         });
     }
+    let reply = if answer.is_empty() { reply } else { [answer, reply].concat() };
     write_all(&mut stream, &reply).await?;
     let _ = stream.close().await;
     Ok(())
 }
 
-async fn serve_stream(peer: PeerId, stream: RpcStream, handler: Arc<StreamFn>, limits: RpcLimits) -> Result<()> {
+async fn serve_stream(peer: PeerId, mut stream: RpcStream, handler: Arc<StreamFn>, limits: RpcLimits) -> Result<()> {
+    let answer = stream.take_answer();
+    if !answer.is_empty() {
+        write_all(&mut stream, &answer).await?;
+    }
     let (reader, mut writer) = stream.split();
     let (requests_tx, requests_rx) = mpsc::channel::<Result<Vec<u8>>>(STREAM_PREFETCH);
     let read_requests = async move {
