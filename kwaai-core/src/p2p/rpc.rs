@@ -453,6 +453,7 @@ async fn serve_stream(peer: PeerId, mut stream: RpcStream, handler: Arc<StreamFn
     };
     let requests = ChannelStream(requests_rx).boxed();
     let mut replies = handler(peer, requests);
+    // Writes the replies; `Ok(true)` if it ended the call with an error frame.
     let write_replies = async {
         while let Some(reply) = replies.next().await {
             match reply {
@@ -462,26 +463,31 @@ async fn serve_stream(peer: PeerId, mut stream: RpcStream, handler: Arc<StreamFn
                 Ok(bytes) => {
                     let text = format!("reply of {} bytes exceeds the limit of {}", bytes.len(), limits.max_frame_len);
                     write_error_frame(&mut writer, &text).await?;
-                    break;
+                    return Ok(true);
                 }
                 Err(e) => {
                     write_error_frame(&mut writer, e.message()).await?;
-                    break;
+                    return Ok(true);
                 }
             }
         }
-        let _ = writer.close().await;
-        Ok::<_, Error>(())
+        Ok::<_, Error>(false)
     };
-    futures::pin_mut!(read_requests, write_replies);
-    match futures::future::select(read_requests, write_replies).await {
-        futures::future::Either::Left(((), write_replies)) => write_replies.await,
-        futures::future::Either::Right((result, read_requests)) => {
-            // The handler is done; let the caller finish sending for a moment before the stream goes.
-            let _ = tokio::time::timeout(DRAIN_GRACE, read_requests).await;
-            result
+    let outcome = {
+        futures::pin_mut!(read_requests, write_replies);
+        match futures::future::select(read_requests, write_replies).await {
+            futures::future::Either::Left(((), write_replies)) => write_replies.await,
+            futures::future::Either::Right((Ok(true), read_requests)) => {
+                // Before closing (which makes p2pd drop the caller's socket), let the caller read our
+                // error and stop sending, so that it reports the error rather than a broken pipe.
+                let _ = tokio::time::timeout(DRAIN_GRACE, read_requests).await;
+                Ok(true)
+            }
+            futures::future::Either::Right((outcome, _)) => outcome,
         }
-    }
+    };
+    let _ = writer.close().await;
+    outcome.map(|_| ())
 }
 
 /// A `Stream` over a tokio mpsc receiver.
