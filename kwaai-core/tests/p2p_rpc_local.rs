@@ -181,5 +181,9 @@ fn bad_handler_names_are_invalid_arguments() {
     for name in ["", "/slash", "new\nline"] {
         let err = a.add_unary_handler(name, |_, r| async move { Ok(r) }).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{name:?}");
+        let err = a.call_unary(a.peer_id(), name, b"", T).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{name:?}");
+        let err = a.call_stream(a.peer_id(), name, vec![], T).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{name:?}");
     }
 }

@@ -119,8 +119,8 @@ fn connected_pair() -> (Node, Python) {
 
 #[test]
 fn rust_calls_python_unary_and_streaming_handlers() {
-    let (node, _python_guard) = connected_pair();
-    let py = _python_guard.peer_id;
+    let (node, python) = connected_pair();
+    let py = python.peer_id;
     let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
     let reply = node.call_unary(py, "Py.echo", &request("", &payload), T).unwrap();
     assert_eq!(metadata(&reply), reversed(&payload));
@@ -148,16 +148,13 @@ fn rust_calls_python_unary_and_streaming_handlers() {
 
     let err = node.call_unary(py, "Py.missing", &request("", b""), T).unwrap_err();
     assert!(err.message().contains("protocol not supported"), "{err}");
-}
 
-#[test]
-fn rust_streams_with_python_step_by_step() {
-    let (node, python) = connected_pair();
+    // Step by step: each reply arrives before the next request is sent.
     let rpc = node.rpc().unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let (tx, rx) = futures::channel::mpsc::unbounded::<Vec<u8>>();
-        let mut replies = rpc.call_stream(python.peer_id, "Py.stream", rx, T).await.unwrap();
+        let mut replies = rpc.call_stream(py, "Py.stream", rx, T).await.unwrap();
         for step in [&b"one"[..], b"two", b"three"] {
             tx.unbounded_send(request("", step)).unwrap();
             let reply = tokio::time::timeout(T, replies.next()).await.unwrap().unwrap().unwrap();
@@ -197,6 +194,31 @@ fn python_calls_rust_unary_and_streaming_handlers() {
     let answer = python.unary(me, "Rust.missing", "", b"");
     assert_eq!(answer["ok"], false, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("protocol not supported"), "{answer}");
+
+    // Python gives up on a stalled handler: p2pd closes the stream and our handler is dropped.
+    let (dropped_tx, dropped) = std::sync::mpsc::channel::<()>();
+    let dropped_tx = std::sync::Mutex::new(dropped_tx);
+    node.add_unary_handler("Rust.stall", move |_, _| {
+        let guard = NotifyOnDrop(dropped_tx.lock().unwrap().clone());
+        async move {
+            let _guard = guard;
+            futures::future::pending::<()>().await;
+            Ok(Vec::new())
+        }
+    })
+    .unwrap();
+    let answer = python.run(json!({"op": "unary", "peer": me.to_base58(), "name": "Rust.stall", "uid": "",
+                                   "metadata": "", "timeout": 0.5}));
+    assert_eq!(answer["type"], "TimeoutError", "{answer}");
+    dropped.recv_timeout(T).expect("the handler is cancelled when the Python caller gives up");
+}
+
+struct NotifyOnDrop(std::sync::mpsc::Sender<()>);
+
+impl Drop for NotifyOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
 }
 
 #[test]

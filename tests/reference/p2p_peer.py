@@ -11,7 +11,7 @@ Listens on 127.0.0.1 and serves (ExpertRequest -> ExpertResponse, hivemind's run
               (message i is SIZE copies of byte i % 256).
 Prints {"peer_id", "maddrs"} as one JSON line, then runs one command per stdin line (JSON) and
 answers each with one JSON line:
-  {"op": "unary", "peer": B58, "name": N, "uid": U, "metadata": HEX}
+  {"op": "unary", "peer": B58, "name": N, "uid": U, "metadata": HEX, ["timeout": SECONDS]}
       -> {"ok": true, "metadata": HEX} | {"ok": false, "type": EXC_CLASS, "error": TEXT}
   {"op": "stream", "peer": B58, "name": N, "requests": [{"uid": U, "metadata": HEX}, ...]}
       -> {"ok": true, "replies": [HEX, ...]} | {"ok": false, ...}
@@ -57,11 +57,12 @@ async def source(request: ExpertRequest, _context):
 
 async def run_command(p2p: P2P, command: dict) -> dict:
     peer = PeerID.from_base58(command["peer"])
+    timeout = command.get("timeout", CALL_TIMEOUT)
     try:
         if command["op"] == "unary":
             request = ExpertRequest(uid=command["uid"], metadata=bytes.fromhex(command["metadata"]))
             reply = await asyncio.wait_for(
-                p2p.call_protobuf_handler(peer, command["name"], request, ExpertResponse), CALL_TIMEOUT
+                p2p.call_protobuf_handler(peer, command["name"], request, ExpertResponse), timeout
             )
             return {"ok": True, "metadata": reply.metadata.hex()}
 
@@ -73,7 +74,7 @@ async def run_command(p2p: P2P, command: dict) -> dict:
             replies = await p2p.iterate_protobuf_handler(peer, command["name"], requests(), ExpertResponse)
             return [reply.metadata.hex() async for reply in replies]
 
-        return {"ok": True, "replies": await asyncio.wait_for(collect(), CALL_TIMEOUT)}
+        return {"ok": True, "replies": await asyncio.wait_for(collect(), timeout)}
     except Exception as e:  # reported to the test, which asserts on it
         return {"ok": False, "type": type(e).__name__, "error": str(e)}
 

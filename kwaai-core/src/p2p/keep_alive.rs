@@ -22,16 +22,16 @@ use super::muxer::Connections;
 
 /// The behaviour: one [`KeepAliveHandler`] per connection, no events.
 pub(crate) struct KeepAlive {
-    connections: Arc<super::rpc::RpcShared>,
+    rpc: Arc<super::rpc::RpcShared>,
 }
 
 impl KeepAlive {
     pub fn new(rpc: Arc<super::rpc::RpcShared>) -> Self {
-        KeepAlive { connections: rpc }
+        KeepAlive { rpc }
     }
 
     fn handler(&self, peer: PeerId) -> KeepAliveHandler {
-        KeepAliveHandler { peer, rpc: self.connections.clone() }
+        KeepAliveHandler { peer, rpc: self.rpc.clone() }
     }
 }
 

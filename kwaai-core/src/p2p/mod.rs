@@ -2,10 +2,12 @@
 //! plus hivemind RPC (unary and streaming) as caller and handler.
 //!
 //! The swarm runs as one task on the node's runtime; the rest of the library talks to it through
-//! [`HostHandle`] commands. RPC streams bypass the swarm: [`muxer`] negotiates hivemind's
-//! slash-less handler names itself and [`rpc`] frames the calls.
+//! `HostHandle` commands. RPC streams bypass the swarm: the `muxer` module negotiates hivemind's
+//! slash-less handler names itself, `framing` reads and writes the messages and `rpc` runs the
+//! calls and handlers.
 
 mod behaviour;
+mod framing;
 mod host;
 mod keep_alive;
 pub mod multistream;
@@ -14,5 +16,4 @@ mod rpc;
 
 pub use host::PeerInfo;
 pub(crate) use host::{start_host, HostHandle};
-pub use muxer::RpcStream;
 pub use rpc::{RequestStream, ResponseStream, Rpc, RpcLimits};

@@ -12,14 +12,14 @@
 //!   swarm untouched: the bytes read so far are replayed before the rest of the stream, so
 //!   identify, ping and kad negotiate as usual. If we already sent our header (after an `na`), the
 //!   swarm's own header is swallowed so that the dialer sees exactly one.
-//! * **Outbound**: [`Connections::open`] queues a request that [`RpcMuxer`]'s `poll` (run by the
-//!   connection task) serves by opening a raw substream; the RPC layer then proposes the name
-//!   itself.
+//! * **Outbound**: [`Connections::open`] opens a raw substream on the connection's muxer, which
+//!   [`RpcMuxer`] shares (behind a mutex) for that purpose, so a call needs no round trip through
+//!   the connection task; the RPC layer then proposes the name itself.
 //!
 //! Streams handed to the RPC layer count as active in [`Connections`], which the keep-alive
 //! behaviour reads so that the swarm never closes a connection in the middle of a call.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -27,10 +27,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::core::muxing::{StreamMuxer, StreamMuxerBox, StreamMuxerEvent, StreamMuxerExt, SubstreamBox};
 use libp2p::PeerId;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::multistream::{decode_message, encode_message, HEADER, MAX_MESSAGE_LEN, NOT_AVAILABLE};
 use super::rpc::RpcShared;
@@ -44,17 +45,24 @@ const MAX_REFUSALS: usize = 8;
 const HEADER_MESSAGE_LEN: usize = 20;
 
 /// A substream: bytes to replay first, then the muxer's stream.
-pub struct RpcStream {
+pub(crate) struct RpcStream {
     inner: SubstreamBox,
     prefix: Vec<u8>,
     read: usize,
     skip_write: usize,
+    /// Our multistream answer, when it was deferred to go out with the first reply.
+    answer: Vec<u8>,
     _active: Option<ActiveGuard>,
 }
 
 impl RpcStream {
     fn plain(inner: SubstreamBox) -> Self {
-        RpcStream { inner, prefix: Vec::new(), read: 0, skip_write: 0, _active: None }
+        RpcStream { inner, prefix: Vec::new(), read: 0, skip_write: 0, answer: Vec::new(), _active: None }
+    }
+
+    /// The multistream answer the handler must send before anything else (empty if already sent).
+    pub fn take_answer(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.answer)
     }
 }
 
@@ -111,11 +119,19 @@ impl Drop for ActiveGuard {
     }
 }
 
-type OpenReply = oneshot::Sender<Result<RpcStream>>;
+/// A connection's muxer, shared by the swarm's connection task and the RPC layer.
+type SharedMuxer = Arc<Mutex<StreamMuxerBox>>;
+
+fn lock(muxer: &SharedMuxer) -> std::sync::MutexGuard<'_, StreamMuxerBox> {
+    muxer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 struct Slot {
     id: u64,
-    opener: mpsc::UnboundedSender<OpenReply>,
+    muxer: SharedMuxer,
+    /// The connection task's waker: yamux only notices a stream opened outside that task (its
+    /// command channel, its writes, its drop) once the task polls the muxer again.
+    connection_task: Arc<AtomicWaker>,
     active: Arc<AtomicUsize>,
 }
 
@@ -127,12 +143,11 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
-    fn register(&self, peer: PeerId) -> (u64, mpsc::UnboundedReceiver<OpenReply>, Arc<AtomicUsize>) {
+    fn register(&self, peer: PeerId, muxer: SharedMuxer, connection_task: Arc<AtomicWaker>) -> (u64, Arc<AtomicUsize>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (opener, requests) = mpsc::unbounded_channel();
         let active = Arc::new(AtomicUsize::new(0));
-        self.lock().entry(peer).or_default().push(Slot { id, opener, active: active.clone() });
-        (id, requests, active)
+        self.lock().entry(peer).or_default().push(Slot { id, muxer, connection_task, active: active.clone() });
+        (id, active)
     }
 
     fn unregister(&self, peer: &PeerId, id: u64) {
@@ -145,13 +160,20 @@ impl Connections {
         }
     }
 
-    /// Asks the newest live connection to `peer` for a raw substream; `None` if there is none.
-    pub fn open(&self, peer: &PeerId) -> Option<oneshot::Receiver<Result<RpcStream>>> {
-        let slots = self.lock();
-        let slot = slots.get(peer)?.iter().rev().find(|slot| !slot.opener.is_closed())?;
-        let (reply, answer) = oneshot::channel();
-        slot.opener.send(reply).ok()?;
-        Some(answer)
+    /// Opens a raw substream on the newest connection to `peer`; `None` if there is none.
+    pub fn open(&self, peer: &PeerId) -> Option<impl std::future::Future<Output = Result<RpcStream>>> {
+        let (muxer, connection_task, active) = {
+            let slots = self.lock();
+            let slot = slots.get(peer)?.last()?;
+            (slot.muxer.clone(), slot.connection_task.clone(), slot.active.clone())
+        };
+        Some(async move {
+            let inner = futures::future::poll_fn(|cx| lock(&muxer).poll_outbound_unpin(cx))
+                .await
+                .map_err(|e| Error::with_source(ErrorKind::Network, "opening a stream", e))?;
+            connection_task.wake();
+            Ok(RpcStream { _active: Some(ActiveGuard::new(&active)), ..RpcStream::plain(inner) })
+        })
     }
 
     /// Whether any RPC stream with `peer` is open.
@@ -166,13 +188,12 @@ impl Connections {
 
 /// The muxer of one connection; see the module doc.
 pub(crate) struct RpcMuxer {
-    inner: StreamMuxerBox,
+    inner: SharedMuxer,
+    connection_task: Arc<AtomicWaker>,
     peer: PeerId,
     slot: u64,
     rpc: Arc<RpcShared>,
     active: Arc<AtomicUsize>,
-    open_requests: mpsc::UnboundedReceiver<OpenReply>,
-    pending_opens: VecDeque<OpenReply>,
     replay_tx: mpsc::UnboundedSender<RpcStream>,
     replays: mpsc::UnboundedReceiver<RpcStream>,
 }
@@ -180,9 +201,11 @@ pub(crate) struct RpcMuxer {
 impl RpcMuxer {
     /// Wraps the muxer of a fresh connection with `peer`.
     pub fn new(inner: StreamMuxerBox, peer: PeerId, rpc: Arc<RpcShared>) -> Self {
-        let (slot, open_requests, active) = rpc.connections.register(peer);
+        let inner = Arc::new(Mutex::new(inner));
+        let connection_task = Arc::new(AtomicWaker::new());
+        let (slot, active) = rpc.connections.register(peer, inner.clone(), connection_task.clone());
         let (replay_tx, replays) = mpsc::unbounded_channel();
-        RpcMuxer { inner, peer, slot, rpc, active, open_requests, pending_opens: VecDeque::new(), replay_tx, replays }
+        RpcMuxer { inner, connection_task, peer, slot, rpc, active, replay_tx, replays }
     }
 }
 
@@ -202,7 +225,7 @@ impl StreamMuxer for RpcMuxer {
             if let Poll::Ready(Some(stream)) = this.replays.poll_recv(cx) {
                 return Poll::Ready(Ok(stream));
             }
-            let stream = match this.inner.poll_inbound_unpin(cx) {
+            let stream = match lock(&this.inner).poll_inbound_unpin(cx) {
                 Poll::Ready(Ok(stream)) => stream,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
@@ -228,39 +251,16 @@ impl StreamMuxer for RpcMuxer {
     }
 
     fn poll_outbound(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<RpcStream, io::Error>> {
-        self.get_mut().inner.poll_outbound_unpin(cx).map_ok(RpcStream::plain)
+        lock(&self.inner).poll_outbound_unpin(cx).map_ok(RpcStream::plain)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
-        self.get_mut().inner.poll_close_unpin(cx)
+        lock(&self.inner).poll_close_unpin(cx)
     }
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<StreamMuxerEvent, io::Error>> {
-        let this = self.get_mut();
-        while let Poll::Ready(Some(reply)) = this.open_requests.poll_recv(cx) {
-            this.pending_opens.push_back(reply);
-        }
-        while let Some(reply) = this.pending_opens.front() {
-            if reply.is_closed() {
-                this.pending_opens.pop_front();
-                continue;
-            }
-            match this.inner.poll_outbound_unpin(cx) {
-                Poll::Ready(opened) => {
-                    let opened = opened
-                        .map(|inner| RpcStream {
-                            _active: Some(ActiveGuard::new(&this.active)),
-                            ..RpcStream::plain(inner)
-                        })
-                        .map_err(|e| Error::with_source(ErrorKind::Network, "opening a stream", e));
-                    if let Some(reply) = this.pending_opens.pop_front() {
-                        let _ = reply.send(opened);
-                    }
-                }
-                Poll::Pending => break,
-            }
-        }
-        this.inner.poll_unpin(cx)
+        self.connection_task.register(cx.waker());
+        lock(&self.inner).poll_unpin(cx)
     }
 }
 
@@ -320,15 +320,165 @@ async fn listen(mut inner: SubstreamBox, rpc: &RpcShared) -> Result<Listened> {
         }
         let accepted = rpc.has_handler(&name);
         encode_message(if accepted { name.as_bytes() } else { NOT_AVAILABLE }, &mut answer);
+        if accepted && consumed < buf.len() {
+            // A lazy dialer already sent its request: answer together with the first reply.
+            let leftover = buf.split_off(consumed);
+            let stream = RpcStream { prefix: leftover, answer, ..RpcStream::plain(inner) };
+            return Ok(Listened::Handler { name, stream });
+        }
         inner.write_all(&answer).await.map_err(|e| Error::with_source(ErrorKind::Network, "answering", e))?;
         inner.flush().await.map_err(|e| Error::with_source(ErrorKind::Network, "answering", e))?;
         if accepted {
-            let leftover = buf.split_off(consumed);
-            return Ok(Listened::Handler { name, stream: RpcStream { prefix: leftover, ..RpcStream::plain(inner) } });
+            return Ok(Listened::Handler { name, stream: RpcStream::plain(inner) });
         }
         refusals += 1;
         if refusals >= MAX_REFUSALS {
             return Err(Error::new(ErrorKind::Protocol, "too many refused proposals"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::p2p::multistream::{dialer_proposal, encode_uvarint};
+    use crate::p2p::rpc::Rpc;
+
+    /// An in-memory substream: reads come from `input` (`chunk` bytes at most), writes are recorded.
+    struct Scripted {
+        input: Vec<u8>,
+        read: usize,
+        chunk: usize,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl AsyncRead for Scripted {
+        fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            let n = buf.len().min(this.input.len() - this.read).min(this.chunk);
+            buf[..n].copy_from_slice(&this.input[this.read..this.read + n]);
+            this.read += n;
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    impl AsyncWrite for Scripted {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.written.lock().unwrap().extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Delivers one byte per read, to exercise partial messages.
+    fn scripted(input: Vec<u8>) -> (SubstreamBox, Arc<Mutex<Vec<u8>>>) {
+        scripted_in_chunks(input, 1)
+    }
+
+    fn scripted_in_chunks(input: Vec<u8>, chunk: usize) -> (SubstreamBox, Arc<Mutex<Vec<u8>>>) {
+        let written = Arc::new(Mutex::new(Vec::new()));
+        (SubstreamBox::new(Scripted { input, read: 0, chunk, written: written.clone() }), written)
+    }
+
+    fn rpc_with_handler() -> (Arc<RpcShared>, mpsc::Sender<super::super::host::Command>) {
+        let (commands, _) = mpsc::channel(1);
+        let shared = Arc::new(RpcShared::new(tokio::runtime::Handle::current(), commands.downgrade()));
+        Rpc::new(shared.clone()).add_unary_handler("Test.echo", |_, r| async move { Ok(r) }).unwrap();
+        (shared, commands)
+    }
+
+    fn message(line: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_message(line, &mut out);
+        out
+    }
+
+    async fn read_all(mut stream: RpcStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_registered_name_is_accepted_and_keeps_the_bytes_after_it() {
+        let (rpc, _keep) = rpc_with_handler();
+        let mut input = dialer_proposal("Test.echo");
+        input.extend_from_slice(b"payload");
+        // The request arrives with the proposal, as a lazy dialer sends it.
+        let (stream, written) = scripted_in_chunks(input, 512);
+        let Ok(Listened::Handler { name, mut stream }) = listen(stream, &rpc).await else { panic!("not accepted") };
+        assert_eq!(name, "Test.echo");
+        assert!(written.lock().unwrap().is_empty(), "a lazy dialer's answer waits for the reply");
+        assert_eq!(stream.take_answer(), dialer_proposal("Test.echo"), "header then echo");
+        assert_eq!(read_all(stream).await, b"payload");
+    }
+
+    #[tokio::test]
+    async fn a_dialer_waiting_for_the_answer_gets_it_at_once() {
+        let (rpc, _keep) = rpc_with_handler();
+        let (stream, written) = scripted(dialer_proposal("Test.echo"));
+        let Ok(Listened::Handler { mut stream, .. }) = listen(stream, &rpc).await else { panic!("not accepted") };
+        assert_eq!(*written.lock().unwrap(), dialer_proposal("Test.echo"));
+        assert!(stream.take_answer().is_empty());
+    }
+
+    #[tokio::test]
+    async fn unknown_names_get_na_and_slash_names_go_to_the_swarm_with_one_header() {
+        let (rpc, _keep) = rpc_with_handler();
+        let mut input = dialer_proposal("Test.missing");
+        input.extend(message(b"/ipfs/ping/1.0.0"));
+        input.extend_from_slice(b"rest");
+        let (stream, written) = scripted(input);
+        let Ok(Listened::Swarm(mut stream)) = listen(stream, &rpc).await else { panic!("not replayed") };
+        let mut expected = message(HEADER);
+        expected.extend(message(NOT_AVAILABLE));
+        assert_eq!(*written.lock().unwrap(), expected);
+        // The swarm's own header is swallowed; what it writes next goes through.
+        stream.write_all(&message(HEADER)).await.unwrap();
+        stream.write_all(&message(b"/ipfs/ping/1.0.0")).await.unwrap();
+        expected.extend(message(b"/ipfs/ping/1.0.0"));
+        assert_eq!(*written.lock().unwrap(), expected);
+        // It reads a fresh header, the proposal and everything after.
+        let mut replay = message(HEADER);
+        replay.extend(message(b"/ipfs/ping/1.0.0"));
+        replay.extend_from_slice(b"rest");
+        assert_eq!(read_all(stream).await, replay);
+    }
+
+    #[tokio::test]
+    async fn slash_names_are_replayed_untouched() {
+        let (rpc, _keep) = rpc_with_handler();
+        let mut input = dialer_proposal("/ipfs/id/1.0.0");
+        input.extend_from_slice(b"lazy data");
+        let (stream, written) = scripted(input.clone());
+        let Ok(Listened::Swarm(stream)) = listen(stream, &rpc).await else { panic!("not replayed") };
+        assert!(written.lock().unwrap().is_empty(), "nothing answered before the swarm");
+        assert_eq!(read_all(stream).await, input);
+    }
+
+    #[tokio::test]
+    async fn garbage_closed_and_endless_streams_are_errors() {
+        let (rpc, _keep) = rpc_with_handler();
+        let mut refusals = Vec::new();
+        for i in 0..MAX_REFUSALS {
+            refusals.extend(if i == 0 { dialer_proposal("A.x") } else { message(b"A.x") });
+        }
+        let mut oversized = message(HEADER);
+        encode_uvarint(MAX_MESSAGE_LEN as u64 + 1, &mut oversized);
+        oversized.extend(vec![b'a'; MAX_MESSAGE_LEN + 64]);
+        for (what, input) in [
+            ("not multistream", b"GET / HTTP/1.1\r\n".to_vec()),
+            ("closed early", message(HEADER)),
+            ("oversized message", oversized),
+            ("endless refusals", refusals),
+        ] {
+            let (stream, _) = scripted(input);
+            assert!(listen(stream, &rpc).await.is_err(), "{what}");
         }
     }
 }

@@ -23,20 +23,21 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::io::{BufReader, ReadHalf, WriteHalf};
 use futures::stream::BoxStream;
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Stream, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt, Stream, StreamExt};
 use libp2p::PeerId;
-use prost::Message;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
+use super::framing::{
+    read_frame, read_negotiation_answer, read_unary_envelope, write_all, write_error_frame, write_frame, Frame,
+};
 use super::host::Command;
-use super::multistream::{decode_message, dialer_proposal, HEADER, MAX_MESSAGE_LEN, NOT_AVAILABLE};
+use super::multistream::{dialer_proposal, MAX_MESSAGE_LEN};
 use super::muxer::{Connections, RpcStream};
 use crate::error::{Error, ErrorKind, Result};
 use crate::wire::p2pd::{
-    call_unary_response, decode_envelope_length, decode_frame_header, decode_rpc_error, encode_frame_header,
-    encode_unary_envelope, persistent_connection_request as request, CallUnaryRequest, CallUnaryResponse,
-    PersistentConnectionRequest, RpcError, END_OF_STREAM, FRAME_ERROR, FRAME_HEADER_LEN, FRAME_MESSAGE,
+    call_unary_response, encode_unary_envelope, persistent_connection_request as request, CallUnaryRequest,
+    CallUnaryResponse, PersistentConnectionRequest, END_OF_STREAM, FRAME_MESSAGE,
 };
 
 /// How many requests a streaming handler's input holds before the reader waits (hivemind: 5).
@@ -57,11 +58,19 @@ pub struct RpcLimits {
     pub max_frame_len: usize,
     /// How long an inbound unary handler may run before the call fails.
     pub handler_timeout: Duration,
+    /// How long a handler waits for the rest of a request or frame once its first byte arrived
+    /// (a peer that stalls mid-message, or lies about a length, is dropped after this).
+    pub read_timeout: Duration,
 }
 
 impl Default for RpcLimits {
     fn default() -> Self {
-        RpcLimits { max_unary_len: 4 << 20, max_frame_len: 16 << 20, handler_timeout: Duration::from_secs(300) }
+        RpcLimits {
+            max_unary_len: 4 << 20,
+            max_frame_len: 16 << 20,
+            handler_timeout: Duration::from_secs(300),
+            read_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -125,6 +134,9 @@ impl RpcShared {
 }
 
 /// A cloneable handle to the node's RPC layer: register handlers, call peers.
+///
+/// Its async methods run in any tokio runtime with timers enabled (the connections themselves run
+/// on the node's runtime). Handlers run on the node's runtime.
 #[derive(Clone)]
 pub struct Rpc {
     shared: Arc<RpcShared>,
@@ -176,11 +188,7 @@ impl Rpc {
     }
 
     fn insert(&self, name: &str, handler: Handler) -> Result<()> {
-        if name.is_empty() || name.starts_with('/') || name.contains('\n') || name.len() + 1 > MAX_MESSAGE_LEN {
-            return Err(Error::invalid_argument(format!(
-                "handler name {name:?} must be non-empty, without a leading '/' or a newline"
-            )));
-        }
+        check_name(name)?;
         let mut handlers =
             self.shared.handlers.write().map_err(|_| Error::new(ErrorKind::Internal, "handler table poisoned"))?;
         handlers.insert(name.to_owned(), handler);
@@ -197,6 +205,7 @@ impl Rpc {
     }
 
     async fn unary_exchange(&self, peer: PeerId, name: &str, request: Vec<u8>) -> Result<Vec<u8>> {
+        check_name(name)?;
         let limits = self.shared.limits();
         let call_id = new_call_id();
         let envelope = encode_unary_envelope(&PersistentConnectionRequest {
@@ -244,6 +253,7 @@ impl Rpc {
         requests: impl Stream<Item = Vec<u8>> + Send + 'static,
         timeout: Duration,
     ) -> Result<ResponseStream> {
+        check_name(name)?;
         let limits = self.shared.limits();
         let timed_out = || Error::new(ErrorKind::Timeout, format!("{name} on {peer}: no reply within {timeout:?}"));
         let stream = tokio::time::timeout(timeout, self.open(peer)).await.map_err(|_| timed_out())??;
@@ -277,21 +287,21 @@ impl Rpc {
     }
 
     async fn open(&self, peer: PeerId) -> Result<RpcStream> {
-        if let Some(answer) = self.shared.connections.open(&peer) {
-            if let Ok(opened) = answer.await {
-                return opened;
+        if let Some(opening) = self.shared.connections.open(&peer) {
+            if let Ok(stream) = opening.await {
+                return Ok(stream);
             }
         }
         let commands = self.shared.commands.upgrade().ok_or_else(closed)?;
         let (reply, connected) = oneshot::channel();
         commands.send(Command::Dial { peer, reply }).await.map_err(|_| closed())?;
         connected.await.map_err(|_| closed())??;
-        let answer = self
+        let opening = self
             .shared
             .connections
             .open(&peer)
             .ok_or_else(|| Error::new(ErrorKind::Network, format!("connection to {peer} closed")))?;
-        answer.await.map_err(|_| Error::new(ErrorKind::Network, format!("connection to {peer} closed")))?
+        opening.await
     }
 }
 
@@ -306,7 +316,8 @@ struct CallState {
 impl CallState {
     async fn next_reply(&mut self) -> Option<Result<Vec<u8>>> {
         let reader = self.reader.as_mut()?;
-        let frame = tokio::time::timeout(self.timeout, read_frame(reader, self.limits.max_frame_len)).await;
+        let frame =
+            tokio::time::timeout(self.timeout, read_frame(reader, self.limits.max_frame_len, self.timeout)).await;
         let item = match frame {
             Err(_) => Some(Err(Error::new(ErrorKind::Timeout, format!("no reply within {:?}", self.timeout)))),
             Ok(Ok(Some(Frame::Message(bytes)))) => return Some(Ok(bytes)),
@@ -345,11 +356,6 @@ impl Drop for CallState {
     }
 }
 
-enum Frame {
-    Message(Vec<u8>),
-    Error(String),
-}
-
 async fn serve_unary(
     peer: PeerId,
     name: &str,
@@ -357,8 +363,12 @@ async fn serve_unary(
     handler: Arc<UnaryFn>,
     limits: RpcLimits,
 ) -> Result<()> {
+    let mut stream = stream;
+    let answer = stream.take_answer();
     let mut stream = BufReader::new(stream);
-    let call = read_unary_envelope(&mut stream, limits.max_unary_len).await?;
+    let call = tokio::time::timeout(limits.read_timeout, read_unary_envelope(&mut stream, limits.max_unary_len))
+        .await
+        .map_err(|_| Error::new(ErrorKind::Timeout, "the caller stalled while sending its request"))??;
     let Some(request::Message::CallUnary(CallUnaryRequest { data, .. })) = call.message else {
         return Err(Error::new(ErrorKind::Protocol, "unary call without callUnary"));
     };
@@ -399,18 +409,23 @@ async fn serve_unary(
             })),
         });
     }
+    let reply = if answer.is_empty() { reply } else { [answer, reply].concat() };
     write_all(&mut stream, &reply).await?;
     let _ = stream.close().await;
     Ok(())
 }
 
-async fn serve_stream(peer: PeerId, stream: RpcStream, handler: Arc<StreamFn>, limits: RpcLimits) -> Result<()> {
+async fn serve_stream(peer: PeerId, mut stream: RpcStream, handler: Arc<StreamFn>, limits: RpcLimits) -> Result<()> {
+    let answer = stream.take_answer();
+    if !answer.is_empty() {
+        write_all(&mut stream, &answer).await?;
+    }
     let (reader, mut writer) = stream.split();
     let (requests_tx, requests_rx) = mpsc::channel::<Result<Vec<u8>>>(STREAM_PREFETCH);
     let read_requests = async move {
         let mut reader = BufReader::new(reader);
         loop {
-            match read_frame(&mut reader, limits.max_frame_len).await {
+            match read_frame(&mut reader, limits.max_frame_len, limits.read_timeout).await {
                 Ok(Some(Frame::Message(bytes))) => {
                     if requests_tx.send(Ok(bytes)).await.is_err() {
                         break;
@@ -438,6 +453,7 @@ async fn serve_stream(peer: PeerId, stream: RpcStream, handler: Arc<StreamFn>, l
     };
     let requests = ChannelStream(requests_rx).boxed();
     let mut replies = handler(peer, requests);
+    // Writes the replies; `Ok(true)` if it ended the call with an error frame.
     let write_replies = async {
         while let Some(reply) = replies.next().await {
             match reply {
@@ -447,26 +463,31 @@ async fn serve_stream(peer: PeerId, stream: RpcStream, handler: Arc<StreamFn>, l
                 Ok(bytes) => {
                     let text = format!("reply of {} bytes exceeds the limit of {}", bytes.len(), limits.max_frame_len);
                     write_error_frame(&mut writer, &text).await?;
-                    break;
+                    return Ok(true);
                 }
                 Err(e) => {
                     write_error_frame(&mut writer, e.message()).await?;
-                    break;
+                    return Ok(true);
                 }
             }
         }
-        let _ = writer.close().await;
-        Ok::<_, Error>(())
+        Ok::<_, Error>(false)
     };
-    futures::pin_mut!(read_requests, write_replies);
-    match futures::future::select(read_requests, write_replies).await {
-        futures::future::Either::Left(((), write_replies)) => write_replies.await,
-        futures::future::Either::Right((result, read_requests)) => {
-            // The handler is done; let the caller finish sending for a moment before the stream goes.
-            let _ = tokio::time::timeout(DRAIN_GRACE, read_requests).await;
-            result
+    let outcome = {
+        futures::pin_mut!(read_requests, write_replies);
+        match futures::future::select(read_requests, write_replies).await {
+            futures::future::Either::Left(((), write_replies)) => write_replies.await,
+            futures::future::Either::Right((Ok(true), read_requests)) => {
+                // Before closing (which makes p2pd drop the caller's socket), let the caller read our
+                // error and stop sending, so that it reports the error rather than a broken pipe.
+                let _ = tokio::time::timeout(DRAIN_GRACE, read_requests).await;
+                Ok(true)
+            }
+            futures::future::Either::Right((outcome, _)) => outcome,
         }
-    }
+    };
+    let _ = writer.close().await;
+    outcome.map(|_| ())
 }
 
 /// A `Stream` over a tokio mpsc receiver.
@@ -479,87 +500,15 @@ impl<T> Stream for ChannelStream<T> {
     }
 }
 
-async fn write_all<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> Result<()> {
-    writer.write_all(bytes).await.map_err(io_error)?;
-    writer.flush().await.map_err(io_error)
-}
-
-async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, marker: u8, payload: &[u8]) -> Result<()> {
-    writer.write_all(&encode_frame_header(marker, payload.len())).await.map_err(io_error)?;
-    write_all(writer, payload).await
-}
-
-async fn write_error_frame<W: AsyncWrite + Unpin>(writer: &mut W, text: &str) -> Result<()> {
-    let payload = RpcError { message: Some(text.to_owned()) }.encode_to_vec();
-    write_frame(writer, FRAME_ERROR, &payload).await
-}
-
-/// Reads one streaming frame; `Ok(None)` on a clean end of stream between frames.
-async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, max_len: usize) -> Result<Option<Frame>> {
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    let first = reader.read(&mut header[..1]).await.map_err(io_error)?;
-    if first == 0 {
-        return Ok(None);
+/// Hivemind handler names: non-empty, no leading `/` (those belong to libp2p protocols), no
+/// newline, short enough for one multistream message.
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.starts_with('/') || name.contains('\n') || name.len() + 1 > MAX_MESSAGE_LEN {
+        return Err(Error::invalid_argument(format!(
+            "handler name {name:?} must be non-empty, without a leading '/' or a newline"
+        )));
     }
-    reader.read_exact(&mut header[1..]).await.map_err(io_error)?;
-    let header = decode_frame_header(&header, max_len).map_err(|e| Error::new(ErrorKind::Protocol, e))?;
-    let mut payload = vec![0u8; header.len];
-    reader.read_exact(&mut payload).await.map_err(io_error)?;
-    if header.marker == FRAME_ERROR {
-        let text = decode_rpc_error(&payload).map_err(|e| Error::new(ErrorKind::Protocol, e))?;
-        return Ok(Some(Frame::Error(text)));
-    }
-    Ok(Some(Frame::Message(payload)))
-}
-
-/// Reads one unary envelope of at most `max_len` bytes.
-async fn read_unary_envelope<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    max_len: usize,
-) -> Result<PersistentConnectionRequest> {
-    let mut prefix = Vec::with_capacity(10);
-    let len = loop {
-        let mut byte = [0u8; 1];
-        reader.read_exact(&mut byte).await.map_err(io_error)?;
-        prefix.push(byte[0]);
-        if let Some((len, _)) =
-            decode_envelope_length(&prefix, max_len).map_err(|e| Error::new(ErrorKind::Protocol, e))?
-        {
-            break len;
-        }
-    };
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await.map_err(io_error)?;
-    PersistentConnectionRequest::decode(&body[..])
-        .map_err(|e| Error::new(ErrorKind::Protocol, format!("bad PersistentConnectionRequest: {e}")))
-}
-
-/// Reads the listener's header and its answer to our proposal of `name`.
-async fn read_negotiation_answer<R: AsyncRead + Unpin>(reader: &mut R, name: &str) -> Result<()> {
-    let header = read_multistream_message(reader).await?;
-    if header != HEADER {
-        return Err(Error::new(ErrorKind::Protocol, "peer did not answer with the multistream header"));
-    }
-    let answer = read_multistream_message(reader).await?;
-    if answer == name.as_bytes() {
-        Ok(())
-    } else if answer == NOT_AVAILABLE {
-        Err(Error::new(ErrorKind::Protocol, format!("protocol not supported: {name}")))
-    } else {
-        Err(Error::new(ErrorKind::Protocol, format!("peer answered {:?} to {name}", String::from_utf8_lossy(&answer))))
-    }
-}
-
-async fn read_multistream_message<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(32);
-    loop {
-        let mut byte = [0u8; 1];
-        reader.read_exact(&mut byte).await.map_err(io_error)?;
-        buf.push(byte[0]);
-        if let Some((line, _)) = decode_message(&buf)? {
-            return Ok(line.to_vec());
-        }
-    }
+    Ok(())
 }
 
 fn new_call_id() -> Vec<u8> {
@@ -573,11 +522,20 @@ fn remote_error(text: &str) -> Error {
     Error::new(ErrorKind::Protocol, format!("remote handler failed: {text}"))
 }
 
-fn io_error(e: std::io::Error) -> Error {
-    let kind = if e.kind() == std::io::ErrorKind::UnexpectedEof { ErrorKind::Protocol } else { ErrorKind::Network };
-    Error::with_source(kind, "rpc stream", e)
-}
-
 fn closed() -> Error {
     Error::new(ErrorKind::Closed, "the node is shut down")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_ids_are_uuid_v4() {
+        let id = new_call_id();
+        assert_eq!(id.len(), CALL_ID_LEN);
+        assert_eq!(id[6] >> 4, 4);
+        assert_eq!(id[8] >> 6, 0b10);
+        assert_ne!(new_call_id(), id);
+    }
 }

@@ -1,0 +1,210 @@
+//! Reading and writing hivemind RPC messages on a stream: unary envelopes, streaming frames and
+//! the dialer's side of multistream-select. Every reader is bounded in size; the encodings live
+//! in [`crate::wire::p2pd`] and [`super::multistream`].
+
+use std::time::Duration;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use prost::Message;
+
+use super::multistream::{decode_message, HEADER, NOT_AVAILABLE};
+use crate::error::{Error, ErrorKind, Result};
+use crate::wire::p2pd::{
+    decode_envelope_length, decode_frame_header, decode_rpc_error, encode_frame_header, PersistentConnectionRequest,
+    RpcError, FRAME_ERROR, FRAME_HEADER_LEN,
+};
+
+/// One streaming frame.
+pub(crate) enum Frame {
+    Message(Vec<u8>),
+    Error(String),
+}
+
+pub(crate) async fn write_all<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> Result<()> {
+    writer.write_all(bytes).await.map_err(io_error)?;
+    writer.flush().await.map_err(io_error)
+}
+
+pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, marker: u8, payload: &[u8]) -> Result<()> {
+    writer.write_all(&encode_frame_header(marker, payload.len())).await.map_err(io_error)?;
+    write_all(writer, payload).await
+}
+
+pub(crate) async fn write_error_frame<W: AsyncWrite + Unpin>(writer: &mut W, text: &str) -> Result<()> {
+    let payload = RpcError { message: Some(text.to_owned()) }.encode_to_vec();
+    write_frame(writer, FRAME_ERROR, &payload).await
+}
+
+/// Reads one streaming frame; `Ok(None)` on a clean end of stream between frames. Waiting for a
+/// frame is unbounded; once its first byte is in, the rest must follow within `rest_timeout`.
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max_len: usize,
+    rest_timeout: Duration,
+) -> Result<Option<Frame>> {
+    let mut first = [0u8; 1];
+    if reader.read(&mut first).await.map_err(io_error)? == 0 {
+        return Ok(None);
+    }
+    tokio::time::timeout(rest_timeout, read_frame_rest(reader, first[0], max_len))
+        .await
+        .map_err(|_| Error::new(ErrorKind::Timeout, "the peer stalled in the middle of a frame"))?
+        .map(Some)
+}
+
+async fn read_frame_rest<R: AsyncRead + Unpin>(reader: &mut R, marker: u8, max_len: usize) -> Result<Frame> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    header[0] = marker;
+    reader.read_exact(&mut header[1..]).await.map_err(io_error)?;
+    let header = decode_frame_header(&header, max_len).map_err(|e| Error::new(ErrorKind::Protocol, e))?;
+    let mut payload = vec![0u8; header.len];
+    reader.read_exact(&mut payload).await.map_err(io_error)?;
+    if header.marker == FRAME_ERROR {
+        let text = decode_rpc_error(&payload).map_err(|e| Error::new(ErrorKind::Protocol, e))?;
+        return Ok(Frame::Error(text));
+    }
+    Ok(Frame::Message(payload))
+}
+
+/// Reads one unary envelope of at most `max_len` bytes.
+pub(crate) async fn read_unary_envelope<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max_len: usize,
+) -> Result<PersistentConnectionRequest> {
+    let mut prefix = Vec::with_capacity(10);
+    let len = loop {
+        let mut byte = [0u8; 1];
+        reader.read_exact(&mut byte).await.map_err(io_error)?;
+        prefix.push(byte[0]);
+        if let Some((len, _)) =
+            decode_envelope_length(&prefix, max_len).map_err(|e| Error::new(ErrorKind::Protocol, e))?
+        {
+            break len;
+        }
+    };
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).await.map_err(io_error)?;
+    PersistentConnectionRequest::decode(&body[..])
+        .map_err(|e| Error::new(ErrorKind::Protocol, format!("bad PersistentConnectionRequest: {e}")))
+}
+
+/// Reads the listener's header and its answer to our proposal of `name`.
+pub(crate) async fn read_negotiation_answer<R: AsyncRead + Unpin>(reader: &mut R, name: &str) -> Result<()> {
+    let header = read_multistream_message(reader).await?;
+    if header != HEADER {
+        return Err(Error::new(ErrorKind::Protocol, "peer did not answer with the multistream header"));
+    }
+    let answer = read_multistream_message(reader).await?;
+    if answer == name.as_bytes() {
+        Ok(())
+    } else if answer == NOT_AVAILABLE {
+        Err(Error::new(ErrorKind::Protocol, format!("protocol not supported: {name}")))
+    } else {
+        Err(Error::new(ErrorKind::Protocol, format!("peer answered {:?} to {name}", String::from_utf8_lossy(&answer))))
+    }
+}
+
+async fn read_multistream_message<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(32);
+    loop {
+        let mut byte = [0u8; 1];
+        reader.read_exact(&mut byte).await.map_err(io_error)?;
+        buf.push(byte[0]);
+        if let Some((line, _)) = decode_message(&buf)? {
+            return Ok(line.to_vec());
+        }
+    }
+}
+
+pub(crate) fn io_error(e: std::io::Error) -> Error {
+    let kind = if e.kind() == std::io::ErrorKind::UnexpectedEof { ErrorKind::Protocol } else { ErrorKind::Network };
+    Error::with_source(kind, "rpc stream", e)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use crate::wire::p2pd::FRAME_MESSAGE;
+
+    /// Gives `data`, then either ends (`stall == false`) or never answers again.
+    struct Feed {
+        data: Vec<u8>,
+        at: usize,
+        stall: bool,
+    }
+
+    impl AsyncRead for Feed {
+        fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
+            let this = self.get_mut();
+            if this.at == this.data.len() {
+                return if this.stall { Poll::Pending } else { Poll::Ready(Ok(0)) };
+            }
+            let n = buf.len().min(this.data.len() - this.at);
+            buf[..n].copy_from_slice(&this.data[this.at..this.at + n]);
+            this.at += n;
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    fn feed(data: &[u8], stall: bool) -> Feed {
+        Feed { data: data.to_vec(), at: 0, stall }
+    }
+
+    const SHORT: Duration = Duration::from_millis(50);
+
+    #[tokio::test]
+    async fn frames_decode_and_end_cleanly() {
+        let mut bytes = encode_frame_header(FRAME_MESSAGE, 3).to_vec();
+        bytes.extend_from_slice(b"abc");
+        bytes.extend_from_slice(&encode_frame_header(FRAME_ERROR, 5));
+        bytes.extend_from_slice(&RpcError { message: Some("bad".into()) }.encode_to_vec());
+        let mut reader = feed(&bytes, false);
+        assert!(matches!(read_frame(&mut reader, 16, SHORT).await, Ok(Some(Frame::Message(m))) if m == b"abc"));
+        assert!(matches!(read_frame(&mut reader, 16, SHORT).await, Ok(Some(Frame::Error(t))) if t == "bad"));
+        assert!(matches!(read_frame(&mut reader, 16, SHORT).await, Ok(None)));
+    }
+
+    #[tokio::test]
+    async fn lying_stalling_and_oversized_frames_are_errors() {
+        let mut lying = encode_frame_header(FRAME_MESSAGE, 1000).to_vec();
+        lying.extend_from_slice(b"short");
+        let err = read_frame(&mut feed(&lying, false), 4096, SHORT).await.err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+        let err = read_frame(&mut feed(&lying, true), 4096, SHORT).await.err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        let err = read_frame(&mut feed(&lying, true), 999, SHORT).await.err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "refused from the header alone: {err}");
+        let err = read_frame(&mut feed(&[7, 0, 0], false), 999, SHORT).await.err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    }
+
+    #[tokio::test]
+    async fn lying_and_oversized_unary_envelopes_are_errors() {
+        let err = read_unary_envelope(&mut feed(&[100, 1, 2, 3], false), 4096).await.err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+        let err = read_unary_envelope(&mut feed(&[0x80, 0x80, 0x80, 0x04], true), 4096).await.err().unwrap();
+        assert!(err.message().contains("exceeds the limit"), "refused before the body: {err}");
+        let err = read_unary_envelope(&mut feed(&[3, 0xff, 0xff, 0xff], false), 4096).await.err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "garbage body: {err}");
+    }
+
+    #[tokio::test]
+    async fn negotiation_answers_are_checked() {
+        let mut ok = Vec::new();
+        crate::p2p::multistream::encode_message(HEADER, &mut ok);
+        crate::p2p::multistream::encode_message(b"A.b", &mut ok);
+        assert!(read_negotiation_answer(&mut feed(&ok, false), "A.b").await.is_ok());
+        let mut na = Vec::new();
+        crate::p2p::multistream::encode_message(HEADER, &mut na);
+        crate::p2p::multistream::encode_message(NOT_AVAILABLE, &mut na);
+        let err = read_negotiation_answer(&mut feed(&na, false), "A.b").await.unwrap_err();
+        assert!(err.message().contains("protocol not supported"), "{err}");
+        let err = read_negotiation_answer(&mut feed(&ok, false), "A.c").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+        let err = read_negotiation_answer(&mut feed(b"\x05hello", false), "A.b").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+    }
+}
