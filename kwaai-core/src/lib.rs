@@ -7,6 +7,7 @@
 mod config;
 mod error;
 mod identity;
+pub mod model;
 mod node;
 pub mod p2p;
 pub mod wire;

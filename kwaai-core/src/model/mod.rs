@@ -1,0 +1,26 @@
+//! Transformer blocks on candle: what a Petals server computes for its span of blocks, and what a client
+//! computes at the ends (embeddings, final norm, LM head, sampling).
+//!
+//! Families: Llama (and Mistral-architecture checkpoints), BLOOM and Falcon, computed as transformers 4.33 does.
+//! Checkpoints in float32, bfloat16 or float16 load from Hugging Face directories (safetensors, one file or
+//! sharded); all math runs in float32 on the CPU.
+
+mod bloom;
+mod cache;
+mod config;
+mod falcon;
+mod llama;
+mod ops;
+mod span;
+mod weights;
+
+pub use cache::{LayerCache, SessionCache};
+pub use config::{FalconLayout, Family, ModelConfig, RopeScaling};
+pub use span::{Block, BlockSpan, LoadOptions};
+pub use weights::{Checkpoint, LoadProgress};
+
+impl From<candle_core::Error> for crate::Error {
+    fn from(e: candle_core::Error) -> Self {
+        crate::Error::with_source(crate::ErrorKind::Internal, "tensor operation failed", e)
+    }
+}

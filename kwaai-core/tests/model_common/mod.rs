@@ -1,0 +1,93 @@
+//! Fixtures for the model tests: tiny random models written by the reference stack, and reference outputs
+//! computed with transformers in the same test run.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{DType, Device, Tensor};
+
+/// The reference venv's Python (fails when the reference stack is not installed).
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("KWAAI_REFERENCE_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+        home.join(".cache/kwaai/reference-venv/bin/python")
+    });
+    assert!(path.exists(), "the reference stack is not installed at {}: run `make reference`", path.display());
+    path
+}
+
+fn run_python(script: &Path, args: &[&str]) {
+    let out = Command::new(python())
+        .arg(script)
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_OFFLINE", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(out.status.success(), "{} {args:?} failed:\n{}", script.display(), String::from_utf8_lossy(&out.stderr));
+}
+
+/// `make_tiny_model.py` from the shared reference folder (`$KWAAI_SHARED` or `../shared` beside the repo).
+fn make_tiny_model_script() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let shared = std::env::var_os("KWAAI_SHARED").map(PathBuf::from).unwrap_or_else(|| root.join("../shared"));
+    let script = shared.join("reference/make_tiny_model.py");
+    assert!(script.exists(), "{} is missing", script.display());
+    script
+}
+
+/// A tiny random model in a temp dir, plus reference outputs for it.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub reference: HashMap<String, Tensor>,
+}
+
+impl Fixture {
+    /// Makes a model with `make_tiny_model.py <model_args>` and runs `tests/reference/model_blocks.py` on it.
+    pub fn new(model_args: &[&str], reference_args: &[&str]) -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let model = dir.path().join("model");
+        let model_s = model.to_str().expect("utf-8 temp path");
+        let mut args = vec![model_s];
+        args.extend_from_slice(model_args);
+        run_python(&make_tiny_model_script(), &args);
+        let out = dir.path().join("reference.safetensors");
+        let out_s = out.to_str().expect("utf-8 temp path");
+        let mut args = vec![model_s, out_s];
+        args.extend_from_slice(reference_args);
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/model_blocks.py");
+        run_python(&script, &args);
+        let reference = candle_core::safetensors::load(&out, &Device::Cpu).expect("reading the reference outputs");
+        Fixture { dir, reference }
+    }
+
+    /// The model directory.
+    pub fn model_dir(&self) -> PathBuf {
+        self.dir.path().join("model")
+    }
+
+    /// A reference tensor.
+    pub fn get(&self, name: &str) -> &Tensor {
+        self.reference.get(name).unwrap_or_else(|| panic!("no reference tensor {name}"))
+    }
+}
+
+/// `||a - b|| / ||b||`, computed in float32.
+pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    let diff = (&a - &b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+    let norm = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+    diff / norm.max(f32::MIN_POSITIVE)
+}
+
+/// Asserts `rel_err(a, b) <= tol`.
+pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f32) {
+    let e = rel_err(a, b);
+    eprintln!("{what}: relative error {e:e} (tolerance {tol:e})");
+    assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
+}
