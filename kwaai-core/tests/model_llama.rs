@@ -25,27 +25,12 @@ fn span() -> BlockSpan {
 
 #[test]
 fn span_forward_equals_transformers_f32() {
-    let f = fixture();
-    let out = span().forward(f.get("hidden_in"), None).unwrap();
-    assert_close("hidden after blocks [1, 3)", &out, f.get("hidden_out"), 1e-4);
+    model_common::check_span_forward(fixture(), &span(), 1e-4);
 }
 
 #[test]
 fn cached_decode_of_32_tokens_equals_full_forward() {
-    let f = fixture();
-    let span = span();
-    let input = f.get("hidden_in");
-    let full = f.get("hidden_out");
-    let mut cache = span.new_cache(40);
-    let prefill = span.forward_with_cache(&input.narrow(1, 0, 8).unwrap(), None, &mut cache).unwrap();
-    assert_close("prefill", &prefill, &full.narrow(1, 0, 8).unwrap(), 1e-4);
-    for t in 8..40 {
-        let step = span.forward_with_cache(&input.narrow(1, t, 1).unwrap(), None, &mut cache).unwrap();
-        assert_close(&format!("decode step {t}"), &step, &full.narrow(1, t, 1).unwrap(), 1e-4);
-    }
-    assert_eq!(cache.len(), 40);
-    let err = span.forward_with_cache(&input.narrow(1, 0, 1).unwrap(), None, &mut cache).unwrap_err();
-    assert_eq!(err.kind(), kwaai_core::ErrorKind::InvalidArgument, "max_length must bound the cache");
+    model_common::check_cached_decode(fixture(), &span(), 1e-4);
 }
 
 #[test]
@@ -68,12 +53,5 @@ fn beam_reorder_moves_cache_rows() {
 
 #[test]
 fn prompts_and_backward_equal_torch() {
-    let f = fixture();
-    let span = span();
-    let prompts = f.get("prompts");
-    let out = span.forward(f.get("hidden_in"), Some(prompts)).unwrap();
-    assert_close("forward with deep prompts", &out, f.get("out_prompted"), 1e-4);
-    let (gx, gp) = span.backward(f.get("hidden_in"), Some(prompts), f.get("grad_out")).unwrap();
-    assert_close("grad wrt hidden states", &gx, f.get("grad_hidden"), 1e-4);
-    assert_close("grad wrt prompts", &gp.expect("prompt grads"), f.get("grad_prompts"), 1e-4);
+    model_common::check_prompts_and_backward(fixture(), &span(), 1e-4, 1e-4);
 }

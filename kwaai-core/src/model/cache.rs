@@ -24,9 +24,12 @@ impl LayerCache {
 
     /// Appends new keys and values; returns everything held.
     pub(crate) fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (k, v) = (k.contiguous()?, v.contiguous()?);
         let (k, v) = match (&self.k, &self.v) {
-            (Some(pk), Some(pv)) => (Tensor::cat(&[pk, k], 2)?, Tensor::cat(&[pv, v], 2)?),
-            _ => (k.contiguous()?, v.contiguous()?),
+            (Some(pk), Some(pv)) => {
+                (Tensor::cat(&[pk, &k], 2)?.contiguous()?, Tensor::cat(&[pv, &v], 2)?.contiguous()?)
+            }
+            _ => (k, v),
         };
         self.k = Some(k.clone());
         self.v = Some(v.clone());

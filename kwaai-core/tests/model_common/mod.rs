@@ -91,3 +91,43 @@ pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f32) {
     eprintln!("{what}: relative error {e:e} (tolerance {tol:e})");
     assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
 }
+
+/// Loads blocks `[start, end)` of the fixture's model.
+pub fn load_span(f: &Fixture, start: usize, end: usize) -> kwaai_core::model::BlockSpan {
+    kwaai_core::model::BlockSpan::load(&f.model_dir(), start, end, Default::default()).expect("loading the span")
+}
+
+/// The span's full-sequence forward equals the reference `hidden_out`.
+pub fn check_span_forward(f: &Fixture, span: &kwaai_core::model::BlockSpan, tol: f32) {
+    let out = span.forward(f.get("hidden_in"), None).unwrap();
+    assert_eq!(out.dtype(), f.get("hidden_in").dtype(), "the output keeps the input's dtype");
+    assert_close("hidden after the span", &out, f.get("hidden_out"), tol);
+}
+
+/// A prefill of 8 positions then one position at a time to the end of the reference sequence, each step
+/// compared with the reference full forward; the cache is bounded by the sequence length.
+pub fn check_cached_decode(f: &Fixture, span: &kwaai_core::model::BlockSpan, tol: f32) {
+    let input = f.get("hidden_in");
+    let full = f.get("hidden_out");
+    let total = input.dim(1).unwrap();
+    let mut cache = span.new_cache(total);
+    let prefill = span.forward_with_cache(&input.narrow(1, 0, 8).unwrap(), None, &mut cache).unwrap();
+    assert_close("prefill", &prefill, &full.narrow(1, 0, 8).unwrap(), tol);
+    for t in 8..total {
+        let step = span.forward_with_cache(&input.narrow(1, t, 1).unwrap(), None, &mut cache).unwrap();
+        assert_close(&format!("decode step {t}"), &step, &full.narrow(1, t, 1).unwrap(), tol);
+    }
+    assert_eq!(cache.len(), total);
+    let err = span.forward_with_cache(&input.narrow(1, 0, 1).unwrap(), None, &mut cache).unwrap_err();
+    assert_eq!(err.kind(), kwaai_core::ErrorKind::InvalidArgument, "max_length must bound the cache");
+}
+
+/// Forward with deep prompts and the gradients of backward equal torch's (gradients within `grad_tol`).
+pub fn check_prompts_and_backward(f: &Fixture, span: &kwaai_core::model::BlockSpan, tol: f32, grad_tol: f32) {
+    let prompts = f.get("prompts");
+    let out = span.forward(f.get("hidden_in"), Some(prompts)).unwrap();
+    assert_close("forward with deep prompts", &out, f.get("out_prompted"), tol);
+    let (gx, gp) = span.backward(f.get("hidden_in"), Some(prompts), f.get("grad_out")).unwrap();
+    assert_close("grad wrt hidden states", &gx, f.get("grad_hidden"), grad_tol);
+    assert_close("grad wrt prompts", &gp.expect("prompt grads"), f.get("grad_prompts"), grad_tol);
+}
