@@ -4,7 +4,7 @@ use candle_core::Tensor;
 
 use super::cache::LayerCache;
 use super::config::{FalconLayout, ModelConfig, RopeScaling};
-use super::ops::{alibi_bias, alibi_slopes, apply_rotary, attention, layer_norm, rotary_tables, Linear};
+use super::ops::{alibi_bias, alibi_slopes, apply_rotary, attention, layer_norm, Linear, Rounding};
 use super::weights::Loader;
 use crate::Result;
 
@@ -27,6 +27,8 @@ pub struct FalconBlock {
     rope_theta: f64,
     rope_scaling: Option<RopeScaling>,
     slopes: Vec<f32>,
+    max_positions: usize,
+    round: Rounding,
 }
 
 impl FalconBlock {
@@ -37,7 +39,7 @@ impl FalconBlock {
         norms + if lf.bias { 8 } else { 4 }
     }
 
-    pub(crate) fn load(l: &mut Loader<'_, '_>, p: &str, c: &ModelConfig) -> Result<Self> {
+    pub(crate) fn load(l: &mut Loader<'_, '_>, p: &str, c: &ModelConfig, round: Rounding) -> Result<Self> {
         let (h, d) = (c.hidden_size, c.head_dim());
         let lf = c.falcon;
         let qkv_out = if lf.new_decoder_architecture {
@@ -80,7 +82,20 @@ impl FalconBlock {
             rope_theta: c.rope_theta,
             rope_scaling: c.rope_scaling,
             slopes: alibi_slopes(c.num_heads),
+            max_positions: c.max_position_embeddings,
+            round,
         })
+    }
+
+    fn rotary(&self, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
+        super::ops::scaled_rotary_tables(
+            self.head_dim,
+            self.rope_theta,
+            self.rope_scaling,
+            self.max_positions,
+            start,
+            len,
+        )
     }
 
     /// Splits the fused projection into q (B, H, T, d) and k, v (B, Hkv, T, d).
@@ -108,37 +123,37 @@ impl FalconBlock {
     /// Runs the block on `x` (B, T, hidden), appending this step's keys and values to `cache`.
     pub fn forward(&self, x: &Tensor, cache: &mut LayerCache) -> Result<Tensor> {
         let (b, t, hidden) = x.dims3()?;
-        let d = self.head_dim;
-        let ln_a = layer_norm(x, &self.ln_attn.0, &self.ln_attn.1, self.eps)?;
-        let (q, k, v) = self.split(&self.qkv.forward(&ln_a)?)?;
+        let (d, r) = (self.head_dim, self.round);
+        let ln_a = layer_norm(x, &self.ln_attn.0, &self.ln_attn.1, self.eps, r)?;
+        let (q, k, v) = self.split(&self.qkv.forward_r(&ln_a, r)?)?;
         let scale = 1.0 / (d as f64).sqrt();
         let (q, k) = if self.layout.alibi {
             (q, k)
         } else {
-            let pos_scale = match self.rope_scaling {
-                Some(RopeScaling::Linear(f)) => f as f32,
-                _ => 1.0,
-            };
-            let (cos, sin) = rotary_tables(d, self.rope_theta, pos_scale, cache.len(), t)?;
-            (apply_rotary(&q, &cos, &sin)?, apply_rotary(&k, &cos, &sin)?)
+            let (cos, sin) = self.rotary(cache.len(), t)?;
+            (apply_rotary(&q, &cos, &sin, r)?, apply_rotary(&k, &cos, &sin, r)?)
         };
         let (k, v) = cache.append(&k, &v)?;
-        let bias =
-            if self.layout.alibi { Some(alibi_bias(&self.slopes, k.dim(2)?, true, scale as f32)?) } else { None };
-        let a = attention(&q, &k, &v, scale, bias.as_ref())?;
-        let attn_out = self.dense.forward(&a.transpose(1, 2)?.reshape((b, t, hidden))?)?;
-        let mlp = |h: &Tensor| -> Result<Tensor> { self.down.forward(&self.up.forward(h)?.gelu_erf()?) };
+        let a = if self.layout.alibi {
+            let bias = alibi_bias(&self.slopes, k.dim(2)?, true, 1.0)?;
+            attention(&q, &k, &v, r, |s| r.r((r.r(s)?.broadcast_add(&bias)? * scale)?))?
+        } else {
+            attention(&q, &k, &v, r, |s| r.r((r.r(s)? * scale)?))?
+        };
+        let attn_out = self.dense.forward_r(&a.transpose(1, 2)?.reshape((b, t, hidden))?, r)?;
+        let mlp =
+            |h: &Tensor| -> Result<Tensor> { self.down.forward_r(&r.r(self.up.forward_r(h, r)?.gelu_erf()?)?, r) };
         if self.layout.new_decoder_architecture || self.layout.parallel_attn {
             let mlp_in = match (&self.ln_mlp, self.layout.new_decoder_architecture) {
-                (Some((w, b)), true) => layer_norm(x, w, b, self.eps)?,
+                (Some((w, b)), true) => layer_norm(x, w, b, self.eps, r)?,
                 _ => ln_a,
             };
-            Ok(((mlp(&mlp_in)? + attn_out)? + x)?)
+            r.r((r.r((mlp(&mlp_in)? + attn_out)?)? + x)?)
         } else {
-            let residual = (attn_out + x)?;
+            let residual = r.r((attn_out + x)?)?;
             let (w, b) = self.ln_mlp.as_ref().ok_or_else(|| crate::Error::invalid_argument("missing norm"))?;
-            let mlp_in = layer_norm(&residual, w, b, self.eps)?;
-            Ok((mlp(&mlp_in)? + residual)?)
+            let mlp_in = layer_norm(&residual, w, b, self.eps, r)?;
+            r.r((mlp(&mlp_in)? + residual)?)
         }
     }
 }

@@ -4,7 +4,7 @@ use candle_core::Tensor;
 
 use super::cache::LayerCache;
 use super::config::{ModelConfig, RopeScaling};
-use super::ops::{apply_rotary, attention, rms_norm, rotary_tables, Linear};
+use super::ops::{apply_rotary, attention, rms_norm, Linear, Rounding};
 use super::weights::Loader;
 use crate::Result;
 
@@ -27,13 +27,14 @@ pub struct LlamaBlock {
     rope_theta: f64,
     rope_scaling: Option<RopeScaling>,
     max_positions: usize,
+    round: Rounding,
 }
 
 impl LlamaBlock {
     /// Tensors one block reads.
     pub const TENSORS: usize = 9;
 
-    pub(crate) fn load(l: &mut Loader<'_, '_>, p: &str, c: &ModelConfig) -> Result<Self> {
+    pub(crate) fn load(l: &mut Loader<'_, '_>, p: &str, c: &ModelConfig, round: Rounding) -> Result<Self> {
         let (h, d, i) = (c.hidden_size, c.head_dim(), c.intermediate_size);
         let kv = c.num_kv_heads * d;
         let mut lin = |name: &str, out: usize, inp: usize| -> Result<Linear> {
@@ -63,43 +64,40 @@ impl LlamaBlock {
             rope_theta: c.rope_theta,
             rope_scaling: c.rope_scaling,
             max_positions: c.max_position_embeddings,
+            round,
         })
     }
 
     fn rotary(&self, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
-        let d = self.head_dim;
-        match self.rope_scaling {
-            None => rotary_tables(d, self.rope_theta, 1.0, start, len),
-            Some(RopeScaling::Linear(f)) => rotary_tables(d, self.rope_theta, f as f32, start, len),
-            Some(RopeScaling::Dynamic(f)) => {
-                let total = start + len;
-                let mut base = self.rope_theta;
-                if total > self.max_positions {
-                    let grow = f * total as f64 / self.max_positions as f64 - (f - 1.0);
-                    base *= grow.powf(d as f64 / (d as f64 - 2.0));
-                }
-                rotary_tables(d, base, 1.0, start, len)
-            }
-        }
+        super::ops::scaled_rotary_tables(
+            self.head_dim,
+            self.rope_theta,
+            self.rope_scaling,
+            self.max_positions,
+            start,
+            len,
+        )
     }
 
     /// Runs the block on `x` (B, T, hidden), appending this step's keys and values to `cache`.
     pub fn forward(&self, x: &Tensor, cache: &mut LayerCache) -> Result<Tensor> {
         let (b, t, hidden) = x.dims3()?;
-        let d = self.head_dim;
-        let h = rms_norm(x, &self.input_norm, self.eps)?;
-        let q = self.q.forward(&h)?.reshape((b, t, self.heads, d))?.transpose(1, 2)?;
-        let k = self.k.forward(&h)?.reshape((b, t, self.kv_heads, d))?.transpose(1, 2)?;
-        let v = self.v.forward(&h)?.reshape((b, t, self.kv_heads, d))?.transpose(1, 2)?;
+        let (d, r) = (self.head_dim, self.round);
+        let h = rms_norm(x, &self.input_norm, self.eps, r)?;
+        let q = self.q.forward_r(&h, r)?.reshape((b, t, self.heads, d))?.transpose(1, 2)?;
+        let k = self.k.forward_r(&h, r)?.reshape((b, t, self.kv_heads, d))?.transpose(1, 2)?;
+        let v = self.v.forward_r(&h, r)?.reshape((b, t, self.kv_heads, d))?.transpose(1, 2)?;
         let (cos, sin) = self.rotary(cache.len(), t)?;
-        let q = apply_rotary(&q, &cos, &sin)?;
-        let k = apply_rotary(&k, &cos, &sin)?;
+        let q = apply_rotary(&q, &cos, &sin, r)?;
+        let k = apply_rotary(&k, &cos, &sin, r)?;
         let (k, v) = cache.append(&k, &v)?;
-        let a = attention(&q, &k, &v, 1.0 / (d as f64).sqrt(), None)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let a = attention(&q, &k, &v, r, |s| r.r((r.r(s)? * scale)?))?;
         let a = a.transpose(1, 2)?.reshape((b, t, hidden))?;
-        let x = (x + self.o.forward(&a)?)?;
-        let h = rms_norm(&x, &self.post_norm, self.eps)?;
-        let mlp = self.down.forward(&(self.gate.forward(&h)?.silu()? * self.up.forward(&h)?)?)?;
-        Ok((x + mlp)?)
+        let x = r.r((x + self.o.forward_r(&a, r)?)?)?;
+        let h = rms_norm(&x, &self.post_norm, self.eps, r)?;
+        let gate = r.r(self.gate.forward_r(&h, r)?.silu()?)?;
+        let mlp = self.down.forward_r(&r.r((gate * self.up.forward_r(&h, r)?)?)?, r)?;
+        r.r((x + mlp)?)
     }
 }

@@ -5,6 +5,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
+use super::config::RopeScaling;
 use crate::Result;
 
 /// A dense layer: `y = x W^T + b`, with `W` of shape (out, in).
@@ -15,6 +16,11 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// Applies the layer to `x` of shape (..., in), rounding the result.
+    pub fn forward_r(&self, x: &Tensor, round: Rounding) -> Result<Tensor> {
+        round.r(self.forward(x)?)
+    }
+
     /// Applies the layer to `x` of shape (..., in).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
@@ -32,8 +38,14 @@ impl Linear {
     }
 }
 
-/// RMSNorm as in Llama: `x / sqrt(mean(x^2) + eps) * w`.
-pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+/// RMSNorm as in Llama: `x / sqrt(mean(x^2) + eps) * w`; with rounding, the normalised value and the product
+/// are each rounded, as transformers does.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, round: Rounding) -> Result<Tensor> {
+    if round.is_on() {
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = round.r(x.broadcast_div(&(var + eps)?.sqrt()?)?)?;
+        return round.r(normed.broadcast_mul(w)?);
+    }
     if !x.track_op() && x.is_contiguous() {
         return Ok(candle_nn::ops::rms_norm(x, w, eps as f32)?);
     }
@@ -42,16 +54,16 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(normed.broadcast_mul(w)?)
 }
 
-/// LayerNorm over the last dimension with weight and bias.
-pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+/// LayerNorm over the last dimension with weight and bias (one rounding of the result).
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, round: Rounding) -> Result<Tensor> {
     if !x.track_op() && x.is_contiguous() {
-        return Ok(candle_nn::ops::layer_norm(x, w, b, eps as f32)?);
+        return round.r(candle_nn::ops::layer_norm(x, w, b, eps as f32)?);
     }
     let mean = x.mean_keepdim(D::Minus1)?;
     let centered = x.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
     let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
-    Ok(normed.broadcast_mul(w)?.broadcast_add(b)?)
+    round.r(normed.broadcast_mul(w)?.broadcast_add(b)?)
 }
 
 /// Softmax over the last dimension.
@@ -85,8 +97,44 @@ pub fn rotary_tables(head_dim: usize, base: f64, pos_scale: f32, start: usize, l
     Ok((Tensor::from_vec(cos, (len, head_dim), &Device::Cpu)?, Tensor::from_vec(sin, (len, head_dim), &Device::Cpu)?))
 }
 
-/// Applies rotary embeddings to `x` of shape (B, H, T, head_dim): `x * cos + rotate_half(x) * sin`.
-pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+/// Rotary tables with transformers' scaling: linear divides positions by the factor; dynamic NTK grows the base
+/// once `start + len` exceeds `max_positions`.
+pub fn scaled_rotary_tables(
+    head_dim: usize,
+    theta: f64,
+    scaling: Option<RopeScaling>,
+    max_positions: usize,
+    start: usize,
+    len: usize,
+) -> Result<(Tensor, Tensor)> {
+    match scaling {
+        None => rotary_tables(head_dim, theta, 1.0, start, len),
+        Some(RopeScaling::Linear(f)) => rotary_tables(head_dim, theta, f as f32, start, len),
+        Some(RopeScaling::Dynamic(f)) => {
+            let total = start + len;
+            let mut base = theta;
+            if total > max_positions {
+                let d = head_dim as f64;
+                base *= (f * total as f64 / max_positions as f64 - (f - 1.0)).powf(d / (d - 2.0));
+            }
+            rotary_tables(head_dim, base, 1.0, start, len)
+        }
+    }
+}
+
+/// Applies rotary embeddings to `x` of shape (B, H, T, head_dim): `x * cos + rotate_half(x) * sin`. With
+/// rounding, the tables, both products and the sum are rounded, as transformers does.
+pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor, round: Rounding) -> Result<Tensor> {
+    if round.is_on() {
+        let (cos, sin) = (round.r(cos.clone())?, round.r(sin.clone())?);
+        let half = x.dim(D::Minus1)? / 2;
+        let x1 = x.narrow(D::Minus1, 0, half)?;
+        let x2 = x.narrow(D::Minus1, half, half)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        let a = round.r(x.broadcast_mul(&cos)?)?;
+        let b = round.r(rotated.broadcast_mul(&sin)?)?;
+        return round.r((a + b)?);
+    }
     if !x.track_op() {
         let half = x.dim(D::Minus1)? / 2;
         let c = cos.narrow(1, 0, half)?.contiguous()?;
@@ -136,23 +184,47 @@ pub fn alibi_bias(slopes: &[f32], len: usize, bf16_rounding: bool, scale: f32) -
     Ok(Tensor::from_vec(data, (1, slopes.len(), 1, len), &Device::Cpu)?)
 }
 
-/// Scaled dot-product attention with grouped key/value heads and a causal mask.
+/// Where a half-precision checkpoint's reference rounds: transformers runs such checkpoints in their own dtype,
+/// so each op's result is rounded to it. Our math stays float32; rounding at the same points keeps the results
+/// equal to the reference's. `Rounding(None)` (float32 checkpoints) does nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rounding(pub Option<DType>);
+
+impl Rounding {
+    /// Rounds a float32 tensor through the reference dtype.
+    pub fn r(&self, t: Tensor) -> Result<Tensor> {
+        match self.0 {
+            Some(dt) => Ok(t.to_dtype(dt)?.to_dtype(DType::F32)?),
+            None => Ok(t),
+        }
+    }
+
+    /// Whether rounding is on.
+    pub fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+/// Dot-product attention with grouped key/value heads and a causal mask.
 ///
-/// `q`: (B, H, T, d); `k`, `v`: (B, Hkv, S, d) with `S = past + T`; `bias`: broadcastable to (B, H, T, S), added
-/// after scaling. Returns (B, H, T, d).
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, bias: Option<&Tensor>) -> Result<Tensor> {
+/// `q`: (B, H, T, d); `k`, `v`: (B, Hkv, S, d) with `S = past + T`. `logits` maps the raw scores `q k^T`
+/// (B, H, T, S) to the pre-mask logits (scaling, position bias). The softmax runs in float32; its result and the
+/// output are rounded by `round`. Returns (B, H, T, d).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    round: Rounding,
+    logits: impl Fn(Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     let (_, hkv, s, _) = k.dims4()?;
     let groups = h / hkv;
     let q = q.contiguous()?.reshape((b, hkv, groups * t, d))?;
-    let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, h, t, s))?;
-    let scores = match bias {
-        Some(bias) => scores.broadcast_add(bias)?,
-        None => scores,
-    };
+    let scores = logits(q.matmul(&k.t()?)?.reshape((b, h, t, s))?)?;
     let scores = if t > 1 { scores.broadcast_add(&causal_mask(t, s)?)? } else { scores };
-    let probs = softmax_last(&scores)?.reshape((b, hkv, groups * t, s))?;
-    Ok(probs.matmul(&v.contiguous()?)?.reshape((b, h, t, d))?)
+    let probs = round.r(softmax_last(&scores)?)?.reshape((b, hkv, groups * t, s))?;
+    round.r(probs.matmul(&v.contiguous()?)?.reshape((b, h, t, d))?)
 }
 
 /// Additive causal mask (T, S): query `i` (at position `S - T + i`) sees keys `0..=S - T + i`.

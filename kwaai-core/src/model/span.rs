@@ -9,7 +9,7 @@ use super::cache::{LayerCache, SessionCache};
 use super::config::{Family, ModelConfig};
 use super::falcon::FalconBlock;
 use super::llama::LlamaBlock;
-use super::ops::COMPUTE_DTYPE;
+use super::ops::{Rounding, COMPUTE_DTYPE};
 use super::weights::{Checkpoint, LoadProgress, Loader};
 use crate::{Error, Result};
 
@@ -96,13 +96,16 @@ impl BlockSpan {
             bytes: 0,
             progress: options.progress,
         };
+        // transformers runs bfloat16 checkpoints in bfloat16 on the CPU (rounding after each op) and cannot run
+        // float16 ones there at all, so float16 weights are widened and computed like float32.
+        let round = Rounding((stored_dtype == DType::BF16).then_some(DType::BF16));
         let mut blocks = Vec::with_capacity(end - start);
         for i in start..end {
             let p = block_prefix(&ckpt, config.family, i)?;
             blocks.push(match config.family {
-                Family::Llama => Block::Llama(LlamaBlock::load(&mut loader, &p, &config)?),
-                Family::Bloom => Block::Bloom(BloomBlock::load(&mut loader, &p, &config)?),
-                Family::Falcon => Block::Falcon(FalconBlock::load(&mut loader, &p, &config)?),
+                Family::Llama => Block::Llama(LlamaBlock::load(&mut loader, &p, &config, round)?),
+                Family::Bloom => Block::Bloom(BloomBlock::load(&mut loader, &p, &config, round)?),
+                Family::Falcon => Block::Falcon(FalconBlock::load(&mut loader, &p, &config, round)?),
             });
         }
         Ok(BlockSpan { config, start, blocks, stored_dtype })
