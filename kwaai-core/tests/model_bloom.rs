@@ -33,3 +33,8 @@ fn prompts_and_backward_equal_torch() {
     // about 1e-2 here, so agreement with torch's float32 is checked at 1e-3.
     check_prompts_and_backward(fixture(), &load_span(fixture(), 1, 3), 1e-4, 1e-3);
 }
+
+#[test]
+fn greedy_generation_of_32_tokens_equals_transformers_generate() {
+    model_common::check_greedy_generation(fixture());
+}

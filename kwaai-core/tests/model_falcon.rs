@@ -34,6 +34,7 @@ fn new_layout_matches_transformers() {
     check_span_forward(f, &span, 1e-4);
     check_cached_decode(f, &span, 1e-4);
     check_prompts_and_backward(f, &span, 1e-4, 1e-4);
+    model_common::check_greedy_generation(f);
 }
 
 #[test]
@@ -44,6 +45,7 @@ fn rw_layout_matches_transformers() {
     check_cached_decode(f, &span, 1e-4);
     // Its larger init (std 1.0) makes backward amplify rounding, as for BLOOM: gradients are checked at 1e-3.
     check_prompts_and_backward(f, &span, 1e-4, 1e-3);
+    model_common::check_greedy_generation(f);
 }
 
 #[test]
@@ -53,4 +55,5 @@ fn multi_query_layout_matches_transformers() {
     check_span_forward(f, &span, 1e-4);
     check_cached_decode(f, &span, 1e-4);
     check_prompts_and_backward(f, &span, 1e-4, 1e-4);
+    model_common::check_greedy_generation(f);
 }

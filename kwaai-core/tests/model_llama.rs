@@ -55,3 +55,8 @@ fn beam_reorder_moves_cache_rows() {
 fn prompts_and_backward_equal_torch() {
     model_common::check_prompts_and_backward(fixture(), &span(), 1e-4, 1e-4);
 }
+
+#[test]
+fn greedy_generation_of_32_tokens_equals_transformers_generate() {
+    model_common::check_greedy_generation(fixture());
+}

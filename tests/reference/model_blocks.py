@@ -57,7 +57,7 @@ def main():
     if a.generate:
         model = transformers.AutoModelForCausalLM.from_pretrained(a.model_dir).eval()
         tok = transformers.AutoTokenizer.from_pretrained(a.model_dir)
-        ids = tok("The quick brown fox", return_tensors="pt").input_ids
+        ids = tok("Hello, Petals! A tiny swarm on loopback.", return_tensors="pt").input_ids
         with torch.no_grad():
             gen = model.generate(ids, max_new_tokens=a.generate, do_sample=False, min_new_tokens=a.generate,
                                  pad_token_id=model.config.pad_token_id)

@@ -7,16 +7,24 @@
 
 mod bloom;
 mod cache;
+mod client;
 mod config;
 mod falcon;
+mod generate;
 mod llama;
 mod ops;
+mod sampling;
 mod span;
+mod tokenizer;
 mod weights;
 
 pub use cache::{LayerCache, SessionCache};
+pub use client::ClientModel;
 pub use config::{FalconLayout, Family, ModelConfig, RopeScaling};
+pub use generate::{generate, GenerationConfig};
+pub use sampling::{argmax, Rng, Sampler, SamplingConfig};
 pub use span::{Block, BlockSpan, LoadOptions};
+pub use tokenizer::TextTokenizer;
 pub use weights::{Checkpoint, LoadProgress};
 
 impl From<candle_core::Error> for crate::Error {

@@ -167,7 +167,6 @@ impl Loader<'_, '_> {
     }
 
     /// Loads a tensor if the checkpoint has it.
-    #[allow(dead_code)]
     pub fn get_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
         if self.ckpt.contains(name) {
             self.get(name, shape).map(Some)
