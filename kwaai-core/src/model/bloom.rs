@@ -33,7 +33,7 @@ impl BloomBlock {
         let h = c.hidden_size;
         let mut lin = |name: &str, out: usize, inp: usize| -> Result<Linear> {
             Ok(Linear {
-                weight: l.get(&format!("{p}{name}.weight"), &[out, inp])?,
+                weight: l.weight(&format!("{p}{name}.weight"), &[out, inp])?,
                 bias: Some(l.get(&format!("{p}{name}.bias"), &[out])?),
             })
         };

@@ -51,7 +51,7 @@ impl FalconBlock {
         };
         let mut lin = |name: &str, out: usize, inp: usize| -> Result<Linear> {
             let bias = if lf.bias { Some(l.get(&format!("{p}{name}.bias"), &[out])?) } else { None };
-            Ok(Linear { weight: l.get(&format!("{p}{name}.weight"), &[out, inp])?, bias })
+            Ok(Linear { weight: l.weight(&format!("{p}{name}.weight"), &[out, inp])?, bias })
         };
         let qkv = lin("self_attention.query_key_value", qkv_out, h)?;
         let dense = lin("self_attention.dense", h, h)?;

@@ -38,7 +38,7 @@ impl LlamaBlock {
         let (h, d, i) = (c.hidden_size, c.head_dim(), c.intermediate_size);
         let kv = c.num_kv_heads * d;
         let mut lin = |name: &str, out: usize, inp: usize| -> Result<Linear> {
-            Ok(Linear { weight: l.get(&format!("{p}{name}.weight"), &[out, inp])?, bias: None })
+            Ok(Linear { weight: l.weight(&format!("{p}{name}.weight"), &[out, inp])?, bias: None })
         };
         let q = lin("self_attn.q_proj", h, h)?;
         let k = lin("self_attn.k_proj", kv, h)?;

@@ -3,12 +3,15 @@
 //! Each op has a fast path (candle's fused CPU kernels) and a path built from differentiable primitives, taken
 //! when the input is tracked for backward.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Storage, Tensor, D};
+use half::slice::HalfFloatSliceExt;
+
+use super::kernels::{matmul_t, WeightBits, MAX_ROWS};
 
 use super::config::RopeScaling;
 use crate::Result;
 
-/// A dense layer: `y = x W^T + b`, with `W` of shape (out, in).
+/// A dense layer: `y = x W^T + b`, with `W` of shape (out, in), stored as float32 or bfloat16.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub(crate) weight: Tensor,
@@ -21,13 +24,19 @@ impl Linear {
         round.r(self.forward(x)?)
     }
 
-    /// Applies the layer to `x` of shape (..., in).
+    /// Applies the layer to `x` of shape (..., in); the result is float32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
         let inner = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let out = self.weight.dim(0)?;
-        let y = x.reshape((rows, inner))?.matmul(&self.weight.t()?)?;
+        let y = match self.small_rows(x, rows, inner, out)? {
+            Some(y) => y,
+            None => {
+                let w = self.weight.to_dtype(DType::F32)?;
+                x.reshape((rows, inner))?.matmul(&w.t()?)?
+            }
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -35,6 +44,28 @@ impl Linear {
         let mut shape = dims[..dims.len() - 1].to_vec();
         shape.push(out);
         Ok(y.reshape(shape)?)
+    }
+
+    /// The decode path: a few rows, no gradient, weights streamed once by our kernels.
+    fn small_rows(&self, x: &Tensor, rows: usize, inner: usize, out: usize) -> Result<Option<Tensor>> {
+        if rows > MAX_ROWS || x.track_op() || !self.weight.is_contiguous() {
+            return Ok(None);
+        }
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let (storage, layout) = self.weight.storage_and_layout();
+        let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+            return Ok(None);
+        };
+        let y = match self.weight.dtype() {
+            DType::F32 => matmul_t(&xs, rows, inner, WeightBits::F32(&cpu.as_slice::<f32>()?[start..end]), out),
+            DType::BF16 => {
+                let w = cpu.as_slice::<half::bf16>()?[start..end].reinterpret_cast();
+                matmul_t(&xs, rows, inner, WeightBits::Bf16(w), out)
+            }
+            _ => return Ok(None),
+        };
+        drop(storage);
+        Ok(Some(Tensor::from_vec(y, (rows, out), &Device::Cpu)?))
     }
 }
 

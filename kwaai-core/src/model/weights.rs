@@ -21,11 +21,19 @@ pub struct LoadProgress {
     pub bytes_done: u64,
 }
 
-/// The safetensors files of a model directory, mapped into memory; tensors are read on request.
+/// Where a tensor lies: its shard, dtype, shape and byte range in the shard.
+struct Entry {
+    shard: usize,
+    dtype: StDtype,
+    shape: Vec<usize>,
+    range: std::ops::Range<usize>,
+}
+
+/// The safetensors files of a model directory, mapped into memory; headers are parsed once, tensor data is
+/// read on request.
 pub struct Checkpoint {
     shards: Vec<(PathBuf, Mmap)>,
-    /// tensor name -> shard index
-    index: HashMap<String, usize>,
+    index: HashMap<String, Entry>,
 }
 
 fn io_err(path: &Path, what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
@@ -39,11 +47,17 @@ fn map(path: &Path) -> Result<Mmap> {
     unsafe { Mmap::map(&file) }.map_err(|e| io_err(path, "mapping", e))
 }
 
-fn parse(path: &Path, data: &[u8]) -> Result<Vec<String>> {
+fn parse(path: &Path, data: &[u8], shard: usize, index: &mut HashMap<String, Entry>) -> Result<()> {
     let st = SafeTensors::deserialize(data).map_err(|e| {
         Error::with_source(ErrorKind::InvalidArgument, format!("bad safetensors {}", path.display()), e)
     })?;
-    Ok(st.names().into_iter().map(str::to_owned).collect())
+    let base = data.as_ptr() as usize;
+    for (name, view) in st.tensors() {
+        let start = view.data().as_ptr() as usize - base;
+        let range = start..start + view.data().len();
+        index.insert(name, Entry { shard, dtype: view.dtype(), shape: view.shape().to_vec(), range });
+    }
+    Ok(())
 }
 
 impl Checkpoint {
@@ -76,9 +90,7 @@ impl Checkpoint {
                 return Err(Error::new(ErrorKind::Io, format!("missing checkpoint file {}", path.display())));
             }
             let mmap = map(&path)?;
-            for name in parse(&path, &mmap)? {
-                index.insert(name, i);
-            }
+            parse(&path, &mmap, i, &mut index)?;
             shards.push((path, mmap));
         }
         Ok(Checkpoint { shards, index })
@@ -94,44 +106,30 @@ impl Checkpoint {
         self.index.keys().map(String::as_str)
     }
 
-    /// The stored dtype of a tensor.
-    pub fn dtype_of(&self, name: &str) -> Result<DType> {
-        let (path, data) = self.shard_of(name)?;
-        let st = SafeTensors::deserialize(data)
-            .map_err(|e| Error::with_source(ErrorKind::InvalidArgument, format!("bad {}", path.display()), e))?;
-        let view = st
-            .tensor(name)
-            .map_err(|e| Error::with_source(ErrorKind::InvalidArgument, format!("{name} in {}", path.display()), e))?;
-        dtype(view.dtype(), name)
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.index.get(name).ok_or_else(|| Error::invalid_argument(format!("the checkpoint has no tensor {name}")))
     }
 
-    fn shard_of(&self, name: &str) -> Result<(&Path, &[u8])> {
-        let i = *self
-            .index
-            .get(name)
-            .ok_or_else(|| Error::invalid_argument(format!("the checkpoint has no tensor {name}")))?;
-        let (path, mmap) = &self.shards[i];
-        Ok((path, &mmap[..]))
+    /// The stored dtype of a tensor.
+    pub fn dtype_of(&self, name: &str) -> Result<DType> {
+        dtype(self.entry(name)?.dtype, name)
     }
 
     /// Reads tensor `name`, checks its shape, and converts it to `to` on the CPU. Returns it with its stored size.
     pub fn load(&self, name: &str, shape: &[usize], to: DType) -> Result<(Tensor, u64)> {
-        let (path, data) = self.shard_of(name)?;
-        let st = SafeTensors::deserialize(data)
-            .map_err(|e| Error::with_source(ErrorKind::InvalidArgument, format!("bad {}", path.display()), e))?;
-        let view = st
-            .tensor(name)
-            .map_err(|e| Error::with_source(ErrorKind::InvalidArgument, format!("{name} in {}", path.display()), e))?;
-        if view.shape() != shape {
+        let e = self.entry(name)?;
+        let (path, mmap) = &self.shards[e.shard];
+        if e.shape != shape {
             return Err(Error::invalid_argument(format!(
                 "{name} in {} has shape {:?}, expected {shape:?}",
                 path.display(),
-                view.shape()
+                e.shape
             )));
         }
-        let dt = dtype(view.dtype(), name)?;
-        let t = Tensor::from_raw_buffer(view.data(), dt, shape, &Device::Cpu)?.to_dtype(to)?;
-        Ok((t, view.data().len() as u64))
+        let dt = dtype(e.dtype, name)?;
+        let data = &mmap[e.range.clone()];
+        let t = Tensor::from_raw_buffer(data, dt, shape, &Device::Cpu)?.to_dtype(to)?;
+        Ok((t, data.len() as u64))
     }
 }
 
@@ -164,6 +162,19 @@ impl Loader<'_, '_> {
             cb(LoadProgress { tensors_done: self.done, tensors_total: self.total, bytes_done: self.bytes });
         }
         Ok(t)
+    }
+
+    /// Loads a linear layer's weight: bfloat16 weights stay bfloat16 (our kernels widen them as they stream),
+    /// others become float32.
+    pub fn weight(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let keep = self.ckpt.dtype_of(name)? == DType::BF16;
+        let saved = self.dtype;
+        if keep {
+            self.dtype = DType::BF16;
+        }
+        let t = self.get(name, shape);
+        self.dtype = saved;
+        t
     }
 
     /// Loads a tensor if the checkpoint has it.
