@@ -100,7 +100,7 @@ fn a_span_reads_only_its_blocks_and_reports_progress() {
     write_model(&dir, &tensors);
     let mut seen: Vec<LoadProgress> = vec![];
     let mut hook = |p: LoadProgress| seen.push(p);
-    let span = BlockSpan::load(&dir, 1, 2, LoadOptions { progress: Some(&mut hook) }).unwrap();
+    let span = BlockSpan::load(&dir, 1, 2, LoadOptions { progress: Some(&mut hook), ..Default::default() }).unwrap();
     assert_eq!((span.start(), span.end()), (1, 2));
     assert_eq!(seen.len(), 9, "one report per tensor of one Llama block");
     assert!(seen.iter().all(|p| p.tensors_total == 9));

@@ -31,12 +31,7 @@ impl BloomBlock {
 
     pub(crate) fn load(l: &mut Loader<'_, '_>, p: &str, c: &ModelConfig, round: Rounding) -> Result<Self> {
         let h = c.hidden_size;
-        let mut lin = |name: &str, out: usize, inp: usize| -> Result<Linear> {
-            Ok(Linear {
-                weight: l.weight(&format!("{p}{name}.weight"), &[out, inp])?,
-                bias: Some(l.get(&format!("{p}{name}.bias"), &[out])?),
-            })
-        };
+        let mut lin = |name: &str, out: usize, inp: usize| l.linear(&format!("{p}{name}"), out, inp, true);
         let qkv = lin("self_attention.query_key_value", 3 * h, h)?;
         let dense = lin("self_attention.dense", h, h)?;
         let up = lin("mlp.dense_h_to_4h", 4 * h, h)?;

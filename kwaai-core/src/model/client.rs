@@ -49,7 +49,8 @@ impl ClientModel {
         let emb_name = first_present(&ckpt, emb_names)?;
         let stored = ckpt.dtype_of(&emb_name)?;
         let round = Rounding((stored == DType::BF16).then_some(DType::BF16));
-        let mut l = Loader { ckpt: &ckpt, dtype: COMPUTE_DTYPE, done: 0, total: 0, bytes: 0, progress: None };
+        let mut l =
+            Loader { ckpt: &ckpt, dtype: COMPUTE_DTYPE, done: 0, total: 0, bytes: 0, progress: None, quantize: false };
         let embeddings = l.get(&emb_name, &[v, h])?;
         let embeddings_norm = if config.family == Family::Bloom {
             let p = if emb_name.starts_with("transformer.") { "transformer." } else { "" };
@@ -84,7 +85,7 @@ impl ClientModel {
             embeddings,
             embeddings_norm,
             final_norm,
-            lm_head: Linear { weight: lm_weight, bias: None },
+            lm_head: Linear::new(lm_weight, None, false)?,
             round,
         })
     }

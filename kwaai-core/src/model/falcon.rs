@@ -49,10 +49,7 @@ impl FalconBlock {
         } else {
             3 * h
         };
-        let mut lin = |name: &str, out: usize, inp: usize| -> Result<Linear> {
-            let bias = if lf.bias { Some(l.get(&format!("{p}{name}.bias"), &[out])?) } else { None };
-            Ok(Linear { weight: l.weight(&format!("{p}{name}.weight"), &[out, inp])?, bias })
-        };
+        let mut lin = |name: &str, out: usize, inp: usize| l.linear(&format!("{p}{name}"), out, inp, lf.bias);
         let qkv = lin("self_attention.query_key_value", qkv_out, h)?;
         let dense = lin("self_attention.dense", h, h)?;
         let up = lin("mlp.dense_h_to_4h", 4 * h, h)?;

@@ -14,6 +14,46 @@ pub enum WeightBits<'a> {
     F32(&'a [f32]),
     /// bfloat16 bit patterns, (out, in) row-major.
     Bf16(&'a [u16]),
+    /// 8-bit integers, (out, in) row-major, with one scale per output row: `W[o, i] = q[o, i] * scale[o]`.
+    Int8 {
+        /// The integers.
+        q: &'a [i8],
+        /// One scale per output row.
+        scale: &'a [f32],
+    },
+}
+
+/// Weights quantized to 8 bits per output row (symmetric, absmax / 127).
+#[derive(Debug, Clone)]
+pub struct Int8Weight {
+    /// (out, in) row-major integers.
+    pub q: Vec<i8>,
+    /// One scale per output row.
+    pub scale: Vec<f32>,
+    /// Output rows.
+    pub out: usize,
+    /// Input columns.
+    pub inp: usize,
+}
+
+impl Int8Weight {
+    /// Quantizes float32 weights (out, in).
+    pub fn quantize(w: &[f32], out: usize, inp: usize) -> Self {
+        let mut q = Vec::with_capacity(out * inp);
+        let mut scale = Vec::with_capacity(out);
+        for row in w.chunks(inp) {
+            let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let s = if max > 0.0 { max / 127.0 } else { 1.0 };
+            q.extend(row.iter().map(|v| (v / s).round().clamp(-127.0, 127.0) as i8));
+            scale.push(s);
+        }
+        Int8Weight { q, scale, out, inp }
+    }
+
+    /// The float32 weights these integers stand for.
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.q.chunks(self.inp).zip(&self.scale).flat_map(|(row, s)| row.iter().map(move |v| *v as f32 * s)).collect()
+    }
 }
 
 /// `y (rows, out) = x (rows, inp) · W^T` with `W` (out, inp). Requires `rows <= MAX_ROWS`.
@@ -28,6 +68,10 @@ pub fn matmul_t(x: &[f32], rows: usize, inp: usize, w: WeightBits<'_>, out: usiz
             match w {
                 WeightBits::F32(w) => dot_f32(&w[o * inp..(o + 1) * inp], x, rows, y),
                 WeightBits::Bf16(w) => dot_bf16(&w[o * inp..(o + 1) * inp], x, rows, y),
+                WeightBits::Int8 { q, scale } => {
+                    dot_i8(&q[o * inp..(o + 1) * inp], x, rows, y);
+                    y.iter_mut().for_each(|v| *v *= scale[o]);
+                }
             }
         }
     });
@@ -63,6 +107,19 @@ fn dot_bf16(w: &[u16], x: &[f32], rows: usize, y: &mut [f32]) {
     let n = w.len();
     for (r, yr) in y.iter_mut().enumerate().take(rows) {
         *yr = w.iter().zip(&x[r * n..(r + 1) * n]).map(|(a, b)| f32::from_bits((*a as u32) << 16) * b).sum();
+    }
+}
+
+fn dot_i8(w: &[i8], x: &[f32], rows: usize, y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: as in dot_f32.
+        unsafe { x86::dot_i8_avx2(w, x, rows, y) };
+        return;
+    }
+    let n = w.len();
+    for (r, yr) in y.iter_mut().enumerate().take(rows) {
+        *yr = w.iter().zip(&x[r * n..(r + 1) * n]).map(|(a, b)| *a as f32 * b).sum();
     }
 }
 
@@ -126,6 +183,13 @@ mod x86 {
         _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
     }
 
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load_i8(p: *const i8) -> __m256 {
+        let b = _mm_loadl_epi64(p as *const __m128i);
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b))
+    }
+
+    dot_kernel!(dot_i8_avx2, i8, |p| load_i8(p), |v: i8| v as f32);
     dot_kernel!(dot_f32_avx2, f32, |p| load_f32(p), |v: f32| v);
     dot_kernel!(dot_bf16_avx2, u16, |p| load_bf16(p), |v: u16| f32::from_bits((v as u32) << 16));
 }
@@ -152,7 +216,16 @@ mod tests {
             let w: Vec<f32> = (0..out * inp).map(|_| rng.next_f64() as f32 - 0.5).collect();
             let bits: Vec<u16> = w.iter().map(|v| (crate::model::round_bf16(*v).to_bits() >> 16) as u16).collect();
             let w_rounded: Vec<f32> = bits.iter().map(|b| f32::from_bits((*b as u32) << 16)).collect();
+            let q = Int8Weight::quantize(&w, out, inp);
+            let w_q = q.dequantize();
+            for (a, b) in w.iter().zip(&w_q) {
+                assert!((a - b).abs() <= 0.5 / 127.0 * 0.5 + 1e-6, "quantization error within half a step");
+            }
             for (got, want) in [
+                (
+                    matmul_t(&x, rows, inp, WeightBits::Int8 { q: &q.q, scale: &q.scale }, out),
+                    reference(&x, rows, inp, &w_q, out),
+                ),
                 (matmul_t(&x, rows, inp, WeightBits::F32(&w), out), reference(&x, rows, inp, &w, out)),
                 (matmul_t(&x, rows, inp, WeightBits::Bf16(&bits), out), reference(&x, rows, inp, &w_rounded, out)),
             ] {

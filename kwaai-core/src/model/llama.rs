@@ -37,9 +37,7 @@ impl LlamaBlock {
     pub(crate) fn load(l: &mut Loader<'_, '_>, p: &str, c: &ModelConfig, round: Rounding) -> Result<Self> {
         let (h, d, i) = (c.hidden_size, c.head_dim(), c.intermediate_size);
         let kv = c.num_kv_heads * d;
-        let mut lin = |name: &str, out: usize, inp: usize| -> Result<Linear> {
-            Ok(Linear { weight: l.weight(&format!("{p}{name}.weight"), &[out, inp])?, bias: None })
-        };
+        let mut lin = |name: &str, out: usize, inp: usize| l.linear(&format!("{p}{name}"), out, inp, false);
         let q = lin("self_attn.q_proj", h, h)?;
         let k = lin("self_attn.k_proj", kv, h)?;
         let v = lin("self_attn.v_proj", kv, h)?;

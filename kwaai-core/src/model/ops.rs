@@ -6,19 +6,35 @@
 use candle_core::{DType, Device, Storage, Tensor, D};
 use half::slice::HalfFloatSliceExt;
 
-use super::kernels::{matmul_t, WeightBits, MAX_ROWS};
+use std::sync::Arc;
+
+use super::kernels::{matmul_t, Int8Weight, WeightBits, MAX_ROWS};
 
 use super::config::RopeScaling;
 use crate::Result;
 
-/// A dense layer: `y = x W^T + b`, with `W` of shape (out, in), stored as float32 or bfloat16.
+/// A dense layer: `y = x W^T + b`, with `W` of shape (out, in), stored as float32 or bfloat16 (`weight`), or
+/// as 8-bit integers (`int8`, then `weight` is unused).
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub(crate) weight: Tensor,
     pub(crate) bias: Option<Tensor>,
+    pub(crate) int8: Option<Arc<Int8Weight>>,
 }
 
 impl Linear {
+    /// A layer over float32 or bfloat16 weights, optionally quantized to 8 bits.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, quantize: bool) -> Result<Self> {
+        if !quantize {
+            return Ok(Linear { weight, bias, int8: None });
+        }
+        let (out, inp) = weight.dims2()?;
+        let w = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let int8 = Int8Weight::quantize(&w, out, inp);
+        let placeholder = Tensor::zeros((out, 0), DType::F32, &Device::Cpu)?;
+        Ok(Linear { weight: placeholder, bias, int8: Some(Arc::new(int8)) })
+    }
+
     /// Applies the layer to `x` of shape (..., in), rounding the result.
     pub fn forward_r(&self, x: &Tensor, round: Rounding) -> Result<Tensor> {
         round.r(self.forward(x)?)
@@ -33,7 +49,10 @@ impl Linear {
         let y = match self.small_rows(x, rows, inner, out)? {
             Some(y) => y,
             None => {
-                let w = self.weight.to_dtype(DType::F32)?;
+                let w = match &self.int8 {
+                    Some(q) => Tensor::from_vec(q.dequantize(), (q.out, q.inp), &Device::Cpu)?,
+                    None => self.weight.to_dtype(DType::F32)?,
+                };
                 x.reshape((rows, inner))?.matmul(&w.t()?)?
             }
         };
@@ -52,6 +71,10 @@ impl Linear {
             return Ok(None);
         }
         let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(q) = &self.int8 {
+            let y = matmul_t(&xs, rows, inner, WeightBits::Int8 { q: &q.q, scale: &q.scale }, out);
+            return Ok(Some(Tensor::from_vec(y, (rows, out), &Device::Cpu)?));
+        }
         let (storage, layout) = self.weight.storage_and_layout();
         let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
             return Ok(None);

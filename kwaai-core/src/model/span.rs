@@ -40,6 +40,9 @@ impl Block {
 pub struct LoadOptions<'a> {
     /// Called after each tensor is read.
     pub progress: Option<&'a mut dyn FnMut(LoadProgress)>,
+    /// Quantize the blocks' linear layers to 8 bits per weight (one scale per output row); the norms stay as
+    /// they are.
+    pub quantize_8bit: bool,
 }
 
 /// The prefix of block `i`'s tensor names in this checkpoint.
@@ -95,6 +98,7 @@ impl BlockSpan {
             total: per_block * (end - start),
             bytes: 0,
             progress: options.progress,
+            quantize: options.quantize_8bit,
         };
         // transformers runs bfloat16 checkpoints in bfloat16 on the CPU (rounding after each op) and cannot run
         // float16 ones there at all, so float16 weights are widened and computed like float32.

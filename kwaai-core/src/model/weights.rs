@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 use safetensors::{Dtype as StDtype, SafeTensors};
 
+use super::ops::Linear;
 use crate::{Error, ErrorKind, Result};
 
 /// Progress of a load, reported after each tensor.
@@ -150,6 +151,8 @@ pub(crate) struct Loader<'a, 'p> {
     pub total: usize,
     pub bytes: u64,
     pub progress: Option<&'p mut dyn FnMut(LoadProgress)>,
+    /// Quantize linear layers to 8 bits.
+    pub quantize: bool,
 }
 
 impl Loader<'_, '_> {
@@ -175,6 +178,13 @@ impl Loader<'_, '_> {
         let t = self.get(name, shape);
         self.dtype = saved;
         t
+    }
+
+    /// Loads a linear layer `{name}.weight` (out, inp), and `{name}.bias` if `bias`.
+    pub fn linear(&mut self, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+        let w = self.weight(&format!("{name}.weight"), &[out, inp])?;
+        let b = if bias { Some(self.get(&format!("{name}.bias"), &[out])?) } else { None };
+        Linear::new(w, b, self.quantize)
     }
 
     /// Loads a tensor if the checkpoint has it.
