@@ -1,7 +1,8 @@
 //! A Llama-shaped stack (hidden 2048, intermediate 5504, 16 heads, 8 blocks, random weights): 128-token prefill
-//! and per-token decode at 128 tokens of context, in float32 and bfloat16, plus the memory-bandwidth floor.
+//! and per-token decode at 128 tokens of context, in float32, bfloat16 and float32 quantized to 8 bits, plus
+//! the memory-bandwidth floor.
 //!
-//! `cargo bench -p kwaai-core --bench block` (`KWAAI_BENCH_DTYPES=f32` or `bf16` to run one dtype).
+//! `cargo bench -p kwaai-core --bench block` (`KWAAI_BENCH_DTYPES=f32,bf16,q8` picks the variants).
 //! Compare with `../shared/reference/bench/block.py` run in the same session.
 
 use std::collections::HashMap;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
-use kwaai_core::model::BlockSpan;
+use kwaai_core::model::{BlockSpan, LoadOptions};
 
 const HIDDEN: usize = 2048;
 const INTER: usize = 5504;
@@ -73,18 +74,20 @@ fn weight_bytes(dtype: DType) -> usize {
 fn bench(c: &mut Criterion) {
     let bw = copy_bandwidth();
     eprintln!("copy bandwidth (1 thread, 1 GiB, best of 5): {bw:.2} GB/s");
-    let dtypes = std::env::var("KWAAI_BENCH_DTYPES").unwrap_or_else(|_| "f32,bf16".into());
+    let dtypes = std::env::var("KWAAI_BENCH_DTYPES").unwrap_or_else(|_| "f32,bf16,q8".into());
     for name in dtypes.split(',') {
-        let dtype = match name {
-            "f32" => DType::F32,
-            "bf16" => DType::BF16,
+        let (dtype, quantize_8bit) = match name {
+            "f32" => (DType::F32, false),
+            "bf16" => (DType::BF16, false),
+            "q8" => (DType::F32, true),
             other => panic!("unknown dtype {other}"),
         };
         let tmp = tempfile::tempdir().unwrap();
         write_model(tmp.path(), dtype);
-        let span = BlockSpan::load(tmp.path(), 0, LAYERS, Default::default()).unwrap();
+        let options = LoadOptions { quantize_8bit, ..Default::default() };
+        let span = BlockSpan::load(tmp.path(), 0, LAYERS, options).unwrap();
         drop(tmp);
-        let wb = weight_bytes(dtype);
+        let wb = if quantize_8bit { weight_bytes(DType::U8) } else { weight_bytes(dtype) };
         eprintln!(
             "{name}: stored weights {:.3} GB; floor {:.1} ms/token at the copy bandwidth (bytes read once)",
             wb as f64 / 1e9,

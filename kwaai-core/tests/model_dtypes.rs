@@ -14,14 +14,20 @@ fn bf16_fixture(family: &str) -> Fixture {
     Fixture::new(&["--family", family, "--dtype", "bfloat16"], REFERENCE)
 }
 
+/// The Llama fixture, shared by two tests.
+fn llama_bf16() -> &'static Fixture {
+    static F: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
+    F.get_or_init(|| bf16_fixture("llama"))
+}
+
 #[test]
 fn llama_bf16_matches_transformers_bf16() {
-    let f = bf16_fixture("llama");
-    let span = load_span(&f, 1, 3);
+    let f = llama_bf16();
+    let span = load_span(f, 1, 3);
     assert_eq!(span.stored_dtype(), DType::BF16);
     assert_eq!(f.get("hidden_in").dtype(), DType::BF16);
-    check_span_forward(&f, &span, 2e-2);
-    check_cached_decode(&f, &span, 2e-2);
+    check_span_forward(f, &span, 2e-2);
+    check_cached_decode(f, &span, 2e-2);
 }
 
 #[test]
@@ -44,7 +50,7 @@ fn falcon_bf16_matches_transformers_bf16() {
 /// cannot run float16 on the CPU, so float16 weights are widened to float32).
 #[test]
 fn float16_checkpoint_equals_float32_of_the_same_values() {
-    let f = bf16_fixture("llama");
+    let f = llama_bf16();
     let src = f.model_dir();
     let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
     let write = |name: &str, dtype: DType| {

@@ -84,6 +84,17 @@ pub fn matmul_t(x: &[f32], rows: usize, inp: usize, w: WeightBits<'_>, out: usiz
     y
 }
 
+/// Widens bfloat16 bit patterns to float32 (exact), in parallel.
+pub fn widen_bf16(bits: &[u16]) -> Vec<f32> {
+    let mut out = vec![0f32; bits.len()];
+    out.par_chunks_mut(1 << 16).zip(bits.par_chunks(1 << 16)).for_each(|(o, b)| {
+        for (o, b) in o.iter_mut().zip(b) {
+            *o = f32::from_bits((*b as u32) << 16);
+        }
+    });
+    out
+}
+
 fn dot_f32(w: &[f32], x: &[f32], rows: usize, y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {

@@ -8,7 +8,7 @@ use half::slice::HalfFloatSliceExt;
 
 use std::sync::Arc;
 
-use super::kernels::{matmul_t, Int8Weight, WeightBits, MAX_ROWS};
+use super::kernels::{matmul_t, widen_bf16, Int8Weight, WeightBits, MAX_ROWS};
 
 use super::config::RopeScaling;
 use crate::Result;
@@ -51,7 +51,7 @@ impl Linear {
             None => {
                 let w = match &self.int8 {
                     Some(q) => Tensor::from_vec(q.dequantize(), (q.out, q.inp), &Device::Cpu)?,
-                    None => self.weight.to_dtype(DType::F32)?,
+                    None => self.dense_f32()?,
                 };
                 x.reshape((rows, inner))?.matmul(&w.t()?)?
             }
@@ -63,6 +63,19 @@ impl Linear {
         let mut shape = dims[..dims.len() - 1].to_vec();
         shape.push(out);
         Ok(y.reshape(shape)?)
+    }
+
+    /// The weights as a float32 tensor (bfloat16 widened by our parallel converter).
+    fn dense_f32(&self) -> Result<Tensor> {
+        if self.weight.dtype() == DType::BF16 && self.weight.is_contiguous() {
+            let (storage, layout) = self.weight.storage_and_layout();
+            if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+                let wide = widen_bf16(cpu.as_slice::<half::bf16>()?[start..end].reinterpret_cast());
+                drop(storage);
+                return Ok(Tensor::from_vec(wide, self.weight.shape(), &Device::Cpu)?);
+            }
+        }
+        Ok(self.weight.to_dtype(DType::F32)?)
     }
 
     /// The decode path: a few rows, no gradient, weights streamed once by our kernels.
