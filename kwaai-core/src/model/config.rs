@@ -190,3 +190,65 @@ impl ModelConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama_with_gqa_and_rope_scaling() {
+        let c = ModelConfig::from_json(
+            r#"{"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+                "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000, "rope_theta": 500000.0,
+                "rope_scaling": {"type": "linear", "factor": 4.0}}"#,
+        )
+        .unwrap();
+        assert_eq!((c.family, c.num_kv_heads, c.head_dim()), (Family::Llama, 8, 128));
+        assert_eq!(c.rope_scaling, Some(RopeScaling::Linear(4.0)));
+        assert_eq!(c.rope_theta, 500000.0);
+        assert!(!c.tie_word_embeddings);
+    }
+
+    #[test]
+    fn falcon_layouts_from_old_and_new_configs() {
+        // Falcon-40B's original config (RefinedWeb): new decoder architecture with n_head_kv.
+        let c = ModelConfig::from_json(
+            r#"{"model_type": "RefinedWeb", "hidden_size": 8192, "n_head": 128, "n_head_kv": 8, "n_layer": 60,
+                "vocab_size": 65024, "parallel_attn": true, "bias": false}"#,
+        )
+        .unwrap();
+        assert!(c.falcon.new_decoder_architecture);
+        assert_eq!((c.num_heads, c.num_kv_heads, c.num_layers), (128, 8, 60));
+        // Falcon-7B: multi-query.
+        let c = ModelConfig::from_json(
+            r#"{"model_type": "falcon", "hidden_size": 4544, "num_attention_heads": 71, "num_hidden_layers": 32,
+                "vocab_size": 65024, "multi_query": true, "new_decoder_architecture": false}"#,
+        )
+        .unwrap();
+        assert_eq!(c.num_kv_heads, 1);
+        assert!(c.tie_word_embeddings);
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        for (text, needle) in [
+            (r#"{"model_type": "gpt2"}"#, "unsupported architecture"),
+            (r#"{"model_type": "llama", "hidden_size": 64}"#, "num_hidden_layers"),
+            (
+                r#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1,
+                    "num_attention_heads": 5, "vocab_size": 9}"#,
+                "do not divide",
+            ),
+            (
+                r#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1,
+                    "num_attention_heads": 4, "vocab_size": 9, "rope_scaling": {"type": "yarn", "factor": 2}}"#,
+                "rope_scaling",
+            ),
+            ("not json", "not JSON"),
+        ] {
+            let err = ModelConfig::from_json(text).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+            assert!(err.message().contains(needle), "{needle}: {err}");
+        }
+    }
+}
