@@ -67,13 +67,32 @@ fn copy_bandwidth() -> f64 {
     (n * 4) as f64 / best.as_secs_f64() / 1e9
 }
 
+/// Best-of-5 read bandwidth of a 1 GiB buffer summed by every thread (rayon), in GB/s: how fast decoding can
+/// stream weights at most.
+fn read_bandwidth() -> f64 {
+    use rayon::prelude::*;
+    let n = (1usize << 30) / 4;
+    let src = vec![1f32; n];
+    let best = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let s: f32 = src.par_chunks(1 << 18).map(|c| c.iter().sum::<f32>()).sum();
+            std::hint::black_box(s);
+            t.elapsed()
+        })
+        .min()
+        .unwrap();
+    (n * 4) as f64 / best.as_secs_f64() / 1e9
+}
+
 fn weight_bytes(dtype: DType) -> usize {
     LAYERS * (4 * HIDDEN * HIDDEN + 3 * HIDDEN * INTER) * dtype.size_in_bytes()
 }
 
 fn bench(c: &mut Criterion) {
     let bw = copy_bandwidth();
-    eprintln!("copy bandwidth (1 thread, 1 GiB, best of 5): {bw:.2} GB/s");
+    let rbw = read_bandwidth();
+    eprintln!("copy bandwidth (1 thread, 1 GiB, best of 5): {bw:.2} GB/s; read bandwidth (all threads): {rbw:.2} GB/s");
     let dtypes = std::env::var("KWAAI_BENCH_DTYPES").unwrap_or_else(|_| "f32,bf16,q8".into());
     for name in dtypes.split(',') {
         let (dtype, quantize_8bit) = match name {
@@ -89,9 +108,11 @@ fn bench(c: &mut Criterion) {
         drop(tmp);
         let wb = if quantize_8bit { weight_bytes(DType::U8) } else { weight_bytes(dtype) };
         eprintln!(
-            "{name}: stored weights {:.3} GB; floor {:.1} ms/token at the copy bandwidth (bytes read once)",
+            "{name}: stored weights {:.3} GB; floor {:.1} ms/token at the copy bandwidth (bytes read once), {:.1} ms at \
+             the all-thread read bandwidth",
             wb as f64 / 1e9,
-            wb as f64 / (bw * 1e9) * 1e3
+            wb as f64 / (bw * 1e9) * 1e3,
+            wb as f64 / (rbw * 1e9) * 1e3
         );
         let x = Tensor::randn(0f32, 1.0, (1, PREFILL, HIDDEN), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
         let tok = Tensor::randn(0f32, 1.0, (1, 1, HIDDEN), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
