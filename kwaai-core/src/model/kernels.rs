@@ -149,15 +149,16 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    /// Two 8-lane accumulators per row over 16 weights at a time, then a scalar tail.
+    /// Two 8-lane accumulators per row over 16 weights at a time, then a scalar tail. `R` rows at once (a
+    /// constant, so the accumulators stay in registers); callers split larger row counts.
     macro_rules! dot_kernel {
         ($name:ident, $t:ty, $load:expr, $widen:expr) => {
             #[target_feature(enable = "avx2,fma")]
-            pub unsafe fn $name(w: &[$t], x: &[f32], rows: usize, y: &mut [f32]) {
+            unsafe fn $name<const R: usize>(w: &[$t], x: &[f32], y: &mut [f32]) {
                 let n = w.len();
-                assert!(rows <= MAX_ROWS && x.len() >= rows * n && y.len() >= rows);
-                let mut acc0 = [_mm256_setzero_ps(); MAX_ROWS];
-                let mut acc1 = [_mm256_setzero_ps(); MAX_ROWS];
+                assert!(x.len() >= R * n && y.len() >= R);
+                let mut acc0 = [_mm256_setzero_ps(); R];
+                let mut acc1 = [_mm256_setzero_ps(); R];
                 let body = n - n % 16;
                 let wp = w.as_ptr();
                 let xp = x.as_ptr();
@@ -165,19 +166,53 @@ mod x86 {
                 while i < body {
                     let w0: __m256 = $load(wp.add(i));
                     let w1: __m256 = $load(wp.add(i + 8));
-                    for r in 0..rows {
+                    for r in 0..R {
                         let xr = xp.add(r * n + i);
                         acc0[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), acc0[r]);
                         acc1[r] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr.add(8)), acc1[r]);
                     }
                     i += 16;
                 }
-                for r in 0..rows {
+                for r in 0..R {
                     let mut s = hsum(_mm256_add_ps(acc0[r], acc1[r]));
                     for j in body..n {
                         s += $widen(w[j]) * x[r * n + j];
                     }
                     y[r] = s;
+                }
+            }
+        };
+    }
+
+    /// Runs a kernel over `rows` rows, at most four at a time.
+    macro_rules! dispatch {
+        ($pub_name:ident, $name:ident, $t:ty) => {
+            #[target_feature(enable = "avx2,fma")]
+            pub unsafe fn $pub_name(w: &[$t], x: &[f32], rows: usize, y: &mut [f32]) {
+                let n = w.len();
+                assert!(rows <= MAX_ROWS && x.len() >= rows * n && y.len() >= rows);
+                let mut r = 0;
+                while r < rows {
+                    let (xs, ys) = (&x[r * n..], &mut y[r..]);
+                    let step = match rows - r {
+                        1 => {
+                            $name::<1>(w, xs, ys);
+                            1
+                        }
+                        2 => {
+                            $name::<2>(w, xs, ys);
+                            2
+                        }
+                        3 => {
+                            $name::<3>(w, xs, ys);
+                            3
+                        }
+                        _ => {
+                            $name::<4>(w, xs, ys);
+                            4
+                        }
+                    };
+                    r += step;
                 }
             }
         };
@@ -200,9 +235,12 @@ mod x86 {
         _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b))
     }
 
-    dot_kernel!(dot_i8_avx2, i8, |p| load_i8(p), |v: i8| v as f32);
-    dot_kernel!(dot_f32_avx2, f32, |p| load_f32(p), |v: f32| v);
-    dot_kernel!(dot_bf16_avx2, u16, |p| load_bf16(p), |v: u16| f32::from_bits((v as u32) << 16));
+    dot_kernel!(dot_i8_rows, i8, |p| load_i8(p), |v: i8| v as f32);
+    dot_kernel!(dot_f32_rows, f32, |p| load_f32(p), |v: f32| v);
+    dot_kernel!(dot_bf16_rows, u16, |p| load_bf16(p), |v: u16| f32::from_bits((v as u32) << 16));
+    dispatch!(dot_i8_avx2, dot_i8_rows, i8);
+    dispatch!(dot_f32_avx2, dot_f32_rows, f32);
+    dispatch!(dot_bf16_avx2, dot_bf16_rows, u16);
 }
 
 #[cfg(test)]
