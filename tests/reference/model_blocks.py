@@ -2,7 +2,10 @@
 """Reference outputs for kwaai's model tests, computed with transformers on a model directory.
 
 Usage: model_blocks.py MODEL_DIR OUT.safetensors [--start S] [--end E] [--batch B] [--seq T] [--prompt-len P]
-                       [--generate N] [--seed 0]
+                       [--generate N] [--seed 0] [--make-tiny-model SCRIPT [ARGS...]]
+
+With --make-tiny-model, MODEL_DIR is first written by SCRIPT (../shared/reference/make_tiny_model.py) with the
+ARGS that follow, in this same process (one interpreter start instead of two).
 
 Writes one safetensors file with:
   hidden_in (B, T, H), hidden_out: blocks [S, E) of the model run over hidden_in (full sequence, causal), in the
@@ -39,7 +42,29 @@ def span_model(model, start, end):
     return base, base.h
 
 
+def make_tiny_model(script, model_dir, args):
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("make_tiny_model", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    saved = sys.argv
+    sys.argv = [script, model_dir] + args
+    try:
+        module.main()
+    finally:
+        sys.argv = saved
+
+
 def main():
+    import sys
+
+    make = None
+    if "--make-tiny-model" in sys.argv:
+        i = sys.argv.index("--make-tiny-model")
+        make = sys.argv[i + 1:]
+        sys.argv = sys.argv[:i]
     p = argparse.ArgumentParser()
     p.add_argument("model_dir")
     p.add_argument("out")
@@ -51,6 +76,8 @@ def main():
     p.add_argument("--generate", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
+    if make:
+        make_tiny_model(make[0], a.model_dir, make[1:])
     torch.manual_seed(a.seed)
     out = {}
 

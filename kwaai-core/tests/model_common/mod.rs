@@ -46,18 +46,20 @@ pub struct Fixture {
 }
 
 impl Fixture {
-    /// Makes a model with `make_tiny_model.py <model_args>` and runs `tests/reference/model_blocks.py` on it.
+    /// Makes a model with `make_tiny_model.py <model_args>` and runs `tests/reference/model_blocks.py` on it (one
+    /// Python process for both).
     pub fn new(model_args: &[&str], reference_args: &[&str]) -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let model = dir.path().join("model");
         let model_s = model.to_str().expect("utf-8 temp path");
-        let mut args = vec![model_s];
-        args.extend_from_slice(model_args);
-        run_python(&make_tiny_model_script(), &args);
         let out = dir.path().join("reference.safetensors");
         let out_s = out.to_str().expect("utf-8 temp path");
+        let maker = make_tiny_model_script();
         let mut args = vec![model_s, out_s];
         args.extend_from_slice(reference_args);
+        args.push("--make-tiny-model");
+        args.push(maker.to_str().expect("utf-8 path"));
+        args.extend_from_slice(model_args);
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/model_blocks.py");
         run_python(&script, &args);
         let reference = candle_core::safetensors::load(&out, &Device::Cpu).expect("reading the reference outputs");
