@@ -154,3 +154,40 @@ fn bad_directories_and_arguments_give_clear_errors() {
     let err = BlockSpan::load(&dir, 0, 1, LoadOptions::default()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
 }
+
+/// Truncated or corrupted checkpoints and configs give errors, never panics.
+#[test]
+fn corrupted_checkpoints_are_refused_without_panicking() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good");
+    write_model(&good, &llama_tensors());
+    let bytes = std::fs::read(good.join("model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let dir = tmp.path().join("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), config("llama")).unwrap();
+    let mut rng = kwaai_core::model::Rng::new(1);
+    let mut refused = 0;
+    for round in 0..200 {
+        let mut b = bytes.clone();
+        if round % 2 == 0 {
+            b.truncate((rng.next_u64() as usize) % bytes.len());
+        } else {
+            for _ in 0..4 {
+                let i = (rng.next_u64() as usize) % (8 + header_len);
+                b[i] = rng.next_u64() as u8;
+            }
+        }
+        std::fs::write(dir.join("model.safetensors"), &b).unwrap();
+        if let Err(e) = BlockSpan::load(&dir, 0, LAYERS, LoadOptions::default()) {
+            assert!(matches!(e.kind(), ErrorKind::InvalidArgument | ErrorKind::Io), "{e}");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 100, "every truncation must be refused ({refused} of 200 refused)");
+    for text in ["", "{", "[]", r#"{"model_type": 3}"#, r#"{"model_type": "llama", "hidden_size": -1}"#] {
+        std::fs::write(dir.join("config.json"), text).unwrap();
+        let err = BlockSpan::load(&dir, 0, 1, LoadOptions::default()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{text}: {err}");
+    }
+}
