@@ -2,7 +2,9 @@
 """Reference outputs for kwaai's model tests, computed with transformers on a model directory.
 
 Usage: model_blocks.py MODEL_DIR OUT.safetensors [--start S] [--end E] [--batch B] [--seq T] [--prompt-len P]
-                       [--generate N] [--seed 0] [--make-tiny-model SCRIPT [ARGS...]]
+                       [--generate N] [--seed 0] [--config-override JSON] [--make-tiny-model SCRIPT [ARGS...]]
+
+--config-override merges a JSON object into MODEL_DIR/config.json before anything is loaded (e.g. rope_scaling).
 
 With --make-tiny-model, MODEL_DIR is first written by SCRIPT (../shared/reference/make_tiny_model.py) with the
 ARGS that follow, in this same process (one interpreter start instead of two).
@@ -75,9 +77,19 @@ def main():
     p.add_argument("--prompt-len", type=int, default=0)
     p.add_argument("--generate", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config-override", default=None)
     a = p.parse_args()
     if make:
         make_tiny_model(make[0], a.model_dir, make[1:])
+    if a.config_override:
+        import json
+
+        path = os.path.join(a.model_dir, "config.json")
+        with open(path) as f:
+            config = json.load(f)
+        config.update(json.loads(a.config_override))
+        with open(path, "w") as f:
+            json.dump(config, f)
     torch.manual_seed(a.seed)
     out = {}
 
