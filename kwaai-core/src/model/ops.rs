@@ -13,6 +13,9 @@ use super::kernels::{matmul_t, widen_bf16, Int8Weight, WeightBits, MAX_ROWS};
 use super::config::RopeScaling;
 use crate::Result;
 
+/// Size of the float32 slab a bfloat16 weight is widened into for many-row matmuls.
+const BF16_SLAB_BYTES: usize = 4 << 20;
+
 /// A dense layer: `y = x W^T + b`, with `W` of shape (out, in), stored as float32 or bfloat16 (`weight`), or
 /// as 8-bit integers (`int8`, then `weight` is unused).
 #[derive(Debug, Clone)]
@@ -49,11 +52,12 @@ impl Linear {
         let y = match self.small_rows(x, rows, inner, out)? {
             Some(y) => y,
             None => {
-                let w = match &self.int8 {
-                    Some(q) => Tensor::from_vec(q.dequantize(), (q.out, q.inp), &Device::Cpu)?,
-                    None => self.dense_f32()?,
-                };
-                x.reshape((rows, inner))?.matmul(&w.t()?)?
+                let x2 = x.reshape((rows, inner))?;
+                match (&self.int8, self.bf16_chunks(&x2)?) {
+                    (None, Some(y)) => y,
+                    (Some(q), _) => x2.matmul(&Tensor::from_vec(q.dequantize(), (q.out, q.inp), &Device::Cpu)?.t()?)?,
+                    (None, None) => x2.matmul(&self.weight.to_dtype(DType::F32)?.t()?)?,
+                }
             }
         };
         let y = match &self.bias {
@@ -65,17 +69,27 @@ impl Linear {
         Ok(y.reshape(shape)?)
     }
 
-    /// The weights as a float32 tensor (bfloat16 widened by our parallel converter).
-    fn dense_f32(&self) -> Result<Tensor> {
-        if self.weight.dtype() == DType::BF16 && self.weight.is_contiguous() {
-            let (storage, layout) = self.weight.storage_and_layout();
-            if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
-                let wide = widen_bf16(cpu.as_slice::<half::bf16>()?[start..end].reinterpret_cast());
-                drop(storage);
-                return Ok(Tensor::from_vec(wide, self.weight.shape(), &Device::Cpu)?);
-            }
+    /// `x W^T` for bfloat16 `W` and many rows: `W` is widened to float32 a slab of output rows at a time (so the
+    /// float32 copy stays small and in cache) and each slab goes through the float32 matmul.
+    fn bf16_chunks(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        if self.weight.dtype() != DType::BF16 || !self.weight.is_contiguous() {
+            return Ok(None);
         }
-        Ok(self.weight.to_dtype(DType::F32)?)
+        let (out, inp) = self.weight.dims2()?;
+        let (storage, layout) = self.weight.storage_and_layout();
+        let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+            return Ok(None);
+        };
+        let bits: &[u16] = cpu.as_slice::<half::bf16>()?[start..end].reinterpret_cast();
+        let slab = (BF16_SLAB_BYTES / (4 * inp)).clamp(16, out.max(16));
+        let mut parts = Vec::with_capacity(out.div_ceil(slab));
+        for first in (0..out).step_by(slab) {
+            let n = slab.min(out - first);
+            let wide = widen_bf16(&bits[first * inp..(first + n) * inp]);
+            parts.push(x.matmul(&Tensor::from_vec(wide, (n, inp), &Device::Cpu)?.t()?)?);
+        }
+        drop(storage);
+        Ok(Some(Tensor::cat(&parts, 1)?))
     }
 
     /// The decode path: a few rows, no gradient, weights streamed once by our kernels.
