@@ -81,3 +81,21 @@ fn eight_bit_quantization_stays_close_to_float32() {
     let step = span.forward_with_cache(&input.narrow(1, 39, 1).unwrap(), None, &mut cache).unwrap();
     assert_close("8-bit decode step against 8-bit full forward", &step, &out.narrow(1, 39, 1).unwrap(), 1e-4);
 }
+
+/// Rewinding the cache (Petals' start_from_position) and going on gives the same states as never having left.
+#[test]
+fn rewinding_the_cache_replays_positions() {
+    let f = fixture();
+    let span = span();
+    let input = f.get("hidden_in");
+    let full = f.get("hidden_out");
+    let mut cache = span.new_cache(40);
+    span.forward_with_cache(&input.narrow(1, 0, 10).unwrap(), None, &mut cache).unwrap();
+    let detour = (input.narrow(1, 20, 5).unwrap() * 3.0).unwrap();
+    span.forward_with_cache(&detour, None, &mut cache).unwrap();
+    assert_eq!(cache.len(), 15);
+    cache.truncate(10).unwrap();
+    assert!(cache.truncate(11).is_err(), "cannot rewind forward");
+    let step = span.forward_with_cache(&input.narrow(1, 10, 2).unwrap(), None, &mut cache).unwrap();
+    assert_close("after rewinding", &step, &full.narrow(1, 10, 2).unwrap(), 1e-4);
+}

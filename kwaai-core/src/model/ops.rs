@@ -305,7 +305,7 @@ pub fn attention(
     let scores = logits(q.matmul(&k.t()?)?.reshape((b, h, t, s))?)?;
     let scores = if t > 1 { scores.broadcast_add(&causal_mask(t, s)?)? } else { scores };
     let probs = round.r(softmax_last(&scores)?)?.reshape((b, hkv, groups * t, s))?;
-    round.r(probs.matmul(&v.contiguous()?)?.reshape((b, h, t, d))?)
+    round.r(probs.matmul(v)?.reshape((b, h, t, d))?)
 }
 
 /// Additive causal mask (T, S): query `i` (at position `S - T + i`) sees keys `0..=S - T + i`.

@@ -183,16 +183,27 @@ impl BlockSpan {
         self.check_hidden(hidden)?;
         self.check_prompts(hidden, prompts)?;
         cache.check_room(hidden.dim(1)?)?;
+        if cache.layers.len() != self.blocks.len() {
+            return Err(Error::invalid_argument("the cache was made for another span"));
+        }
+        let start_len = cache.len();
+        let result = self.run_blocks(hidden, prompts, cache);
+        if result.is_err() {
+            // A failed step leaves the cache as it was.
+            cache.truncate(start_len)?;
+        }
+        result
+    }
+
+    fn run_blocks(&self, hidden: &Tensor, prompts: Option<&Tensor>, cache: &mut SessionCache) -> Result<Tensor> {
         let in_dtype = hidden.dtype();
         let mut x = hidden.to_dtype(COMPUTE_DTYPE)?;
-        let mut scratch = cache.clone();
-        for (i, (block, layer)) in self.blocks.iter().zip(scratch.layers.iter_mut()).enumerate() {
+        for (i, (block, layer)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
             if let Some(p) = prompts {
                 x = add_prompt(&x, &p.get(i)?.to_dtype(COMPUTE_DTYPE)?)?;
             }
             x = block.forward(&x, layer)?;
         }
-        *cache = scratch;
         Ok(x.to_dtype(in_dtype)?)
     }
 
