@@ -3,7 +3,14 @@
 //!
 //! Families: Llama (and Mistral-architecture checkpoints), BLOOM and Falcon, computed as transformers 4.33 does.
 //! Checkpoints in float32, bfloat16 or float16 load from Hugging Face directories (safetensors, one file or
-//! sharded); all math runs in float32 on the CPU.
+//! sharded, memory-mapped, only the span's tensors read). Math runs in float32 on the CPU: bfloat16 weights stay
+//! bfloat16 in memory and are widened as they are read, and activations are rounded to bfloat16 wherever
+//! transformers rounds them, so results equal a bfloat16 transformers run; float16 weights are widened (torch
+//! cannot run float16 on the CPU). Linear layers can optionally be quantized to 8 bits.
+//!
+//! - [`BlockSpan`]: a server's span of blocks: forward with a per-session [`SessionCache`] (prefill, then
+//!   token by token, beams reordered, rewinds), Petals' deep prompts, and backward for fine-tuning.
+//! - [`ClientModel`], [`TextTokenizer`], [`Sampler`] and [`generate`]: the client's ends of the model.
 
 mod bloom;
 mod cache;
