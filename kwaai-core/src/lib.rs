@@ -8,6 +8,7 @@ mod config;
 pub mod dht;
 mod error;
 mod identity;
+pub mod model;
 mod node;
 pub mod p2p;
 pub mod wire;

@@ -1,0 +1,320 @@
+//! Building blocks shared by the families: linear layers, norms, rotary and ALiBi positions, attention.
+//!
+//! Each op has a fast path (candle's fused CPU kernels) and a path built from differentiable primitives, taken
+//! when the input is tracked for backward.
+
+use candle_core::{DType, Device, Storage, Tensor, D};
+use half::slice::HalfFloatSliceExt;
+
+use std::sync::Arc;
+
+use super::kernels::{matmul_t, widen_bf16, Int8Weight, WeightBits, MAX_ROWS};
+
+use super::config::RopeScaling;
+use crate::Result;
+
+/// Size of the float32 slab a bfloat16 weight is widened into for many-row matmuls.
+const BF16_SLAB_BYTES: usize = 4 << 20;
+
+/// A dense layer: `y = x W^T + b`, with `W` of shape (out, in), stored as float32 or bfloat16 (`weight`), or
+/// as 8-bit integers (`int8`, then `weight` is unused).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Option<Tensor>,
+    pub(crate) int8: Option<Arc<Int8Weight>>,
+}
+
+impl Linear {
+    /// A layer over float32 or bfloat16 weights, optionally quantized to 8 bits.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, quantize: bool) -> Result<Self> {
+        if !quantize {
+            return Ok(Linear { weight, bias, int8: None });
+        }
+        let (out, inp) = weight.dims2()?;
+        let w = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let int8 = Int8Weight::quantize(&w, out, inp);
+        let placeholder = Tensor::zeros((out, 0), DType::F32, &Device::Cpu)?;
+        Ok(Linear { weight: placeholder, bias, int8: Some(Arc::new(int8)) })
+    }
+
+    /// Applies the layer to `x` of shape (..., in), rounding the result.
+    pub fn forward_r(&self, x: &Tensor, round: Rounding) -> Result<Tensor> {
+        round.r(self.forward(x)?)
+    }
+
+    /// Applies the layer to `x` of shape (..., in); the result is float32.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let inner = dims[dims.len() - 1];
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let out = self.weight.dim(0)?;
+        let y = match self.small_rows(x, rows, inner, out)? {
+            Some(y) => y,
+            None => {
+                let x2 = x.reshape((rows, inner))?;
+                match (&self.int8, self.bf16_chunks(&x2)?) {
+                    (None, Some(y)) => y,
+                    (Some(q), _) => x2.matmul(&Tensor::from_vec(q.dequantize(), (q.out, q.inp), &Device::Cpu)?.t()?)?,
+                    (None, None) => x2.matmul(&self.weight.to_dtype(DType::F32)?.t()?)?,
+                }
+            }
+        };
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut shape = dims[..dims.len() - 1].to_vec();
+        shape.push(out);
+        Ok(y.reshape(shape)?)
+    }
+
+    /// `x W^T` for bfloat16 `W` and many rows: `W` is widened to float32 a slab of output rows at a time (so the
+    /// float32 copy stays small and in cache) and each slab goes through the float32 matmul.
+    fn bf16_chunks(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        if self.weight.dtype() != DType::BF16 || !self.weight.is_contiguous() {
+            return Ok(None);
+        }
+        let (out, inp) = self.weight.dims2()?;
+        let (storage, layout) = self.weight.storage_and_layout();
+        let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+            return Ok(None);
+        };
+        let bits: &[u16] = cpu.as_slice::<half::bf16>()?[start..end].reinterpret_cast();
+        let slab = (BF16_SLAB_BYTES / (4 * inp)).clamp(16, out.max(16));
+        let mut parts = Vec::with_capacity(out.div_ceil(slab));
+        for first in (0..out).step_by(slab) {
+            let n = slab.min(out - first);
+            let wide = widen_bf16(&bits[first * inp..(first + n) * inp]);
+            parts.push(x.matmul(&Tensor::from_vec(wide, (n, inp), &Device::Cpu)?.t()?)?);
+        }
+        drop(storage);
+        Ok(Some(Tensor::cat(&parts, 1)?))
+    }
+
+    /// The decode path: a few rows, no gradient, weights streamed once by our kernels.
+    fn small_rows(&self, x: &Tensor, rows: usize, inner: usize, out: usize) -> Result<Option<Tensor>> {
+        if rows > MAX_ROWS || x.track_op() || !self.weight.is_contiguous() {
+            return Ok(None);
+        }
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(q) = &self.int8 {
+            let y = matmul_t(&xs, rows, inner, WeightBits::Int8 { q: &q.q, scale: &q.scale }, out);
+            return Ok(Some(Tensor::from_vec(y, (rows, out), &Device::Cpu)?));
+        }
+        let (storage, layout) = self.weight.storage_and_layout();
+        let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+            return Ok(None);
+        };
+        let y = match self.weight.dtype() {
+            DType::F32 => matmul_t(&xs, rows, inner, WeightBits::F32(&cpu.as_slice::<f32>()?[start..end]), out),
+            DType::BF16 => {
+                let w = cpu.as_slice::<half::bf16>()?[start..end].reinterpret_cast();
+                matmul_t(&xs, rows, inner, WeightBits::Bf16(w), out)
+            }
+            _ => return Ok(None),
+        };
+        drop(storage);
+        Ok(Some(Tensor::from_vec(y, (rows, out), &Device::Cpu)?))
+    }
+}
+
+/// RMSNorm as in Llama: `x / sqrt(mean(x^2) + eps) * w`; with rounding, the normalised value and the product
+/// are each rounded, as transformers does.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, round: Rounding) -> Result<Tensor> {
+    if round.is_on() {
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = round.r(x.broadcast_div(&(var + eps)?.sqrt()?)?)?;
+        return round.r(normed.broadcast_mul(w)?);
+    }
+    if !x.track_op() && x.is_contiguous() {
+        return Ok(candle_nn::ops::rms_norm(x, w, eps as f32)?);
+    }
+    let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = x.broadcast_div(&(var + eps)?.sqrt()?)?;
+    Ok(normed.broadcast_mul(w)?)
+}
+
+/// LayerNorm over the last dimension with weight and bias (one rounding of the result).
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, round: Rounding) -> Result<Tensor> {
+    if !x.track_op() && x.is_contiguous() {
+        return round.r(candle_nn::ops::layer_norm(x, w, b, eps as f32)?);
+    }
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    round.r(normed.broadcast_mul(w)?.broadcast_add(b)?)
+}
+
+/// Softmax over the last dimension.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if !x.track_op() && x.is_contiguous() {
+        return Ok(candle_nn::ops::softmax_last_dim(x)?);
+    }
+    let max = x.max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// `cos` and `sin` tables of shape (len, head_dim) for positions `start..start + len`, computed in float32 the
+/// way transformers does (`inv_freq = 1 / base^(2i/d)`, `freqs = t * inv_freq`, `emb = cat(freqs, freqs)`).
+pub fn rotary_tables(head_dim: usize, base: f64, pos_scale: f32, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
+    let half = head_dim / 2;
+    let base = base as f32;
+    let inv: Vec<f32> = (0..half).map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32)).collect();
+    let mut cos = Vec::with_capacity(len * head_dim);
+    let mut sin = Vec::with_capacity(len * head_dim);
+    for p in start..start + len {
+        let t = p as f32 / pos_scale;
+        for _ in 0..2 {
+            for f in &inv {
+                let a = t * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+    }
+    Ok((Tensor::from_vec(cos, (len, head_dim), &Device::Cpu)?, Tensor::from_vec(sin, (len, head_dim), &Device::Cpu)?))
+}
+
+/// Rotary tables with transformers' scaling: linear divides positions by the factor; dynamic NTK grows the base
+/// once `start + len` exceeds `max_positions`.
+pub fn scaled_rotary_tables(
+    head_dim: usize,
+    theta: f64,
+    scaling: Option<RopeScaling>,
+    max_positions: usize,
+    start: usize,
+    len: usize,
+) -> Result<(Tensor, Tensor)> {
+    match scaling {
+        None => rotary_tables(head_dim, theta, 1.0, start, len),
+        Some(RopeScaling::Linear(f)) => rotary_tables(head_dim, theta, f as f32, start, len),
+        Some(RopeScaling::Dynamic(f)) => {
+            let total = start + len;
+            let mut base = theta;
+            if total > max_positions {
+                let d = head_dim as f64;
+                base *= (f * total as f64 / max_positions as f64 - (f - 1.0)).powf(d / (d - 2.0));
+            }
+            rotary_tables(head_dim, base, 1.0, start, len)
+        }
+    }
+}
+
+/// Applies rotary embeddings to `x` of shape (B, H, T, head_dim): `x * cos + rotate_half(x) * sin`. With
+/// rounding, the tables, both products and the sum are rounded, as transformers does.
+pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor, round: Rounding) -> Result<Tensor> {
+    if round.is_on() {
+        let (cos, sin) = (round.r(cos.clone())?, round.r(sin.clone())?);
+        let half = x.dim(D::Minus1)? / 2;
+        let x1 = x.narrow(D::Minus1, 0, half)?;
+        let x2 = x.narrow(D::Minus1, half, half)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        let a = round.r(x.broadcast_mul(&cos)?)?;
+        let b = round.r(rotated.broadcast_mul(&sin)?)?;
+        return round.r((a + b)?);
+    }
+    if !x.track_op() {
+        let half = x.dim(D::Minus1)? / 2;
+        let c = cos.narrow(1, 0, half)?.contiguous()?;
+        let s = sin.narrow(1, 0, half)?.contiguous()?;
+        return Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &c, &s)?);
+    }
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok(x.broadcast_mul(cos)?.add(&rotated.broadcast_mul(sin)?)?)
+}
+
+/// ALiBi slopes for `num_heads` heads, as BLOOM and Falcon compute them (float32).
+pub fn alibi_slopes(num_heads: usize) -> Vec<f32> {
+    let closest = 1usize << (usize::BITS - 1 - num_heads.leading_zeros());
+    let base = 2f32.powf(-(2f32.powf(-((closest as f32).log2() - 3.0))));
+    let mut slopes: Vec<f32> = (1..=closest).map(|p| base.powi(p as i32)).collect();
+    if closest != num_heads {
+        let extra_base = 2f32.powf(-(2f32.powf(-((2.0 * closest as f32).log2() - 3.0))));
+        let remaining = closest.min(num_heads - closest);
+        slopes.extend((0..remaining).map(|i| extra_base.powi((2 * i + 1) as i32)));
+    }
+    slopes
+}
+
+/// Rounds to the nearest bfloat16 (ties to even), as `tensor.bfloat16()` does.
+pub fn round_bf16(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    let bits = x.to_bits();
+    let rounding = 0x7fff + ((bits >> 16) & 1);
+    f32::from_bits(bits.wrapping_add(rounding) & 0xffff_0000)
+}
+
+/// An ALiBi bias of shape (1, H, 1, S) for key positions `0..len`: `slope_h * j`, optionally rounded through
+/// bfloat16 as Falcon does.
+pub fn alibi_bias(slopes: &[f32], len: usize, bf16_rounding: bool, scale: f32) -> Result<Tensor> {
+    let mut data = Vec::with_capacity(slopes.len() * len);
+    for &s in slopes {
+        for j in 0..len {
+            let v = if bf16_rounding { round_bf16(round_bf16(s) * j as f32) } else { s * j as f32 };
+            data.push(v * scale);
+        }
+    }
+    Ok(Tensor::from_vec(data, (1, slopes.len(), 1, len), &Device::Cpu)?)
+}
+
+/// Where a half-precision checkpoint's reference rounds: transformers runs such checkpoints in their own dtype,
+/// so each op's result is rounded to it. Our math stays float32; rounding at the same points keeps the results
+/// equal to the reference's. `Rounding(None)` (float32 checkpoints) does nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rounding(pub Option<DType>);
+
+impl Rounding {
+    /// Rounds a float32 tensor through the reference dtype.
+    pub fn r(&self, t: Tensor) -> Result<Tensor> {
+        match self.0 {
+            Some(dt) => Ok(t.to_dtype(dt)?.to_dtype(DType::F32)?),
+            None => Ok(t),
+        }
+    }
+
+    /// Whether rounding is on.
+    pub fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+/// Dot-product attention with grouped key/value heads and a causal mask.
+///
+/// `q`: (B, H, T, d); `k`, `v`: (B, Hkv, S, d) with `S = past + T`. `logits` maps the raw scores `q k^T`
+/// (B, H, T, S) to the pre-mask logits (scaling, position bias). The softmax runs in float32; its result and the
+/// output are rounded by `round`. Returns (B, H, T, d).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    round: Rounding,
+    logits: impl Fn(Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let (_, hkv, s, _) = k.dims4()?;
+    let groups = h / hkv;
+    let q = q.contiguous()?.reshape((b, hkv, groups * t, d))?;
+    let scores = logits(q.matmul(&k.t()?)?.reshape((b, h, t, s))?)?;
+    let scores = if t > 1 { scores.broadcast_add(&causal_mask(t, s)?)? } else { scores };
+    let probs = round.r(softmax_last(&scores)?)?.reshape((b, hkv, groups * t, s))?;
+    round.r(probs.matmul(v)?.reshape((b, h, t, d))?)
+}
+
+/// Additive causal mask (T, S): query `i` (at position `S - T + i`) sees keys `0..=S - T + i`.
+fn causal_mask(t: usize, s: usize) -> Result<Tensor> {
+    let past = s - t;
+    let data: Vec<f32> =
+        (0..t).flat_map(|i| (0..s).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY })).collect();
+    Ok(Tensor::from_vec(data, (t, s), &Device::Cpu)?)
+}
+
+/// The dtype all block math runs in: float32 (candle has no bfloat16 matmul on the CPU).
+pub const COMPUTE_DTYPE: DType = DType::F32;

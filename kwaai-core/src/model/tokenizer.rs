@@ -1,0 +1,34 @@
+//! Text to token ids and back, with a model directory's `tokenizer.json`.
+
+use std::path::Path;
+
+use crate::{Error, ErrorKind, Result};
+
+/// A Hugging Face fast tokenizer.
+pub struct TextTokenizer(tokenizers::Tokenizer);
+
+impl TextTokenizer {
+    /// Loads `tokenizer.json` from a model directory.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        if !path.exists() {
+            return Err(Error::new(ErrorKind::Io, format!("missing {}", path.display())));
+        }
+        tokenizers::Tokenizer::from_file(&path)
+            .map(TextTokenizer)
+            .map_err(|e| Error::invalid_argument(format!("bad {}: {e}", path.display())))
+    }
+
+    /// Token ids of `text`, with the special tokens the tokenizer adds (e.g. Llama's `<s>`) if asked.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        self.0
+            .encode(text, add_special_tokens)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| Error::invalid_argument(format!("cannot encode: {e}")))
+    }
+
+    /// Text of `ids`, optionally without special tokens.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.0.decode(ids, skip_special_tokens).map_err(|e| Error::invalid_argument(format!("cannot decode: {e}")))
+    }
+}
