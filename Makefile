@@ -11,7 +11,7 @@ VENV := $(CURDIR)/target/venv
 export PYO3_PYTHON ?= $(shell command -v python3)
 PYTHON_TOOLS := maturin==1.16.0 pytest==8.3.4 mypy==1.13.0
 FFI_LIB := target/debug
-C_FLAGS := -std=c11 -Wall -Wextra -Werror -Iinclude
+C_FLAGS := -std=c11 -Wall -Wextra -Werror -Iinclude -Itests/c
 C_LINK := -L$(FFI_LIB) -lkwaai -Wl,-rpath,$(CURDIR)/$(FFI_LIB)
 VALGRIND := valgrind -q --leak-check=full --show-leak-kinds=definite,indirect \
 	--errors-for-leak-kinds=definite,indirect --error-exitcode=1

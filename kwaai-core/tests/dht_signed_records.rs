@@ -34,6 +34,23 @@ fn python_read(python: &mut ReferenceProcess, node: usize, key: &str, subkey: &s
     reply["dictionary"][subkey][0].clone()
 }
 
+/// Every node, on both sides, reads "py" under Python's subkey and "rs" under Rust's.
+fn assert_everyone_reads_the_owners_values(
+    python: &mut ReferenceProcess,
+    rust: &[&Node],
+    python_subkey: &str,
+    rust_subkey: &str,
+) {
+    for node in rust {
+        assert_eq!(rust_read(node, "owned", python_subkey), Some(Value::from("py")));
+        assert_eq!(rust_read(node, "owned", rust_subkey), Some(Value::from("rs")));
+    }
+    for i in 0..2 {
+        assert_eq!(python_read(python, i, "owned", python_subkey), json!("py"));
+        assert_eq!(python_read(python, i, "owned", rust_subkey), json!("rs"));
+    }
+}
+
 #[test]
 fn signed_records_are_accepted_and_refused_alike_by_python_and_rust() {
     let mut python = ReferenceProcess::start("dht_swarm.py", &["--rsa"]);
@@ -66,14 +83,7 @@ fn signed_records_are_accepted_and_refused_alike_by_python_and_rust() {
     assert!(r0
         .dht_store(Value::from("owned"), Some(Value::from(rust_subkey.clone())), Value::from("rs"), expiration)
         .unwrap());
-    for node in [&r0, &r1] {
-        assert_eq!(rust_read(node, "owned", &python_subkey), Some(Value::from("py")));
-        assert_eq!(rust_read(node, "owned", &rust_subkey), Some(Value::from("rs")));
-    }
-    for i in 0..2 {
-        assert_eq!(python_read(&mut python, i, "owned", &python_subkey), json!("py"));
-        assert_eq!(python_read(&mut python, i, "owned", &rust_subkey), json!("rs"));
-    }
+    assert_everyone_reads_the_owners_values(&mut python, &[&r0, &r1], &python_subkey, &rust_subkey);
 
     // Forgeries: Rust writes under Python's key and Python under Rust's, with newer expirations.
     let later = expiration + 10.0;
@@ -85,12 +95,5 @@ fn signed_records_are_accepted_and_refused_alike_by_python_and_rust() {
         json!({"op": "store", "node": 1, "key": "owned", "subkey": rust_subkey, "value": "forged", "expiration": later}),
     );
     assert_eq!(reply["ok"], false);
-    for node in [&r0, &r1] {
-        assert_eq!(rust_read(node, "owned", &python_subkey), Some(Value::from("py")));
-        assert_eq!(rust_read(node, "owned", &rust_subkey), Some(Value::from("rs")));
-    }
-    for i in 0..2 {
-        assert_eq!(python_read(&mut python, i, "owned", &python_subkey), json!("py"));
-        assert_eq!(python_read(&mut python, i, "owned", &rust_subkey), json!("rs"));
-    }
+    assert_everyone_reads_the_owners_values(&mut python, &[&r0, &r1], &python_subkey, &rust_subkey);
 }

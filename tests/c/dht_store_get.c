@@ -5,20 +5,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "check.h"
 #include "kwaai.h"
-
-static int passed = 0, failed = 0;
-
-static void check(int ok, const char *what) {
-    if (ok) {
-        passed++;
-        printf("ok - %s\n", what);
-    } else {
-        failed++;
-        const char *msg = kwaai_last_error_message();
-        printf("FAIL - %s (last error: %s)\n", what, msg ? msg : "none");
-    }
-}
 
 static kwaai_node *start(const char *initial_peer) {
     kwaai_config *config = NULL;
@@ -81,6 +69,5 @@ int main(void) {
 
     kwaai_node_free(b);
     kwaai_node_free(a);
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed == 0 ? 0 : 1;
+    return report();
 }

@@ -3,20 +3,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "check.h"
 #include "kwaai.h"
-
-static int passed = 0, failed = 0;
-
-static void check(int ok, const char *what) {
-    if (ok) {
-        passed++;
-        printf("ok - %s\n", what);
-    } else {
-        failed++;
-        const char *msg = kwaai_last_error_message();
-        printf("FAIL - %s (last error: %s)\n", what, msg ? msg : "none");
-    }
-}
 
 static int last_error_mentions(const char *needle) {
     const char *msg = kwaai_last_error_message();
@@ -104,6 +92,5 @@ int main(void) {
     lifecycle();
     misuse();
     lifecycle(); /* a second node in the same process after the first is gone */
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed == 0 ? 0 : 1;
+    return report();
 }
