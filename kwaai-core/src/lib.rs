@@ -9,6 +9,7 @@ mod error;
 mod identity;
 mod node;
 pub mod p2p;
+pub mod tensor;
 pub mod wire;
 
 pub use config::NodeConfig;

@@ -1,0 +1,63 @@
+//! FLOAT16: clamp to ±65504 and cast to float16 (hivemind/compression/floating.py
+//! Float16Compression). Decoding casts back to the original dtype as numpy does.
+
+use half::{f16, slice::HalfFloatSliceExt};
+
+use super::{unsupported, Header, Result};
+use crate::tensor::{DType, Data, Tensor, TensorView};
+
+/// The largest finite float16.
+pub(super) const FP16_MAX: f32 = 65504.0;
+
+/// Elements converted per step, so the clamped copy stays in L1.
+const STEP: usize = 4096;
+
+pub(super) fn encode(view: &TensorView<'_>) -> Result<Vec<u8>> {
+    if view.dtype() == DType::BF16 {
+        return Err(unsupported("FLOAT16", DType::BF16, "hivemind peers cannot decode it"));
+    }
+    let values = view.to_f32();
+    let mut out = vec![0u8; values.len() * 2];
+    f32_to_f16_bytes(&values, &mut out);
+    Ok(out)
+}
+
+/// Writes `values`, clamped to the float16 range, as float16 bytes into `out` (2 bytes each).
+pub(super) fn f32_to_f16_bytes(values: &[f32], out: &mut [u8]) {
+    let mut clamped = [0f32; STEP];
+    match bytemuck::try_cast_slice_mut::<u8, f16>(out) {
+        Ok(halves) => {
+            for (src, dst) in values.chunks(STEP).zip(halves.chunks_mut(STEP)) {
+                let tmp = &mut clamped[..src.len()];
+                for (t, &v) in tmp.iter_mut().zip(src) {
+                    *t = v.clamp(-FP16_MAX, FP16_MAX);
+                }
+                dst.convert_from_f32_slice(tmp);
+            }
+        }
+        Err(_) => {
+            for (&v, dst) in values.iter().zip(out.chunks_exact_mut(2)) {
+                dst.copy_from_slice(&f16::from_f32(v.clamp(-FP16_MAX, FP16_MAX)).to_le_bytes());
+            }
+        }
+    }
+}
+
+/// float16 bytes (any alignment) as float32 values.
+pub(super) fn f16_bytes_to_f32(bytes: &[u8]) -> Vec<f32> {
+    let mut out = vec![0f32; bytes.len() / 2];
+    match bytemuck::try_cast_slice::<u8, f16>(bytes) {
+        Ok(halves) => halves.convert_to_f32_slice(&mut out),
+        Err(_) => bytemuck::pod_collect_to_vec::<u8, f16>(bytes).convert_to_f32_slice(&mut out),
+    }
+    out
+}
+
+pub(super) fn decode(header: &Header, buffer: &[u8]) -> Result<Tensor> {
+    header.expect_len(buffer, header.numel.checked_mul(2), "FLOAT16")?;
+    let data = match header.dtype {
+        DType::F16 => Data::F16(bytemuck::pod_collect_to_vec(buffer)),
+        dtype => Data::from_f32(dtype, &f16_bytes_to_f32(buffer)),
+    };
+    Tensor::new(header.shape.clone(), data)
+}

@@ -1,0 +1,38 @@
+//! UNIFORM_8BIT: 256 equal-width buckets spanning ±3 standard deviations around the mean
+//! (hivemind/compression/quantization.py Uniform8BitQuantization, `allow_inplace=False`).
+//!
+//! index = clamp(round_half_even((x − mean) / scale) + 128, 0, 255) with
+//! scale = 6·std_unbiased/256, as `torch.quantize_per_tensor(.., zero_point=128, quint8)`
+//! computes it (multiplying by the float32 reciprocal of the scale); the codebook holds the
+//! mean of the original values in each bucket.
+
+use super::codebook::{average_buckets, pack};
+use super::{unsupported, Result};
+use crate::tensor::{DType, TensorView};
+
+const RANGE_IN_SIGMAS: f32 = 6.0;
+const ZERO_POINT: f32 = 128.0;
+
+pub(super) fn encode(view: &TensorView<'_>) -> Result<Vec<u8>> {
+    if view.dtype() != DType::F32 {
+        return Err(unsupported("UNIFORM_8BIT", view.dtype(), "hivemind quantizes only float32 this way"));
+    }
+    let values = view.to_f32();
+    let indices = quantize(&values);
+    Ok(pack(&average_buckets(&values, &indices), &indices))
+}
+
+/// The bucket index of each value.
+pub(super) fn quantize(values: &[f32]) -> Vec<u8> {
+    let n = values.len();
+    let mean = (values.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64) as f32;
+    let sq: f64 = values.iter().map(|&v| f64::from(v - mean) * f64::from(v - mean)).sum();
+    let std = (sq.sqrt() as f32) / (((n as f64) - 1.0).sqrt() as f32);
+    let scale = RANGE_IN_SIGMAS * std / 256.0;
+    if !(scale.is_finite() && scale > 0.0) {
+        // Every value sits at the mean (or there is a single one): all go to the zero bucket.
+        return vec![ZERO_POINT as u8; n];
+    }
+    let inv = 1.0 / scale;
+    values.iter().map(|&v| ((v - mean) * inv).round_ties_even().clamp(-ZERO_POINT, 127.0) as i32 as u8 ^ 0x80).collect()
+}
