@@ -22,6 +22,34 @@ pub enum CompressionType {
     Blockwise8bit = 5,
 }
 
+impl CompressionType {
+    /// The name in runtime.proto (`NONE`, `MEANSTD_16BIT`, ...).
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            CompressionType::None => "NONE",
+            CompressionType::Meanstd16bit => "MEANSTD_16BIT",
+            CompressionType::Float16 => "FLOAT16",
+            CompressionType::Quantile8bit => "QUANTILE_8BIT",
+            CompressionType::Uniform8bit => "UNIFORM_8BIT",
+            CompressionType::Blockwise8bit => "BLOCKWISE_8BIT",
+        }
+    }
+
+    /// The value with this runtime.proto name.
+    pub fn from_str_name(name: &str) -> Option<CompressionType> {
+        [
+            CompressionType::None,
+            CompressionType::Meanstd16bit,
+            CompressionType::Float16,
+            CompressionType::Quantile8bit,
+            CompressionType::Uniform8bit,
+            CompressionType::Blockwise8bit,
+        ]
+        .into_iter()
+        .find(|c| c.as_str_name() == name)
+    }
+}
+
 /// One serialized tensor, or one streamed part of one.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Tensor {
