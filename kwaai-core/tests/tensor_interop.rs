@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use kwaai_core::tensor::{self, CompressionType, DType, Data, DecodeLimits, Tensor};
+use kwaai_core::tensor::{self, stream, CompressionType, DType, Data, DecodeLimits, Tensor};
 use kwaai_core::wire::runtime::{self, ExpertRequest, ExpertResponse};
 use prost::Message;
 
@@ -249,5 +249,43 @@ fn blockwise_8bit_matches_bitsandbytes_byte_for_byte() {
             let (ours, outcome) = check_cross_decoding(CompressionType::Blockwise8bit, &input);
             assert_eq!(outcome.theirs, ours, "BLOCKWISE_8BIT {dtype:?}");
         }
+    }
+}
+
+/// Sends a stream of parts; hivemind joins them, re-encodes each tensor with its codec and
+/// splits the results again with `chunk_size`.
+fn stream_exchange(parts: &[runtime::Tensor], chunk_size: usize) -> Vec<runtime::Tensor> {
+    let request = ExpertRequest { uid: String::new(), tensors: parts.to_vec(), metadata: Vec::new() };
+    let mut r = reference();
+    r.calls += 1;
+    let (inp, out) = (r.dir.path().join(format!("{}.in", r.calls)), r.dir.path().join(format!("{}.out", r.calls)));
+    std::fs::write(&inp, request.encode_to_vec()).unwrap();
+    let line = serde_json::json!({ "op": "stream", "in": inp, "out": out, "chunk_size": chunk_size });
+    r.process.send_line(&line.to_string());
+    let reply = r.process.read_json();
+    assert_eq!(reply["ok"], true, "hivemind failed to join our stream: {reply}");
+    ExpertResponse::decode(&std::fs::read(&out).unwrap()[..]).unwrap().tensors
+}
+
+#[test]
+fn chunked_streams_round_trip_both_ways_with_hivemind() {
+    let mut rng = Rng(8);
+    let inputs = [
+        (random_tensor(&mut rng, DType::F32, &[70_000], 1.0), CompressionType::None),
+        (random_tensor(&mut rng, DType::I64, &[0], 1.0), CompressionType::None),
+        (random_tensor(&mut rng, DType::F32, &[300, 100], 1.0), CompressionType::Float16),
+        (random_tensor(&mut rng, DType::BF16, &[2, 5000], 1.0), CompressionType::None),
+        (random_tensor(&mut rng, DType::F32, &[], 1.0), CompressionType::None),
+    ];
+    let messages: Vec<runtime::Tensor> =
+        inputs.iter().map(|(t, codec)| tensor::encode(&t.view(), *codec).unwrap()).collect();
+    let expected: Vec<Tensor> = messages.iter().map(decode).collect();
+    for chunk_size in [stream::DEFAULT_CHUNK_SIZE, 1000] {
+        let parts: Vec<runtime::Tensor> = messages.iter().flat_map(|m| stream::split(m, chunk_size)).collect();
+        assert!(parts.len() >= messages.len() + 4, "the large tensors span several parts");
+        let theirs = stream_exchange(&parts, chunk_size);
+        // hivemind joined our parts to the same tensors and split them exactly as we do.
+        assert_eq!(theirs, parts, "chunk size {chunk_size}");
+        assert_eq!(stream::join(theirs, &DecodeLimits::default()).unwrap(), expected);
     }
 }

@@ -10,9 +10,14 @@ decodings of kwaai's bytes and of its own bytes, both re-sent as NONE (2-byte bf
 BLOCKWISE_8BIT cannot run through hivemind here (hivemind 1.1.10 unpacks the bitsandbytes 0.37
 result; the venv has 0.41.1), so it runs bitsandbytes' own CPU kernels through the 0.41 API with
 hivemind's buffer layout.
+A line {"op": "stream", "in": path, "out": path, "chunk_size": n} instead gives an
+ExpertRequest whose tensors are the parts of a stream: hivemind joins them
+(deserialize_tensor_stream), re-encodes each tensor with the codec it came with, and splits the
+results again with split_for_streaming(chunk_size) into the ExpertResponse.
 Exits when stdin closes.
 """
 import contextlib
+import asyncio
 import json
 import os
 import sys
@@ -24,9 +29,10 @@ warnings.filterwarnings("ignore")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import hivemind.compression.base as base  # noqa: E402
-from hivemind.compression import deserialize_torch_tensor, serialize_torch_tensor  # noqa: E402
+from hivemind.compression import deserialize_tensor_stream, deserialize_torch_tensor, serialize_torch_tensor  # noqa: E402,E501
 from hivemind.proto import runtime_pb2  # noqa: E402
 from hivemind.proto.runtime_pb2 import CompressionType  # noqa: E402
+from hivemind.utils.streaming import split_for_streaming  # noqa: E402
 
 NONE = CompressionType.NONE
 
@@ -82,11 +88,30 @@ def handle(request):
         f.write(out.SerializeToString())
 
 
+def handle_stream(request):
+    req = runtime_pb2.ExpertRequest()
+    with open(request["in"], "rb") as f:
+        req.ParseFromString(f.read())
+    codecs = [part.compression for part in req.tensors if part.dtype]
+
+    async def parts():
+        for part in req.tensors:
+            yield [part]
+
+    tensors = asyncio.run(deserialize_tensor_stream(parts()))
+    out = runtime_pb2.ExpertResponse()
+    for tensor, codec in zip(tensors, codecs):
+        out.tensors.extend(split_for_streaming(serialize_torch_tensor(tensor, codec), request["chunk_size"]))
+    with open(request["out"], "wb") as f:
+        f.write(out.SerializeToString())
+
+
 def main():
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         try:
-            handle(json.loads(line))
+            request = json.loads(line)
+            (handle_stream if request.get("op") == "stream" else handle)(request)
             print(json.dumps({"ok": True}), flush=True)
         except Exception as e:  # reported to the test, which fails with this text
             print(json.dumps({"error": f"{type(e).__name__}: {e}"}), flush=True)
