@@ -11,6 +11,7 @@
 //! return value, Petals pins 0.41.1), so the tests check it against bitsandbytes 0.41.1's own
 //! kernel called through its current API, plus hand-computed bytes.
 
+use super::parallel::par_chunks;
 use super::{protocol, read_f32s, read_i64, unsupported, Header, Result};
 use crate::tensor::{DType, Data, Tensor, TensorView};
 
@@ -111,15 +112,24 @@ fn nearest(code: &[f32; 256], normed: f32) -> u8 {
 /// Quantizes float32 values with the dynamic code, block by block.
 pub fn quantize_blockwise(values: &[f32]) -> BlockwiseQuantized {
     let code = code_f32();
-    let mut absmax = Vec::with_capacity(values.len().div_ceil(BLOCKWISE_BLOCK_SIZE));
-    let mut indices = vec![0u8; values.len()];
-    for (block, out) in values.chunks(BLOCKWISE_BLOCK_SIZE).zip(indices.chunks_mut(BLOCKWISE_BLOCK_SIZE)) {
-        let max = block.iter().fold(-f32::MAX, |m, &v| m.max(v.abs()));
-        for (o, &v) in out.iter_mut().zip(block) {
-            *o = nearest(&code, v / max);
+    let mut absmax = vec![0f32; values.len().div_ceil(BLOCKWISE_BLOCK_SIZE)];
+    par_chunks(values, BLOCKWISE_BLOCK_SIZE, &mut absmax, 1, 16, |_, blocks, out| {
+        for (block, m) in blocks.chunks(BLOCKWISE_BLOCK_SIZE).zip(out) {
+            // fmax from -FLT_MAX, as the kernel does: NaN is skipped.
+            *m = block.iter().fold(-f32::MAX, |m, &v| m.max(v.abs()));
         }
-        absmax.push(max);
-    }
+    });
+    let mut indices = vec![0u8; values.len()];
+    let absmax_ref = &absmax;
+    par_chunks(values, BLOCKWISE_BLOCK_SIZE, &mut indices, BLOCKWISE_BLOCK_SIZE, 16, |first, blocks, out| {
+        let pieces = blocks.chunks(BLOCKWISE_BLOCK_SIZE).zip(out.chunks_mut(BLOCKWISE_BLOCK_SIZE));
+        for (k, (block, idx)) in pieces.enumerate() {
+            let max = absmax_ref[first + k];
+            for (o, &v) in idx.iter_mut().zip(block) {
+                *o = nearest(&code, v / max);
+            }
+        }
+    });
     BlockwiseQuantized { absmax, indices }
 }
 
@@ -128,13 +138,14 @@ pub fn dequantize_blockwise(absmax: &[f32], code: &[f32], indices: &[u8], out: &
     let mut table = [0f32; 256];
     let n = code.len().min(256);
     table[..n].copy_from_slice(&code[..n]);
-    for ((idx, dst), &scale) in
-        indices.chunks(BLOCKWISE_BLOCK_SIZE).zip(out.chunks_mut(BLOCKWISE_BLOCK_SIZE)).zip(absmax)
-    {
-        for (o, &i) in dst.iter_mut().zip(idx) {
-            *o = table[i as usize] * scale;
+    par_chunks(indices, BLOCKWISE_BLOCK_SIZE, out, BLOCKWISE_BLOCK_SIZE, 16, |first, idx, dst| {
+        let pieces = idx.chunks(BLOCKWISE_BLOCK_SIZE).zip(dst.chunks_mut(BLOCKWISE_BLOCK_SIZE));
+        for ((block, o), &scale) in pieces.zip(absmax.get(first..).unwrap_or(&[])) {
+            for (d, &i) in o.iter_mut().zip(block) {
+                *d = table[i as usize] * scale;
+            }
         }
-    }
+    });
 }
 
 pub(super) fn encode(view: &TensorView<'_>) -> Result<Vec<u8>> {

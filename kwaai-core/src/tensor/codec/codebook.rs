@@ -2,6 +2,7 @@
 //! Quantization): `int64 K ‖ f32 codebook[K] ‖ u8 index[numel]`, decoded as `codebook[index]`
 //! after casting the codebook to the tensor's dtype.
 
+use super::parallel::par_chunks;
 use super::{protocol, read_f32s, read_i64, Header, Result};
 use crate::tensor::{Data, Tensor};
 
@@ -19,14 +20,32 @@ pub(super) fn pack(codebook: &[f32], indices: &[u8]) -> Vec<u8> {
 
 /// The mean of the values in each bucket (0 for an empty one), accumulated in float32 in
 /// element order as torch's `scatter_add_` does, then divided by the count.
+///
+/// Large inputs are split by bucket range, not by element, so each bucket is still summed by one
+/// thread in element order and the result does not depend on the thread count.
 pub(super) fn average_buckets(values: &[f32], indices: &[u8]) -> Vec<f32> {
-    let mut sums = [0f32; BINS];
-    let mut counts = [0u64; BINS];
-    for (&v, &i) in values.iter().zip(indices) {
-        sums[i as usize] += v;
-        counts[i as usize] += 1;
-    }
-    sums.iter().zip(counts).map(|(&s, c)| s / c.max(1) as f32).collect()
+    const GROUPS: usize = 16;
+    let groups: Vec<usize> = (0..GROUPS).collect();
+    let mut out = vec![0f32; BINS];
+    let per_group = BINS / GROUPS;
+    let min_groups = if values.len() < 1 << 20 { GROUPS } else { 1 };
+    par_chunks(&groups, 1, &mut out, per_group, min_groups, |_, gs, out| {
+        let lo = gs[0] * per_group;
+        let hi = lo + gs.len() * per_group;
+        let mut sums = [0f32; BINS];
+        let mut counts = [0u64; BINS];
+        for (&v, &i) in values.iter().zip(indices) {
+            let i = i as usize;
+            // Branch-free: other threads' buckets get +0, which leaves them untouched here.
+            let inside = (lo..hi).contains(&i);
+            sums[i] += if inside { v } else { 0.0 };
+            counts[i] += u64::from(inside);
+        }
+        for (o, b) in out.iter_mut().zip(lo..hi) {
+            *o = sums[b] / counts[b].max(1) as f32;
+        }
+    });
+    out
 }
 
 pub(super) fn decode(header: &Header, buffer: &[u8]) -> Result<Tensor> {
@@ -60,9 +79,35 @@ pub(super) fn decode(header: &Header, buffer: &[u8]) -> Result<Tensor> {
 }
 
 /// `table[index]` for each index; every index is known to be in range.
-fn gather<T: Copy + Default>(table: &[T], indices: &[u8]) -> Vec<T> {
+fn gather<T: Copy + Default + Send + Sync>(table: &[T], indices: &[u8]) -> Vec<T> {
     let mut full = [T::default(); BINS];
     let n = table.len().min(BINS);
     full[..n].copy_from_slice(&table[..n]);
-    indices.iter().map(|&i| full[i as usize]).collect()
+    let mut out = vec![T::default(); indices.len()];
+    par_chunks(indices, 1, &mut out, 1, 1 << 18, |_, idx, o| {
+        for (d, &i) in o.iter_mut().zip(idx) {
+            *d = full[i as usize];
+        }
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_bucket_averaging_equals_one_sequential_pass() {
+        let n = (1 << 20) + 12_345;
+        let values: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.618).sin() * 7.0).collect();
+        let indices: Vec<u8> = (0..n).map(|i| ((i * 2_654_435_761usize) >> 7) as u8).collect();
+        let mut sums = [0f32; BINS];
+        let mut counts = [0u64; BINS];
+        for (&v, &i) in values.iter().zip(&indices) {
+            sums[i as usize] += v;
+            counts[i as usize] += 1;
+        }
+        let expected: Vec<f32> = sums.iter().zip(counts).map(|(s, c)| s / c.max(1) as f32).collect();
+        assert_eq!(average_buckets(&values, &indices), expected);
+    }
 }

@@ -3,6 +3,7 @@
 
 use half::{f16, slice::HalfFloatSliceExt};
 
+use super::parallel::par_chunks;
 use super::{unsupported, Header, Result};
 use crate::tensor::{DType, Data, Tensor, TensorView};
 
@@ -24,6 +25,10 @@ pub(super) fn encode(view: &TensorView<'_>) -> Result<Vec<u8>> {
 
 /// Writes `values`, clamped to the float16 range, as float16 bytes into `out` (2 bytes each).
 pub(super) fn f32_to_f16_bytes(values: &[f32], out: &mut [u8]) {
+    par_chunks(values, STEP, out, 2 * STEP, 64, |_, v, o| f32_to_f16_serial(v, o));
+}
+
+fn f32_to_f16_serial(values: &[f32], out: &mut [u8]) {
     let mut clamped = [0f32; STEP];
     match bytemuck::try_cast_slice_mut::<u8, f16>(out) {
         Ok(halves) => {
@@ -47,7 +52,7 @@ pub(super) fn f32_to_f16_bytes(values: &[f32], out: &mut [u8]) {
 pub(super) fn f16_bytes_to_f32(bytes: &[u8]) -> Vec<f32> {
     let mut out = vec![0f32; bytes.len() / 2];
     match bytemuck::try_cast_slice::<u8, f16>(bytes) {
-        Ok(halves) => halves.convert_to_f32_slice(&mut out),
+        Ok(halves) => par_chunks(halves, STEP, &mut out, STEP, 64, |_, h, o| h.convert_to_f32_slice(o)),
         Err(_) => bytemuck::pod_collect_to_vec::<u8, f16>(bytes).convert_to_f32_slice(&mut out),
     }
     out

@@ -6,6 +6,7 @@
 use half::{bf16, f16};
 
 use super::float16::{f16_bytes_to_f32, f32_to_f16_bytes};
+use super::parallel::{par_chunks, sum_f64, sum_sq_centered};
 use super::{protocol, put_f32s, read_f32s, unsupported, Header, Result};
 use crate::tensor::{DType, Data, Tensor, TensorView};
 
@@ -27,30 +28,33 @@ pub(super) fn encode(view: &TensorView<'_>) -> Result<Vec<u8>> {
         rows(view.shape()).ok_or_else(|| unsupported("MEANSTD_16BIT", dtype, "0-d tensors have no last axis"))?;
     let values = view.to_f32();
     let last = view.shape().last().copied().unwrap_or(1);
-    let mut means = Vec::with_capacity(rows);
-    let mut stds = Vec::with_capacity(rows);
-    let mut scaled = vec![0f32; values.len()];
     let sqrt_last = (last as f64).sqrt() as f32;
-    for r in 0..rows {
-        let row = &values[r * last..(r + 1) * last];
-        let out = &mut scaled[r * last..(r + 1) * last];
-        let mean = (row.iter().map(|&v| f64::from(v)).sum::<f64>() / last as f64) as f32;
-        let mut sq = 0f64;
-        for (o, &v) in out.iter_mut().zip(row) {
-            *o = v - mean;
-            sq += f64::from(*o) * f64::from(*o);
+    // (mean, std) of each row, as torch computes them in float32: mean, subtract, norm/√last.
+    let mut stats = vec![(0f32, 0f32); rows];
+    let row_len = last.max(1);
+    par_chunks(&values, row_len, &mut stats, 1, 1.max((1 << 16) / row_len), |_, rows_in, out| {
+        for (row, stat) in rows_in.chunks(row_len).zip(out.iter_mut()) {
+            let mean = (sum_f64(row) / last as f64) as f32;
+            let std = ((sum_sq_centered(row, mean).sqrt() as f32) / sqrt_last).max(FP32_EPS);
+            *stat = (mean, std);
         }
-        let std = ((sq.sqrt() as f32) / sqrt_last).max(FP32_EPS);
-        for o in out.iter_mut() {
-            *o /= std;
+    });
+    let mut buffer = vec![0u8; values.len() * 2 + rows * 8];
+    let (halves, _) = buffer.split_at_mut(values.len() * 2);
+    let stats_ref = &stats;
+    par_chunks(&values, row_len, halves, 2 * row_len, 1.max((1 << 16) / row_len), |first, rows_in, out| {
+        let mut scaled = vec![0f32; row_len];
+        for (r, (row, o)) in rows_in.chunks(row_len).zip(out.chunks_mut(2 * row_len)).enumerate() {
+            let (mean, std) = stats_ref[first + r];
+            for (s, &v) in scaled.iter_mut().zip(row) {
+                *s = (v - mean) / std;
+            }
+            f32_to_f16_bytes(&scaled[..row.len()], o);
         }
-        means.push(mean);
-        stds.push(std);
-    }
-    let mut buffer = vec![0u8; values.len() * 2];
-    f32_to_f16_bytes(&scaled, &mut buffer);
-    put_f32s(&mut buffer, &means);
-    put_f32s(&mut buffer, &stds);
+    });
+    buffer.truncate(values.len() * 2);
+    put_f32s(&mut buffer, &stats.iter().map(|s| s.0).collect::<Vec<_>>());
+    put_f32s(&mut buffer, &stats.iter().map(|s| s.1).collect::<Vec<_>>());
     Ok(buffer)
 }
 
@@ -83,7 +87,7 @@ pub(super) fn decode(header: &Header, buffer: &[u8]) -> Result<Tensor> {
             let mut out: Vec<f64> = v.iter().map(|&x| f64::from(x)).collect();
             for (r, row) in out.chunks_mut(last).enumerate() {
                 for x in row {
-                    *x = *x * f64::from(stds[r]);
+                    *x *= f64::from(stds[r]);
                     *x += f64::from(means[r]);
                 }
             }

@@ -10,6 +10,7 @@ mod codebook;
 mod float16;
 mod meanstd;
 mod none;
+mod parallel;
 mod quantile;
 mod uniform;
 

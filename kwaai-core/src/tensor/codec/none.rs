@@ -6,11 +6,12 @@
 
 use half::{bf16, slice::HalfFloatSliceExt};
 
+use super::parallel::copy_to_vec;
 use super::{Header, Result};
 use crate::tensor::{DType, Data, Tensor, TensorView};
 
 pub(super) fn encode(view: &TensorView<'_>) -> Vec<u8> {
-    view.bytes().to_vec()
+    copy_to_vec(view.bytes())
 }
 
 pub(super) fn decode(header: &Header, buffer: &[u8]) -> Result<Tensor> {
@@ -23,5 +24,23 @@ pub(super) fn decode(header: &Header, buffer: &[u8]) -> Result<Tensor> {
         return Tensor::new(header.shape.clone(), Data::BF16(out));
     }
     header.expect_len(buffer, numel.checked_mul(header.dtype.size()), "NONE")?;
-    Tensor::new(header.shape.clone(), Data::from_bytes(header.dtype, buffer)?)
+    let data = match header.dtype {
+        DType::F32 => Data::F32(typed(buffer)),
+        DType::F16 => Data::F16(typed(buffer)),
+        DType::BF16 => Data::BF16(typed(buffer)),
+        DType::F64 => Data::F64(typed(buffer)),
+        DType::I64 => Data::I64(typed(buffer)),
+        DType::I32 => Data::I32(typed(buffer)),
+        DType::U8 => Data::U8(copy_to_vec(buffer)),
+        other => Data::from_bytes(other, buffer)?,
+    };
+    Tensor::new(header.shape.clone(), data)
+}
+
+/// The buffer's elements, copied by several threads when it is aligned and large.
+fn typed<T: bytemuck::Pod + Default + Send + Sync>(buffer: &[u8]) -> Vec<T> {
+    match bytemuck::try_cast_slice::<u8, T>(buffer) {
+        Ok(values) => copy_to_vec(values),
+        Err(_) => bytemuck::pod_collect_to_vec(buffer),
+    }
 }

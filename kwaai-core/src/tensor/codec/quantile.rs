@@ -7,6 +7,7 @@
 //! (kept in float64) give 255 inner borders; `index = #borders < x`.
 
 use super::codebook::{average_buckets, pack, BINS};
+use super::parallel::par_chunks;
 use super::{unsupported, Result};
 use crate::tensor::{DType, TensorView};
 
@@ -41,32 +42,103 @@ pub(super) fn quantize(values: &[f32]) -> Vec<u8> {
         return Vec::new();
     }
     let chunk = chunk_size(values.len(), MIN_CHUNK);
-    let mut partition = Vec::with_capacity(values.len().div_ceil(chunk) * QUANTILES);
-    let mut scratch = Vec::new();
-    for part in values.chunks(chunk) {
-        let sorted = sort_f32(part, &mut scratch);
-        partition.extend(linear_quantiles(sorted).map(|q| q as f32));
-    }
+    let mut partition = vec![0f32; values.len().div_ceil(chunk) * QUANTILES];
+    par_chunks(values, chunk, &mut partition, QUANTILES, 1, |_, parts, out| {
+        let mut scratch = Vec::new();
+        for (part, row) in parts.chunks(chunk).zip(out.chunks_mut(QUANTILES)) {
+            let sorted = sort_f32(part, &mut scratch);
+            for (o, q) in row.iter_mut().zip(linear_quantiles(sorted)) {
+                *o = q as f32;
+            }
+        }
+    });
     let mut scratch = Vec::new();
     let all = sort_f32(&partition, &mut scratch);
     let quantiles: Vec<f64> = linear_quantiles(all).collect();
-    let mut borders = [f64::INFINITY; BINS];
-    borders[..BINS - 1].copy_from_slice(&quantiles[1..BINS]);
-    values.iter().map(|&v| bucketize(&borders, f64::from(v))).collect()
+    let buckets = Buckets::new(&quantiles[1..BINS]);
+    let mut out = vec![0u8; values.len()];
+    par_chunks(values, 1, &mut out, 1, 1 << 18, |_, v, o| {
+        for (q, &x) in o.iter_mut().zip(v) {
+            *q = buckets.index(x);
+        }
+    });
+    out
 }
 
-/// The number of `borders` (sorted, padded with +inf to 256) below `x`.
-#[inline]
-fn bucketize(borders: &[f64; BINS], x: f64) -> u8 {
-    let mut pos = 0usize;
-    let mut step = BINS / 2;
-    while step > 0 {
-        if borders[pos + step - 1] < x {
-            pos += step;
+/// torch.bucketize against float64 borders, for float32 values: the number of borders below x.
+///
+/// For a float32 x, `x > b` (compared in float64) holds exactly when `x > t`, where t is the
+/// largest float32 not above b; so each border becomes an order-preserving u32 key of t. A table
+/// over the keys' top 16 bits gives the count of borders below each cell; the borders inside a cell are
+/// then binary-searched.
+struct Buckets {
+    keys: [u32; BINS - 1],
+    below_cell: Vec<u8>,
+}
+
+impl Buckets {
+    fn new(borders: &[f64]) -> Buckets {
+        let mut keys = [u32::MAX; BINS - 1];
+        for (k, &b) in keys.iter_mut().zip(borders) {
+            *k = if b.is_nan() { u32::MAX } else { order_key(round_down_f32(b)) };
         }
-        step /= 2;
+        let mut below_cell = vec![0u8; 1 << 16];
+        let mut count = 0usize;
+        for (cell, slot) in below_cell.iter_mut().enumerate() {
+            let start = (cell as u32) << 16;
+            while count < keys.len() && keys[count] < start {
+                count += 1;
+            }
+            *slot = count as u8;
+        }
+        Buckets { keys, below_cell }
     }
-    pos as u8
+
+    #[inline]
+    fn index(&self, x: f32) -> u8 {
+        if x.is_nan() {
+            return 0;
+        }
+        let key = order_key(x);
+        let cell = (key >> 16) as usize;
+        let lo = self.below_cell[cell] as usize;
+        let hi = self.below_cell.get(cell + 1).map_or(self.keys.len(), |&c| c as usize);
+        (lo + self.keys[lo..hi].partition_point(|&k| k < key)) as u8
+    }
+}
+
+/// The largest float32 that is not above `b` (+0.0 when that is a zero of either sign, since
+/// `x > ±0` means the same for both).
+fn round_down_f32(b: f64) -> f32 {
+    let t = b as f32;
+    let t = if f64::from(t) > b { next_down(t) } else { t };
+    if t == 0.0 {
+        0.0
+    } else {
+        t
+    }
+}
+
+fn next_down(t: f32) -> f32 {
+    if t == f32::NEG_INFINITY || t.is_nan() {
+        return t;
+    }
+    if t == 0.0 {
+        return -f32::from_bits(1);
+    }
+    let bits = t.to_bits();
+    f32::from_bits(if t > 0.0 { bits - 1 } else { bits + 1 })
+}
+
+/// Maps float32 to u32 so that unsigned order is numeric order (-0.0 just below +0.0).
+#[inline]
+fn order_key(v: f32) -> u32 {
+    let b = v.to_bits();
+    if b >> 31 == 1 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
 }
 
 /// numpy's `np.quantile(sorted, linspace(0, 1, 257, dtype=float32))`, method "linear", for
@@ -103,17 +175,7 @@ fn sort_f32<'a>(values: &[f32], scratch: &'a mut Vec<u32>) -> &'a [f32] {
     const BITS: u32 = 11;
     const RADIX: usize = 1 << BITS;
     let n = values.len();
-    let mut keys: Vec<u32> = values
-        .iter()
-        .map(|v| {
-            let b = v.to_bits();
-            if b >> 31 == 1 {
-                !b
-            } else {
-                b | 0x8000_0000
-            }
-        })
-        .collect();
+    let mut keys: Vec<u32> = values.iter().map(|&v| order_key(v)).collect();
     scratch.clear();
     scratch.resize(n, 0);
     let mut hist = [[0usize; RADIX]; 3];
@@ -169,6 +231,24 @@ mod tests {
         let sorted = sort_f32(&values, &mut scratch).to_vec();
         assert_eq!(&sorted[..7], &[-1e30, -7.25, -0.5, 0.0, 1e-30, 2.5, 3.0]);
         assert!(sorted[7].is_nan());
+    }
+
+    #[test]
+    fn bucket_lookup_agrees_with_float64_comparison() {
+        let borders: Vec<f64> = (0..255).map(|i| (f64::from(i) - 127.0) * 0.013 + 1e-9 * f64::from(i % 3)).collect();
+        let mut borders = borders;
+        borders[100] = 0.0;
+        borders[101] = borders[100];
+        borders.sort_by(f64::total_cmp);
+        let buckets = Buckets::new(&borders);
+        let mut x = -2.0f32;
+        while x < 2.0 {
+            for v in [x, -0.0, 0.0, f32::from_bits(1), -f32::from_bits(1)] {
+                let expected = borders.iter().filter(|&&b| b < f64::from(v)).count();
+                assert_eq!(buckets.index(v) as usize, expected, "x = {v}");
+            }
+            x += 0.000_37;
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! mean of the original values in each bucket.
 
 use super::codebook::{average_buckets, pack};
+use super::parallel::{par_chunks, par_sum, sum_f64, sum_sq_centered};
 use super::{unsupported, Result};
 use crate::tensor::{DType, TensorView};
 
@@ -25,8 +26,8 @@ pub(super) fn encode(view: &TensorView<'_>) -> Result<Vec<u8>> {
 /// The bucket index of each value.
 pub(super) fn quantize(values: &[f32]) -> Vec<u8> {
     let n = values.len();
-    let mean = (values.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64) as f32;
-    let sq: f64 = values.iter().map(|&v| f64::from(v - mean) * f64::from(v - mean)).sum();
+    let mean = (par_sum(values, sum_f64) / n as f64) as f32;
+    let sq = par_sum(values, |piece| sum_sq_centered(piece, mean));
     let std = (sq.sqrt() as f32) / (((n as f64) - 1.0).sqrt() as f32);
     let scale = RANGE_IN_SIGMAS * std / 256.0;
     if !(scale.is_finite() && scale > 0.0) {
@@ -34,5 +35,14 @@ pub(super) fn quantize(values: &[f32]) -> Vec<u8> {
         return vec![ZERO_POINT as u8; n];
     }
     let inv = 1.0 / scale;
-    values.iter().map(|&v| ((v - mean) * inv).round_ties_even().clamp(-ZERO_POINT, 127.0) as i32 as u8 ^ 0x80).collect()
+    // Adding and removing 1.5·2^23 rounds a float32 below 2^22 half-to-even without a libm call.
+    const ROUND: f32 = 12_582_912.0;
+    let mut out = vec![0u8; n];
+    par_chunks(values, 1, &mut out, 1, 1 << 18, |_, v, o| {
+        for (q, &x) in o.iter_mut().zip(v) {
+            let r = (((x - mean) * inv).clamp(-ZERO_POINT, 127.0) + ROUND) - ROUND;
+            *q = (r as i32 as u8) ^ 0x80;
+        }
+    });
+    out
 }
