@@ -11,9 +11,11 @@
 //! return value, Petals pins 0.41.1), so the tests check it against bitsandbytes 0.41.1's own
 //! kernel called through its current API, plus hand-computed bytes.
 
+use super::keys::{from_order_key, order_key, KeyCounter};
 use super::parallel::par_chunks;
 use super::{protocol, read_f32s, read_i64, unsupported, Header, Result};
 use crate::tensor::{DType, Data, Tensor, TensorView};
+use std::sync::OnceLock;
 
 /// Elements per absmax block.
 pub const BLOCKWISE_BLOCK_SIZE: usize = 4096;
@@ -70,12 +72,17 @@ impl BlockwiseQuantized {
     /// The BLOCKWISE_8BIT buffer: `int64 A ‖ int64 256 ‖ absmax ‖ DYNAMIC_CODE ‖ indices`.
     pub fn to_buffer(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + 4 * (self.absmax.len() + 256) + self.indices.len());
+        self.write_buffer(&mut out);
+        out
+    }
+
+    /// Appends [`BlockwiseQuantized::to_buffer`]'s bytes to `out`.
+    pub fn write_buffer(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&(self.absmax.len() as i64).to_le_bytes());
         out.extend_from_slice(&256i64.to_le_bytes());
         out.extend_from_slice(bytemuck::cast_slice(&self.absmax));
         out.extend_from_slice(bytemuck::cast_slice(&DYNAMIC_CODE));
         out.extend_from_slice(&self.indices);
-        out
     }
 
     /// The float32 values these indices stand for.
@@ -109,9 +116,45 @@ fn nearest(code: &[f32; 256], normed: f32) -> u8 {
     pos as u8
 }
 
+/// [`nearest`] as a table lookup. `nearest` is monotone in its argument, so index k is taken
+/// exactly from the smallest float32 that maps to k upward; those 255 thresholds are found once
+/// by bisection over order keys, and a value's index is the number of thresholds not above it.
+fn nearest_table() -> &'static KeyCounter {
+    static TABLE: OnceLock<KeyCounter> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let code = code_f32();
+        let (lowest, highest) = (order_key(f32::NEG_INFINITY), order_key(f32::INFINITY));
+        let thresholds = (1..=255u16)
+            .map(|k| {
+                // The smallest key whose value maps to k or above.
+                let (mut lo, mut hi) = (lowest, highest);
+                while lo < hi {
+                    let mid = lo + (hi - lo) / 2;
+                    if u16::from(nearest(&code, from_order_key(mid))) >= k {
+                        hi = mid;
+                    } else {
+                        lo = mid + 1;
+                    }
+                }
+                lo
+            })
+            .collect();
+        KeyCounter::new(thresholds)
+    })
+}
+
+/// The code index of `normed` by table: the count of thresholds at or below it.
+#[inline]
+fn nearest_fast(table: &KeyCounter, normed: f32) -> u8 {
+    if normed.is_nan() {
+        return 0;
+    }
+    table.count_below(order_key(normed).saturating_add(1)) as u8
+}
+
 /// Quantizes float32 values with the dynamic code, block by block.
 pub fn quantize_blockwise(values: &[f32]) -> BlockwiseQuantized {
-    let code = code_f32();
+    let table = nearest_table();
     let mut absmax = vec![0f32; values.len().div_ceil(BLOCKWISE_BLOCK_SIZE)];
     par_chunks(values, BLOCKWISE_BLOCK_SIZE, &mut absmax, 1, 16, |_, blocks, out| {
         for (block, m) in blocks.chunks(BLOCKWISE_BLOCK_SIZE).zip(out) {
@@ -126,7 +169,7 @@ pub fn quantize_blockwise(values: &[f32]) -> BlockwiseQuantized {
         for (k, (block, idx)) in pieces.enumerate() {
             let max = absmax_ref[first + k];
             for (o, &v) in idx.iter_mut().zip(block) {
-                *o = nearest(&code, v / max);
+                *o = nearest_fast(table, v / max);
             }
         }
     });
@@ -148,11 +191,12 @@ pub fn dequantize_blockwise(absmax: &[f32], code: &[f32], indices: &[u8], out: &
     });
 }
 
-pub(super) fn encode(view: &TensorView<'_>) -> Result<Vec<u8>> {
+pub(super) fn encode(view: &TensorView<'_>, buf: &mut Vec<u8>) -> Result<()> {
     if !view.dtype().is_float() {
         return Err(unsupported("BLOCKWISE_8BIT", view.dtype(), "only floating-point tensors are quantized"));
     }
-    Ok(quantize_blockwise(&view.to_f32()).to_buffer())
+    quantize_blockwise(&view.to_f32()).write_buffer(buf);
+    Ok(())
 }
 
 pub(super) fn decode(header: &Header, buffer: &[u8]) -> Result<Tensor> {
@@ -187,4 +231,22 @@ pub(super) fn decode(header: &Header, buffer: &[u8]) -> Result<Tensor> {
         dtype => Data::from_f32(dtype, &values),
     };
     Tensor::new(header.shape.clone(), data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_lookup_agrees_with_the_binary_search() {
+        let code = code_f32();
+        let table = nearest_table();
+        let mut probes: Vec<f32> = code.iter().flat_map(|&c| [c, c.next_up(), c.next_down()]).collect();
+        probes.extend(code.windows(2).map(|w| (w[0] + w[1]) / 2.0));
+        probes.extend((0..200_000).map(|i| (i as f32 / 100_000.0) - 1.0));
+        probes.extend([-0.0, 0.0, 1e-30, -1e-30, 2.0, -2.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
+        for x in probes {
+            assert_eq!(nearest_fast(table, x), nearest(&code, x), "x = {x:e}");
+        }
+    }
 }

@@ -9,13 +9,18 @@ use crate::tensor::{Data, Tensor};
 /// Buckets per 8-bit codebook.
 pub(super) const BINS: usize = 256;
 
-/// Builds the buffer from the codebook and indices.
-pub(super) fn pack(codebook: &[f32], indices: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + codebook.len() * 4 + indices.len());
-    out.extend_from_slice(&(codebook.len() as i64).to_le_bytes());
-    out.extend_from_slice(bytemuck::cast_slice(codebook));
-    out.extend_from_slice(indices);
-    out
+/// Where the indices start in the buffer.
+pub(super) const HEADER: usize = 8 + 4 * BINS;
+
+/// Fills `buf` with `quantize`'s indices for `values` (written in place after the header),
+/// then the header: K = 256 and each bucket's mean.
+pub(super) fn encode_with(values: &[f32], buf: &mut Vec<u8>, quantize: impl FnOnce(&[f32], &mut [u8])) {
+    buf.resize(HEADER + values.len(), 0);
+    let (header, indices) = buf.split_at_mut(HEADER);
+    quantize(values, indices);
+    let codebook = average_buckets(values, indices);
+    header[..8].copy_from_slice(&(BINS as i64).to_le_bytes());
+    header[8..].copy_from_slice(bytemuck::cast_slice(&codebook));
 }
 
 /// The mean of the values in each bucket (0 for an empty one), accumulated in float32 in

@@ -13,14 +13,14 @@ pub(super) const FP16_MAX: f32 = 65504.0;
 /// Elements converted per step, so the clamped copy stays in L1.
 const STEP: usize = 4096;
 
-pub(super) fn encode(view: &TensorView<'_>) -> Result<Vec<u8>> {
+pub(super) fn encode(view: &TensorView<'_>, buf: &mut Vec<u8>) -> Result<()> {
     if view.dtype() == DType::BF16 {
         return Err(unsupported("FLOAT16", DType::BF16, "hivemind peers cannot decode it"));
     }
     let values = view.to_f32();
-    let mut out = vec![0u8; values.len() * 2];
-    f32_to_f16_bytes(&values, &mut out);
-    Ok(out)
+    buf.resize(values.len() * 2, 0);
+    f32_to_f16_bytes(&values, buf);
+    Ok(())
 }
 
 /// Writes `values`, clamped to the float16 range, as float16 bytes into `out` (2 bytes each).
@@ -62,6 +62,7 @@ pub(super) fn decode(header: &Header, buffer: &[u8]) -> Result<Tensor> {
     header.expect_len(buffer, header.numel.checked_mul(2), "FLOAT16")?;
     let data = match header.dtype {
         DType::F16 => Data::F16(bytemuck::pod_collect_to_vec(buffer)),
+        DType::F32 => Data::F32(f16_bytes_to_f32(buffer)),
         dtype => Data::from_f32(dtype, &f16_bytes_to_f32(buffer)),
     };
     Tensor::new(header.shape.clone(), data)

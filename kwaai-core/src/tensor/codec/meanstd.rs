@@ -19,7 +19,7 @@ fn rows(shape: &[usize]) -> Option<usize> {
     lead.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
 }
 
-pub(super) fn encode(view: &TensorView<'_>) -> Result<Vec<u8>> {
+pub(super) fn encode(view: &TensorView<'_>, buffer: &mut Vec<u8>) -> Result<()> {
     let dtype = view.dtype();
     if dtype == DType::BF16 {
         return Err(unsupported("MEANSTD_16BIT", dtype, "hivemind peers cannot decode it"));
@@ -39,8 +39,8 @@ pub(super) fn encode(view: &TensorView<'_>) -> Result<Vec<u8>> {
             *stat = (mean, std);
         }
     });
-    let mut buffer = vec![0u8; values.len() * 2 + rows * 8];
-    let (halves, _) = buffer.split_at_mut(values.len() * 2);
+    buffer.resize(values.len() * 2, 0);
+    let halves = &mut buffer[..];
     let stats_ref = &stats;
     par_chunks(&values, row_len, halves, 2 * row_len, 1.max((1 << 16) / row_len), |first, rows_in, out| {
         let mut scaled = vec![0f32; row_len];
@@ -52,10 +52,9 @@ pub(super) fn encode(view: &TensorView<'_>) -> Result<Vec<u8>> {
             f32_to_f16_bytes(&scaled[..row.len()], o);
         }
     });
-    buffer.truncate(values.len() * 2);
-    put_f32s(&mut buffer, &stats.iter().map(|s| s.0).collect::<Vec<_>>());
-    put_f32s(&mut buffer, &stats.iter().map(|s| s.1).collect::<Vec<_>>());
-    Ok(buffer)
+    put_f32s(buffer, &stats.iter().map(|s| s.0).collect::<Vec<_>>());
+    put_f32s(buffer, &stats.iter().map(|s| s.1).collect::<Vec<_>>());
+    Ok(())
 }
 
 pub(super) fn decode(header: &Header, buffer: &[u8]) -> Result<Tensor> {

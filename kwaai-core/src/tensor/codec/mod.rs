@@ -8,6 +8,7 @@
 mod blockwise;
 mod codebook;
 mod float16;
+mod keys;
 mod meanstd;
 mod none;
 mod parallel;
@@ -39,28 +40,37 @@ impl Default for DecodeLimits {
 /// Encodes `view` with `compression`, as hivemind's `serialize_torch_tensor` does
 /// (`requires_grad` is written `false`, as hivemind senders effectively do).
 pub fn encode(view: &TensorView<'_>, compression: CompressionType) -> Result<runtime::Tensor> {
-    let (buffer, dtype) = match compression {
-        CompressionType::None => (none::encode(view), view.dtype()),
-        CompressionType::Float16 => (float16::encode(view)?, view.dtype()),
-        CompressionType::Meanstd16bit => (meanstd::encode(view)?, view.dtype()),
-        CompressionType::Quantile8bit => (quantile::encode(view)?, view.dtype()),
-        CompressionType::Uniform8bit => (uniform::encode(view)?, view.dtype()),
-        CompressionType::Blockwise8bit => (blockwise::encode(view)?, view.dtype()),
-    };
+    let mut msg = runtime::Tensor::default();
+    encode_into(view, compression, &mut msg)?;
+    Ok(msg)
+}
+
+/// Like [`encode`], but overwrites `msg`, reusing its buffer's memory: a sender that encodes
+/// many tensors this way avoids faulting in fresh pages for every one.
+pub fn encode_into(view: &TensorView<'_>, compression: CompressionType, msg: &mut runtime::Tensor) -> Result<()> {
+    let buf = &mut msg.buffer;
+    buf.clear();
+    match compression {
+        CompressionType::None => none::encode(view, buf),
+        CompressionType::Float16 => float16::encode(view, buf)?,
+        CompressionType::Meanstd16bit => meanstd::encode(view, buf)?,
+        CompressionType::Quantile8bit => quantile::encode(view, buf)?,
+        CompressionType::Uniform8bit => uniform::encode(view, buf)?,
+        CompressionType::Blockwise8bit => blockwise::encode(view, buf)?,
+    }
     let size = view
         .shape()
         .iter()
         .map(|&d| u32::try_from(d))
         .collect::<std::result::Result<Vec<u32>, _>>()
         .map_err(|_| Error::invalid_argument(format!("dimension of {:?} does not fit in uint32", view.shape())))?;
-    Ok(runtime::Tensor {
-        buffer,
-        size,
-        requires_grad: false,
-        dtype: dtype.name().to_owned(),
-        compression: compression as i32,
-        chunks: 0,
-    })
+    msg.size = size;
+    msg.requires_grad = false;
+    msg.dtype.clear();
+    msg.dtype.push_str(view.dtype().name());
+    msg.compression = compression as i32;
+    msg.chunks = 0;
+    Ok(())
 }
 
 /// Decodes a runtime.proto tensor message (a whole tensor, not a stream part).

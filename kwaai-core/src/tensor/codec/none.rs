@@ -10,8 +10,12 @@ use super::parallel::copy_to_vec;
 use super::{Header, Result};
 use crate::tensor::{DType, Data, Tensor, TensorView};
 
-pub(super) fn encode(view: &TensorView<'_>) -> Vec<u8> {
-    copy_to_vec(view.bytes())
+pub(super) fn encode(view: &TensorView<'_>, buf: &mut Vec<u8>) {
+    if buf.capacity() >= view.bytes().len() {
+        buf.extend_from_slice(view.bytes());
+    } else {
+        *buf = copy_to_vec(view.bytes());
+    }
 }
 
 pub(super) fn decode(header: &Header, buffer: &[u8]) -> Result<Tensor> {

@@ -6,7 +6,8 @@
 //! indices, float64 interpolation weights, float32 results); the 257 quantiles of all those
 //! (kept in float64) give 255 inner borders; `index = #borders < x`.
 
-use super::codebook::{average_buckets, pack, BINS};
+use super::codebook::{encode_with, BINS};
+use super::keys::{order_key, KeyCounter};
 use super::parallel::par_chunks;
 use super::{unsupported, Result};
 use crate::tensor::{DType, TensorView};
@@ -14,13 +15,12 @@ use crate::tensor::{DType, TensorView};
 const MIN_CHUNK: usize = 100_000;
 const QUANTILES: usize = BINS + 1;
 
-pub(super) fn encode(view: &TensorView<'_>) -> Result<Vec<u8>> {
+pub(super) fn encode(view: &TensorView<'_>, buf: &mut Vec<u8>) -> Result<()> {
     if view.dtype() == DType::BF16 {
         return Err(unsupported("QUANTILE_8BIT", DType::BF16, "hivemind peers cannot decode it"));
     }
-    let values = view.to_f32();
-    let indices = quantize(&values);
-    Ok(pack(&average_buckets(&values, &indices), &indices))
+    encode_with(&view.to_f32(), buf, quantize);
+    Ok(())
 }
 
 /// hivemind's `get_chunk_size`: chunks of at least `min` that split `n` evenly.
@@ -36,10 +36,10 @@ fn chunk_size(n: usize, min: usize) -> usize {
     }
 }
 
-/// The bucket index of each value.
-pub(super) fn quantize(values: &[f32]) -> Vec<u8> {
+/// Writes the bucket index of each value into `out`.
+fn quantize(values: &[f32], out: &mut [u8]) {
     if values.is_empty() {
-        return Vec::new();
+        return;
     }
     let chunk = chunk_size(values.len(), MIN_CHUNK);
     let mut partition = vec![0f32; values.len().div_ceil(chunk) * QUANTILES];
@@ -56,42 +56,25 @@ pub(super) fn quantize(values: &[f32]) -> Vec<u8> {
     let all = sort_f32(&partition, &mut scratch);
     let quantiles: Vec<f64> = linear_quantiles(all).collect();
     let buckets = Buckets::new(&quantiles[1..BINS]);
-    let mut out = vec![0u8; values.len()];
-    par_chunks(values, 1, &mut out, 1, 1 << 18, |_, v, o| {
+    par_chunks(values, 1, out, 1, 1 << 18, |_, v, o| {
         for (q, &x) in o.iter_mut().zip(v) {
             *q = buckets.index(x);
         }
     });
-    out
 }
 
 /// torch.bucketize against float64 borders, for float32 values: the number of borders below x.
 ///
 /// For a float32 x, `x > b` (compared in float64) holds exactly when `x > t`, where t is the
-/// largest float32 not above b; so each border becomes an order-preserving u32 key of t. A table
-/// over the keys' top 16 bits gives the count of borders below each cell; the borders inside a cell are
-/// then binary-searched.
-struct Buckets {
-    keys: [u32; BINS - 1],
-    below_cell: Vec<u8>,
-}
+/// largest float32 not above b; so each border becomes the order key of its t.
+struct Buckets(KeyCounter);
 
 impl Buckets {
     fn new(borders: &[f64]) -> Buckets {
-        let mut keys = [u32::MAX; BINS - 1];
-        for (k, &b) in keys.iter_mut().zip(borders) {
-            *k = if b.is_nan() { u32::MAX } else { order_key(round_down_f32(b)) };
-        }
-        let mut below_cell = vec![0u8; 1 << 16];
-        let mut count = 0usize;
-        for (cell, slot) in below_cell.iter_mut().enumerate() {
-            let start = (cell as u32) << 16;
-            while count < keys.len() && keys[count] < start {
-                count += 1;
-            }
-            *slot = count as u8;
-        }
-        Buckets { keys, below_cell }
+        let mut keys: Vec<u32> =
+            borders.iter().map(|&b| if b.is_nan() { u32::MAX } else { order_key(round_down_f32(b)) }).collect();
+        keys.sort_unstable();
+        Buckets(KeyCounter::new(keys))
     }
 
     #[inline]
@@ -99,11 +82,7 @@ impl Buckets {
         if x.is_nan() {
             return 0;
         }
-        let key = order_key(x);
-        let cell = (key >> 16) as usize;
-        let lo = self.below_cell[cell] as usize;
-        let hi = self.below_cell.get(cell + 1).map_or(self.keys.len(), |&c| c as usize);
-        (lo + self.keys[lo..hi].partition_point(|&k| k < key)) as u8
+        self.0.count_below(order_key(x)) as u8
     }
 }
 
@@ -128,17 +107,6 @@ fn next_down(t: f32) -> f32 {
     }
     let bits = t.to_bits();
     f32::from_bits(if t > 0.0 { bits - 1 } else { bits + 1 })
-}
-
-/// Maps float32 to u32 so that unsigned order is numeric order (-0.0 just below +0.0).
-#[inline]
-fn order_key(v: f32) -> u32 {
-    let b = v.to_bits();
-    if b >> 31 == 1 {
-        !b
-    } else {
-        b | 0x8000_0000
-    }
 }
 
 /// numpy's `np.quantile(sorted, linspace(0, 1, 257, dtype=float32))`, method "linear", for

@@ -6,7 +6,7 @@
 //! computes it (multiplying by the float32 reciprocal of the scale); the codebook holds the
 //! mean of the original values in each bucket.
 
-use super::codebook::{average_buckets, pack};
+use super::codebook::encode_with;
 use super::parallel::{par_chunks, par_sum, sum_f64, sum_sq_centered};
 use super::{unsupported, Result};
 use crate::tensor::{DType, TensorView};
@@ -14,17 +14,16 @@ use crate::tensor::{DType, TensorView};
 const RANGE_IN_SIGMAS: f32 = 6.0;
 const ZERO_POINT: f32 = 128.0;
 
-pub(super) fn encode(view: &TensorView<'_>) -> Result<Vec<u8>> {
+pub(super) fn encode(view: &TensorView<'_>, buf: &mut Vec<u8>) -> Result<()> {
     if view.dtype() != DType::F32 {
         return Err(unsupported("UNIFORM_8BIT", view.dtype(), "hivemind quantizes only float32 this way"));
     }
-    let values = view.to_f32();
-    let indices = quantize(&values);
-    Ok(pack(&average_buckets(&values, &indices), &indices))
+    encode_with(&view.to_f32(), buf, quantize);
+    Ok(())
 }
 
-/// The bucket index of each value.
-pub(super) fn quantize(values: &[f32]) -> Vec<u8> {
+/// Writes the bucket index of each value into `out`.
+fn quantize(values: &[f32], out: &mut [u8]) {
     let n = values.len();
     let mean = (par_sum(values, sum_f64) / n as f64) as f32;
     let sq = par_sum(values, |piece| sum_sq_centered(piece, mean));
@@ -32,17 +31,16 @@ pub(super) fn quantize(values: &[f32]) -> Vec<u8> {
     let scale = RANGE_IN_SIGMAS * std / 256.0;
     if !(scale.is_finite() && scale > 0.0) {
         // Every value sits at the mean (or there is a single one): all go to the zero bucket.
-        return vec![ZERO_POINT as u8; n];
+        out.fill(ZERO_POINT as u8);
+        return;
     }
     let inv = 1.0 / scale;
     // Adding and removing 1.5·2^23 rounds a float32 below 2^22 half-to-even without a libm call.
     const ROUND: f32 = 12_582_912.0;
-    let mut out = vec![0u8; n];
-    par_chunks(values, 1, &mut out, 1, 1 << 18, |_, v, o| {
+    par_chunks(values, 1, out, 1, 1 << 18, |_, v, o| {
         for (q, &x) in o.iter_mut().zip(v) {
             let r = (((x - mean) * inv).clamp(-ZERO_POINT, 127.0) + ROUND) - ROUND;
             *q = (r as i32 as u8) ^ 0x80;
         }
     });
-    out
 }
