@@ -2,6 +2,8 @@
 //! N(0, 1), in GB/s of float32 input, next to a plain memcpy of the same 64 MiB.
 //! Compare with ../shared/reference/bench/codecs.py run on the same machine.
 //!
+//! `encode` allocates a fresh message each time (as hivemind does); `encode_into` reuses one.
+//!
 //! `cargo bench -p kwaai-core --bench codecs` (set KWAAI_BENCH_ELEMENTS to change the size).
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -52,6 +54,11 @@ fn bench(c: &mut Criterion) {
                 |()| tensor::encode(black_box(&x.view()), codec).expect("encodes"),
                 BatchSize::PerIteration,
             )
+        });
+        // The same, writing into a message whose buffer is reused from the previous iteration.
+        let mut reused = tensor::encode(&x.view(), codec).expect("encodes");
+        group.bench_function(format!("{name}/encode_into"), |b| {
+            b.iter(|| tensor::encode_into(black_box(&x.view()), codec, &mut reused).expect("encodes"))
         });
         let msg = tensor::encode(&x.view(), codec).expect("encodes");
         group.bench_function(format!("{name}/decode"), |b| {

@@ -11,7 +11,7 @@ use crate::tensor::{DType, Data, Tensor, TensorView};
 pub(super) const FP16_MAX: f32 = 65504.0;
 
 /// Elements converted per step, so the clamped copy stays in L1.
-const STEP: usize = 4096;
+pub(super) const STEP: usize = 4096;
 
 pub(super) fn encode(view: &TensorView<'_>, buf: &mut Vec<u8>) -> Result<()> {
     if view.dtype() == DType::BF16 {
@@ -28,7 +28,8 @@ pub(super) fn f32_to_f16_bytes(values: &[f32], out: &mut [u8]) {
     par_chunks(values, STEP, out, 2 * STEP, 64, |_, v, o| f32_to_f16_serial(v, o));
 }
 
-fn f32_to_f16_serial(values: &[f32], out: &mut [u8]) {
+/// [`f32_to_f16_bytes`] on the calling thread only.
+pub(super) fn f32_to_f16_serial(values: &[f32], out: &mut [u8]) {
     let mut clamped = [0f32; STEP];
     match bytemuck::try_cast_slice_mut::<u8, f16>(out) {
         Ok(halves) => {

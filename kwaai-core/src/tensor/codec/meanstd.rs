@@ -5,8 +5,8 @@
 
 use half::{bf16, f16};
 
-use super::float16::{f16_bytes_to_f32, f32_to_f16_bytes};
-use super::parallel::{par_chunks, sum_f64, sum_sq_centered};
+use super::float16::{f16_bytes_to_f32, f32_to_f16_serial, STEP};
+use super::parallel::{par_chunks, par_sum, sum_f64, sum_sq_centered};
 use super::{protocol, put_f32s, read_f32s, unsupported, Header, Result};
 use crate::tensor::{DType, Data, Tensor, TensorView};
 
@@ -34,22 +34,31 @@ pub(super) fn encode(view: &TensorView<'_>, buffer: &mut Vec<u8>) -> Result<()> 
     let row_len = last.max(1);
     par_chunks(&values, row_len, &mut stats, 1, 1.max((1 << 16) / row_len), |_, rows_in, out| {
         for (row, stat) in rows_in.chunks(row_len).zip(out.iter_mut()) {
-            let mean = (sum_f64(row) / last as f64) as f32;
-            let std = ((sum_sq_centered(row, mean).sqrt() as f32) / sqrt_last).max(FP32_EPS);
+            // One long row is reduced by several threads; many short rows, one row per thread.
+            let long = row.len() >= 1 << 20;
+            let mean = ((if long { par_sum(row, sum_f64) } else { sum_f64(row) }) / last as f64) as f32;
+            let centered = |piece: &[f32]| sum_sq_centered(piece, mean);
+            let sq = if long { par_sum(row, centered) } else { centered(row) };
+            let std = ((sq.sqrt() as f32) / sqrt_last).max(FP32_EPS);
             *stat = (mean, std);
         }
     });
     buffer.resize(values.len() * 2, 0);
-    let halves = &mut buffer[..];
     let stats_ref = &stats;
-    par_chunks(&values, row_len, halves, 2 * row_len, 1.max((1 << 16) / row_len), |first, rows_in, out| {
-        let mut scaled = vec![0f32; row_len];
-        for (r, (row, o)) in rows_in.chunks(row_len).zip(out.chunks_mut(2 * row_len)).enumerate() {
-            let (mean, std) = stats_ref[first + r];
-            for (s, &v) in scaled.iter_mut().zip(row) {
+    par_chunks(&values, STEP, buffer, 2 * STEP, 16, |first, chunk, out| {
+        let mut scaled = [0f32; STEP];
+        let start = first * STEP;
+        let mut done = 0;
+        // Each run of elements that shares a row is scaled, then cast, one stack buffer at a time.
+        while done < chunk.len() {
+            let row = (start + done) / row_len;
+            let run = ((row + 1) * row_len - (start + done)).min(chunk.len() - done);
+            let (mean, std) = stats_ref[row];
+            for (s, &v) in scaled.iter_mut().zip(&chunk[done..done + run]) {
                 *s = (v - mean) / std;
             }
-            f32_to_f16_bytes(&scaled[..row.len()], o);
+            f32_to_f16_serial(&scaled[..run], &mut out[2 * done..2 * (done + run)]);
+            done += run;
         }
     });
     put_f32s(buffer, &stats.iter().map(|s| s.0).collect::<Vec<_>>());
