@@ -68,6 +68,11 @@ fn bench(c: &mut Criterion) {
                 BatchSize::PerIteration,
             )
         });
+        // The same, decoding into a tensor whose storage is reused (NONE and FLOAT16 only).
+        let mut into = tensor::decode(&msg, &limits).expect("decodes");
+        group.bench_function(format!("{name}/decode_into"), |b| {
+            b.iter(|| tensor::decode_into(black_box(&msg), &limits, &mut into).expect("decodes"))
+        });
     }
     group.finish();
 }

@@ -288,3 +288,25 @@ fn top_k_keeps_the_largest_entries_and_feeds_back_the_rest() {
     assert!(TopK::from_bytes(&bad, &DecodeLimits::default()).is_err());
     assert!(TopK::from_bytes(&bytes[..bytes.len() - 1], &DecodeLimits::default()).is_err());
 }
+
+#[test]
+fn decode_into_reuses_storage_and_matches_decode() {
+    let limits = DecodeLimits::default();
+    let mut out = f32_tensor(&[4096], vec![0.0; 4096]);
+    for (codec, shape, n) in [(CompressionType::None, vec![3, 7], 21), (CompressionType::Float16, vec![100], 100)] {
+        let msg = tensor::encode(&f32_tensor(&shape, wave(n)).view(), codec).unwrap();
+        let before = out.as_bytes().as_ptr();
+        tensor::decode_into(&msg, &limits, &mut out).unwrap();
+        assert_eq!(out, decode(&msg).unwrap());
+        assert_eq!(out.as_bytes().as_ptr(), before, "{codec:?} reused the storage");
+    }
+    // Another dtype or codec falls back to a fresh decode; a bad message is still an error.
+    let ints =
+        tensor::encode(&Tensor::new(vec![2], Data::I16(vec![1, -1])).unwrap().view(), CompressionType::None).unwrap();
+    tensor::decode_into(&ints, &limits, &mut out).unwrap();
+    assert_eq!(out, decode(&ints).unwrap());
+    let mut short = tensor::encode(&f32_tensor(&[2], vec![1.0, 2.0]).view(), CompressionType::None).unwrap();
+    short.buffer.pop();
+    let mut f = f32_tensor(&[2], vec![0.0; 2]);
+    assert_eq!(tensor::decode_into(&short, &limits, &mut f).unwrap_err().kind(), ErrorKind::Protocol);
+}

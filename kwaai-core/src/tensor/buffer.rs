@@ -187,6 +187,20 @@ impl Tensor {
         self.data.as_bytes()
     }
 
+    /// Replaces the shape and lets `fill` rewrite the storage in place; the element count is
+    /// checked afterwards (on a mismatch the tensor is left empty and an error returned).
+    pub(crate) fn refill(&mut self, shape: Vec<usize>, fill: impl FnOnce(&mut Data)) -> Result<()> {
+        fill(&mut self.data);
+        let numel = checked_numel(&shape)?;
+        if numel != self.data.len() {
+            self.shape = vec![0];
+            self.data = Data::U8(Vec::new());
+            return Err(Error::new(crate::ErrorKind::Internal, "decoded element count does not match the shape"));
+        }
+        self.shape = shape;
+        Ok(())
+    }
+
     /// A borrowed view, ready to encode.
     pub fn view(&self) -> TensorView<'_> {
         TensorView { shape: &self.shape, dtype: self.dtype(), bytes: self.as_bytes() }

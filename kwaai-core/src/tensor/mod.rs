@@ -16,8 +16,8 @@ pub mod stream;
 
 pub use buffer::{checked_numel, Data, Tensor, TensorView};
 pub use codec::{
-    decode, dequantize_blockwise, encode, encode_into, quantize_blockwise, BlockwiseQuantized, DecodeLimits,
-    BLOCKWISE_BLOCK_SIZE, DYNAMIC_CODE,
+    decode, decode_into, dequantize_blockwise, encode, encode_into, quantize_blockwise, BlockwiseQuantized,
+    DecodeLimits, BLOCKWISE_BLOCK_SIZE, DYNAMIC_CODE,
 };
 pub use dtype::DType;
 

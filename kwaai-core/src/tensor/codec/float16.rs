@@ -59,6 +59,17 @@ pub(super) fn f16_bytes_to_f32(bytes: &[u8]) -> Vec<f32> {
     out
 }
 
+/// Converts a FLOAT16 buffer (length already checked) into `data`'s existing float32 vector.
+pub(super) fn decode_reusing(buffer: &[u8], data: &mut Data) {
+    if let Data::F32(v) = data {
+        v.resize(buffer.len() / 2, 0.0);
+        match bytemuck::try_cast_slice::<u8, f16>(buffer) {
+            Ok(halves) => par_chunks(halves, STEP, v, STEP, 64, |_, h, o| h.convert_to_f32_slice(o)),
+            Err(_) => *v = f16_bytes_to_f32(buffer),
+        }
+    }
+}
+
 pub(super) fn decode(header: &Header, buffer: &[u8]) -> Result<Tensor> {
     header.expect_len(buffer, header.numel.checked_mul(2), "FLOAT16")?;
     let data = match header.dtype {

@@ -87,6 +87,27 @@ pub fn decode(msg: &runtime::Tensor, limits: &DecodeLimits) -> Result<Tensor> {
     }
 }
 
+/// Like [`decode`], but writes into `out`, reusing its memory when it already holds the
+/// message's dtype (NONE and FLOAT16; other codecs allocate as [`decode`] does). A receiver
+/// that decodes many same-typed tensors this way avoids faulting in fresh pages for each.
+pub fn decode_into(msg: &runtime::Tensor, limits: &DecodeLimits, out: &mut Tensor) -> Result<()> {
+    let header = Header::parse(msg, limits)?;
+    let reusable =
+        out.dtype() == header.dtype && matches!(header.dtype, DType::F32 | DType::F16 | DType::I64 | DType::I32);
+    let shape = header.shape.clone();
+    let buffer = &msg.buffer[..];
+    if reusable && msg.compression == CompressionType::None as i32 {
+        header.expect_len(buffer, header.numel.checked_mul(header.dtype.size()), "NONE")?;
+        return out.refill(shape, |data| none::decode_reusing(buffer, data));
+    }
+    if reusable && msg.compression == CompressionType::Float16 as i32 && header.dtype == DType::F32 {
+        header.expect_len(buffer, header.numel.checked_mul(2), "FLOAT16")?;
+        return out.refill(shape, |data| float16::decode_reusing(buffer, data));
+    }
+    *out = decode(msg, limits)?;
+    Ok(())
+}
+
 /// The validated shape and dtype of an incoming tensor.
 pub(crate) struct Header {
     pub shape: Vec<usize>,

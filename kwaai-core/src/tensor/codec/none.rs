@@ -41,6 +41,24 @@ pub(super) fn decode(header: &Header, buffer: &[u8]) -> Result<Tensor> {
     Tensor::new(header.shape.clone(), data)
 }
 
+/// Copies a NONE buffer (length already checked) into `data`'s existing vector.
+pub(super) fn decode_reusing(buffer: &[u8], data: &mut Data) {
+    fn refill<T: bytemuck::Pod>(v: &mut Vec<T>, buffer: &[u8]) {
+        v.clear();
+        match bytemuck::try_cast_slice::<u8, T>(buffer) {
+            Ok(values) => v.extend_from_slice(values),
+            Err(_) => v.extend(buffer.chunks_exact(std::mem::size_of::<T>()).map(bytemuck::pod_read_unaligned::<T>)),
+        }
+    }
+    match data {
+        Data::F32(v) => refill(v, buffer),
+        Data::F16(v) => refill(v, buffer),
+        Data::I64(v) => refill(v, buffer),
+        Data::I32(v) => refill(v, buffer),
+        _ => {}
+    }
+}
+
 /// The buffer's elements, copied by several threads when it is aligned and large.
 fn typed<T: bytemuck::Pod + Default + Send + Sync>(buffer: &[u8]) -> Vec<T> {
     match bytemuck::try_cast_slice::<u8, T>(buffer) {
