@@ -1,6 +1,8 @@
 //! hivemind's tensor wire format: an owned [`Tensor`] or a borrowed [`TensorView`], the six
-//! codecs ([`encode`], [`decode`]), splitting into stream parts and joining them ([`stream`]),
-//! gradient compression ([`gradient`]) and zero-copy conversion to and from candle.
+//! codecs ([`encode`], [`decode`], and [`encode_into`] / [`decode_into`] that reuse memory),
+//! splitting into stream parts and joining them ([`stream`]), gradient compression
+//! ([`gradient`]), and candle conversion ([`Tensor::into_candle`] moves the storage;
+//! [`Tensor::with_candle_view`] encodes straight from a candle tensor's memory).
 //!
 //! Pure data: no I/O, no async. Every decoder is bounded by [`DecodeLimits`].
 

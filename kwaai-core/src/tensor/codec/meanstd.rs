@@ -52,7 +52,7 @@ pub(super) fn encode(view: &TensorView<'_>, buffer: &mut Vec<u8>) -> Result<()> 
         // Each run of elements that shares a row is scaled, then cast, one stack buffer at a time.
         while done < chunk.len() {
             let row = (start + done) / row_len;
-            let run = ((row + 1) * row_len - (start + done)).min(chunk.len() - done);
+            let run = ((row + 1) * row_len - (start + done)).min(chunk.len() - done).min(STEP);
             let (mean, std) = stats_ref[row];
             for (s, &v) in scaled.iter_mut().zip(&chunk[done..done + run]) {
                 *s = (v - mean) / std;
