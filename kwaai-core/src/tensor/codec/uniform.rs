@@ -6,7 +6,7 @@
 //! computes it (multiplying by the float32 reciprocal of the scale); the codebook holds the
 //! mean of the original values in each bucket.
 
-use super::codebook::encode_with;
+use super::codebook::{average_buckets_fast, encode_with};
 use super::parallel::{par_chunks, par_sum, sum_f64, sum_sq_centered};
 use super::{unsupported, Result};
 use crate::tensor::{DType, TensorView};
@@ -18,7 +18,7 @@ pub(super) fn encode(view: &TensorView<'_>, buf: &mut Vec<u8>) -> Result<()> {
     if view.dtype() != DType::F32 {
         return Err(unsupported("UNIFORM_8BIT", view.dtype(), "hivemind quantizes only float32 this way"));
     }
-    encode_with(&view.to_f32(), buf, quantize);
+    encode_with(&view.to_f32(), buf, quantize, average_buckets_fast);
     Ok(())
 }
 
