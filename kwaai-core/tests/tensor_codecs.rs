@@ -294,7 +294,14 @@ fn top_k_keeps_the_largest_entries_and_feeds_back_the_rest() {
 fn decode_into_reuses_storage_and_matches_decode() {
     let limits = DecodeLimits::default();
     let mut out = f32_tensor(&[4096], vec![0.0; 4096]);
-    for (codec, shape, n) in [(CompressionType::None, vec![3, 7], 21), (CompressionType::Float16, vec![100], 100)] {
+    let cases = [
+        (CompressionType::None, vec![3, 7], 21),
+        (CompressionType::Float16, vec![100], 100),
+        (CompressionType::Quantile8bit, vec![50, 2], 100),
+        (CompressionType::Uniform8bit, vec![1000], 1000),
+        (CompressionType::Blockwise8bit, vec![3000], 3000),
+    ];
+    for (codec, shape, n) in cases {
         let msg = tensor::encode(&f32_tensor(&shape, wave(n)).view(), codec).unwrap();
         let before = out.as_bytes().as_ptr();
         tensor::decode_into(&msg, &limits, &mut out).unwrap();
@@ -310,4 +317,10 @@ fn decode_into_reuses_storage_and_matches_decode() {
     short.buffer.pop();
     let mut f = f32_tensor(&[2], vec![0.0; 2]);
     assert_eq!(tensor::decode_into(&short, &limits, &mut f).unwrap_err().kind(), ErrorKind::Protocol);
+    let mut bad_index =
+        tensor::encode(&f32_tensor(&[3], vec![1.0, 2.0, 3.0]).view(), CompressionType::Uniform8bit).unwrap();
+    bad_index.buffer[..8].copy_from_slice(&1i64.to_le_bytes());
+    bad_index.buffer.drain(12..8 + 4 * 256);
+    bad_index.buffer[12..].copy_from_slice(&[0, 0, 5]);
+    assert_eq!(tensor::decode_into(&bad_index, &limits, &mut f).unwrap_err().kind(), ErrorKind::Protocol);
 }

@@ -199,7 +199,29 @@ pub(super) fn encode(view: &TensorView<'_>, buf: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
+/// Decodes into `data`'s existing float32 vector (other storage is left alone).
+pub(super) fn decode_reusing(header: &Header, buffer: &[u8], data: &mut Data) -> Result<()> {
+    let (absmax, code, indices) = parse(header, buffer)?;
+    if let Data::F32(v) = data {
+        v.resize(indices.len(), 0.0);
+        dequantize_blockwise(&absmax, &code, indices, v);
+    }
+    Ok(())
+}
+
 pub(super) fn decode(header: &Header, buffer: &[u8]) -> Result<Tensor> {
+    let (absmax, code, indices) = parse(header, buffer)?;
+    let mut values = vec![0f32; header.numel];
+    dequantize_blockwise(&absmax, &code, indices, &mut values);
+    let data = match header.dtype {
+        DType::F32 => Data::F32(values),
+        dtype => Data::from_f32(dtype, &values),
+    };
+    Tensor::new(header.shape.clone(), data)
+}
+
+/// The absmax values, code and (range-checked) indices of a buffer.
+fn parse<'a>(header: &Header, buffer: &'a [u8]) -> Result<(Vec<f32>, Vec<f32>, &'a [u8])> {
     let (a, c) = match (read_i64(buffer, 0), read_i64(buffer, 8)) {
         (Some(a), Some(c)) => (a, c),
         _ => return Err(protocol("BLOCKWISE_8BIT header is truncated".into())),
@@ -224,13 +246,7 @@ pub(super) fn decode(header: &Header, buffer: &[u8]) -> Result<Tensor> {
             return Err(protocol(format!("BLOCKWISE_8BIT index {bad} is outside a code of {c} entries")));
         }
     }
-    let mut values = vec![0f32; header.numel];
-    dequantize_blockwise(&absmax, &code, indices, &mut values);
-    let data = match header.dtype {
-        DType::F32 => Data::F32(values),
-        dtype => Data::from_f32(dtype, &values),
-    };
-    Tensor::new(header.shape.clone(), data)
+    Ok((absmax, code, indices))
 }
 
 #[cfg(test)]

@@ -100,7 +100,8 @@ pub(super) fn average_buckets(values: &[f32], indices: &[u8]) -> Vec<f32> {
     out
 }
 
-pub(super) fn decode(header: &Header, buffer: &[u8]) -> Result<Tensor> {
+/// The codebook and the (range-checked) indices of a buffer.
+fn parse<'a>(header: &Header, buffer: &'a [u8]) -> Result<(Vec<f32>, &'a [u8])> {
     let k = read_i64(buffer, 0).ok_or_else(|| protocol("quantized tensor has no codebook size".into()))?;
     let codebook = usize::try_from(k)
         .ok()
@@ -115,6 +116,21 @@ pub(super) fn decode(header: &Header, buffer: &[u8]) -> Result<Tensor> {
             return Err(protocol(format!("index {bad} is outside a codebook of {} entries", codebook.len())));
         }
     }
+    Ok((codebook, indices))
+}
+
+/// Decodes into `data`'s existing float32 vector (other storage is left alone).
+pub(super) fn decode_reusing(header: &Header, buffer: &[u8], data: &mut Data) -> Result<()> {
+    let (codebook, indices) = parse(header, buffer)?;
+    if let Data::F32(v) = data {
+        v.resize(indices.len(), 0.0);
+        gather_into(&codebook, indices, v);
+    }
+    Ok(())
+}
+
+pub(super) fn decode(header: &Header, buffer: &[u8]) -> Result<Tensor> {
+    let (codebook, indices) = parse(header, buffer)?;
     let data = match Data::from_f32(header.dtype, &codebook) {
         Data::F32(cb) => Data::F32(gather(&cb, indices)),
         Data::F16(cb) => Data::F16(gather(&cb, indices)),
@@ -132,16 +148,21 @@ pub(super) fn decode(header: &Header, buffer: &[u8]) -> Result<Tensor> {
 
 /// `table[index]` for each index; every index is known to be in range.
 fn gather<T: Copy + Default + Send + Sync>(table: &[T], indices: &[u8]) -> Vec<T> {
+    let mut out = vec![T::default(); indices.len()];
+    gather_into(table, indices, &mut out);
+    out
+}
+
+/// `out[j] = table[indices[j]]`; every index is known to be in range.
+fn gather_into<T: Copy + Default + Send + Sync>(table: &[T], indices: &[u8], out: &mut [T]) {
     let mut full = [T::default(); BINS];
     let n = table.len().min(BINS);
     full[..n].copy_from_slice(&table[..n]);
-    let mut out = vec![T::default(); indices.len()];
-    par_chunks(indices, 1, &mut out, 1, 1 << 18, |_, idx, o| {
+    par_chunks(indices, 1, out, 1, 1 << 18, |_, idx, o| {
         for (d, &i) in o.iter_mut().zip(idx) {
             *d = full[i as usize];
         }
     });
-    out
 }
 
 #[cfg(test)]

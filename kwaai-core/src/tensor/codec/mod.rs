@@ -88,7 +88,9 @@ pub fn decode(msg: &runtime::Tensor, limits: &DecodeLimits) -> Result<Tensor> {
 }
 
 /// Like [`decode`], but writes into `out`, reusing its memory when it already holds the
-/// message's dtype (NONE and FLOAT16; other codecs allocate as [`decode`] does). A receiver
+/// message's dtype (NONE for float32/float16/int64/int32; float32 from any codec but
+/// MEANSTD_16BIT; otherwise it allocates as [`decode`] does). On an error, `out`'s contents are
+/// unspecified (but valid). A receiver
 /// that decodes many same-typed tensors this way avoids faulting in fresh pages for each.
 pub fn decode_into(msg: &runtime::Tensor, limits: &DecodeLimits, out: &mut Tensor) -> Result<()> {
     let header = Header::parse(msg, limits)?;
@@ -100,9 +102,22 @@ pub fn decode_into(msg: &runtime::Tensor, limits: &DecodeLimits, out: &mut Tenso
         header.expect_len(buffer, header.numel.checked_mul(header.dtype.size()), "NONE")?;
         return out.refill(shape, |data| none::decode_reusing(buffer, data));
     }
-    if reusable && msg.compression == CompressionType::Float16 as i32 && header.dtype == DType::F32 {
-        header.expect_len(buffer, header.numel.checked_mul(2), "FLOAT16")?;
-        return out.refill(shape, |data| float16::decode_reusing(buffer, data));
+    if reusable && header.dtype == DType::F32 {
+        let mut result = Ok(());
+        let filled = match CompressionType::try_from(msg.compression) {
+            Ok(CompressionType::Float16) => {
+                header.expect_len(buffer, header.numel.checked_mul(2), "FLOAT16")?;
+                out.refill(shape, |data| float16::decode_reusing(buffer, data))
+            }
+            Ok(CompressionType::Quantile8bit | CompressionType::Uniform8bit) => {
+                out.refill(shape, |data| result = codebook::decode_reusing(&header, buffer, data))
+            }
+            Ok(CompressionType::Blockwise8bit) => {
+                out.refill(shape, |data| result = blockwise::decode_reusing(&header, buffer, data))
+            }
+            _ => return decode(msg, limits).map(|t| *out = t),
+        };
+        return result.and(filled);
     }
     *out = decode(msg, limits)?;
     Ok(())
