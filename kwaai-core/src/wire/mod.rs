@@ -7,3 +7,4 @@
 pub mod dht;
 pub mod msgpack;
 pub mod p2pd;
+pub mod runtime;

@@ -1,0 +1,46 @@
+//! UNIFORM_8BIT: 256 equal-width buckets spanning ±3 standard deviations around the mean
+//! (hivemind/compression/quantization.py Uniform8BitQuantization, `allow_inplace=False`).
+//!
+//! index = clamp(round_half_even((x − mean) / scale) + 128, 0, 255) with
+//! scale = 6·std_unbiased/256, as `torch.quantize_per_tensor(.., zero_point=128, quint8)`
+//! computes it (multiplying by the float32 reciprocal of the scale); the codebook holds the
+//! mean of the original values in each bucket.
+
+use super::codebook::{average_buckets_fast, encode_with};
+use super::parallel::{par_chunks, par_sum, sum_f64, sum_sq_centered};
+use super::{unsupported, Result};
+use crate::tensor::{DType, TensorView};
+
+const RANGE_IN_SIGMAS: f32 = 6.0;
+const ZERO_POINT: f32 = 128.0;
+
+pub(super) fn encode(view: &TensorView<'_>, buf: &mut Vec<u8>) -> Result<()> {
+    if view.dtype() != DType::F32 {
+        return Err(unsupported("UNIFORM_8BIT", view.dtype(), "hivemind quantizes only float32 this way"));
+    }
+    encode_with(&view.to_f32(), buf, quantize, average_buckets_fast);
+    Ok(())
+}
+
+/// Writes the bucket index of each value into `out`.
+fn quantize(values: &[f32], out: &mut [u8]) {
+    let n = values.len();
+    let mean = (par_sum(values, sum_f64) / n as f64) as f32;
+    let sq = par_sum(values, |piece| sum_sq_centered(piece, mean));
+    let std = (sq.sqrt() as f32) / (((n as f64) - 1.0).sqrt() as f32);
+    let scale = RANGE_IN_SIGMAS * std / 256.0;
+    if !(scale.is_finite() && scale > 0.0) {
+        // Every value sits at the mean (or there is a single one): all go to the zero bucket.
+        out.fill(ZERO_POINT as u8);
+        return;
+    }
+    let inv = 1.0 / scale;
+    // Adding and removing 1.5·2^23 rounds a float32 below 2^22 half-to-even without a libm call.
+    const ROUND: f32 = 12_582_912.0;
+    par_chunks(values, 1, out, 1, 1 << 18, |_, v, o| {
+        for (q, &x) in o.iter_mut().zip(v) {
+            let r = (((x - mean) * inv).clamp(-ZERO_POINT, 127.0) + ROUND) - ROUND;
+            *q = (r as i32 as u8) ^ 0x80;
+        }
+    });
+}

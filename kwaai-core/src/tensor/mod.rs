@@ -1,0 +1,26 @@
+//! hivemind's tensor wire format: an owned [`Tensor`] or a borrowed [`TensorView`], the six
+//! codecs ([`encode`], [`decode`], and [`encode_into`] / [`decode_into`] that reuse memory),
+//! splitting into stream parts and joining them ([`stream`]), gradient compression
+//! ([`gradient`]), and candle conversion ([`Tensor::into_candle`] moves the storage;
+//! [`Tensor::with_candle_view`] encodes straight from a candle tensor's memory).
+//!
+//! Pure data: no I/O, no async. Every decoder is bounded by [`DecodeLimits`].
+
+#[cfg(target_endian = "big")]
+compile_error!("hivemind's tensor buffers are little-endian; big-endian hosts are not supported");
+
+mod buffer;
+mod candle;
+mod codec;
+mod dtype;
+pub mod gradient;
+pub mod stream;
+
+pub use buffer::{checked_numel, Data, Tensor, TensorView};
+pub use codec::{
+    decode, decode_into, dequantize_blockwise, encode, encode_into, quantize_blockwise, BlockwiseQuantized,
+    DecodeLimits, BLOCKWISE_BLOCK_SIZE, DYNAMIC_CODE,
+};
+pub use dtype::DType;
+
+pub use crate::wire::runtime::CompressionType;
