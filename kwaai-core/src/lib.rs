@@ -19,6 +19,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use identity::Identity;
 pub use node::Node;
 pub use p2p::PeerInfo;
+pub use tensor::Tensor;
 
 /// Peer IDs and multiaddrs as libp2p defines them.
 pub use libp2p::{Multiaddr, PeerId};
