@@ -1,5 +1,6 @@
 //! [`Dht`]: the public face of a node's DHT (hivemind's `DHTNode`): bootstrap, `store`, `get`.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use futures::future::join_all;
@@ -56,6 +57,23 @@ pub enum DhtValue {
         /// The latest expiration among them.
         expiration: DhtTime,
     },
+}
+
+/// An item ready to store: its key ID, subkey tag and signed, serialized value.
+struct Prepared {
+    key: DhtId,
+    tag: Vec<u8>,
+    value: Vec<u8>,
+    expiration: DhtTime,
+    /// Whether our own validators accept it (we store it locally only then).
+    locally_valid: bool,
+}
+
+impl Prepared {
+    /// The `(key, subkey tag, value, expiration)` that `rpc_store` carries.
+    fn record(&self) -> (DhtId, Vec<u8>, Vec<u8>, DhtTime) {
+        (self.key, self.tag.clone(), self.value.clone(), self.expiration)
+    }
 }
 
 /// A handle to the node's DHT; cheap to clone. Its calls run on the node's runtime.
@@ -141,69 +159,107 @@ impl Dht {
         Ok(self.store_many(vec![StoreItem { key, subkey, value, expiration }]).await?[0])
     }
 
-    /// Stores several items, each on the replicas nearest to its key; one flag per item.
+    /// Stores several items, each on the replicas nearest to its key; one flag per item (`true` if
+    /// a replica accepted it). Keys are looked up concurrently, and each round sends one
+    /// `rpc_store` per peer carrying every item that peer should hold; replicas that fail are
+    /// replaced by the next nearest nodes in the next round.
     pub async fn store_many(&self, items: Vec<StoreItem>) -> Result<Vec<bool>> {
-        let stores = items.iter().map(|item| self.store_one(item));
-        join_all(stores).await.into_iter().collect()
+        let config = &self.protocol.config;
+        let prepared = items.iter().map(|item| self.prepare(item)).collect::<Result<Vec<_>>>()?;
+        let mut by_key: HashMap<DhtId, Vec<usize>> = HashMap::new();
+        for (index, item) in prepared.iter().enumerate() {
+            by_key.entry(item.key).or_default().push(index);
+        }
+        let beam = config.bucket_size.max(config.num_replicas);
+        let keys: Vec<DhtId> = by_key.keys().copied().collect();
+        let found =
+            join_all(keys.iter().map(|key| lookup(&self.protocol, *key, beam, SearchState::new(f64::INFINITY)))).await;
+        // Per key: candidates nearest first, ourselves included (as hivemind does) unless we are
+        // a client, which cannot serve what it stores.
+        let mut candidates: HashMap<DhtId, VecDeque<Option<PeerId>>> = HashMap::new();
+        for (key, found) in keys.iter().zip(found) {
+            let mut nodes: Vec<(DhtId, Option<PeerId>)> =
+                found.nearest.into_iter().map(|(n, p)| (n, Some(p))).collect();
+            if !config.client_mode {
+                nodes.push((self.protocol.node_id, None));
+            }
+            nodes.sort_by_key(|(node, _)| node.distance(key));
+            candidates.insert(*key, nodes.into_iter().map(|(_, peer)| peer).collect());
+        }
+        let mut replicas: HashMap<DhtId, usize> = HashMap::new();
+        let mut accepted = vec![false; items.len()];
+        loop {
+            let mut remote: HashMap<PeerId, Vec<DhtId>> = HashMap::new();
+            for (key, queue) in &mut candidates {
+                let done = replicas.get(key).copied().unwrap_or(0);
+                for peer in queue.drain(..config.num_replicas.saturating_sub(done).min(queue.len())) {
+                    match peer {
+                        Some(peer) => remote.entry(peer).or_default().push(*key),
+                        None => {
+                            let now = dht_time();
+                            for &index in &by_key[key] {
+                                accepted[index] |= self.store_locally(&items[index], &prepared[index], now);
+                            }
+                            *replicas.entry(*key).or_default() += 1;
+                        }
+                    }
+                }
+            }
+            if remote.is_empty() {
+                break;
+            }
+            let calls = remote.into_iter().map(|(peer, keys)| {
+                let indices: Vec<usize> = keys.iter().flat_map(|key| by_key[key].iter().copied()).collect();
+                let batch: Vec<_> = indices.iter().map(|&i| prepared[i].record()).collect();
+                async move { (peer, keys, indices, self.protocol.call_store(peer, &batch, false).await) }
+            });
+            for (peer, keys, indices, outcome) in join_all(calls).await {
+                match outcome {
+                    Ok(flags) => {
+                        for (index, ok) in indices.into_iter().zip(flags) {
+                            accepted[index] |= ok;
+                        }
+                        for key in keys {
+                            *replicas.entry(key).or_default() += 1;
+                        }
+                    }
+                    Err(e) => tracing::debug!(%peer, "DHT store failed: {e}"),
+                }
+            }
+        }
+        Ok(accepted)
     }
 
-    async fn store_one(&self, item: &StoreItem) -> Result<bool> {
+    /// Checks, signs and serializes one item.
+    fn prepare(&self, item: &StoreItem) -> Result<Prepared> {
         let value = msgpack::pack(&item.value);
-        if value.len() > self.protocol.config.max_value_size {
+        let config = &self.protocol.config;
+        if value.len() > config.max_value_size {
             return Err(Error::invalid_argument(format!(
                 "value of {} bytes exceeds the DHT limit of {} bytes",
                 value.len(),
-                self.protocol.config.max_value_size
+                config.max_value_size
             )));
         }
         let key = DhtId::of_key(&item.key);
         let tag = subkey_tag(item.subkey.as_ref());
-        let validators = &self.protocol.config.validators;
         let record =
             DhtRecord { key: key.as_bytes().to_vec(), subkey: tag.clone(), value, expiration: item.expiration };
-        let value = validators.sign_value(&record);
-        let locally_valid = validators.validate(&record.with_value(value.clone()));
-        let config = &self.protocol.config;
-        let found =
-            lookup(&self.protocol, key, config.bucket_size.max(config.num_replicas), SearchState::new(f64::INFINITY))
-                .await;
-        // Candidates nearest first, ourselves included (as hivemind does) unless we are a client.
-        let mut candidates: Vec<(DhtId, Option<PeerId>)> =
-            found.nearest.into_iter().map(|(n, p)| (n, Some(p))).collect();
-        if !config.client_mode {
-            // A client cannot serve what it stores, so it only stores on others.
-            candidates.push((self.protocol.node_id, None));
+        let value = config.validators.sign_value(&record);
+        let locally_valid = config.validators.validate(&record.with_value(value.clone()));
+        Ok(Prepared { key, tag, value, expiration: item.expiration, locally_valid })
+    }
+
+    /// Stores one prepared item in our own storage (validators permitting).
+    fn store_locally(&self, item: &StoreItem, prepared: &Prepared, now: DhtTime) -> bool {
+        if !prepared.locally_valid {
+            return false;
         }
-        candidates.sort_by_key(|(node, _)| node.distance(&key));
-        let mut stored = 0;
-        let mut accepted = false;
-        let now = dht_time();
-        for (_, peer) in candidates {
-            if stored >= config.num_replicas {
-                break;
-            }
-            let ok = match peer {
-                None if !locally_valid => false,
-                None => self.protocol.with_storage(false, |storage| match &item.subkey {
-                    None => storage.store(key, value.clone(), item.expiration, now),
-                    Some(subkey) => storage.store_subkey(key, subkey.clone(), value.clone(), item.expiration, now),
-                }),
-                Some(peer) => match self
-                    .protocol
-                    .call_store(peer, &[(key, tag.clone(), value.clone(), item.expiration)], false)
-                    .await
-                {
-                    Ok(flags) => flags[0],
-                    Err(e) => {
-                        tracing::debug!(%peer, "DHT store failed: {e}");
-                        continue;
-                    }
-                },
-            };
-            stored += 1;
-            accepted |= ok;
-        }
-        Ok(accepted)
+        let (key, value, expiration) = (prepared.key, prepared.value.clone(), prepared.expiration);
+        self.protocol.with_storage(false, |storage| match &item.subkey {
+            None => storage.store(key, value, expiration, now),
+            Some(subkey) => storage.store_subkey(key, subkey.clone(), value, expiration, now),
+        })
     }
 
     /// Reads `key`: the first unexpired value found, or with `latest` the newest one in the swarm
