@@ -39,6 +39,12 @@ fn a_value_stored_on_any_node_is_read_from_every_node() {
             let got = reader.dht_get(Value::from(format!("key-{i}")), true).unwrap();
             assert_eq!(got, Some(DhtValue::Regular { value: Value::from(i as u64), expiration }), "key-{i}");
         }
+        // Batched reads (not `latest`) ask each key's nearest node first, several keys per call.
+        let keys: Vec<Value> = (0..nodes.len()).map(|i| Value::from(format!("key-{i}"))).collect();
+        let got = reader.dht_get_many(keys, false).unwrap();
+        let expected: Vec<_> =
+            (0..nodes.len()).map(|i| Some(DhtValue::Regular { value: Value::from(i as u64), expiration })).collect();
+        assert_eq!(got, expected);
     }
     assert_eq!(nodes[0].dht_get(Value::from("missing"), true).unwrap(), None);
 }

@@ -59,6 +59,9 @@ pub enum DhtValue {
     },
 }
 
+/// Keys asked in one `rpc_find` by the read fast path (hivemind's `chunk_size`).
+const KEYS_PER_FIND: usize = 16;
+
 /// An item ready to store: its key ID, subkey tag and signed, serialized value.
 struct Prepared {
     key: DhtId,
@@ -270,17 +273,57 @@ impl Dht {
 
     /// Reads several keys; one result per key.
     pub async fn get_many(&self, keys: Vec<Value>, latest: bool) -> Result<Vec<Option<DhtValue>>> {
-        let gets = keys.iter().map(|key| self.get_one(DhtId::of_key(key), latest));
+        let now = dht_time();
+        let ids: Vec<DhtId> = keys.iter().map(DhtId::of_key).collect();
+        let mut states: Vec<SearchState> = ids.iter().map(|id| self.local_state(id, latest, now)).collect();
+        if !latest {
+            self.ask_nearest_first(&ids, &mut states, now).await;
+        }
+        let gets = ids.into_iter().zip(states).map(|(id, state)| self.finish_get(id, state, now));
         join_all(gets).await.into_iter().collect()
     }
 
-    async fn get_one(&self, key: DhtId, latest: bool) -> Result<Option<DhtValue>> {
-        let now = dht_time();
+    /// What our own storage and cache hold for `key`, as the start of a search.
+    fn local_state(&self, key: &DhtId, latest: bool, now: DhtTime) -> SearchState {
         let mut state = SearchState::new(if latest { f64::INFINITY } else { now });
         for cache in [false, true] {
-            let local = self.protocol.with_storage(cache, |s| s.get(&key, now).cloned());
+            let local = self.protocol.with_storage(cache, |s| s.get(key, now).cloned());
             state.add(local.map(|e| FoundValue { value: e.value, expiration: e.expiration }), now);
         }
+        state
+    }
+
+    /// The fast path of a batch of reads: ask each unfinished key's nearest known node, with every
+    /// key that shares that node in one `rpc_find` (at most [`KEYS_PER_FIND`] keys per call).
+    async fn ask_nearest_first(&self, ids: &[DhtId], states: &mut [SearchState], now: DhtTime) {
+        let mut groups: HashMap<PeerId, Vec<usize>> = HashMap::new();
+        for (index, id) in ids.iter().enumerate() {
+            if states[index].finished() {
+                continue;
+            }
+            if let Some((_, peer)) = self.protocol.nearest_known(id, 1).first() {
+                groups.entry(*peer).or_default().push(index);
+            }
+        }
+        let batches: Vec<(PeerId, Vec<usize>)> = groups
+            .into_iter()
+            .flat_map(|(peer, indices)| indices.chunks(KEYS_PER_FIND).map(|c| (peer, c.to_vec())).collect::<Vec<_>>())
+            .collect();
+        let calls = batches.into_iter().map(|(peer, chunk)| async move {
+            let keys: Vec<DhtId> = chunk.iter().map(|&i| ids[i]).collect();
+            (chunk, self.protocol.call_find(peer, &keys).await)
+        });
+        for (chunk, outcome) in join_all(calls).await {
+            let Ok(answers) = outcome else { continue };
+            for (index, answer) in chunk.into_iter().zip(answers) {
+                states[index].add(answer.value, now);
+            }
+        }
+    }
+
+    /// Finishes one read: a full lookup unless `state` already has a sufficient value, then caches
+    /// and decodes what was found.
+    async fn finish_get(&self, key: DhtId, mut state: SearchState, now: DhtTime) -> Result<Option<DhtValue>> {
         if !state.finished() {
             state = lookup(&self.protocol, key, self.protocol.config.bucket_size, state).await.state;
         }
