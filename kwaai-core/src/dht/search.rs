@@ -51,21 +51,16 @@ impl SearchState {
     }
 }
 
-/// What a lookup found: the nearest nodes that answered (nearest first) and the merged value.
-pub(crate) struct LookupResult {
-    pub nearest: Vec<(DhtId, PeerId)>,
-    pub state: SearchState,
-}
-
-/// Beam search for `target`: keeps the `beam_size` nearest nodes that answered, asks the nearest
-/// unvisited candidates `num_workers` at a time, and stops when no candidate is nearer than the
-/// beam's farthest node, or (with a `state` that wants a value) once a sufficient value is found.
+/// Beam search for the value of `target`: keeps the `beam_size` nearest nodes that answered, asks
+/// the nearest unvisited candidates `num_workers` at a time, and stops once `state` has a
+/// sufficient value or no candidate is nearer than the beam's farthest node. Returns the merged
+/// search state.
 pub(crate) async fn lookup(
     protocol: &Arc<Protocol>,
     target: DhtId,
     beam_size: usize,
     mut state: SearchState,
-) -> LookupResult {
+) -> SearchState {
     let now = super::storage::dht_time();
     let mut candidates: BTreeMap<DhtId, (DhtId, PeerId)> = protocol
         .nearest_known(&target, beam_size)
@@ -108,5 +103,99 @@ pub(crate) async fn lookup(
             }
         }
     }
-    LookupResult { nearest: beam.into_values().collect(), state }
+    state
+}
+
+/// One query of [`lookup_many`].
+struct Query {
+    target: DhtId,
+    candidates: BTreeMap<DhtId, (DhtId, PeerId)>,
+    visited: HashSet<DhtId>,
+    beam: BTreeMap<DhtId, (DhtId, PeerId)>,
+    in_flight: usize,
+}
+
+impl Query {
+    /// Whether asking `node` may still improve this query's beam.
+    fn wants(&self, node: &DhtId, beam_size: usize) -> bool {
+        let distance = node.distance(&self.target);
+        !self.visited.contains(node)
+            && self.candidates.contains_key(&distance)
+            && (self.beam.len() < beam_size || self.beam.last_key_value().is_some_and(|(far, _)| distance < *far))
+    }
+
+    /// The nearest candidate worth asking, if any.
+    fn next_candidate(&self, beam_size: usize) -> Option<(DhtId, PeerId)> {
+        self.candidates.values().copied().find(|(node, _)| self.wants(node, beam_size))
+    }
+
+    fn mark_asked(&mut self, node: DhtId) {
+        self.candidates.remove(&node.distance(&self.target));
+        self.visited.insert(node);
+        self.in_flight += 1;
+    }
+}
+
+/// Beam search for several targets at once (hivemind's `traverse_dht`): each request asks one node
+/// about every query that still wants that node, up to √n queries per `rpc_find`, and the next
+/// request goes to the least-served query's nearest useful candidate. Returns, per target, the
+/// nearest nodes that answered, nearest first.
+pub(crate) async fn lookup_many(
+    protocol: &Arc<Protocol>,
+    targets: &[DhtId],
+    beam_size: usize,
+) -> Vec<Vec<(DhtId, PeerId)>> {
+    let mut queries: Vec<Query> = targets
+        .iter()
+        .map(|&target| Query {
+            target,
+            candidates: protocol
+                .nearest_known(&target, beam_size)
+                .into_iter()
+                .map(|(node, peer)| (node.distance(&target), (node, peer)))
+                .collect(),
+            visited: HashSet::from([protocol.node_id]),
+            beam: BTreeMap::new(),
+            in_flight: 0,
+        })
+        .collect();
+    let per_call = ((targets.len() as f64).sqrt() as usize).max(1);
+    let workers = protocol.config.num_workers.max(1);
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        while in_flight.len() < workers {
+            let next = (0..queries.len())
+                .filter_map(|i| queries[i].next_candidate(beam_size).map(|c| (queries[i].in_flight, i, c)))
+                .min_by_key(|(served, ..)| *served);
+            let Some((_, first, (node, peer))) = next else { break };
+            let mut batch = vec![first];
+            batch.extend(
+                (0..queries.len()).filter(|&i| i != first && queries[i].wants(&node, beam_size)).take(per_call - 1),
+            );
+            for &i in &batch {
+                queries[i].mark_asked(node);
+            }
+            let keys: Vec<DhtId> = batch.iter().map(|&i| queries[i].target).collect();
+            let protocol = protocol.clone();
+            in_flight.push(async move { (node, peer, batch, protocol.call_find(peer, &keys).await) });
+        }
+        let Some((node, peer, batch, answer)) = in_flight.next().await else { break };
+        for &i in &batch {
+            queries[i].in_flight -= 1;
+        }
+        let Ok(answers) = answer else { continue };
+        for (i, answer) in batch.into_iter().zip(answers) {
+            let query = &mut queries[i];
+            query.beam.insert(node.distance(&query.target), (node, peer));
+            while query.beam.len() > beam_size {
+                query.beam.pop_last();
+            }
+            for (other, other_peer) in answer.nearest {
+                if !query.visited.contains(&other) {
+                    query.candidates.insert(other.distance(&query.target), (other, other_peer));
+                }
+            }
+        }
+    }
+    queries.into_iter().map(|q| q.beam.into_values().collect()).collect()
 }

@@ -9,7 +9,7 @@ use rmpv::Value;
 
 use super::id::DhtId;
 use super::protocol::{subkey_tag, DhtConfig, FoundValue, Protocol, IS_REGULAR_VALUE};
-use super::search::{lookup, SearchState};
+use super::search::{lookup, lookup_many, SearchState};
 use super::storage::{dht_time, DhtTime, StoredValue};
 use super::validation::DhtRecord;
 use crate::error::{Error, ErrorKind, Result};
@@ -135,13 +135,7 @@ impl Dht {
             ));
         }
         // Fill the routing table with the nodes nearest to us.
-        lookup(
-            &self.protocol,
-            self.protocol.node_id,
-            self.protocol.config.bucket_size,
-            SearchState::new(f64::INFINITY),
-        )
-        .await;
+        lookup_many(&self.protocol, &[self.protocol.node_id], self.protocol.config.bucket_size).await;
         tracing::info!(answered, known = self.protocol.routing_table_len(), "DHT joined the swarm");
         Ok(())
     }
@@ -175,14 +169,12 @@ impl Dht {
         }
         let beam = config.bucket_size.max(config.num_replicas);
         let keys: Vec<DhtId> = by_key.keys().copied().collect();
-        let found =
-            join_all(keys.iter().map(|key| lookup(&self.protocol, *key, beam, SearchState::new(f64::INFINITY)))).await;
+        let found = lookup_many(&self.protocol, &keys, beam).await;
         // Per key: candidates nearest first, ourselves included (as hivemind does) unless we are
         // a client, which cannot serve what it stores.
         let mut candidates: HashMap<DhtId, VecDeque<Option<PeerId>>> = HashMap::new();
         for (key, found) in keys.iter().zip(found) {
-            let mut nodes: Vec<(DhtId, Option<PeerId>)> =
-                found.nearest.into_iter().map(|(n, p)| (n, Some(p))).collect();
+            let mut nodes: Vec<(DhtId, Option<PeerId>)> = found.into_iter().map(|(n, p)| (n, Some(p))).collect();
             if !config.client_mode {
                 nodes.push((self.protocol.node_id, None));
             }
@@ -325,7 +317,7 @@ impl Dht {
     /// and decodes what was found.
     async fn finish_get(&self, key: DhtId, mut state: SearchState, now: DhtTime) -> Result<Option<DhtValue>> {
         if !state.finished() {
-            state = lookup(&self.protocol, key, self.protocol.config.bucket_size, state).await.state;
+            state = lookup(&self.protocol, key, self.protocol.config.bucket_size, state).await;
         }
         let Some(found) = state.into_value() else { return Ok(None) };
         if found.expiration < now {
