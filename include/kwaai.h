@@ -131,6 +131,31 @@ kwaai_status kwaai_node_dht_get(kwaai_node *node,
                                 bool latest,
                                 kwaai_dht_result *out);
 
+// Stores several items: `items` is a msgpack array of `[key, subkey or nil, value, expiration]`
+// arrays; one flag per item is written to `out_stored`, which has room for `count` flags and
+// `count` must equal the number of items.
+//
+// # Safety
+// `items` must point to `items_len` bytes and `out_stored` to `count` writable flags.
+kwaai_status kwaai_node_dht_store_many(kwaai_node *node,
+                                       const uint8_t *items,
+                                       size_t items_len,
+                                       bool *out_stored,
+                                       size_t count);
+
+// Reads several keys: `keys` is a msgpack array of keys; one result per key is written to
+// `out_results`, which has room for `count` results (`count` must equal the number of keys).
+// Free each result with `kwaai_dht_result_free`.
+//
+// # Safety
+// `keys` must point to `keys_len` bytes and `out_results` to `count` writable results.
+kwaai_status kwaai_node_dht_get_many(kwaai_node *node,
+                                     const uint8_t *keys,
+                                     size_t keys_len,
+                                     bool latest,
+                                     kwaai_dht_result *out_results,
+                                     size_t count);
+
 // Frees the value of a result filled by `kwaai_node_dht_get` and resets it. NULL is ignored.
 //
 // # Safety

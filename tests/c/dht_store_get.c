@@ -67,6 +67,32 @@ int main(void) {
               KWAAI_STATUS_INVALID_ARGUMENT, "NULL out_stored is invalid_argument");
     check(kwaai_node_dht_get(NULL, key, sizeof key, false, &result) == KWAAI_STATUS_INVALID_ARGUMENT, "NULL node");
 
+    /* Batched: [["m0", nil, 0, exp], ["m1", nil, 1, exp]] stored on a, both read back on b. */
+    unsigned char items[64];
+    size_t n = 0;
+    items[n++] = 0x92;
+    for (int i = 0; i < 2; i++) {
+        items[n++] = 0x94;
+        items[n++] = 0xa2; items[n++] = 'm'; items[n++] = (unsigned char)('0' + i);
+        items[n++] = 0xc0;
+        items[n++] = (unsigned char)i;
+        items[n++] = 0xcb;
+        unsigned char be[8];
+        memcpy(be, &expiration, 8);
+        for (int j = 0; j < 8; j++) items[n++] = be[7 - j]; /* little-endian host to big-endian */
+    }
+    bool flags[2] = {false, false};
+    check(kwaai_node_dht_store_many(a, items, n, flags, 2) == KWAAI_STATUS_OK && flags[0] && flags[1], "store_many");
+    check(kwaai_node_dht_store_many(a, items, n, flags, 3) == KWAAI_STATUS_INVALID_ARGUMENT,
+          "store_many with the wrong count is invalid_argument");
+    const unsigned char keys[] = {0x93, 0xa2, 'm', '0', 0xa2, 'm', '1', 0xa2, 'm', '9'};
+    kwaai_dht_result results[3];
+    check(kwaai_node_dht_get_many(b, keys, sizeof keys, false, results, 3) == KWAAI_STATUS_OK, "get_many");
+    check(results[0].found && results[0].value_len == 1 && results[0].value[0] == 0x00, "get_many: m0 = 0");
+    check(results[1].found && results[1].value_len == 1 && results[1].value[0] == 0x01, "get_many: m1 = 1");
+    check(!results[2].found, "get_many: m9 absent");
+    for (int i = 0; i < 3; i++) kwaai_dht_result_free(&results[i]);
+
     kwaai_node_free(b);
     kwaai_node_free(a);
     return report();
