@@ -17,7 +17,7 @@ VALGRIND := valgrind -q --leak-check=full --show-leak-kinds=definite,indirect \
 	--errors-for-leak-kinds=definite,indirect --error-exitcode=1
 
 .PHONY: help demo test deps reference tools build lint test-rust test-c test-python test-node check-generated \
-	header uniffi-bindings wheel
+	header uniffi-bindings wheel fuzz
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -93,6 +93,13 @@ check-generated: build ## generated sources (header, index.d.ts, UniFFI) are com
 		{ echo "bindings/uniffi/generated is stale: run make uniffi-bindings"; exit 1; }
 	git diff --exit-code -- bindings/node/index.js bindings/node/index.d.ts || \
 		{ echo "bindings/node/index.{js,d.ts} changed: commit them"; exit 1; }
+
+FUZZ_SECONDS ?= 180
+fuzz: ## run every fuzz target for FUZZ_SECONDS each (cargo-fuzz; see fuzz/README.md)
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd fuzz && for target in $$(RUSTC_BOOTSTRAP=1 cargo fuzz list); do \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run -O $$target -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
+	done
 
 header: ## regenerate include/kwaai.h
 	KWAAI_BLESS=1 cargo test $(CARGO_SET) --test header_is_current
