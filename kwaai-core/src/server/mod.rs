@@ -1,11 +1,17 @@
-//! The Petals server: what a node that serves a span of transformer blocks announces to the swarm.
+//! The Petals server: what a node that serves a span of transformer blocks announces to the swarm
+//! and the RPCs it answers.
 //!
 //! [`ServerInfo`] is the record Petals 2.2 servers write under every block they serve, and
 //! [`announce`] writes it (and the `_petals.models` registry entry) to the DHT exactly as a
-//! Petals server does, so Petals clients route through this node.
+//! Petals server does, so Petals clients route through this node. [`serve_info`] answers
+//! `TransformerConnectionHandler.rpc_info` with the schemas Petals clients read.
 
 mod announce;
+mod handler;
 mod info;
+mod schema;
 
 pub use announce::{announce, announcement_expiration, block_records, block_uid, model_record, Span, MODELS_KEY};
+pub use handler::{serve_info, InfoService, RPC_INFO};
 pub use info::{ServerInfo, ServerState, PETALS_VERSION};
+pub use schema::{batch_tensor_descriptor, rpc_info_value, BlockSchema, ServerRpcInfo};
