@@ -1,6 +1,7 @@
 //! A kwaai node serving blocks 0..3 of a tiny Llama answers Petals' own `run_remote_forward`
 //! (after `rpc_info`, with the metadata a Petals client sends) with transformers' hidden states
-//! after block 3; a chain it does not serve is refused.
+//! after block 3; a chain it does not serve is refused; once the span is announced, Petals'
+//! `RemoteSequential` finds it through the DHT and gets the same result.
 
 mod common;
 
@@ -10,7 +11,8 @@ use std::sync::Arc;
 
 use kwaai_core::model::{BlockSpan, LoadOptions};
 use kwaai_core::server::{
-    block_uid, serve_forward, serve_info, BlockSchema, ForwardService, InfoService, ServerRpcInfo,
+    announce, block_uid, serve_forward, serve_info, BlockSchema, ForwardService, InfoService, ServerInfo,
+    ServerRpcInfo, ServerState, Span,
 };
 use kwaai_core::tensor::{DType, DecodeLimits};
 use kwaai_core::wire::runtime::ExpertRequest;
@@ -34,7 +36,7 @@ fn make_tiny_llama(dir: &std::path::Path) {
 }
 
 #[test]
-fn petals_run_remote_forward_matches_transformers() {
+fn petals_forward_requests_match_transformers() {
     let dir = tempfile::tempdir().expect("temp dir");
     make_tiny_llama(dir.path());
     let span = Arc::new(BlockSpan::load(dir.path(), 0, 3, LoadOptions::default()).expect("span loads"));
@@ -65,5 +67,20 @@ fn petals_run_remote_forward_matches_transformers() {
     let foreign = ExpertRequest { uid: block_uid(PREFIX, 3), tensors: Vec::new(), metadata: Vec::new() };
     let refused = forward.reply(&foreign.encode_to_vec()).expect_err("block 3 is not served");
     assert_eq!(refused.kind(), ErrorKind::InvalidArgument);
+
+    // A Petals client that only knows the DHT finds the announced span and routes its forward pass
+    // through it.
+    let info = ServerInfo { torch_dtype: Some("float32".into()), ..ServerInfo::new(ServerState::Online, 10.0) };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let dht = node.dht().expect("dht");
+    let span = Span::new(0, 3).expect("span");
+    let stored = runtime.block_on(announce(&dht, &node.peer_id(), PREFIX, span, 4, &info, 60.0)).expect("announce");
+    assert_eq!(stored, [true, true, true]);
+    let out = common::run_reference_script("server_remote_sequential.py", &[&maddr, &dir_arg, PREFIX, "3"], "");
+    let reply: Json = serde_json::from_str(out.lines().last().expect("a JSON line")).expect("JSON");
+    assert_eq!(reply["shape"], serde_json::json!([1, 5, 64]));
+    let scale = reply["ref_scale"].as_f64().expect("scale");
+    let err = reply["max_abs_err"].as_f64().expect("error");
+    assert!(err <= 1e-4 * scale.max(1.0), "max abs error {err} against scale {scale}");
     node.shutdown();
 }
