@@ -1,10 +1,14 @@
-//! A kwaai node announces a span of blocks; Petals' own `get_remote_module_infos` (run from a
-//! Python hivemind DHT that joins through the kwaai node) sees the server with every field, and
-//! `compute_spans` routes through it while it is ONLINE but not once it announces OFFLINE.
+//! A kwaai node announces a span of blocks through an [`Announcer`]: JOINING first, then ONLINE,
+//! refreshed before expiry, then OFFLINE on shutdown. Petals' own `get_remote_module_infos` (run
+//! from a Python hivemind DHT that joins through the kwaai node) sees the server with every field,
+//! and `compute_spans` routes through it while it is ONLINE but not once it is OFFLINE.
 
 mod common;
 
-use kwaai_core::server::{announce, ServerInfo, ServerState, Span};
+use std::time::{Duration, Instant};
+
+use kwaai_core::dht::DhtValue;
+use kwaai_core::server::{block_uid, Announcement, Announcer, ServerInfo, ServerState, Span};
 use kwaai_core::{Node, NodeConfig};
 use serde_json::Value as Json;
 
@@ -17,11 +21,13 @@ fn python_view(node: &Node) -> Json {
     serde_json::from_str(out.lines().last().expect("one JSON line")).expect("JSON")
 }
 
-fn announce_blocking(node: &Node, span: Span, info: &ServerInfo) -> Vec<bool> {
-    let dht = node.dht().expect("dht");
-    let peer = node.peer_id();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    runtime.block_on(announce(&dht, &peer, PREFIX, span, NUM_BLOCKS, info, 60.0)).expect("announce")
+/// Our record under block 1 as the DHT holds it: the parsed info and its expiration.
+fn our_record(node: &Node) -> (ServerInfo, f64) {
+    let got = node.dht_get(rmpv::Value::from(block_uid(PREFIX, 1)), true).expect("get").expect("a record");
+    let DhtValue::Dictionary { entries, .. } = got else { panic!("block records are dictionaries") };
+    let peer = rmpv::Value::from(node.peer_id().to_base58());
+    let ours = entries.iter().find(|e| e.subkey == peer).expect("our subkey");
+    (ServerInfo::from_value(&ours.value).expect("a valid ServerInfo"), ours.expiration)
 }
 
 #[test]
@@ -41,9 +47,34 @@ fn petals_client_sees_our_span_online_with_every_field_then_offline() {
         inference_rps: Some(7.25),
         adapters: vec!["lora-a".into()],
         next_pings: Some(vec![("QmSuccessor".into(), 0.125)]),
-        ..ServerInfo::new(ServerState::Online, 12.5)
+        ..ServerInfo::new(ServerState::Joining, 12.5)
     };
-    assert_eq!(announce_blocking(&node, span, &info), [true, true]);
+    let announcement = Announcement {
+        dht_prefix: PREFIX.into(),
+        span,
+        num_blocks: NUM_BLOCKS,
+        info,
+        update_period: Duration::from_millis(300),
+        // Long enough that the OFFLINE record outlives the Python client's start.
+        lifetime: Some(Duration::from_secs(60)),
+    };
+    let announcer = Announcer::start(node.dht().expect("dht"), node.peer_id(), announcement).expect("announcer");
+    let (joining, first_expiration) = our_record(&node);
+    assert_eq!(joining.state, ServerState::Joining);
+    assert_eq!((joining.start_block, joining.end_block), (Some(1), Some(3)));
+    assert_eq!(announcer.set_state(ServerState::Online).expect("online"), [true, true]);
+
+    // The loop refreshes the record before it expires.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (online, expiration) = our_record(&node);
+        assert_eq!(online.state, ServerState::Online);
+        if expiration > first_expiration + 0.25 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the announcement was never refreshed");
+        std::thread::sleep(Duration::from_millis(20)); // polling interval while waiting for the refresh
+    }
 
     let view = python_view(&node);
     let blocks = view["blocks"].as_array().expect("blocks");
@@ -73,10 +104,10 @@ fn petals_client_sees_our_span_online_with_every_field_then_offline() {
     assert_eq!(view["online_spans"], serde_json::json!({ peer.clone(): [1, 3] }));
 
     // OFFLINE replaces the record under the same subkey: Petals no longer routes through us.
-    let offline = ServerInfo { state: ServerState::Offline, next_pings: None, ..info };
-    assert_eq!(announce_blocking(&node, span, &offline), [true, true]);
+    assert_eq!(announcer.shutdown().expect("offline"), [true, true]);
     let view = python_view(&node);
     assert_eq!(view["blocks"][1]["servers"][&peer]["state"], "OFFLINE");
+    assert_eq!(view["blocks"][1]["servers"][&peer]["next_pings"], Json::Null);
     assert_eq!(view["online_spans"], serde_json::json!({}));
     node.shutdown();
 }
