@@ -7,7 +7,6 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
 
 use kwaai_core::model::{BlockSpan, LoadOptions};
 use kwaai_core::server::{
@@ -39,7 +38,8 @@ fn make_tiny_llama(dir: &std::path::Path) {
 fn petals_forward_requests_match_transformers() {
     let dir = tempfile::tempdir().expect("temp dir");
     make_tiny_llama(dir.path());
-    let span = Arc::new(BlockSpan::load(dir.path(), 0, 3, LoadOptions::default()).expect("span loads"));
+    let blocks: Vec<BlockSpan> =
+        (0..3).map(|i| BlockSpan::load(dir.path(), i, i + 1, LoadOptions::default()).expect("block loads")).collect();
     let uids: Vec<String> = (0..3).map(|i| block_uid(PREFIX, i)).collect();
     let schema = BlockSchema { hidden_size: 64, dtype: DType::F32, compression: 0 };
     let server = ServerRpcInfo { dht_client_mode: false, cache_tokens_available: 1024 };
@@ -47,22 +47,25 @@ fn petals_forward_requests_match_transformers() {
     let node = Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() })
         .expect("node starts");
     serve_info(&node, InfoService::new(uids.clone(), schema, server)).expect("rpc_info");
-    let forward = ForwardService::new(span, uids.clone(), schema, DecodeLimits::default()).expect("service");
+    let forward = ForwardService::new(blocks, uids.clone(), schema, DecodeLimits::default()).expect("service");
     serve_forward(&node, forward.clone()).expect("rpc_forward");
 
     let maddr = node.listen_addrs()[0].to_string();
     let peer = node.peer_id().to_base58();
     let dir_arg = dir.path().to_string_lossy().into_owned();
-    let chain = uids.join(" ");
-    let out = common::run_reference_script("server_forward.py", &[&maddr, &peer, &dir_arg, &chain, "3"], "");
-    let reply: Json = serde_json::from_str(out.lines().last().expect("a JSON line")).expect("JSON");
-    assert!(reply.get("error").is_none(), "{reply}");
-    assert_eq!(reply["shape"], serde_json::json!([2, 7, 64]));
-    assert_eq!(reply["dtype"], "torch.float32");
-    let scale = reply["ref_scale"].as_f64().expect("scale");
-    let err = reply["max_abs_err"].as_f64().expect("error");
-    assert!(err <= 1e-4 * scale.max(1.0), "max abs error {err} against scale {scale}");
-    assert!(reply["input_moved"].as_f64().expect("moved") > 1e-2, "the blocks changed the hidden states");
+    // The whole span, and a sub-chain of it (as a client routing across several servers asks).
+    let out = common::run_reference_script("server_forward.py", &[&maddr, &peer, &dir_arg, PREFIX, "0:3", "1:3"], "");
+    let replies: Json = serde_json::from_str(out.lines().last().expect("a JSON line")).expect("JSON");
+    for (reply, chain) in replies.as_array().expect("one reply per chain").iter().zip(["0:3", "1:3"]) {
+        assert!(reply.get("error").is_none(), "{chain}: {reply}");
+        assert_eq!(reply["shape"], serde_json::json!([2, 7, 64]));
+        assert_eq!(reply["dtype"], "torch.float32");
+        let scale = reply["ref_scale"].as_f64().expect("scale");
+        let err = reply["max_abs_err"].as_f64().expect("error");
+        assert!(err <= 1e-4 * scale.max(1.0), "{chain}: max abs error {err} against scale {scale}");
+        assert!(reply["input_moved"].as_f64().expect("moved") > 1e-2, "the blocks changed the hidden states");
+    }
+    assert_eq!(replies.as_array().map(Vec::len), Some(2));
 
     let foreign = ExpertRequest { uid: block_uid(PREFIX, 3), tensors: Vec::new(), metadata: Vec::new() };
     let refused = forward.reply(&foreign.encode_to_vec()).expect_err("block 3 is not served");

@@ -1,7 +1,8 @@
-"""Sends a forward pass through blocks argv[4] (a space-joined uid chain) of the server argv[2]
-(joined through argv[1]) with Petals' own client code (rpc_info, then run_remote_forward with the
-metadata a Petals client sends), and compares the result with transformers' hidden states of the
-model in argv[3] after block argv[5]. Prints one JSON line: shape, max abs error, reference scale.
+"""Sends forward passes through blocks of the server argv[2] (joined through argv[1]) with Petals'
+own client code (rpc_info, then run_remote_forward with the metadata a Petals client sends). For
+each range "S:E" in argv[5:], the chain is blocks S..E-1 of prefix argv[4], the input is
+transformers' hidden states after block S of the model in argv[3], and the output is compared with
+those after block E. Prints one JSON line: a list with shape, dtype and errors for each range.
 Used by kwaai-core/tests/server_forward_python.rs."""
 import asyncio
 import json
@@ -25,33 +26,24 @@ async def forward(p2p, peer_id, uids, hidden):
     rpc_info = MSGPackSerializer.loads(info.serialized_info)
     flat_tensors, args_structure = pack_args_kwargs(hidden, DUMMY)
     metadata = {"args_structure": args_structure}
-    try:
-        (output,) = await run_remote_forward(
-            uids, stub, rpc_info, *flat_tensors, config=ClientConfig(), metadata=MSGPackSerializer.dumps(metadata)
-        )
-    except Exception as e:
-        return None, repr(e)
-    return output, None
+    (output,) = await run_remote_forward(
+        uids, stub, rpc_info, *flat_tensors, config=ClientConfig(), metadata=MSGPackSerializer.dumps(metadata)
+    )
+    return output
 
 
-def main():
-    initial_peer, peer_id, model_dir, uids, end_block = sys.argv[1:6]
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
-    input_ids = torch.randint(4, model.config.vocab_size, (2, 7))
-    with torch.no_grad():
-        states = model(input_ids, output_hidden_states=True).hidden_states
-    hidden, expected = states[0], states[int(end_block)]
-    dht = hivemind.DHT(initial_peers=[initial_peer], host_maddrs=["/ip4/127.0.0.1/tcp/0"], start=True)
-    try:
-        output, error = asyncio.run(run(dht, PeerID.from_base58(peer_id), uids, hidden))
-    finally:
-        dht.shutdown()
-    if error is not None:
-        print(json.dumps({"error": error}), flush=True)
-        return
-    print(
-        json.dumps(
+async def run(dht, peer_id, prefix, ranges, states):
+    p2p = await dht.replicate_p2p()
+    results = []
+    for start, end in ranges:
+        uids = " ".join(f"{prefix}.{i}" for i in range(start, end))
+        hidden, expected = states[start], states[end]
+        try:
+            output = await forward(p2p, peer_id, uids, hidden)
+        except Exception as e:
+            results.append({"error": repr(e)})
+            continue
+        results.append(
             {
                 "shape": list(output.shape),
                 "dtype": str(output.dtype),
@@ -59,14 +51,24 @@ def main():
                 "ref_scale": float(expected.abs().max()),
                 "input_moved": float((output - hidden).abs().max()),
             }
-        ),
-        flush=True,
-    )
+        )
+    return results
 
 
-async def run(dht, peer_id, uids, hidden):
-    p2p = await dht.replicate_p2p()
-    return await forward(p2p, peer_id, uids, hidden)
+def main():
+    initial_peer, peer_id, model_dir, prefix = sys.argv[1:5]
+    ranges = [tuple(int(b) for b in r.split(":")) for r in sys.argv[5:]]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    input_ids = torch.randint(4, model.config.vocab_size, (2, 7))
+    with torch.no_grad():
+        states = model(input_ids, output_hidden_states=True).hidden_states
+    dht = hivemind.DHT(initial_peers=[initial_peer], host_maddrs=["/ip4/127.0.0.1/tcp/0"], start=True)
+    try:
+        results = asyncio.run(run(dht, PeerID.from_base58(peer_id), prefix, ranges, states))
+    finally:
+        dht.shutdown()
+    print(json.dumps(results), flush=True)
 
 
 if __name__ == "__main__":

@@ -16,25 +16,27 @@ use crate::wire::runtime::{ExpertRequest, ExpertResponse};
 /// The handle name of unary `rpc_forward`.
 pub const RPC_FORWARD: &str = "TransformerConnectionHandler.rpc_forward";
 
-/// Serves forward passes through one loaded span whose blocks are named `uids` (in order).
+/// Serves forward passes through loaded blocks: any chain of the served uids, as Petals does.
 #[derive(Debug, Clone)]
 pub struct ForwardService {
-    span: Arc<BlockSpan>,
+    blocks: Arc<Vec<BlockSpan>>,
     uids: Vec<String>,
     schema: BlockSchema,
     limits: DecodeLimits,
 }
 
 impl ForwardService {
-    /// A service for `span`, whose block `i` is named `uids[i]`; outputs use `schema`'s dtype and codec.
-    pub fn new(span: Arc<BlockSpan>, uids: Vec<String>, schema: BlockSchema, limits: DecodeLimits) -> Result<Self> {
-        if uids.len() != span.blocks().len() {
-            return Err(Error::invalid_argument("one uid per block of the span is needed"));
+    /// A service for `blocks` (one-block spans), where `blocks[i]` is named `uids[i]`; outputs
+    /// use `schema`'s dtype and codec.
+    pub fn new(blocks: Vec<BlockSpan>, uids: Vec<String>, schema: BlockSchema, limits: DecodeLimits) -> Result<Self> {
+        if uids.len() != blocks.len() || blocks.iter().any(|b| b.blocks().len() != 1) {
+            return Err(Error::invalid_argument("one uid per one-block span is needed"));
         }
+        let blocks = Arc::new(blocks);
         candle_dtype(schema.dtype)?;
         CompressionType::try_from(schema.compression)
             .map_err(|_| Error::invalid_argument(format!("unknown compression {}", schema.compression)))?;
-        Ok(ForwardService { span, uids, schema, limits })
+        Ok(ForwardService { blocks, uids, schema, limits })
     }
 
     /// Answers one serialized `ExpertRequest` (`uid` = the space-joined chain, tensors = hidden
@@ -42,34 +44,43 @@ impl ForwardService {
     pub fn reply(&self, request: &[u8]) -> Result<Vec<u8>> {
         let request = ExpertRequest::decode(request)
             .map_err(|e| Error::with_source(ErrorKind::Protocol, "decoding an rpc_forward request", e))?;
-        self.check_uids(&request.uid)?;
+        let chain = self.chain(&request.uid)?;
         let mut tensors = request.tensors.iter().map(|t| decode(t, &self.limits));
         let hidden = tensors.next().ok_or_else(|| protocol("rpc_forward needs hidden states"))??;
         let prompts = tensors.next().transpose()?.filter(|p| p.shape().iter().product::<usize>() > 0);
         let dtype = candle_dtype(self.schema.dtype)?;
         let hidden = hidden.into_candle(&Device::Cpu)?.to_dtype(dtype)?;
         let prompts = prompts.map(|p| p.into_candle(&Device::Cpu)).transpose()?;
-        let output = self.span.forward(&hidden, prompts.as_ref())?;
+        if let Some(p) = &prompts {
+            if p.dims().first() != Some(&chain.len()) {
+                return Err(Error::invalid_argument(format!(
+                    "prompts must have one row per requested block ({}), got {:?}",
+                    chain.len(),
+                    p.dims()
+                )));
+            }
+        }
+        let mut output = hidden;
+        for (row, &block) in chain.iter().enumerate() {
+            let prompt = prompts.as_ref().map(|p| p.narrow(0, row, 1)).transpose()?;
+            output = self.blocks[block].forward(&output, prompt.as_ref())?;
+        }
         let compression = CompressionType::try_from(self.schema.compression).unwrap_or(CompressionType::None);
         let output = Tensor::with_candle_view(&output, |view| encode(&view, compression))??;
         Ok(ExpertResponse { tensors: vec![output], metadata: Vec::new() }.encode_to_vec())
     }
 
-    fn check_uids(&self, chain: &str) -> Result<()> {
-        let requested: Vec<&str> = chain.split(' ').collect();
-        if requested.iter().any(|uid| !self.uids.iter().any(|ours| ours == uid)) {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!("Some of the requested uids are not served: {chain:?}"),
-            ));
-        }
-        if requested != self.uids {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!("only the whole served span can be run for now, got {chain:?}"),
-            ));
-        }
-        Ok(())
+    /// The indices of the blocks a space-joined uid chain names, in its order; every one must be
+    /// served (petals/server/handler.py `_check_uids`).
+    fn chain(&self, chain: &str) -> Result<Vec<usize>> {
+        chain
+            .split(' ')
+            .map(|uid| {
+                self.uids.iter().position(|ours| ours == uid).ok_or_else(|| {
+                    Error::invalid_argument(format!("Some of the requested uids are not served: {chain:?}"))
+                })
+            })
+            .collect()
     }
 }
 
