@@ -13,6 +13,7 @@ mod announcer;
 mod forward;
 mod handler;
 mod info;
+mod prefix;
 mod schema;
 
 pub use announce::{announce, announcement_expiration, block_records, block_uid, model_record, Span, MODELS_KEY};
@@ -20,4 +21,5 @@ pub use announcer::{Announcement, Announcer};
 pub use forward::{serve_forward, ForwardService, RPC_FORWARD};
 pub use handler::{serve_info, InfoService, RPC_INFO};
 pub use info::{ServerInfo, ServerState, PETALS_VERSION};
+pub use prefix::dht_prefix_for_repo;
 pub use schema::{batch_tensor_descriptor, rpc_info_value, BlockSchema, ServerRpcInfo};
