@@ -102,6 +102,7 @@ fn petals_client_sees_our_span_online_with_every_field_then_offline() {
         assert_eq!(ours["next_pings"], serde_json::json!({"QmSuccessor": 0.125}));
     }
     assert_eq!(view["online_spans"], serde_json::json!({ peer.clone(): [1, 3] }));
+    assert_eq!(view["models"], serde_json::json!({ PREFIX: {"num_blocks": NUM_BLOCKS, "repository": null} }));
 
     // OFFLINE replaces the record under the same subkey: Petals no longer routes through us.
     assert_eq!(announcer.shutdown().expect("offline"), [true, true]);

@@ -1,12 +1,12 @@
 """Joins the swarm through argv[1] with a hivemind.DHT on 127.0.0.1 and prints, as one JSON line,
 what petals.utils.dht.get_remote_module_infos sees for blocks 0..argv[3] of prefix argv[2], and the
-spans compute_spans builds from it. Used by kwaai-core/tests/server_announce_python.rs."""
+spans compute_spans builds from it, and the `_petals.models` registry. Used by kwaai-core/tests/server_announce_python.rs."""
 import dataclasses
 import json
 import sys
 
 import hivemind
-from petals.data_structures import ServerState
+from petals.data_structures import ModelInfo, ServerState
 from petals.utils.dht import compute_spans, get_remote_module_infos
 
 
@@ -29,7 +29,9 @@ def main():
             peer_id.to_base58(): [span.start, span.end]
             for peer_id, span in compute_spans(infos, min_state=ServerState.ONLINE).items()
         }
-        print(json.dumps({"blocks": blocks, "online_spans": spans}), flush=True)
+        registry = dht.get("_petals.models", latest=True)
+        models = {} if registry is None else {k: ModelInfo.from_dict(v.value).to_dict() for k, v in registry.value.items()}
+        print(json.dumps({"blocks": blocks, "online_spans": spans, "models": models}), flush=True)
     finally:
         dht.shutdown()
 
