@@ -1,6 +1,6 @@
 //! A kwaai node serving blocks 0..3 of a tiny Llama answers Petals' own `run_remote_forward`
 //! (after `rpc_info`, with the metadata a Petals client sends) with transformers' hidden states
-//! after block 3; a chain it does not serve is refused; once the span is announced, Petals'
+//! after block 3, through `rpc_forward` and `rpc_forward_stream`; a chain it does not serve is refused; once the span is announced, Petals'
 //! `RemoteSequential` finds it through the DHT and gets the same result.
 
 mod common;
@@ -53,10 +53,14 @@ fn petals_forward_requests_match_transformers() {
     let maddr = node.listen_addrs()[0].to_string();
     let peer = node.peer_id().to_base58();
     let dir_arg = dir.path().to_string_lossy().into_owned();
-    // The whole span, and a sub-chain of it (as a client routing across several servers asks).
-    let out = common::run_reference_script("server_forward.py", &[&maddr, &peer, &dir_arg, PREFIX, "0:3", "1:3"], "");
+    // The whole span, a sub-chain of it (as a client routing across several servers asks), and
+    // the whole span again through `rpc_forward_stream` with inputs split into many parts.
+    let chains = ["0:3", "1:3", "0:3:stream"];
+    let mut args = vec![maddr.as_str(), &peer, &dir_arg, PREFIX];
+    args.extend(chains);
+    let out = common::run_reference_script("server_forward.py", &args, "");
     let replies: Json = serde_json::from_str(out.lines().last().expect("a JSON line")).expect("JSON");
-    for (reply, chain) in replies.as_array().expect("one reply per chain").iter().zip(["0:3", "1:3"]) {
+    for (reply, chain) in replies.as_array().expect("one reply per chain").iter().zip(chains) {
         assert!(reply.get("error").is_none(), "{chain}: {reply}");
         assert_eq!(reply["shape"], serde_json::json!([2, 7, 64]));
         assert_eq!(reply["dtype"], "torch.float32");
@@ -64,8 +68,9 @@ fn petals_forward_requests_match_transformers() {
         let err = reply["max_abs_err"].as_f64().expect("error");
         assert!(err <= 1e-4 * scale.max(1.0), "{chain}: max abs error {err} against scale {scale}");
         assert!(reply["input_moved"].as_f64().expect("moved") > 1e-2, "the blocks changed the hidden states");
+        assert_eq!(reply["streamed"], chain.ends_with(":stream"), "{chain}: transport");
     }
-    assert_eq!(replies.as_array().map(Vec::len), Some(2));
+    assert_eq!(replies.as_array().map(Vec::len), Some(chains.len()));
 
     let foreign = ExpertRequest { uid: block_uid(PREFIX, 3), tensors: Vec::new(), metadata: Vec::new() };
     let refused = forward.reply(&foreign.encode_to_vec()).expect_err("block 3 is not served");

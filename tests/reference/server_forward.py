@@ -1,6 +1,7 @@
 """Sends forward passes through blocks of the server argv[2] (joined through argv[1]) with Petals'
 own client code (rpc_info, then run_remote_forward with the metadata a Petals client sends). For
-each range "S:E" in argv[5:], the chain is blocks S..E-1 of prefix argv[4], the input is
+each range "S:E" or "S:E:stream" in argv[5:] (stream: forced through rpc_forward_stream with
+inputs split into 256-byte parts), the chain is blocks S..E-1 of prefix argv[4], the input is
 transformers' hidden states after block S of the model in argv[3], and the output is compared with
 those after block E. Prints one JSON line: a list with shape, dtype and errors for each range.
 Used by kwaai-core/tests/server_forward_python.rs."""
@@ -13,6 +14,7 @@ import torch
 from hivemind import MSGPackSerializer, PeerID
 from hivemind.proto import runtime_pb2
 from petals.client.config import ClientConfig
+import petals.client.remote_forward_backward as remote_fb
 from petals.client.remote_forward_backward import run_remote_forward
 from petals.server.handler import TransformerConnectionHandler
 from petals.utils.misc import DUMMY
@@ -32,12 +34,25 @@ async def forward(p2p, peer_id, uids, hidden):
     return output
 
 
+STREAM_CALLS = []
+_forward_stream = remote_fb._forward_stream
+
+
+async def counting_forward_stream(*args, **kwargs):
+    STREAM_CALLS.append(1)
+    return await _forward_stream(*args, **kwargs)
+
+
 async def run(dht, peer_id, prefix, ranges, states):
+    remote_fb._forward_stream = counting_forward_stream
     p2p = await dht.replicate_p2p()
     results = []
-    for start, end in ranges:
+    unary_limit, part_size = remote_fb.MAX_UNARY_PAYLOAD_SIZE, remote_fb.DEFAULT_MAX_MSG_SIZE
+    for start, end, stream in ranges:
+        remote_fb.MAX_UNARY_PAYLOAD_SIZE, remote_fb.DEFAULT_MAX_MSG_SIZE = (0, 256) if stream else (unary_limit, part_size)
         uids = " ".join(f"{prefix}.{i}" for i in range(start, end))
         hidden, expected = states[start], states[end]
+        STREAM_CALLS.clear()
         try:
             output = await forward(p2p, peer_id, uids, hidden)
         except Exception as e:
@@ -50,6 +65,7 @@ async def run(dht, peer_id, prefix, ranges, states):
                 "max_abs_err": float((output - expected).abs().max()),
                 "ref_scale": float(expected.abs().max()),
                 "input_moved": float((output - hidden).abs().max()),
+                "streamed": bool(STREAM_CALLS),
             }
         )
     return results
@@ -57,7 +73,7 @@ async def run(dht, peer_id, prefix, ranges, states):
 
 def main():
     initial_peer, peer_id, model_dir, prefix = sys.argv[1:5]
-    ranges = [tuple(int(b) for b in r.split(":")) for r in sys.argv[5:]]
+    ranges = [(int(r.split(":")[0]), int(r.split(":")[1]), r.endswith(":stream")) for r in sys.argv[5:]]
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
     input_ids = torch.randint(4, model.config.vocab_size, (2, 7))

@@ -4,17 +4,21 @@
 use std::sync::Arc;
 
 use candle_core::Device;
+use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 
 use super::schema::BlockSchema;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::BlockSpan;
 use crate::node::Node;
+use crate::tensor::stream::{split, StreamJoiner, PETALS_CHUNK_SIZE};
 use crate::tensor::{decode, encode, CompressionType, DType, DecodeLimits, Tensor};
-use crate::wire::runtime::{ExpertRequest, ExpertResponse};
+use crate::wire::runtime::{self, ExpertRequest, ExpertResponse};
 
 /// The handle name of unary `rpc_forward`.
 pub const RPC_FORWARD: &str = "TransformerConnectionHandler.rpc_forward";
+/// The handle name of streaming `rpc_forward_stream`.
+pub const RPC_FORWARD_STREAM: &str = "TransformerConnectionHandler.rpc_forward_stream";
 
 /// Serves forward passes through loaded blocks: any chain of the served uids, as Petals does.
 #[derive(Debug, Clone)]
@@ -42,12 +46,46 @@ impl ForwardService {
     /// Answers one serialized `ExpertRequest` (`uid` = the space-joined chain, tensors = hidden
     /// states and deep prompts, empty when none) with a serialized `ExpertResponse`.
     pub fn reply(&self, request: &[u8]) -> Result<Vec<u8>> {
-        let request = ExpertRequest::decode(request)
-            .map_err(|e| Error::with_source(ErrorKind::Protocol, "decoding an rpc_forward request", e))?;
-        let chain = self.chain(&request.uid)?;
-        let mut tensors = request.tensors.iter().map(|t| decode(t, &self.limits));
-        let hidden = tensors.next().ok_or_else(|| protocol("rpc_forward needs hidden states"))??;
-        let prompts = tensors.next().transpose()?.filter(|p| p.shape().iter().product::<usize>() > 0);
+        let request = decode_request(request)?;
+        let inputs = request.tensors.iter().map(|t| decode(t, &self.limits)).collect::<Result<Vec<_>>>()?;
+        let output = self.run(&request.uid, inputs)?;
+        Ok(ExpertResponse { tensors: vec![output], metadata: Vec::new() }.encode_to_vec())
+    }
+
+    /// Answers the serialized `ExpertRequest` parts of one `rpc_forward_stream` call (tensors split
+    /// as hivemind streams them, every part naming the same uid) with the response parts.
+    pub fn reply_stream(&self, requests: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+        let mut uid: Option<String> = None;
+        let mut joiner = StreamJoiner::new(self.limits);
+        let mut inputs = Vec::new();
+        for request in requests {
+            let request = decode_request(request)?;
+            match &uid {
+                None => uid = Some(request.uid),
+                Some(first) if *first != request.uid => {
+                    return Err(Error::invalid_argument("Block uids differ in one request"))
+                }
+                Some(_) => {}
+            }
+            for part in request.tensors {
+                inputs.extend(joiner.push(part)?);
+            }
+        }
+        inputs.extend(joiner.finish()?);
+        let uid = uid.ok_or_else(|| protocol("rpc_forward_stream got no request"))?;
+        let output = self.run(&uid, inputs)?;
+        Ok(split(&output, PETALS_CHUNK_SIZE)
+            .into_iter()
+            .map(|part| ExpertResponse { tensors: vec![part], metadata: Vec::new() }.encode_to_vec())
+            .collect())
+    }
+
+    /// Runs the chain `uid` over `inputs` (hidden states, then deep prompts or an empty tensor).
+    fn run(&self, uid: &str, inputs: Vec<Tensor>) -> Result<runtime::Tensor> {
+        let chain = self.chain(uid)?;
+        let mut inputs = inputs.into_iter();
+        let hidden = inputs.next().ok_or_else(|| protocol("rpc_forward needs hidden states"))?;
+        let prompts = inputs.next().filter(|p| p.shape().iter().product::<usize>() > 0);
         let dtype = candle_dtype(self.schema.dtype)?;
         let hidden = hidden.into_candle(&Device::Cpu)?.to_dtype(dtype)?;
         let prompts = prompts.map(|p| p.into_candle(&Device::Cpu)).transpose()?;
@@ -66,8 +104,7 @@ impl ForwardService {
             output = self.blocks[block].forward(&output, prompt.as_ref())?;
         }
         let compression = CompressionType::try_from(self.schema.compression).unwrap_or(CompressionType::None);
-        let output = Tensor::with_candle_view(&output, |view| encode(&view, compression))??;
-        Ok(ExpertResponse { tensors: vec![output], metadata: Vec::new() }.encode_to_vec())
+        Tensor::with_candle_view(&output, |view| encode(&view, compression))?
     }
 
     /// The indices of the blocks a space-joined uid chain names, in its order; every one must be
@@ -84,6 +121,11 @@ impl ForwardService {
     }
 }
 
+fn decode_request(bytes: &[u8]) -> Result<ExpertRequest> {
+    ExpertRequest::decode(bytes)
+        .map_err(|e| Error::with_source(ErrorKind::Protocol, "decoding an rpc_forward request", e))
+}
+
 fn protocol(message: &str) -> Error {
     Error::new(ErrorKind::Protocol, message)
 }
@@ -97,15 +139,30 @@ fn candle_dtype(dtype: DType) -> Result<candle_core::DType> {
     }
 }
 
-/// Registers unary `rpc_forward` on `node`, answered by `service` on a blocking thread.
+/// Registers `rpc_forward` and `rpc_forward_stream` on `node`, answered by `service` on
+/// blocking threads.
 pub fn serve_forward(node: &Node, service: ForwardService) -> Result<()> {
     let service = Arc::new(service);
+    let unary = Arc::clone(&service);
     node.add_unary_handler(RPC_FORWARD, move |_peer, request| {
+        let service = Arc::clone(&unary);
+        async move { blocking(move || service.reply(&request)).await }
+    })?;
+    node.add_stream_handler(RPC_FORWARD_STREAM, move |_peer, requests| {
         let service = Arc::clone(&service);
-        async move {
-            tokio::task::spawn_blocking(move || service.reply(&request))
-                .await
-                .map_err(|e| Error::with_source(ErrorKind::Internal, "the forward task failed", e))?
-        }
+        futures::stream::once(async move {
+            let parts: Vec<Vec<u8>> = requests.try_collect().await?;
+            blocking(move || service.reply_stream(&parts)).await
+        })
+        .flat_map(|replies| match replies {
+            Ok(parts) => futures::stream::iter(parts.into_iter().map(Ok).collect::<Vec<_>>()),
+            Err(e) => futures::stream::iter(vec![Err(e)]),
+        })
     })
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Internal, "the forward task failed", e))?
 }

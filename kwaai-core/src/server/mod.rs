@@ -18,7 +18,7 @@ mod schema;
 
 pub use announce::{announce, announcement_expiration, block_records, block_uid, model_record, Span, MODELS_KEY};
 pub use announcer::{Announcement, Announcer};
-pub use forward::{serve_forward, ForwardService, RPC_FORWARD};
+pub use forward::{serve_forward, ForwardService, RPC_FORWARD, RPC_FORWARD_STREAM};
 pub use handler::{serve_info, InfoService, RPC_INFO};
 pub use info::{ServerInfo, ServerState, PETALS_VERSION};
 pub use prefix::dht_prefix_for_repo;
