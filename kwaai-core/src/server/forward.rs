@@ -151,7 +151,19 @@ pub fn serve_forward(node: &Node, service: ForwardService) -> Result<()> {
     node.add_stream_handler(RPC_FORWARD_STREAM, move |_peer, requests| {
         let service = Arc::clone(&service);
         futures::stream::once(async move {
-            let parts: Vec<Vec<u8>> = requests.try_collect().await?;
+            // Hidden states and prompts, at most `max_elements` each of at most 8 bytes.
+            let max_bytes = service.limits.max_elements.saturating_mul(16);
+            let parts: Vec<Vec<u8>> = requests
+                .try_fold((Vec::new(), 0usize), |(mut parts, total), part| async move {
+                    let total = total.saturating_add(part.len());
+                    if total > max_bytes {
+                        return Err(Error::new(ErrorKind::Protocol, "rpc_forward_stream request too large"));
+                    }
+                    parts.push(part);
+                    Ok((parts, total))
+                })
+                .await?
+                .0;
             blocking(move || service.reply_stream(&parts)).await
         })
         .flat_map(|replies| match replies {
