@@ -11,6 +11,7 @@ mod identity;
 pub mod model;
 mod node;
 pub mod p2p;
+pub mod server;
 pub mod tensor;
 pub mod wire;
 
