@@ -32,7 +32,21 @@ pub fn unpack(bytes: &[u8]) -> Result<Value> {
     if !reader.is_empty() {
         return Err(Error::new(ErrorKind::Protocol, format!("{} trailing bytes after msgpack value", reader.len())));
     }
+    if !strings_are_utf8(&value) {
+        // hivemind unpacks with raw=False, which refuses such strings; keeping them would turn
+        // them into binary when re-encoded.
+        return Err(Error::new(ErrorKind::Protocol, "msgpack string is not valid UTF-8"));
+    }
     Ok(value)
+}
+
+fn strings_are_utf8(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.is_str(),
+        Value::Array(items) => items.iter().all(strings_are_utf8),
+        Value::Map(entries) => entries.iter().all(|(k, v)| strings_are_utf8(k) && strings_are_utf8(v)),
+        _ => true,
+    }
 }
 
 /// A tuple as hivemind packs it: ext 0x40 holding the msgpack of the item list.
@@ -75,6 +89,7 @@ mod tests {
         assert!(unpack(&[0xc6, 0xff, 0xff, 0xff, 0xff, 0x00]).is_err(), "bin32 claiming 4 GiB");
         assert!(unpack(&[0x01, 0x02]).is_err(), "trailing bytes");
         assert!(unpack(&[0x91; 200]).is_err(), "nesting too deep");
+        assert!(unpack(&[0x91, 0xa2, 0x80, 0x02]).is_err(), "a str that is not UTF-8");
         assert_eq!(unpack(&pack(&Value::from(-33))).unwrap(), Value::from(-33));
     }
 }
