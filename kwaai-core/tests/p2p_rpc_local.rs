@@ -1,7 +1,8 @@
 //! Hivemind RPC between two kwaai nodes on 127.0.0.1: unary and streaming calls, handler errors,
 //! refusals, limits, timeouts and cancellation, with identify still negotiated by the swarm.
 
-use std::sync::mpsc;
+mod common;
+
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -142,29 +143,11 @@ fn oversized_messages_are_refused_and_the_connection_survives() {
 #[test]
 fn a_stalled_handler_times_out_and_is_cancelled() {
     let (a, b) = pair();
-    let (dropped_tx, dropped) = mpsc::channel::<()>();
-    let dropped_tx = std::sync::Mutex::new(dropped_tx);
-    b.add_unary_handler("Test.stall", move |_, _| {
-        let guard = NotifyOnDrop(dropped_tx.lock().unwrap().clone());
-        async move {
-            let _guard = guard;
-            futures::future::pending::<()>().await;
-            Ok(Vec::new())
-        }
-    })
-    .unwrap();
+    let dropped = common::add_stalling_handler(&b, "Test.stall");
     let err = a.call_unary(b.peer_id(), "Test.stall", b"", Duration::from_millis(300)).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
     dropped.recv_timeout(T).expect("the handler is cancelled when its caller goes away");
     assert_eq!(a.call_unary(b.peer_id(), "Test.echo", b"ok", T).unwrap(), b"ok");
-}
-
-struct NotifyOnDrop(mpsc::Sender<()>);
-
-impl Drop for NotifyOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.send(());
-    }
 }
 
 #[test]

@@ -196,29 +196,11 @@ fn python_calls_rust_unary_and_streaming_handlers() {
     assert!(answer["error"].as_str().unwrap().contains("protocol not supported"), "{answer}");
 
     // Python gives up on a stalled handler: p2pd closes the stream and our handler is dropped.
-    let (dropped_tx, dropped) = std::sync::mpsc::channel::<()>();
-    let dropped_tx = std::sync::Mutex::new(dropped_tx);
-    node.add_unary_handler("Rust.stall", move |_, _| {
-        let guard = NotifyOnDrop(dropped_tx.lock().unwrap().clone());
-        async move {
-            let _guard = guard;
-            futures::future::pending::<()>().await;
-            Ok(Vec::new())
-        }
-    })
-    .unwrap();
+    let dropped = common::add_stalling_handler(&node, "Rust.stall");
     let answer = python.run(json!({"op": "unary", "peer": me.to_base58(), "name": "Rust.stall", "uid": "",
                                    "metadata": "", "timeout": 0.5}));
     assert_eq!(answer["type"], "TimeoutError", "{answer}");
     dropped.recv_timeout(T).expect("the handler is cancelled when the Python caller gives up");
-}
-
-struct NotifyOnDrop(std::sync::mpsc::Sender<()>);
-
-impl Drop for NotifyOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.send(());
-    }
 }
 
 #[test]

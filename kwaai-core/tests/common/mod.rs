@@ -108,3 +108,26 @@ pub fn run_reference_script(script: &str, args: &[&str], stdin: &str) -> String 
     );
     String::from_utf8(output.stdout).expect("UTF-8 output")
 }
+
+/// Registers a unary handler `name` on `node` that never answers; the receiver gets a message
+/// when the handler's call is dropped (cancelled or timed out).
+pub fn add_stalling_handler(node: &kwaai_core::Node, name: &str) -> std::sync::mpsc::Receiver<()> {
+    struct NotifyOnDrop(std::sync::mpsc::Sender<()>);
+    impl Drop for NotifyOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+    let (dropped_tx, dropped) = std::sync::mpsc::channel::<()>();
+    let dropped_tx = std::sync::Mutex::new(dropped_tx);
+    node.add_unary_handler(name, move |_, _| {
+        let guard = NotifyOnDrop(dropped_tx.lock().expect("sender lock").clone());
+        async move {
+            let _guard = guard;
+            futures::future::pending::<()>().await;
+            Ok(Vec::new())
+        }
+    })
+    .expect("registering the stalling handler");
+    dropped
+}
