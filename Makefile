@@ -53,17 +53,18 @@ test-rust: build ## Rust unit, interop and header tests, and the Rust examples
 	cargo test --workspace
 	./target/debug/examples/start_node
 
-test-c: build ## the C ABI from C: plain, under valgrind, and with AddressSanitizer
+C_TESTS := node_lifecycle dht_store_get tensor_exchange
+
+test-c: build ## the C ABI from C: each test plain, under valgrind, and with AddressSanitizer
 	mkdir -p target/c
-	gcc $(C_FLAGS) tests/c/node_lifecycle.c $(C_LINK) -o target/c/node_lifecycle
-	gcc $(C_FLAGS) -fsanitize=address,undefined -fno-omit-frame-pointer tests/c/node_lifecycle.c $(C_LINK) \
-		-o target/c/node_lifecycle_asan
-	gcc $(C_FLAGS) tests/c/dht_store_get.c $(C_LINK) -o target/c/dht_store_get
-	./target/c/node_lifecycle
-	./target/c/dht_store_get
-	$(VALGRIND) ./target/c/node_lifecycle > target/c/valgrind.log || { cat target/c/valgrind.log; exit 1; }
-	$(VALGRIND) ./target/c/dht_store_get > target/c/valgrind-dht.log || { cat target/c/valgrind-dht.log; exit 1; }
-	./target/c/node_lifecycle_asan > target/c/asan.log || { cat target/c/asan.log; exit 1; }
+	for t in $(C_TESTS); do \
+		gcc $(C_FLAGS) tests/c/$$t.c -pthread $(C_LINK) -o target/c/$$t; \
+		gcc $(C_FLAGS) -fsanitize=address,undefined -fno-omit-frame-pointer tests/c/$$t.c -pthread $(C_LINK) \
+			-o target/c/$$t-asan; \
+		./target/c/$$t; \
+		$(VALGRIND) ./target/c/$$t > target/c/$$t-valgrind.log 2>&1 || { cat target/c/$$t-valgrind.log; exit 1; }; \
+		./target/c/$$t-asan > target/c/$$t-asan.log 2>&1 || { cat target/c/$$t-asan.log; exit 1; }; \
+	done
 	gcc $(C_FLAGS) examples/c/start_node.c $(C_LINK) -o target/c/start_node && ./target/c/start_node
 	@echo "C ABI: clean under valgrind and AddressSanitizer"
 

@@ -7,6 +7,7 @@
 mod config;
 pub mod dht;
 mod error;
+mod exchange;
 mod identity;
 pub mod model;
 mod node;
@@ -17,6 +18,7 @@ pub mod wire;
 
 pub use config::NodeConfig;
 pub use error::{Error, ErrorKind, Result};
+pub use exchange::{ReceivedTensor, MAX_TENSOR_NAME, TENSOR_PUSH};
 pub use identity::Identity;
 pub use node::Node;
 pub use p2p::PeerInfo;
