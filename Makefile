@@ -17,7 +17,7 @@ VALGRIND := valgrind -q --leak-check=full --show-leak-kinds=definite,indirect \
 	--errors-for-leak-kinds=definite,indirect --error-exitcode=1
 
 .PHONY: help demo test deps reference tools build lint test-rust test-c test-python test-node check-generated \
-	header uniffi-bindings wheel fuzz
+	header uniffi-bindings wheel fuzz pkgconfig
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -34,7 +34,8 @@ reference: ## install the Python reference peer (hivemind + petals) into $(REFER
 	bash $(SHARED)/reference/install.sh $(REFERENCE_VENV)
 
 tools:
-	command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
+	command -v valgrind >/dev/null && command -v cmake >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq valgrind cmake; }
 	[ -x $(VENV)/bin/maturin ] || { python3 -m venv $(VENV) && $(VENV)/bin/pip install -q $(PYTHON_TOOLS); }
 	cd bindings/node && npm ci --no-audit --no-fund --loglevel=error
 
@@ -54,6 +55,8 @@ test-rust: build ## Rust unit, interop and header tests, and the Rust examples
 	./target/debug/examples/start_node
 
 C_TESTS := node_lifecycle dht_store_get tensor_exchange
+CPP_TESTS := node_roundtrip
+CPP_FLAGS := -std=c++17 -Wall -Wextra -Werror -Iinclude
 
 test-c: build ## the C ABI from C: each test plain, under valgrind, and with AddressSanitizer
 	mkdir -p target/c
@@ -65,8 +68,25 @@ test-c: build ## the C ABI from C: each test plain, under valgrind, and with Add
 		$(VALGRIND) ./target/c/$$t > target/c/$$t-valgrind.log 2>&1 || { cat target/c/$$t-valgrind.log; exit 1; }; \
 		./target/c/$$t-asan > target/c/$$t-asan.log 2>&1 || { cat target/c/$$t-asan.log; exit 1; }; \
 	done
+	for t in $(CPP_TESTS); do \
+		g++ $(CPP_FLAGS) tests/cpp/$$t.cpp -pthread $(C_LINK) -o target/c/$$t; \
+		g++ $(CPP_FLAGS) -fsanitize=address,undefined -fno-omit-frame-pointer tests/cpp/$$t.cpp -pthread $(C_LINK) \
+			-o target/c/$$t-asan; \
+		./target/c/$$t; \
+		$(VALGRIND) ./target/c/$$t > target/c/$$t-valgrind.log 2>&1 || { cat target/c/$$t-valgrind.log; exit 1; }; \
+		./target/c/$$t-asan > target/c/$$t-asan.log 2>&1 || { cat target/c/$$t-asan.log; exit 1; }; \
+	done
 	gcc $(C_FLAGS) examples/c/start_node.c $(C_LINK) -o target/c/start_node && ./target/c/start_node
-	@echo "C ABI: clean under valgrind and AddressSanitizer"
+	$(MAKE) --no-print-directory pkgconfig
+	PKG_CONFIG_PATH=$(CURDIR)/target/pkgconfig cmake -S examples/cpp -B target/cpp-example -DCMAKE_BUILD_TYPE=Debug >/dev/null
+	cmake --build target/cpp-example >/dev/null && ./target/cpp-example/exchange_tensor
+	@echo "C ABI: C and C++ clean under valgrind and AddressSanitizer; the CMake example runs"
+
+pkgconfig: ## write target/pkgconfig/kwaai.pc for this checkout's header and library
+	mkdir -p target/pkgconfig
+	sed -e 's|@PREFIX@|$(CURDIR)|' -e 's|@LIBDIR@|$(CURDIR)/$(FFI_LIB)|' \
+		-e "s|@VERSION@|$$(sed -n 's/^version = \"\(.*\)\"/\1/p' Cargo.toml | head -1)|" \
+		kwaai-ffi/kwaai.pc.in > target/pkgconfig/kwaai.pc
 
 # The tests import the package from its source tree with the extension built by `make build`
 # (what `maturin develop` does, without a second cargo build); `make wheel` builds the wheel.

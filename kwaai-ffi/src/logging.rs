@@ -49,7 +49,7 @@ static CALLBACK: CallbackGate<LogCallback> = CallbackGate::new();
 static FILTER: OnceLock<Result<reload::Handle<EnvFilter, Registry>, String>> = OnceLock::new();
 
 /// The installed filter's handle, installing the collector (at level `warn`) on first use.
-fn filter() -> Result<&'static reload::Handle<EnvFilter, Registry>, Error> {
+fn log_filter() -> Result<&'static reload::Handle<EnvFilter, Registry>, Error> {
     FILTER
         .get_or_init(|| {
             let (layer, handle) = reload::Layer::new(EnvFilter::new("warn"));
@@ -69,12 +69,12 @@ fn filter() -> Result<&'static reload::Handle<EnvFilter, Registry>, Error> {
 /// # Safety
 /// `filter` must be NULL or a NUL-terminated string.
 #[no_mangle]
-pub unsafe extern "C" fn kwaai_set_log_level(filter_text: *const c_char) -> kwaai_status {
+pub unsafe extern "C" fn kwaai_set_log_level(filter: *const c_char) -> kwaai_status {
     ffi_call(|| {
-        let text = str_arg(filter_text, "filter")?;
+        let text = str_arg(filter, "filter")?;
         let new =
             EnvFilter::try_new(text).map_err(|e| Error::invalid_argument(format!("bad log filter {text:?}: {e}")))?;
-        filter()?.reload(new).map_err(|e| Error::new(ErrorKind::Internal, format!("setting the log filter: {e}")))
+        log_filter()?.reload(new).map_err(|e| Error::new(ErrorKind::Internal, format!("setting the log filter: {e}")))
     })
 }
 
@@ -83,7 +83,7 @@ pub unsafe extern "C" fn kwaai_set_log_level(filter_text: *const c_char) -> kwaa
 #[no_mangle]
 pub extern "C" fn kwaai_set_log_callback(callback: kwaai_log_callback, user_data: *mut c_void) -> kwaai_status {
     ffi_call(|| {
-        filter()?;
+        log_filter()?;
         CALLBACK.set(callback.map(|c| (c, UserData(user_data))));
         Ok(())
     })
