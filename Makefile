@@ -17,7 +17,7 @@ VALGRIND := valgrind -q --leak-check=full --show-leak-kinds=definite,indirect \
 	--errors-for-leak-kinds=definite,indirect --error-exitcode=1
 
 .PHONY: help demo test deps reference tools build lint test-rust test-c test-python test-node check-generated \
-	header uniffi-bindings wheel fuzz pkgconfig
+	header uniffi-bindings wheel fuzz pkgconfig test-kotlin
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -25,7 +25,7 @@ help: ## list the targets
 demo: ## build and run the local demo swarm on 127.0.0.1 (Ctrl-C stops it)
 	cargo run -p kwaai-cli -- demo
 
-test: deps lint build test-rust test-c test-python test-node check-generated ## install what tests need, run every test
+test: deps lint build test-rust test-c test-python test-node test-kotlin check-generated ## install what tests need, run every test
 	@echo "make test: all suites passed"
 
 deps: reference tools ## the reference peer, Python and Node test tools, valgrind
@@ -34,14 +34,18 @@ reference: ## install the Python reference peer (hivemind + petals) into $(REFER
 	bash $(SHARED)/reference/install.sh $(REFERENCE_VENV)
 
 tools:
-	command -v valgrind >/dev/null && command -v cmake >/dev/null || \
-		{ apt-get update -qq && apt-get install -y -qq valgrind cmake; }
+	command -v valgrind >/dev/null && command -v cmake >/dev/null && command -v java >/dev/null && \
+		[ -f $(JNA_JAR) ] || { apt-get update -qq && \
+		apt-get install -y -qq valgrind cmake default-jre-headless libjna-java; }
 	[ -x $(VENV)/bin/maturin ] || { python3 -m venv $(VENV) && $(VENV)/bin/pip install -q $(PYTHON_TOOLS); }
 	cd bindings/node && npm ci --no-audit --no-fund --loglevel=error
+	cd bindings/uniffi/tests/kotlin && npm ci --no-audit --no-fund --loglevel=error
 
 # Every cargo invocation selects the whole workspace with all targets, so dependencies are
 # resolved with one feature set and compiled once (per-package builds would rebuild them).
 CARGO_SET := --workspace --all-targets
+JNA_JAR := /usr/share/java/jna.jar
+KOTLIN_HOME := bindings/uniffi/tests/kotlin/node_modules/kotlin-compiler
 
 build: ## build every crate, library and test of the workspace (debug)
 	cargo build $(CARGO_SET)
@@ -87,6 +91,12 @@ pkgconfig: ## write target/pkgconfig/kwaai.pc for this checkout's header and lib
 	sed -e 's|@PREFIX@|$(CURDIR)|' -e 's|@LIBDIR@|$(CURDIR)/$(FFI_LIB)|' \
 		-e "s|@VERSION@|$$(sed -n 's/^version = \"\(.*\)\"/\1/p' Cargo.toml | head -1)|" \
 		kwaai-ffi/kwaai.pc.in > target/pkgconfig/kwaai.pc
+
+test-kotlin: build ## the Kotlin bindings (UniFFI) on the JVM, compiled with kotlinc
+	rm -rf target/kotlin
+	$(KOTLIN_HOME)/bin/kotlinc -nowarn bindings/uniffi/generated/uniffi/kwaai/kwaai.kt bindings/uniffi/tests/kotlin/*.kt \
+		-cp $(JNA_JAR) -d target/kotlin/classes
+	java -Djna.library.path=$(FFI_LIB) -cp target/kotlin/classes:$(JNA_JAR):$(KOTLIN_HOME)/lib/kotlin-stdlib.jar NodeTestKt
 
 # The tests import the package from its source tree with the extension built by `make build`
 # (what `maturin develop` does, without a second cargo build); `make wheel` builds the wheel.

@@ -400,6 +400,38 @@ fileprivate final class UniffiHandleMap<T>: @unchecked Sendable {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterUInt64: FfiConverterPrimitive {
+    typealias FfiType = UInt64
+    typealias SwiftType = UInt64
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> UInt64 {
+        return try lift(readInt(&buf))
+    }
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterDouble: FfiConverterPrimitive {
+    typealias FfiType = Double
+    typealias SwiftType = Double
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Double {
+        return try lift(readDouble(&buf))
+    }
+
+    public static func write(_ value: Double, into buf: inout [UInt8]) {
+        writeDouble(&buf, lower(value))
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterBool : FfiConverter {
     typealias FfiType = Int8
     typealias SwiftType = Bool
@@ -462,6 +494,24 @@ fileprivate struct FfiConverterString: FfiConverter {
     }
 }
 
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterData: FfiConverterRustBuffer {
+    typealias SwiftType = Data
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Data {
+        let len: Int32 = try readInt(&buf)
+        return Data(try readBytes(&buf, count: Int(len)))
+    }
+
+    public static func write(_ value: Data, into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        writeBytes(&buf, value)
+    }
+}
+
 
 
 
@@ -469,6 +519,23 @@ fileprivate struct FfiConverterString: FfiConverter {
  * A running kwaai node. Its methods block: call them off the main/UI thread.
  */
 public protocol NodeProtocol: AnyObject, Sendable {
+    
+    /**
+     * Connects to the peer at multiaddr `addr` (ending in `/p2p/<peer id>`) within `timeout_ms`.
+     */
+    func connect(addr: String, timeoutMs: UInt64) throws 
+    
+    /**
+     * Reads msgpack `key`; `latest` searches the whole swarm for the newest value. None when
+     * nothing unexpired is stored.
+     */
+    func dhtGet(key: Data, latest: Bool) throws  -> DhtRecord?
+    
+    /**
+     * Stores msgpack `value` under msgpack `key` (and `subkey`, which makes the key a dictionary)
+     * until `expiration` (Unix seconds); returns whether a replica accepted it.
+     */
+    func dhtStore(key: Data, value: Data, expiration: Double, subkey: Data?) throws  -> Bool
     
     /**
      * Whether the node is still running.
@@ -556,6 +623,45 @@ public static func start(config: NodeConfig)throws  -> Node  {
 }
     
 
+    
+    /**
+     * Connects to the peer at multiaddr `addr` (ending in `/p2p/<peer id>`) within `timeout_ms`.
+     */
+open func connect(addr: String, timeoutMs: UInt64 = UInt64(20000))throws   {try rustCallWithError(FfiConverterTypeKwaaiError_lift) {
+    uniffi_kwaai_uniffi_fn_method_node_connect(self.uniffiClonePointer(),
+        FfiConverterString.lower(addr),
+        FfiConverterUInt64.lower(timeoutMs),$0
+    )
+}
+}
+    
+    /**
+     * Reads msgpack `key`; `latest` searches the whole swarm for the newest value. None when
+     * nothing unexpired is stored.
+     */
+open func dhtGet(key: Data, latest: Bool = true)throws  -> DhtRecord?  {
+    return try  FfiConverterOptionTypeDhtRecord.lift(try rustCallWithError(FfiConverterTypeKwaaiError_lift) {
+    uniffi_kwaai_uniffi_fn_method_node_dht_get(self.uniffiClonePointer(),
+        FfiConverterData.lower(key),
+        FfiConverterBool.lower(latest),$0
+    )
+})
+}
+    
+    /**
+     * Stores msgpack `value` under msgpack `key` (and `subkey`, which makes the key a dictionary)
+     * until `expiration` (Unix seconds); returns whether a replica accepted it.
+     */
+open func dhtStore(key: Data, value: Data, expiration: Double, subkey: Data? = nil)throws  -> Bool  {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeKwaaiError_lift) {
+    uniffi_kwaai_uniffi_fn_method_node_dht_store(self.uniffiClonePointer(),
+        FfiConverterData.lower(key),
+        FfiConverterData.lower(value),
+        FfiConverterDouble.lower(expiration),
+        FfiConverterOptionData.lower(subkey),$0
+    )
+})
+}
     
     /**
      * Whether the node is still running.
@@ -653,6 +759,105 @@ public func FfiConverterTypeNode_lower(_ value: Node) -> UnsafeMutableRawPointer
 
 
 /**
+ * What `Node.dhtGet` found.
+ */
+public struct DhtRecord {
+    /**
+     * msgpack of the value; for a dictionary, an array of `[subkey, value, expiration]` arrays.
+     */
+    public var value: Data
+    /**
+     * Its expiration in DHT time (Unix seconds); for a dictionary, the latest of its entries.
+     */
+    public var expiration: Double
+    /**
+     * Whether it is a dictionary (written with subkeys).
+     */
+    public var isDictionary: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * msgpack of the value; for a dictionary, an array of `[subkey, value, expiration]` arrays.
+         */value: Data, 
+        /**
+         * Its expiration in DHT time (Unix seconds); for a dictionary, the latest of its entries.
+         */expiration: Double, 
+        /**
+         * Whether it is a dictionary (written with subkeys).
+         */isDictionary: Bool) {
+        self.value = value
+        self.expiration = expiration
+        self.isDictionary = isDictionary
+    }
+}
+
+#if compiler(>=6)
+extension DhtRecord: Sendable {}
+#endif
+
+
+extension DhtRecord: Equatable, Hashable {
+    public static func ==(lhs: DhtRecord, rhs: DhtRecord) -> Bool {
+        if lhs.value != rhs.value {
+            return false
+        }
+        if lhs.expiration != rhs.expiration {
+            return false
+        }
+        if lhs.isDictionary != rhs.isDictionary {
+            return false
+        }
+        return true
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(value)
+        hasher.combine(expiration)
+        hasher.combine(isDictionary)
+    }
+}
+
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeDhtRecord: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> DhtRecord {
+        return
+            try DhtRecord(
+                value: FfiConverterData.read(from: &buf), 
+                expiration: FfiConverterDouble.read(from: &buf), 
+                isDictionary: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: DhtRecord, into buf: inout [UInt8]) {
+        FfiConverterData.write(value.value, into: &buf)
+        FfiConverterDouble.write(value.expiration, into: &buf)
+        FfiConverterBool.write(value.isDictionary, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDhtRecord_lift(_ buf: RustBuffer) throws -> DhtRecord {
+    return try FfiConverterTypeDhtRecord.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDhtRecord_lower(_ value: DhtRecord) -> RustBuffer {
+    return FfiConverterTypeDhtRecord.lower(value)
+}
+
+
+/**
  * How to start a node.
  */
 public struct NodeConfig {
@@ -664,6 +869,14 @@ public struct NodeConfig {
      * Identity file (hivemind's format), created if missing; none means a fresh identity.
      */
     public var identityPath: String?
+    /**
+     * Peers to join the swarm through: multiaddrs ending in `/p2p/<peer id>`.
+     */
+    public var initialPeers: [String]
+    /**
+     * Ask the DHT without serving it.
+     */
+    public var clientMode: Bool
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -673,9 +886,17 @@ public struct NodeConfig {
          */listenAddrs: [String] = [], 
         /**
          * Identity file (hivemind's format), created if missing; none means a fresh identity.
-         */identityPath: String? = nil) {
+         */identityPath: String? = nil, 
+        /**
+         * Peers to join the swarm through: multiaddrs ending in `/p2p/<peer id>`.
+         */initialPeers: [String] = [], 
+        /**
+         * Ask the DHT without serving it.
+         */clientMode: Bool = false) {
         self.listenAddrs = listenAddrs
         self.identityPath = identityPath
+        self.initialPeers = initialPeers
+        self.clientMode = clientMode
     }
 }
 
@@ -692,12 +913,20 @@ extension NodeConfig: Equatable, Hashable {
         if lhs.identityPath != rhs.identityPath {
             return false
         }
+        if lhs.initialPeers != rhs.initialPeers {
+            return false
+        }
+        if lhs.clientMode != rhs.clientMode {
+            return false
+        }
         return true
     }
 
     public func hash(into hasher: inout Hasher) {
         hasher.combine(listenAddrs)
         hasher.combine(identityPath)
+        hasher.combine(initialPeers)
+        hasher.combine(clientMode)
     }
 }
 
@@ -711,13 +940,17 @@ public struct FfiConverterTypeNodeConfig: FfiConverterRustBuffer {
         return
             try NodeConfig(
                 listenAddrs: FfiConverterSequenceString.read(from: &buf), 
-                identityPath: FfiConverterOptionString.read(from: &buf)
+                identityPath: FfiConverterOptionString.read(from: &buf), 
+                initialPeers: FfiConverterSequenceString.read(from: &buf), 
+                clientMode: FfiConverterBool.read(from: &buf)
         )
     }
 
     public static func write(_ value: NodeConfig, into buf: inout [UInt8]) {
         FfiConverterSequenceString.write(value.listenAddrs, into: &buf)
         FfiConverterOptionString.write(value.identityPath, into: &buf)
+        FfiConverterSequenceString.write(value.initialPeers, into: &buf)
+        FfiConverterBool.write(value.clientMode, into: &buf)
     }
 }
 
@@ -738,7 +971,8 @@ public func FfiConverterTypeNodeConfig_lower(_ value: NodeConfig) -> RustBuffer 
 
 
 /**
- * Every kwaai error; the variant is the stable kind.
+ * Every kwaai error; the variant is the stable kind. Flat: each language sees the message as
+ * its exception message.
  */
 public enum KwaaiError: Swift.Error {
 
@@ -747,43 +981,43 @@ public enum KwaaiError: Swift.Error {
     /**
      * A bad argument (malformed address, ...).
      */
-    case InvalidArgument(message: String
-    )
+    case InvalidArgument(message: String)
+    
     /**
      * A local I/O operation failed.
      */
-    case Io(message: String
-    )
+    case Io(message: String)
+    
     /**
      * An identity file is missing, unreadable or unsupported.
      */
-    case Identity(message: String
-    )
+    case Identity(message: String)
+    
     /**
      * A network operation failed.
      */
-    case Network(message: String
-    )
+    case Network(message: String)
+    
     /**
      * A peer broke the protocol.
      */
-    case Protocol(message: String
-    )
+    case Protocol(message: String)
+    
     /**
      * An operation did not finish in time.
      */
-    case Timeout(message: String
-    )
+    case Timeout(message: String)
+    
     /**
      * The node is shut down, or the call was cancelled.
      */
-    case Closed(message: String
-    )
+    case Closed(message: String)
+    
     /**
      * A bug in kwaai.
      */
-    case Internal(message: String
-    )
+    case Internal(message: String)
+    
 }
 
 
@@ -802,30 +1036,38 @@ public struct FfiConverterTypeKwaaiError: FfiConverterRustBuffer {
         
         case 1: return .InvalidArgument(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 2: return .Io(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 3: return .Identity(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 4: return .Network(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 5: return .Protocol(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 6: return .Timeout(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 7: return .Closed(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 8: return .Internal(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
 
-         default: throw UniffiInternalError.unexpectedEnumCase
+        default: throw UniffiInternalError.unexpectedEnumCase
         }
     }
 
@@ -835,46 +1077,24 @@ public struct FfiConverterTypeKwaaiError: FfiConverterRustBuffer {
         
 
         
-        
-        case let .InvalidArgument(message):
+        case .InvalidArgument(_ /* message is ignored*/):
             writeInt(&buf, Int32(1))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Io(message):
+        case .Io(_ /* message is ignored*/):
             writeInt(&buf, Int32(2))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Identity(message):
+        case .Identity(_ /* message is ignored*/):
             writeInt(&buf, Int32(3))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Network(message):
+        case .Network(_ /* message is ignored*/):
             writeInt(&buf, Int32(4))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Protocol(message):
+        case .Protocol(_ /* message is ignored*/):
             writeInt(&buf, Int32(5))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Timeout(message):
+        case .Timeout(_ /* message is ignored*/):
             writeInt(&buf, Int32(6))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Closed(message):
+        case .Closed(_ /* message is ignored*/):
             writeInt(&buf, Int32(7))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Internal(message):
+        case .Internal(_ /* message is ignored*/):
             writeInt(&buf, Int32(8))
-            FfiConverterString.write(message, into: &buf)
-            
+
+        
         }
     }
 }
@@ -936,6 +1156,54 @@ fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionData: FfiConverterRustBuffer {
+    typealias SwiftType = Data?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterData.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterData.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeDhtRecord: FfiConverterRustBuffer {
+    typealias SwiftType = DhtRecord?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeDhtRecord.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeDhtRecord.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceString: FfiConverterRustBuffer {
     typealias SwiftType = [String]
 
@@ -972,6 +1240,15 @@ private let initializationResult: InitializationResult = {
     let scaffolding_contract_version = ffi_kwaai_uniffi_uniffi_contract_version()
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
+    }
+    if (uniffi_kwaai_uniffi_checksum_method_node_connect() != 58370) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kwaai_uniffi_checksum_method_node_dht_get() != 12351) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kwaai_uniffi_checksum_method_node_dht_store() != 47977) {
+        return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_kwaai_uniffi_checksum_method_node_is_running() != 5105) {
         return InitializationResult.apiChecksumMismatch

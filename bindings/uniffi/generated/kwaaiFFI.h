@@ -266,6 +266,21 @@ void uniffi_kwaai_uniffi_fn_free_node(void*_Nonnull ptr, RustCallStatus *_Nonnul
 void*_Nonnull uniffi_kwaai_uniffi_fn_constructor_node_start(RustBuffer config, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_NODE_CONNECT
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_NODE_CONNECT
+void uniffi_kwaai_uniffi_fn_method_node_connect(void*_Nonnull ptr, RustBuffer addr, uint64_t timeout_ms, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_NODE_DHT_GET
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_NODE_DHT_GET
+RustBuffer uniffi_kwaai_uniffi_fn_method_node_dht_get(void*_Nonnull ptr, RustBuffer key, int8_t latest, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_NODE_DHT_STORE
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_NODE_DHT_STORE
+int8_t uniffi_kwaai_uniffi_fn_method_node_dht_store(void*_Nonnull ptr, RustBuffer key, RustBuffer value, double expiration, RustBuffer subkey, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_NODE_IS_RUNNING
 #define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_NODE_IS_RUNNING
 int8_t uniffi_kwaai_uniffi_fn_method_node_is_running(void*_Nonnull ptr, RustCallStatus *_Nonnull out_status
@@ -564,6 +579,24 @@ void ffi_kwaai_uniffi_rust_future_free_void(uint64_t handle
 #ifndef UNIFFI_FFIDEF_FFI_KWAAI_UNIFFI_RUST_FUTURE_COMPLETE_VOID
 #define UNIFFI_FFIDEF_FFI_KWAAI_UNIFFI_RUST_FUTURE_COMPLETE_VOID
 void ffi_kwaai_uniffi_rust_future_complete_void(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_NODE_CONNECT
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_NODE_CONNECT
+uint16_t uniffi_kwaai_uniffi_checksum_method_node_connect(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_NODE_DHT_GET
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_NODE_DHT_GET
+uint16_t uniffi_kwaai_uniffi_checksum_method_node_dht_get(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_NODE_DHT_STORE
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_NODE_DHT_STORE
+uint16_t uniffi_kwaai_uniffi_checksum_method_node_dht_store(void
+    
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_NODE_IS_RUNNING

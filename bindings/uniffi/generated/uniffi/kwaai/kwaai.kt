@@ -724,6 +724,12 @@ internal interface UniffiForeignFutureCompleteVoid : com.sun.jna.Callback {
 
 
 
+
+
+
+
+
+
 // For large crates we prevent `MethodTooLargeException` (see #2340)
 // N.B. the name of the extension is very misleading, since it is 
 // rather `InterfaceTooLargeException`, caused by too many methods 
@@ -739,7 +745,13 @@ internal interface UniffiForeignFutureCompleteVoid : com.sun.jna.Callback {
 // when the library is loaded.
 internal interface IntegrityCheckingUniffiLib : Library {
     // Integrity check functions only
-    fun uniffi_kwaai_uniffi_checksum_method_node_is_running(
+    fun uniffi_kwaai_uniffi_checksum_method_node_connect(
+): Short
+fun uniffi_kwaai_uniffi_checksum_method_node_dht_get(
+): Short
+fun uniffi_kwaai_uniffi_checksum_method_node_dht_store(
+): Short
+fun uniffi_kwaai_uniffi_checksum_method_node_is_running(
 ): Short
 fun uniffi_kwaai_uniffi_checksum_method_node_listen_addrs(
 ): Short
@@ -804,6 +816,12 @@ fun uniffi_kwaai_uniffi_fn_free_node(`ptr`: Pointer,uniffi_out_err: UniffiRustCa
 ): Unit
 fun uniffi_kwaai_uniffi_fn_constructor_node_start(`config`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): Pointer
+fun uniffi_kwaai_uniffi_fn_method_node_connect(`ptr`: Pointer,`addr`: RustBuffer.ByValue,`timeoutMs`: Long,uniffi_out_err: UniffiRustCallStatus, 
+): Unit
+fun uniffi_kwaai_uniffi_fn_method_node_dht_get(`ptr`: Pointer,`key`: RustBuffer.ByValue,`latest`: Byte,uniffi_out_err: UniffiRustCallStatus, 
+): RustBuffer.ByValue
+fun uniffi_kwaai_uniffi_fn_method_node_dht_store(`ptr`: Pointer,`key`: RustBuffer.ByValue,`value`: RustBuffer.ByValue,`expiration`: Double,`subkey`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+): Byte
 fun uniffi_kwaai_uniffi_fn_method_node_is_running(`ptr`: Pointer,uniffi_out_err: UniffiRustCallStatus, 
 ): Byte
 fun uniffi_kwaai_uniffi_fn_method_node_listen_addrs(`ptr`: Pointer,uniffi_out_err: UniffiRustCallStatus, 
@@ -938,6 +956,15 @@ private fun uniffiCheckContractApiVersion(lib: IntegrityCheckingUniffiLib) {
 }
 @Suppress("UNUSED_PARAMETER")
 private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
+    if (lib.uniffi_kwaai_uniffi_checksum_method_node_connect() != 58370.toShort()) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_kwaai_uniffi_checksum_method_node_dht_get() != 12351.toShort()) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_kwaai_uniffi_checksum_method_node_dht_store() != 47977.toShort()) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if (lib.uniffi_kwaai_uniffi_checksum_method_node_is_running() != 5105.toShort()) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1099,6 +1126,52 @@ private class JavaLangRefCleanable(
 /**
  * @suppress
  */
+public object FfiConverterULong: FfiConverter<ULong, Long> {
+    override fun lift(value: Long): ULong {
+        return value.toULong()
+    }
+
+    override fun read(buf: ByteBuffer): ULong {
+        return lift(buf.getLong())
+    }
+
+    override fun lower(value: ULong): Long {
+        return value.toLong()
+    }
+
+    override fun allocationSize(value: ULong) = 8UL
+
+    override fun write(value: ULong, buf: ByteBuffer) {
+        buf.putLong(value.toLong())
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterDouble: FfiConverter<Double, Double> {
+    override fun lift(value: Double): Double {
+        return value
+    }
+
+    override fun read(buf: ByteBuffer): Double {
+        return buf.getDouble()
+    }
+
+    override fun lower(value: Double): Double {
+        return value
+    }
+
+    override fun allocationSize(value: Double) = 8UL
+
+    override fun write(value: Double, buf: ByteBuffer) {
+        buf.putDouble(value)
+    }
+}
+
+/**
+ * @suppress
+ */
 public object FfiConverterBoolean: FfiConverter<Boolean, Byte> {
     override fun lift(value: Byte): Boolean {
         return value.toInt() != 0
@@ -1173,6 +1246,25 @@ public object FfiConverterString: FfiConverter<String, RustBuffer.ByValue> {
         val byteBuf = toUtf8(value)
         buf.putInt(byteBuf.limit())
         buf.put(byteBuf)
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterByteArray: FfiConverterRustBuffer<ByteArray> {
+    override fun read(buf: ByteBuffer): ByteArray {
+        val len = buf.getInt()
+        val byteArr = ByteArray(len)
+        buf.get(byteArr)
+        return byteArr
+    }
+    override fun allocationSize(value: ByteArray): ULong {
+        return 4UL + value.size.toULong()
+    }
+    override fun write(value: ByteArray, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        buf.put(value)
     }
 }
 
@@ -1281,6 +1373,23 @@ public object FfiConverterString: FfiConverter<String, RustBuffer.ByValue> {
 public interface NodeInterface {
     
     /**
+     * Connects to the peer at multiaddr `addr` (ending in `/p2p/<peer id>`) within `timeout_ms`.
+     */
+    fun `connect`(`addr`: kotlin.String, `timeoutMs`: kotlin.ULong = 20000uL)
+    
+    /**
+     * Reads msgpack `key`; `latest` searches the whole swarm for the newest value. None when
+     * nothing unexpired is stored.
+     */
+    fun `dhtGet`(`key`: kotlin.ByteArray, `latest`: kotlin.Boolean = true): DhtRecord?
+    
+    /**
+     * Stores msgpack `value` under msgpack `key` (and `subkey`, which makes the key a dictionary)
+     * until `expiration` (Unix seconds); returns whether a replica accepted it.
+     */
+    fun `dhtStore`(`key`: kotlin.ByteArray, `value`: kotlin.ByteArray, `expiration`: kotlin.Double, `subkey`: kotlin.ByteArray? = null): kotlin.Boolean
+    
+    /**
      * Whether the node is still running.
      */
     fun `isRunning`(): kotlin.Boolean
@@ -1387,6 +1496,55 @@ open class Node: Disposable, AutoCloseable, NodeInterface
             UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_clone_node(pointer!!, status)
         }
     }
+
+    
+    /**
+     * Connects to the peer at multiaddr `addr` (ending in `/p2p/<peer id>`) within `timeout_ms`.
+     */
+    @Throws(KwaaiException::class)override fun `connect`(`addr`: kotlin.String, `timeoutMs`: kotlin.ULong)
+        = 
+    callWithPointer {
+    uniffiRustCallWithError(KwaaiException) { _status ->
+    UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_method_node_connect(
+        it, FfiConverterString.lower(`addr`),FfiConverterULong.lower(`timeoutMs`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Reads msgpack `key`; `latest` searches the whole swarm for the newest value. None when
+     * nothing unexpired is stored.
+     */
+    @Throws(KwaaiException::class)override fun `dhtGet`(`key`: kotlin.ByteArray, `latest`: kotlin.Boolean): DhtRecord? {
+            return FfiConverterOptionalTypeDhtRecord.lift(
+    callWithPointer {
+    uniffiRustCallWithError(KwaaiException) { _status ->
+    UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_method_node_dht_get(
+        it, FfiConverterByteArray.lower(`key`),FfiConverterBoolean.lower(`latest`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Stores msgpack `value` under msgpack `key` (and `subkey`, which makes the key a dictionary)
+     * until `expiration` (Unix seconds); returns whether a replica accepted it.
+     */
+    @Throws(KwaaiException::class)override fun `dhtStore`(`key`: kotlin.ByteArray, `value`: kotlin.ByteArray, `expiration`: kotlin.Double, `subkey`: kotlin.ByteArray?): kotlin.Boolean {
+            return FfiConverterBoolean.lift(
+    callWithPointer {
+    uniffiRustCallWithError(KwaaiException) { _status ->
+    UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_method_node_dht_store(
+        it, FfiConverterByteArray.lower(`key`),FfiConverterByteArray.lower(`value`),FfiConverterDouble.lower(`expiration`),FfiConverterOptionalByteArray.lower(`subkey`),_status)
+}
+    }
+    )
+    }
+    
 
     
     /**
@@ -1501,6 +1659,54 @@ public object FfiConverterTypeNode: FfiConverter<Node, Pointer> {
 
 
 /**
+ * What `Node.dhtGet` found.
+ */
+data class DhtRecord (
+    /**
+     * msgpack of the value; for a dictionary, an array of `[subkey, value, expiration]` arrays.
+     */
+    var `value`: kotlin.ByteArray, 
+    /**
+     * Its expiration in DHT time (Unix seconds); for a dictionary, the latest of its entries.
+     */
+    var `expiration`: kotlin.Double, 
+    /**
+     * Whether it is a dictionary (written with subkeys).
+     */
+    var `isDictionary`: kotlin.Boolean
+) {
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeDhtRecord: FfiConverterRustBuffer<DhtRecord> {
+    override fun read(buf: ByteBuffer): DhtRecord {
+        return DhtRecord(
+            FfiConverterByteArray.read(buf),
+            FfiConverterDouble.read(buf),
+            FfiConverterBoolean.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: DhtRecord) = (
+            FfiConverterByteArray.allocationSize(value.`value`) +
+            FfiConverterDouble.allocationSize(value.`expiration`) +
+            FfiConverterBoolean.allocationSize(value.`isDictionary`)
+    )
+
+    override fun write(value: DhtRecord, buf: ByteBuffer) {
+            FfiConverterByteArray.write(value.`value`, buf)
+            FfiConverterDouble.write(value.`expiration`, buf)
+            FfiConverterBoolean.write(value.`isDictionary`, buf)
+    }
+}
+
+
+
+/**
  * How to start a node.
  */
 data class NodeConfig (
@@ -1511,7 +1717,15 @@ data class NodeConfig (
     /**
      * Identity file (hivemind's format), created if missing; none means a fresh identity.
      */
-    var `identityPath`: kotlin.String? = null
+    var `identityPath`: kotlin.String? = null, 
+    /**
+     * Peers to join the swarm through: multiaddrs ending in `/p2p/<peer id>`.
+     */
+    var `initialPeers`: List<kotlin.String> = listOf(), 
+    /**
+     * Ask the DHT without serving it.
+     */
+    var `clientMode`: kotlin.Boolean = false
 ) {
     
     companion object
@@ -1525,17 +1739,23 @@ public object FfiConverterTypeNodeConfig: FfiConverterRustBuffer<NodeConfig> {
         return NodeConfig(
             FfiConverterSequenceString.read(buf),
             FfiConverterOptionalString.read(buf),
+            FfiConverterSequenceString.read(buf),
+            FfiConverterBoolean.read(buf),
         )
     }
 
     override fun allocationSize(value: NodeConfig) = (
             FfiConverterSequenceString.allocationSize(value.`listenAddrs`) +
-            FfiConverterOptionalString.allocationSize(value.`identityPath`)
+            FfiConverterOptionalString.allocationSize(value.`identityPath`) +
+            FfiConverterSequenceString.allocationSize(value.`initialPeers`) +
+            FfiConverterBoolean.allocationSize(value.`clientMode`)
     )
 
     override fun write(value: NodeConfig, buf: ByteBuffer) {
             FfiConverterSequenceString.write(value.`listenAddrs`, buf)
             FfiConverterOptionalString.write(value.`identityPath`, buf)
+            FfiConverterSequenceString.write(value.`initialPeers`, buf)
+            FfiConverterBoolean.write(value.`clientMode`, buf)
     }
 }
 
@@ -1544,104 +1764,55 @@ public object FfiConverterTypeNodeConfig: FfiConverterRustBuffer<NodeConfig> {
 
 
 /**
- * Every kwaai error; the variant is the stable kind.
+ * Every kwaai error; the variant is the stable kind. Flat: each language sees the message as
+ * its exception message.
  */
-sealed class KwaaiException: kotlin.Exception() {
-    
+sealed class KwaaiException(message: String): kotlin.Exception(message) {
+        
     /**
      * A bad argument (malformed address, ...).
      */
-    class InvalidArgument(
+        class InvalidArgument(message: String) : KwaaiException(message)
         
-        val `message`: kotlin.String
-        ) : KwaaiException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
     /**
      * A local I/O operation failed.
      */
-    class Io(
+        class Io(message: String) : KwaaiException(message)
         
-        val `message`: kotlin.String
-        ) : KwaaiException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
     /**
      * An identity file is missing, unreadable or unsupported.
      */
-    class Identity(
+        class Identity(message: String) : KwaaiException(message)
         
-        val `message`: kotlin.String
-        ) : KwaaiException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
     /**
      * A network operation failed.
      */
-    class Network(
+        class Network(message: String) : KwaaiException(message)
         
-        val `message`: kotlin.String
-        ) : KwaaiException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
     /**
      * A peer broke the protocol.
      */
-    class Protocol(
+        class Protocol(message: String) : KwaaiException(message)
         
-        val `message`: kotlin.String
-        ) : KwaaiException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
     /**
      * An operation did not finish in time.
      */
-    class Timeout(
+        class Timeout(message: String) : KwaaiException(message)
         
-        val `message`: kotlin.String
-        ) : KwaaiException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
     /**
      * The node is shut down, or the call was cancelled.
      */
-    class Closed(
+        class Closed(message: String) : KwaaiException(message)
         
-        val `message`: kotlin.String
-        ) : KwaaiException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
     /**
      * A bug in kwaai.
      */
-    class Internal(
+        class Internal(message: String) : KwaaiException(message)
         
-        val `message`: kotlin.String
-        ) : KwaaiException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
 
     companion object ErrorHandler : UniffiRustCallStatusErrorHandler<KwaaiException> {
         override fun lift(error_buf: RustBuffer.ByValue): KwaaiException = FfiConverterTypeKwaaiError.lift(error_buf)
     }
-
-    
 }
 
 /**
@@ -1650,121 +1821,56 @@ sealed class KwaaiException: kotlin.Exception() {
 public object FfiConverterTypeKwaaiError : FfiConverterRustBuffer<KwaaiException> {
     override fun read(buf: ByteBuffer): KwaaiException {
         
-
-        return when(buf.getInt()) {
-            1 -> KwaaiException.InvalidArgument(
-                FfiConverterString.read(buf),
-                )
-            2 -> KwaaiException.Io(
-                FfiConverterString.read(buf),
-                )
-            3 -> KwaaiException.Identity(
-                FfiConverterString.read(buf),
-                )
-            4 -> KwaaiException.Network(
-                FfiConverterString.read(buf),
-                )
-            5 -> KwaaiException.Protocol(
-                FfiConverterString.read(buf),
-                )
-            6 -> KwaaiException.Timeout(
-                FfiConverterString.read(buf),
-                )
-            7 -> KwaaiException.Closed(
-                FfiConverterString.read(buf),
-                )
-            8 -> KwaaiException.Internal(
-                FfiConverterString.read(buf),
-                )
+            return when(buf.getInt()) {
+            1 -> KwaaiException.InvalidArgument(FfiConverterString.read(buf))
+            2 -> KwaaiException.Io(FfiConverterString.read(buf))
+            3 -> KwaaiException.Identity(FfiConverterString.read(buf))
+            4 -> KwaaiException.Network(FfiConverterString.read(buf))
+            5 -> KwaaiException.Protocol(FfiConverterString.read(buf))
+            6 -> KwaaiException.Timeout(FfiConverterString.read(buf))
+            7 -> KwaaiException.Closed(FfiConverterString.read(buf))
+            8 -> KwaaiException.Internal(FfiConverterString.read(buf))
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
         }
+        
     }
 
     override fun allocationSize(value: KwaaiException): ULong {
-        return when(value) {
-            is KwaaiException.InvalidArgument -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is KwaaiException.Io -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is KwaaiException.Identity -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is KwaaiException.Network -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is KwaaiException.Protocol -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is KwaaiException.Timeout -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is KwaaiException.Closed -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is KwaaiException.Internal -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-        }
+        return 4UL
     }
 
     override fun write(value: KwaaiException, buf: ByteBuffer) {
         when(value) {
             is KwaaiException.InvalidArgument -> {
                 buf.putInt(1)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is KwaaiException.Io -> {
                 buf.putInt(2)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is KwaaiException.Identity -> {
                 buf.putInt(3)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is KwaaiException.Network -> {
                 buf.putInt(4)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is KwaaiException.Protocol -> {
                 buf.putInt(5)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is KwaaiException.Timeout -> {
                 buf.putInt(6)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is KwaaiException.Closed -> {
                 buf.putInt(7)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is KwaaiException.Internal -> {
                 buf.putInt(8)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
@@ -1800,6 +1906,70 @@ public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?>
         } else {
             buf.put(1)
             FfiConverterString.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalByteArray: FfiConverterRustBuffer<kotlin.ByteArray?> {
+    override fun read(buf: ByteBuffer): kotlin.ByteArray? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterByteArray.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.ByteArray?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterByteArray.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.ByteArray?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterByteArray.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypeDhtRecord: FfiConverterRustBuffer<DhtRecord?> {
+    override fun read(buf: ByteBuffer): DhtRecord? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeDhtRecord.read(buf)
+    }
+
+    override fun allocationSize(value: DhtRecord?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeDhtRecord.allocationSize(value)
+        }
+    }
+
+    override fun write(value: DhtRecord?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeDhtRecord.write(value, buf)
         }
     }
 }
