@@ -17,7 +17,7 @@ VALGRIND := valgrind -q --leak-check=full --show-leak-kinds=definite,indirect \
 	--errors-for-leak-kinds=definite,indirect --error-exitcode=1
 
 .PHONY: help demo test deps reference tools build lint test-rust test-c test-python test-node check-generated \
-	header uniffi-bindings wheel fuzz pkgconfig test-kotlin
+	header uniffi-bindings wheel fuzz pkgconfig test-kotlin bench-ffi
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -85,6 +85,14 @@ test-c: build ## the C ABI from C: each test plain, under valgrind, and with Add
 	PKG_CONFIG_PATH=$(CURDIR)/target/pkgconfig cmake -S examples/cpp -B target/cpp-example -DCMAKE_BUILD_TYPE=Debug >/dev/null
 	cmake --build target/cpp-example >/dev/null && ./target/cpp-example/exchange_tensor
 	@echo "C ABI: C and C++ clean under valgrind and AddressSanitizer; the CMake example runs"
+
+bench-ffi: ## cost per C ABI call from C (release library) against the same operations in Rust
+	cargo build --release -p kwaai-ffi
+	mkdir -p target/c
+	gcc -O2 -std=c11 -Iinclude kwaai-ffi/benches/ffi_calls.c -Ltarget/release -lkwaai \
+		-Wl,-rpath,$(CURDIR)/target/release -o target/c/ffi_calls
+	./target/c/ffi_calls
+	cargo bench -p kwaai-ffi --bench calls
 
 pkgconfig: ## write target/pkgconfig/kwaai.pc for this checkout's header and library
 	mkdir -p target/pkgconfig
