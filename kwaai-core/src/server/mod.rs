@@ -10,6 +10,7 @@
 
 mod announce;
 mod announcer;
+mod backward;
 mod forward;
 mod handler;
 mod info;
@@ -18,6 +19,7 @@ mod schema;
 
 pub use announce::{announce, announcement_expiration, block_records, block_uid, model_record, Span, MODELS_KEY};
 pub use announcer::{Announcement, Announcer};
+pub use backward::{serve_backward, BackwardService, BACKWARD_TIMEOUT, RPC_BACKWARD, RPC_BACKWARD_STREAM};
 pub use forward::{serve_forward, ForwardService, RPC_FORWARD, RPC_FORWARD_STREAM};
 pub use handler::{serve_info, InfoService, RPC_INFO};
 pub use info::{ServerInfo, ServerState, PETALS_VERSION};

@@ -1,0 +1,151 @@
+//! A kwaai node serving all 4 blocks of a tiny Llama takes a Petals client through one deep
+//! prompt-tuning step (`AutoDistributedModelForCausalLM`, `tuning_mode="deep_ptune"`): the client
+//! finds the span through the DHT, runs forward, then backward through `rpc_backward` (and, forced,
+//! through `rpc_forward_stream` / `rpc_backward_stream`), and its gradients for the prompt
+//! embeddings, the deep prompts and the input embeddings equal those transformers computes locally.
+//! Bad requests are refused with the text a Petals server sends.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use kwaai_core::model::{BlockSpan, LoadOptions};
+use kwaai_core::server::{
+    announce, block_uid, serve_backward, serve_forward, serve_info, BackwardService, BlockSchema, ForwardService,
+    InfoService, ServerInfo, ServerRpcInfo, ServerState, Span,
+};
+use kwaai_core::tensor::{encode, CompressionType, DType, Data, DecodeLimits, Tensor};
+use kwaai_core::wire::msgpack;
+use kwaai_core::wire::runtime::{ExpertRequest, ExpertResponse};
+use kwaai_core::{ErrorKind, Node, NodeConfig};
+use prost::Message;
+use rmpv::Value;
+use serde_json::Value as Json;
+
+const PREFIX: &str = "tiny-llama-hf";
+const HIDDEN: usize = 64;
+
+fn make_tiny_llama(dir: &std::path::Path) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let shared = std::env::var_os("KWAAI_SHARED").map(PathBuf::from).unwrap_or_else(|| root.join("../shared"));
+    let out = Command::new(common::reference_python())
+        .arg(shared.join("reference/make_tiny_model.py"))
+        .arg(dir)
+        .args(["--family", "llama", "--layers", "4", "--hidden", "64"])
+        .output()
+        .expect("make_tiny_model.py runs");
+    assert!(out.status.success(), "make_tiny_model.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn load_blocks(dir: &std::path::Path) -> (Vec<BlockSpan>, Vec<String>) {
+    let blocks = (0..4).map(|i| BlockSpan::load(dir, i, i + 1, LoadOptions::default()).expect("block loads")).collect();
+    (blocks, (0..4).map(|i| block_uid(PREFIX, i)).collect())
+}
+
+fn f32_tensor(shape: Vec<usize>, fill: impl Fn(usize) -> f32) -> kwaai_core::wire::runtime::Tensor {
+    let n = shape.iter().product();
+    let t = Tensor::new(shape, Data::F32((0..n).map(fill).collect())).expect("tensor");
+    encode(&t.view(), CompressionType::None).expect("encodes")
+}
+
+fn assert_close(comparison: &Json, what: &str) {
+    let err = comparison["max_abs_err"].as_f64().expect("error");
+    let scale = comparison["ref_scale"].as_f64().expect("scale");
+    assert!(scale > 1e-6, "{what}: the reference gradient is zero");
+    assert!(err <= 1e-4 * scale.max(1.0), "{what}: gradient max abs error {err} against scale {scale}");
+}
+
+#[test]
+fn petals_prompt_tuning_step_through_rust_server_matches_transformers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_tiny_llama(dir.path());
+    let (blocks, uids) = load_blocks(dir.path());
+    let schema = BlockSchema { hidden_size: HIDDEN as u64, dtype: DType::F32, compression: 0 };
+    let server = ServerRpcInfo { dht_client_mode: false, cache_tokens_available: 1024 };
+
+    let node = Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() })
+        .expect("node starts");
+    serve_info(&node, InfoService::new(uids.clone(), schema, server)).expect("rpc_info");
+    let limits = DecodeLimits::default();
+    serve_forward(&node, ForwardService::new(blocks.clone(), uids.clone(), schema, limits).expect("forward"))
+        .expect("rpc_forward");
+    serve_backward(&node, BackwardService::new(blocks, uids, schema, limits).expect("backward")).expect("rpc_backward");
+
+    let info = ServerInfo { torch_dtype: Some("float32".into()), ..ServerInfo::new(ServerState::Online, 10.0) };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let dht = node.dht().expect("dht");
+    let span = Span::new(0, 4).expect("span");
+    let stored = runtime.block_on(announce(&dht, &node.peer_id(), PREFIX, span, 4, &info, 120.0)).expect("announce");
+    assert_eq!(stored, [true; 4]);
+
+    let maddr = node.listen_addrs()[0].to_string();
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let out =
+        common::run_reference_script("server_prompt_tuning.py", &[&maddr, &dir_arg, PREFIX, "unary", "stream"], "");
+    let replies: Json = serde_json::from_str(out.lines().last().expect("a JSON line")).expect("JSON");
+    let replies = replies.as_array().expect("one reply per mode");
+    assert_eq!(replies.len(), 2);
+    for reply in replies {
+        let loss = reply["loss"].as_f64().expect("loss");
+        let expected = reply["expected_loss"].as_f64().expect("expected loss");
+        assert!(
+            (loss - expected).abs() <= 1e-4 * expected.abs().max(1.0),
+            "{}: loss {loss} vs {expected}",
+            reply["mode"]
+        );
+        for what in ["prompts", "deep_prompts", "inputs"] {
+            assert_close(&reply[what], &format!("{} {what}", reply["mode"]));
+        }
+        let layers = reply["deep_prompts_per_layer"].as_array().expect("per layer");
+        assert_eq!(layers.len(), 4);
+        for (i, layer) in layers.iter().enumerate() {
+            assert_close(layer, &format!("{} deep prompts of layer {i}", reply["mode"]));
+        }
+    }
+    assert!(replies[0]["unary_calls"].as_u64() >= Some(1) && replies[0]["stream_calls"] == 0, "{}", replies[0]);
+    assert!(replies[1]["stream_calls"].as_u64() >= Some(1) && replies[1]["unary_calls"] == 0, "{}", replies[1]);
+    node.shutdown();
+}
+
+#[test]
+fn bad_backward_requests_are_refused_as_petals_refuses_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_tiny_llama(dir.path());
+    let (blocks, uids) = load_blocks(dir.path());
+    let (blocks, uids) = (blocks[..2].to_vec(), uids[..2].to_vec());
+    let schema = BlockSchema { hidden_size: HIDDEN as u64, dtype: DType::F32, compression: 0 };
+    let service = BackwardService::new(blocks, uids, schema, DecodeLimits::default()).expect("service");
+    let hidden = || f32_tensor(vec![1, 4, HIDDEN], |i| ((i % 7) as f32 - 3.0) * 0.1);
+    let no_prompts = || f32_tensor(vec![0], |_| 0.0);
+    let request = |uid: String, tensors, metadata: Vec<u8>| ExpertRequest { uid, tensors, metadata }.encode_to_vec();
+
+    // A block this server does not hold.
+    let chain = format!("{} {}", block_uid(PREFIX, 1), block_uid(PREFIX, 2));
+    let e = service.reply(&request(chain.clone(), vec![hidden(), hidden(), no_prompts()], Vec::new())).unwrap_err();
+    assert_eq!(e.message(), format!("RuntimeError('Remote peer does not serve {}')", block_uid(PREFIX, 2)));
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    let e = service.reply_stream(&[request(chain, vec![hidden()], Vec::new())]).unwrap_err();
+    assert_eq!(e.message(), format!("Remote peer does not serve {}", block_uid(PREFIX, 2)));
+
+    // An adapter this server has not loaded.
+    let served = format!("{} {}", block_uid(PREFIX, 0), block_uid(PREFIX, 1));
+    let metadata = msgpack::pack(&Value::Map(vec![(Value::from("active_adapter"), Value::from("lora"))]));
+    let e = service.reply(&request(served.clone(), vec![hidden(), hidden(), no_prompts()], metadata)).unwrap_err();
+    assert_eq!(e.message(), "KeyError('adapter lora not found')");
+
+    // Too few tensors, and prompts for the wrong number of blocks.
+    let e = service.reply(&request(served.clone(), vec![hidden(), hidden()], Vec::new())).unwrap_err();
+    assert_eq!(e.message(), "ValueError('not enough values to unpack (expected at least 3, got 2)')");
+    let prompts = f32_tensor(vec![3, 1, 2, HIDDEN], |_| 0.5);
+    let e = service.reply(&request(served.clone(), vec![hidden(), hidden(), prompts], Vec::new())).unwrap_err();
+    assert_eq!(e.message(), "AssertionError('internal shape error during backward')");
+
+    // A good request: gradients of the inputs and of the prompts, in the schema's dtype.
+    let prompts = f32_tensor(vec![2, 1, 2, HIDDEN], |i| (i % 5) as f32 * 0.05);
+    let reply = service.reply(&request(served, vec![hidden(), hidden(), prompts], Vec::new())).expect("gradients");
+    let reply = ExpertResponse::decode(reply.as_slice()).expect("a response");
+    let shapes: Vec<Vec<u32>> = reply.tensors.iter().map(|t| t.size.clone()).collect();
+    assert_eq!(shapes, [vec![1, 4, HIDDEN as u32], vec![2, 1, 2, HIDDEN as u32]]);
+    assert!(reply.tensors.iter().all(|t| t.dtype == "float32" && t.compression == 0));
+}
