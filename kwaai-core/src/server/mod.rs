@@ -16,6 +16,7 @@ mod handler;
 mod info;
 mod prefix;
 mod schema;
+mod selection;
 
 pub use announce::{announce, announcement_expiration, block_records, block_uid, model_record, Span, MODELS_KEY};
 pub use announcer::{Announcement, Announcer};
@@ -25,3 +26,7 @@ pub use handler::{serve_info, InfoService, RPC_INFO};
 pub use info::{ServerInfo, ServerState, PETALS_VERSION};
 pub use prefix::dht_prefix_for_repo;
 pub use schema::{batch_tensor_descriptor, rpc_info_value, BlockSchema, ServerRpcInfo};
+pub use selection::{
+    choose_best_blocks, choose_best_start, choose_blocks_from_dht, compute_spans, compute_throughputs,
+    get_remote_module_infos, RemoteModuleInfo, RemoteSpan,
+};
