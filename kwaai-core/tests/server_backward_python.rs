@@ -15,7 +15,7 @@ use kwaai_core::server::{
     announce, block_uid, serve_backward, serve_forward, serve_info, BackwardService, BlockSchema, ForwardService,
     InfoService, ServerInfo, ServerRpcInfo, ServerState, Span,
 };
-use kwaai_core::tensor::{encode, CompressionType, DType, Data, DecodeLimits, Tensor};
+use kwaai_core::tensor::{decode, encode, CompressionType, DType, Data, DecodeLimits, Tensor};
 use kwaai_core::wire::msgpack;
 use kwaai_core::wire::runtime::{ExpertRequest, ExpertResponse};
 use kwaai_core::{ErrorKind, Node, NodeConfig};
@@ -113,10 +113,10 @@ fn bad_backward_requests_are_refused_as_petals_refuses_them() {
     let dir = tempfile::tempdir().expect("temp dir");
     make_tiny_llama(dir.path());
     let (blocks, uids) = load_blocks(dir.path());
-    let (blocks, uids) = (blocks[..2].to_vec(), uids[..2].to_vec());
     let schema = BlockSchema { hidden_size: HIDDEN as u64, dtype: DType::F32, compression: 0 };
-    let service = BackwardService::new(blocks, uids, schema, DecodeLimits::default()).expect("service");
-    let hidden = || f32_tensor(vec![1, 4, HIDDEN], |i| ((i % 7) as f32 - 3.0) * 0.1);
+    let service = BackwardService::new(blocks[..2].to_vec(), uids[..2].to_vec(), schema, DecodeLimits::default())
+        .expect("service");
+    let hidden = || f32_tensor(vec![2, 4, HIDDEN], |i| ((i % 7) as f32 - 3.0) * 0.1);
     let no_prompts = || f32_tensor(vec![0], |_| 0.0);
     let request = |uid: String, tensors, metadata: Vec<u8>| ExpertRequest { uid, tensors, metadata }.encode_to_vec();
 
@@ -141,11 +141,42 @@ fn bad_backward_requests_are_refused_as_petals_refuses_them() {
     let e = service.reply(&request(served.clone(), vec![hidden(), hidden(), prompts], Vec::new())).unwrap_err();
     assert_eq!(e.message(), "AssertionError('internal shape error during backward')");
 
-    // A good request: gradients of the inputs and of the prompts, in the schema's dtype.
-    let prompts = f32_tensor(vec![2, 1, 2, HIDDEN], |i| (i % 5) as f32 * 0.05);
-    let reply = service.reply(&request(served, vec![hidden(), hidden(), prompts], Vec::new())).expect("gradients");
-    let reply = ExpertResponse::decode(reply.as_slice()).expect("a response");
+    // A good request: gradients of the inputs and of the prompts, in the schema's dtype and codec.
+    let prompts = || f32_tensor(vec![2, 1, 2, HIDDEN], |i| (i % 5) as f32 * 0.05);
+    let good = |metadata: Vec<u8>| request(served.clone(), vec![hidden(), hidden(), prompts()], metadata);
+    let reply = ExpertResponse::decode(service.reply(&good(Vec::new())).expect("gradients").as_slice()).expect("reply");
     let shapes: Vec<Vec<u32>> = reply.tensors.iter().map(|t| t.size.clone()).collect();
-    assert_eq!(shapes, [vec![1, 4, HIDDEN as u32], vec![2, 1, 2, HIDDEN as u32]]);
+    // The prompts' batch of 1 was broadcast over the inputs' batch; their gradient is not summed.
+    assert_eq!(shapes, [vec![2, 4, HIDDEN as u32], vec![2, 2, 2, HIDDEN as u32]]);
     assert!(reply.tensors.iter().all(|t| t.dtype == "float32" && t.compression == 0));
+    let exact = values(&reply.tensors);
+
+    // The client may name the codecs; a bfloat16 server replies in bfloat16.
+    let float16 = msgpack::pack(&Value::Map(vec![(
+        Value::from("output_compression"),
+        Value::Array(vec![Value::from(2), Value::from(2)]),
+    )]));
+    let reply = ExpertResponse::decode(service.reply(&good(float16)).expect("gradients").as_slice()).expect("reply");
+    assert!(reply.tensors.iter().all(|t| t.compression == CompressionType::Float16 as i32));
+    assert_close_to(&values(&reply.tensors), &exact, 2e-3);
+    let bf16_schema = BlockSchema { dtype: DType::BF16, ..schema };
+    let bf16 = BackwardService::new(blocks[..2].to_vec(), uids[..2].to_vec(), bf16_schema, DecodeLimits::default())
+        .expect("service");
+    let reply = ExpertResponse::decode(bf16.reply(&good(Vec::new())).expect("gradients").as_slice()).expect("reply");
+    assert!(reply.tensors.iter().all(|t| t.dtype == "bfloat16"));
+    assert_close_to(&values(&reply.tensors), &exact, 5e-2);
+}
+
+/// Each reply tensor's values as float32.
+fn values(tensors: &[kwaai_core::wire::runtime::Tensor]) -> Vec<Vec<f32>> {
+    tensors.iter().map(|t| decode(t, &DecodeLimits::default()).expect("decodes").view().to_f32().into_owned()).collect()
+}
+
+fn assert_close_to(got: &[Vec<f32>], expected: &[Vec<f32>], relative: f32) {
+    assert_eq!(got.len(), expected.len());
+    for (g, e) in got.iter().zip(expected) {
+        let scale = e.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let err = g.iter().zip(e).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(scale > 0.0 && err <= relative * scale, "max abs error {err} against scale {scale}");
+    }
 }
