@@ -3,7 +3,7 @@
 //! finds the span through the DHT, runs forward, then backward through `rpc_backward` (and, forced,
 //! through `rpc_forward_stream` / `rpc_backward_stream`), and its gradients for the prompt
 //! embeddings, the deep prompts and the input embeddings equal those transformers computes locally.
-//! Bad requests are refused with the text a Petals server sends.
+//! Bad requests are refused with the text a Petals server sends for the same request.
 
 mod common;
 
@@ -26,11 +26,14 @@ use serde_json::Value as Json;
 const PREFIX: &str = "tiny-llama-hf";
 const HIDDEN: usize = 64;
 
-fn make_tiny_llama(dir: &std::path::Path) {
+fn shared_dir() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let shared = std::env::var_os("KWAAI_SHARED").map(PathBuf::from).unwrap_or_else(|| root.join("../shared"));
+    std::env::var_os("KWAAI_SHARED").map(PathBuf::from).unwrap_or_else(|| root.join("../shared"))
+}
+
+fn make_tiny_llama(dir: &std::path::Path) {
     let out = Command::new(common::reference_python())
-        .arg(shared.join("reference/make_tiny_model.py"))
+        .arg(shared_dir().join("reference/make_tiny_model.py"))
         .arg(dir)
         .args(["--family", "llama", "--layers", "4", "--hidden", "64"])
         .output()
@@ -179,4 +182,34 @@ fn assert_close_to(got: &[Vec<f32>], expected: &[Vec<f32>], relative: f32) {
         let err = g.iter().zip(e).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(scale > 0.0 && err <= relative * scale, "max abs error {err} against scale {scale}");
     }
+}
+
+#[test]
+fn bad_backward_requests_fail_in_the_petals_client_as_with_a_petals_server() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model = dir.path().join("model");
+    make_tiny_llama(&model);
+    let (blocks, uids) = load_blocks(&model);
+    let schema = BlockSchema { hidden_size: HIDDEN as u64, dtype: DType::F32, compression: 0 };
+    let node = Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() })
+        .expect("node starts");
+    let service = BackwardService::new(blocks[..2].to_vec(), uids[..2].to_vec(), schema, DecodeLimits::default())
+        .expect("service");
+    serve_backward(&node, service).expect("rpc_backward");
+
+    let swarm = shared_dir().join("reference/swarm.py").to_string_lossy().into_owned();
+    let workdir = dir.path().join("swarm").to_string_lossy().into_owned();
+    let model = model.to_string_lossy().into_owned();
+    let maddr = node.listen_addrs()[0].to_string();
+    let out =
+        common::run_reference_script("server_backward_errors.py", &[&swarm, &workdir, &model, PREFIX, &maddr], "");
+    let results: Json = serde_json::from_str(out.lines().last().expect("a JSON line")).expect("JSON");
+    let results = results.as_array().expect("one result per case");
+    assert_eq!(results.len(), 14);
+    for result in results {
+        let python = result["python"].as_str().unwrap_or_else(|| panic!("the Petals server accepted {result}"));
+        assert!(!python.is_empty(), "{result}");
+        assert_eq!(result["kwaai"].as_str(), Some(python), "{} (stream: {})", result["case"], result["stream"]);
+    }
+    node.shutdown();
 }

@@ -419,7 +419,11 @@ fn check_points(metadata: &Value, handler: &str) -> Result<(), Failure> {
         None | Some(Value::Integer(_) | Value::F32(_) | Value::F64(_) | Value::Boolean(_)) => Ok(()),
         Some(other) => Err(Failure::assertion(format!(
             "{handler} should have number of points as number or None, got {}",
-            if other.is_nil() { "None".to_owned() } else { other.to_string() }
+            match other {
+                Value::Nil => "None".to_owned(),
+                Value::String(s) => s.as_str().unwrap_or_default().to_owned(),
+                other => other.to_string(),
+            }
         ))),
     }
 }
