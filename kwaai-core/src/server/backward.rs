@@ -453,17 +453,18 @@ fn candle_dtype(dtype: DType) -> Result<candle_core::DType> {
 }
 
 /// Registers `rpc_backward` and `rpc_backward_stream` on `node`, answered by `service` on
-/// blocking threads within [`BACKWARD_TIMEOUT`].
+/// blocking threads; each call (a stream's upload included) must finish within
+/// [`BACKWARD_TIMEOUT`].
 pub fn serve_backward(node: &Node, service: BackwardService) -> Result<()> {
     let service = Arc::new(service);
     let unary = Arc::clone(&service);
     node.add_unary_handler(RPC_BACKWARD, move |_peer, request| {
         let service = Arc::clone(&unary);
-        async move { within_timeout(true, move || service.reply(&request)).await }
+        within_timeout(true, blocking(move || service.reply(&request)))
     })?;
     node.add_stream_handler(RPC_BACKWARD_STREAM, move |_peer, requests| {
         let service = Arc::clone(&service);
-        futures::stream::once(async move {
+        futures::stream::once(within_timeout(false, async move {
             // Inputs, gradients and prompts, at most `max_elements` each of at most 8 bytes.
             let max_bytes = service.limits.max_elements.saturating_mul(24);
             let parts: Vec<Vec<u8>> = requests
@@ -477,8 +478,8 @@ pub fn serve_backward(node: &Node, service: BackwardService) -> Result<()> {
                 })
                 .await?
                 .0;
-            within_timeout(false, move || service.reply_stream(&parts)).await
-        })
+            blocking(move || service.reply_stream(&parts)).await
+        }))
         .flat_map(|replies| match replies {
             Ok(parts) => futures::stream::iter(parts.into_iter().map(Ok).collect::<Vec<_>>()),
             Err(e) => futures::stream::iter(vec![Err(e)]),
@@ -486,13 +487,19 @@ pub fn serve_backward(node: &Node, service: BackwardService) -> Result<()> {
     })
 }
 
-/// Runs `f` on a blocking thread; past [`BACKWARD_TIMEOUT`] the call fails as Petals' does
-/// (`asyncio.TimeoutError`, whose `str` is empty).
-async fn within_timeout<T: Send + 'static>(unary: bool, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    match tokio::time::timeout(BACKWARD_TIMEOUT, tokio::task::spawn_blocking(f)).await {
-        Ok(joined) => joined.map_err(|e| Error::with_source(ErrorKind::Internal, "the backward task failed", e))?,
-        Err(_) => Err(Error::new(ErrorKind::Timeout, if unary { "TimeoutError()" } else { "" })),
-    }
+/// Runs `f` on a blocking thread.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Internal, "the backward task failed", e))?
+}
+
+/// `call`, failing past [`BACKWARD_TIMEOUT`] as Petals' handler does: with `asyncio.TimeoutError`,
+/// whose `repr` is `TimeoutError()` and whose `str` is empty.
+async fn within_timeout<T>(unary: bool, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(BACKWARD_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(Error::new(ErrorKind::Timeout, if unary { "TimeoutError()" } else { "" })))
 }
 
 #[cfg(test)]
