@@ -2,8 +2,9 @@
 //! prompt-tuning step (`AutoDistributedModelForCausalLM`, `tuning_mode="deep_ptune"`): the client
 //! finds the span through the DHT, runs forward, then backward through `rpc_backward` (and, forced,
 //! through `rpc_forward_stream` / `rpc_backward_stream`), and its gradients for the prompt
-//! embeddings, the deep prompts and the input embeddings equal those transformers computes locally.
-//! Bad requests are refused with the text a Petals server sends for the same request.
+//! embeddings, the deep prompts and the input embeddings equal those transformers computes locally;
+//! the same holds when a Python Petals server holds the first half of the blocks. Bad requests are
+//! refused with the text a Petals server sends for the same request.
 
 mod common;
 
@@ -59,37 +60,41 @@ fn assert_close(comparison: &Json, what: &str) {
     assert!(err <= 1e-4 * scale.max(1.0), "{what}: gradient max abs error {err} against scale {scale}");
 }
 
-#[test]
-fn petals_prompt_tuning_step_through_rust_server_matches_transformers() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    make_tiny_llama(dir.path());
-    let (blocks, uids) = load_blocks(dir.path());
+/// Serves blocks `range` of the model in `dir` on `node` (rpc_info, forward, backward) and
+/// announces them ONLINE.
+fn serve_and_announce(node: &Node, dir: &std::path::Path, range: std::ops::Range<u32>) {
+    let (blocks, uids) = load_blocks(dir);
+    let (blocks, uids) = (
+        blocks[range.start as usize..range.end as usize].to_vec(),
+        uids[range.start as usize..range.end as usize].to_vec(),
+    );
     let schema = BlockSchema { hidden_size: HIDDEN as u64, dtype: DType::F32, compression: 0 };
     let server = ServerRpcInfo { dht_client_mode: false, cache_tokens_available: 1024 };
-
-    let node = Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() })
-        .expect("node starts");
-    serve_info(&node, InfoService::new(uids.clone(), schema, server)).expect("rpc_info");
+    serve_info(node, InfoService::new(uids.clone(), schema, server)).expect("rpc_info");
     let limits = DecodeLimits::default();
-    serve_forward(&node, ForwardService::new(blocks.clone(), uids.clone(), schema, limits).expect("forward"))
+    serve_forward(node, ForwardService::new(blocks.clone(), uids.clone(), schema, limits).expect("forward"))
         .expect("rpc_forward");
-    serve_backward(&node, BackwardService::new(blocks, uids, schema, limits).expect("backward")).expect("rpc_backward");
+    serve_backward(node, BackwardService::new(blocks, uids, schema, limits).expect("backward")).expect("rpc_backward");
 
     let info = ServerInfo { torch_dtype: Some("float32".into()), ..ServerInfo::new(ServerState::Online, 10.0) };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let dht = node.dht().expect("dht");
-    let span = Span::new(0, 4).expect("span");
+    let span = Span::new(range.start, range.end).expect("span");
     let stored = runtime.block_on(announce(&dht, &node.peer_id(), PREFIX, span, 4, &info, 120.0)).expect("announce");
-    assert_eq!(stored, [true; 4]);
+    assert_eq!(stored, vec![true; range.len()]);
+}
 
-    let maddr = node.listen_addrs()[0].to_string();
-    let dir_arg = dir.path().to_string_lossy().into_owned();
-    let out =
-        common::run_reference_script("server_prompt_tuning.py", &[&maddr, &dir_arg, PREFIX, "unary", "stream"], "");
+/// Runs `server_prompt_tuning.py` through the swarm joined at `initial_peer` for `modes` and checks
+/// every loss and gradient against transformers'; returns the per-mode replies.
+fn prompt_tuning_step(initial_peer: &str, model: &std::path::Path, modes: &[&str]) -> Vec<Json> {
+    let model = model.to_string_lossy().into_owned();
+    let mut args = vec![initial_peer, &model, PREFIX];
+    args.extend(modes);
+    let out = common::run_reference_script("server_prompt_tuning.py", &args, "");
     let replies: Json = serde_json::from_str(out.lines().last().expect("a JSON line")).expect("JSON");
-    let replies = replies.as_array().expect("one reply per mode");
-    assert_eq!(replies.len(), 2);
-    for reply in replies {
+    let replies = replies.as_array().expect("one reply per mode").clone();
+    assert_eq!(replies.len(), modes.len());
+    for reply in &replies {
         let loss = reply["loss"].as_f64().expect("loss");
         let expected = reply["expected_loss"].as_f64().expect("expected loss");
         assert!(
@@ -106,8 +111,50 @@ fn petals_prompt_tuning_step_through_rust_server_matches_transformers() {
             assert_close(layer, &format!("{} deep prompts of layer {i}", reply["mode"]));
         }
     }
+    replies
+}
+
+#[test]
+fn petals_prompt_tuning_step_through_rust_server_matches_transformers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_tiny_llama(dir.path());
+    let node = Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() })
+        .expect("node starts");
+    serve_and_announce(&node, dir.path(), 0..4);
+
+    let maddr = node.listen_addrs()[0].to_string();
+    let replies = prompt_tuning_step(&maddr, dir.path(), &["unary", "stream"]);
     assert!(replies[0]["unary_calls"].as_u64() >= Some(1) && replies[0]["stream_calls"] == 0, "{}", replies[0]);
     assert!(replies[1]["stream_calls"].as_u64() >= Some(1) && replies[1]["unary_calls"] == 0, "{}", replies[1]);
+    node.shutdown();
+}
+
+#[test]
+fn prompt_tuning_through_a_python_then_a_rust_server_matches_transformers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model = dir.path().join("model");
+    make_tiny_llama(&model);
+    let swarm = shared_dir().join("reference/swarm.py").to_string_lossy().into_owned();
+    let workdir = dir.path().join("swarm").to_string_lossy().into_owned();
+    let model_arg = model.to_string_lossy().into_owned();
+    let mut python = common::ReferenceProcess::start(
+        "swarm_process.py",
+        &[&swarm, &model_arg, "--workdir", &workdir, "--dht-prefix", PREFIX, "--servers", "0:2"],
+    );
+    let ready = python.read_json();
+    let bootstrap = ready["initial_peers"][0].as_str().expect("the bootstrap multiaddr").to_owned();
+
+    let node = Node::start(NodeConfig {
+        listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        initial_peers: vec![bootstrap.clone()],
+        ..NodeConfig::default()
+    })
+    .expect("node joins the swarm");
+    serve_and_announce(&node, &model, 2..4);
+
+    // The Python server holds blocks 0..2 and the Rust server 2..4: one backward call each.
+    let replies = prompt_tuning_step(&bootstrap, &model, &["unary"]);
+    assert_eq!(replies[0]["unary_calls"], 2, "{}", replies[0]);
     node.shutdown();
 }
 
