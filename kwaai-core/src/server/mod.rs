@@ -10,16 +10,29 @@
 
 mod announce;
 mod announcer;
+mod backward;
 mod forward;
 mod handler;
 mod info;
 mod prefix;
 mod schema;
+mod selection;
+mod throughput;
 
 pub use announce::{announce, announcement_expiration, block_records, block_uid, model_record, Span, MODELS_KEY};
 pub use announcer::{Announcement, Announcer};
+pub use backward::{serve_backward, BackwardService, BACKWARD_TIMEOUT, RPC_BACKWARD, RPC_BACKWARD_STREAM};
 pub use forward::{serve_forward, ForwardService, RPC_FORWARD, RPC_FORWARD_STREAM};
 pub use handler::{serve_info, InfoService, RPC_INFO};
 pub use info::{ServerInfo, ServerState, PETALS_VERSION};
 pub use prefix::dht_prefix_for_repo;
 pub use schema::{batch_tensor_descriptor, rpc_info_value, BlockSchema, ServerRpcInfo};
+pub use selection::{
+    choose_best_blocks, choose_best_start, choose_blocks_from_dht, compute_spans, compute_throughputs,
+    get_remote_module_infos, RemoteModuleInfo, RemoteSpan,
+};
+pub use throughput::{
+    default_cache_dir, measure_compute_rps, measure_throughput_info, network_rps, read_throughput_cache,
+    server_throughput, throughput_cache_key, write_throughput_cache, MeasureOptions, ServerThroughput,
+    ThroughputConfig, ThroughputInfo, DEFAULT_NETWORK_BITS_PER_SECOND, DEFAULT_RELAY_PENALTY, THROUGHPUT_CACHE_FILE,
+};
