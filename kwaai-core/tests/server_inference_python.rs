@@ -1,0 +1,170 @@
+//! The Python Petals client generates through kwaai servers exactly what transformers generates
+//! locally: through one Rust server holding every block (with `generate()`, step by step inside
+//! `inference_session()`, and with beam search), and through chains of one Rust and one Python
+//! Petals server in both orders, with and without server-to-server pushes. The kwaai node is the
+//! swarm's bootstrap peer. Afterwards every session is closed and its cache returned.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use kwaai_core::server::{Server, ServerConfig, Span};
+use kwaai_core::tensor::DType;
+use kwaai_core::{Node, NodeConfig};
+use serde_json::Value as Json;
+
+const PREFIX: &str = "tiny-kwaai-inference";
+const BLOCKS: u32 = 4;
+const TOKENS: usize = 32;
+
+/// One tiny random Llama for every test of this file.
+fn model_dir() -> &'static Path {
+    static MODEL: OnceLock<tempfile::TempDir> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+            let shared = std::env::var_os("KWAAI_SHARED").map(PathBuf::from).unwrap_or_else(|| root.join("../shared"));
+            let out = Command::new(common::reference_python())
+                .arg(shared.join("reference/make_tiny_model.py"))
+                .arg(dir.path())
+                .args(["--family", "llama", "--layers", &BLOCKS.to_string(), "--hidden", "64"])
+                .output()
+                .expect("make_tiny_model.py runs");
+            assert!(out.status.success(), "make_tiny_model.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+            dir
+        })
+        .path()
+}
+
+fn start_node() -> Node {
+    Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() })
+        .expect("node starts")
+}
+
+fn start_server(node: &Node, start: u32, end: u32) -> Server {
+    let config = ServerConfig {
+        model_dir: model_dir().to_path_buf(),
+        block_indices: Some(Span::new(start, end).expect("span")),
+        dht_prefix: Some(PREFIX.into()),
+        throughput: 1.0,
+        torch_dtype: Some(DType::F32),
+        ..ServerConfig::default()
+    };
+    Server::start(node, config).expect("server starts")
+}
+
+/// Runs the Petals client against the swarm that `bootstrap` belongs to.
+fn generate(bootstrap: &Node, push: bool) -> Json {
+    let maddr = bootstrap.listen_addrs()[0].to_string();
+    let model = model_dir().to_string_lossy().into_owned();
+    let tokens = TOKENS.to_string();
+    let mut args = vec![model.as_str(), &maddr, PREFIX, "--tokens", &tokens];
+    if !push {
+        args.push("--no-push");
+    }
+    let out = common::run_reference_script("server_generate.py", &args, "");
+    serde_json::from_str(out.lines().last().expect("a JSON line")).expect("JSON")
+}
+
+fn assert_same_tokens(result: &Json, what: &str) {
+    assert!(result.get("error").is_none(), "{what}: {result}");
+    let local = &result["local"];
+    assert_eq!(local.as_array().map(Vec::len), Some(TOKENS), "{what}: {result}");
+    assert_eq!(&result["generate"], local, "{what}: generate() differs from transformers");
+    assert_eq!(&result["session"], local, "{what}: the step-by-step session differs from transformers");
+    let prompt = result["prompt_len"].as_u64().expect("prompt length");
+    assert_eq!(result["session_position"].as_u64(), Some(prompt + TOKENS as u64 - 1), "{what}: {result}");
+    assert_eq!(result["beam"], result["local_beam"], "{what}: beam search differs from transformers");
+}
+
+/// Waits until the clients' sessions are closed on `server` and its whole cache is free again.
+fn assert_sessions_freed(server: &Server, full_cache: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.active_sessions() > 0 || server.cache_tokens_left() != full_cache {
+        assert!(
+            Instant::now() < deadline,
+            "{} sessions still open, {} of {full_cache} cache tokens free",
+            server.active_sessions(),
+            server.cache_tokens_left()
+        );
+        std::thread::sleep(Duration::from_millis(50)); // polling for the streams' teardown
+    }
+}
+
+#[test]
+fn petals_client_generates_through_one_rust_server() {
+    let node = start_node();
+    let mut server = start_server(&node, 0, BLOCKS);
+    let full_cache = server.cache_tokens_left();
+    assert_eq!(server.uids().len(), BLOCKS as usize);
+    // Petals' 16384 tokens per block for a model with grouped-query attention, counted in key
+    // and value rows.
+    assert_eq!(full_cache, 2 * 16384 * u64::from(BLOCKS));
+
+    let result = generate(&node, true);
+    assert_same_tokens(&result, "one Rust server");
+    assert_eq!(server.pushes().sent(), 0, "a lone server has no next server to push to");
+    assert_sessions_freed(&server, full_cache);
+    server.shutdown();
+    node.shutdown();
+}
+
+/// Runs a Python Petals server for blocks `start..end` that joins the swarm through `bootstrap`.
+fn python_server(bootstrap: &Node, start: u32, end: u32) -> common::ReferenceProcess {
+    let maddr = bootstrap.listen_addrs()[0].to_string();
+    let model = model_dir().to_string_lossy().into_owned();
+    let span = format!("{start}:{end}");
+    let args = [model.as_str(), "--servers", &span, "--dht-prefix", PREFIX, "--initial-peers", &maddr];
+    let mut swarm = common::ReferenceProcess::start("server_swarm.py", &args);
+    let ready = swarm.read_json();
+    assert_eq!(ready["servers"][0]["blocks"], serde_json::json!([start, end]), "{ready}");
+    swarm
+}
+
+#[test]
+fn chain_of_a_rust_then_a_python_server() {
+    let node = start_node();
+    let server = start_server(&node, 0, BLOCKS / 2);
+    let full_cache = server.cache_tokens_left();
+    let _python = python_server(&node, BLOCKS / 2, BLOCKS);
+
+    assert_same_tokens(&generate(&node, false), "Rust 0:2 then Python 2:4, no push");
+    assert_eq!(server.pushes().sent(), 0, "the client asked for no pushes");
+    assert_same_tokens(&generate(&node, true), "Rust 0:2 then Python 2:4, with push");
+    assert!(server.pushes().sent() > 0, "the Rust server pushed no step to the Python server");
+    assert_sessions_freed(&server, full_cache);
+}
+
+#[test]
+fn chain_of_a_python_then_a_rust_server() {
+    let node = start_node();
+    let server = start_server(&node, BLOCKS / 2, BLOCKS);
+    let full_cache = server.cache_tokens_left();
+    let _python = python_server(&node, 0, BLOCKS / 2);
+
+    assert_same_tokens(&generate(&node, false), "Python 0:2 then Rust 2:4, no push");
+    assert_same_tokens(&generate(&node, true), "Python 0:2 then Rust 2:4, with push");
+    assert_sessions_freed(&server, full_cache);
+}
+
+#[test]
+fn chain_of_two_rust_servers_pushing_to_each_other() {
+    let first_node = start_node();
+    let first = start_server(&first_node, 0, BLOCKS / 2);
+    let second_node = Node::start(NodeConfig {
+        listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        initial_peers: vec![first_node.listen_addrs()[0].to_string()],
+        ..NodeConfig::default()
+    })
+    .expect("second node starts");
+    let second = start_server(&second_node, BLOCKS / 2, BLOCKS);
+
+    assert_same_tokens(&generate(&first_node, true), "Rust 0:2 then Rust 2:4, with push");
+    assert!(first.pushes().sent() > 0, "the first server pushed nothing");
+    assert!(second.pushes().received() > 0, "the second server received no push");
+    assert_eq!(second.pushes().sent(), 0, "the last server has no next server");
+}
