@@ -1,8 +1,10 @@
 //! The Python Petals client generates through kwaai servers exactly what transformers generates
 //! locally: through one Rust server holding every block (with `generate()`, step by step inside
 //! `inference_session()`, and with beam search), and through chains of one Rust and one Python
-//! Petals server in both orders, with and without server-to-server pushes. The kwaai node is the
-//! swarm's bootstrap peer. Afterwards every session is closed and its cache returned.
+//! Petals server in both orders, with and without server-to-server pushes, and through two Rust
+//! servers that push to each other. A lone kwaai node is the swarm's bootstrap peer; in the mixed
+//! chains it joins the Python swarm's bootstrap node. Afterwards every session is closed and its
+//! cache returned.
 
 mod common;
 
@@ -40,9 +42,17 @@ fn model_dir() -> &'static Path {
         .path()
 }
 
-fn start_node() -> Node {
-    Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() })
-        .expect("node starts")
+fn start_node(initial_peers: &[String]) -> Node {
+    let config = NodeConfig {
+        listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        initial_peers: initial_peers.to_vec(),
+        ..NodeConfig::default()
+    };
+    Node::start(config).expect("node starts")
+}
+
+fn maddr(node: &Node) -> String {
+    node.listen_addrs()[0].to_string()
 }
 
 fn start_server(node: &Node, start: u32, end: u32) -> Server {
@@ -57,12 +67,12 @@ fn start_server(node: &Node, start: u32, end: u32) -> Server {
     Server::start(node, config).expect("server starts")
 }
 
-/// Runs the Petals client against the swarm that `bootstrap` belongs to.
-fn generate(bootstrap: &Node, push: bool) -> Json {
-    let maddr = bootstrap.listen_addrs()[0].to_string();
+/// Runs the Petals client with `initial_peers`.
+fn generate(initial_peers: &[String], push: bool) -> Json {
     let model = model_dir().to_string_lossy().into_owned();
     let tokens = TOKENS.to_string();
-    let mut args = vec![model.as_str(), &maddr, PREFIX, "--tokens", &tokens];
+    let peers = initial_peers.join(",");
+    let mut args = vec![model.as_str(), &peers, PREFIX, "--tokens", &tokens];
     if !push {
         args.push("--no-push");
     }
@@ -97,7 +107,7 @@ fn assert_sessions_freed(server: &Server, full_cache: u64) {
 
 #[test]
 fn petals_client_generates_through_one_rust_server() {
-    let node = start_node();
+    let node = start_node(&[]);
     let mut server = start_server(&node, 0, BLOCKS);
     let full_cache = server.cache_tokens_left();
     assert_eq!(server.uids().len(), BLOCKS as usize);
@@ -105,7 +115,7 @@ fn petals_client_generates_through_one_rust_server() {
     // and value rows.
     assert_eq!(full_cache, 2 * 16384 * u64::from(BLOCKS));
 
-    let result = generate(&node, true);
+    let result = generate(&[maddr(&node)], true);
     assert_same_tokens(&result, "one Rust server");
     assert_eq!(server.pushes().sent(), 0, "a lone server has no next server to push to");
     assert_sessions_freed(&server, full_cache);
@@ -113,57 +123,56 @@ fn petals_client_generates_through_one_rust_server() {
     node.shutdown();
 }
 
-/// Runs a Python Petals server for blocks `start..end` that joins the swarm through `bootstrap`.
-fn python_server(bootstrap: &Node, start: u32, end: u32) -> common::ReferenceProcess {
-    let maddr = bootstrap.listen_addrs()[0].to_string();
+/// Runs a Python swarm (a bootstrap node and a Petals server for blocks `start..end`); returns it
+/// with its bootstrap address.
+fn python_swarm(start: u32, end: u32) -> (common::ReferenceProcess, String) {
     let model = model_dir().to_string_lossy().into_owned();
     let span = format!("{start}:{end}");
-    let args = [model.as_str(), "--servers", &span, "--dht-prefix", PREFIX, "--initial-peers", &maddr];
+    let args = [model.as_str(), "--servers", &span, "--dht-prefix", PREFIX, "--timeout", "120"];
     let mut swarm = common::ReferenceProcess::start("server_swarm.py", &args);
     let ready = swarm.read_json();
     assert_eq!(ready["servers"][0]["blocks"], serde_json::json!([start, end]), "{ready}");
-    swarm
+    let bootstrap = ready["initial_peers"][0].as_str().expect("a bootstrap address").to_owned();
+    (swarm, bootstrap)
 }
 
 #[test]
 fn chain_of_a_rust_then_a_python_server() {
-    let node = start_node();
+    let (_python, bootstrap) = python_swarm(BLOCKS / 2, BLOCKS);
+    let peers = [bootstrap];
+    let node = start_node(&peers);
     let server = start_server(&node, 0, BLOCKS / 2);
     let full_cache = server.cache_tokens_left();
-    let _python = python_server(&node, BLOCKS / 2, BLOCKS);
 
-    assert_same_tokens(&generate(&node, false), "Rust 0:2 then Python 2:4, no push");
+    assert_same_tokens(&generate(&peers, false), "Rust 0:2 then Python 2:4, no push");
     assert_eq!(server.pushes().sent(), 0, "the client asked for no pushes");
-    assert_same_tokens(&generate(&node, true), "Rust 0:2 then Python 2:4, with push");
+    assert_same_tokens(&generate(&peers, true), "Rust 0:2 then Python 2:4, with push");
     assert!(server.pushes().sent() > 0, "the Rust server pushed no step to the Python server");
     assert_sessions_freed(&server, full_cache);
 }
 
 #[test]
 fn chain_of_a_python_then_a_rust_server() {
-    let node = start_node();
+    let (_python, bootstrap) = python_swarm(0, BLOCKS / 2);
+    let peers = [bootstrap];
+    let node = start_node(&peers);
     let server = start_server(&node, BLOCKS / 2, BLOCKS);
     let full_cache = server.cache_tokens_left();
-    let _python = python_server(&node, 0, BLOCKS / 2);
 
-    assert_same_tokens(&generate(&node, false), "Python 0:2 then Rust 2:4, no push");
-    assert_same_tokens(&generate(&node, true), "Python 0:2 then Rust 2:4, with push");
+    assert_same_tokens(&generate(&peers, false), "Python 0:2 then Rust 2:4, no push");
+    assert_same_tokens(&generate(&peers, true), "Python 0:2 then Rust 2:4, with push");
     assert_sessions_freed(&server, full_cache);
 }
 
 #[test]
 fn chain_of_two_rust_servers_pushing_to_each_other() {
-    let first_node = start_node();
+    let first_node = start_node(&[]);
     let first = start_server(&first_node, 0, BLOCKS / 2);
-    let second_node = Node::start(NodeConfig {
-        listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
-        initial_peers: vec![first_node.listen_addrs()[0].to_string()],
-        ..NodeConfig::default()
-    })
-    .expect("second node starts");
+    let second_node = start_node(&[maddr(&first_node)]);
     let second = start_server(&second_node, BLOCKS / 2, BLOCKS);
 
-    assert_same_tokens(&generate(&first_node, true), "Rust 0:2 then Rust 2:4, with push");
+    let peers = [maddr(&first_node), maddr(&second_node)];
+    assert_same_tokens(&generate(&peers, true), "Rust 0:2 then Rust 2:4, with push");
     assert!(first.pushes().sent() > 0, "the first server pushed nothing");
     assert!(second.pushes().received() > 0, "the second server received no push");
     assert_eq!(second.pushes().sent(), 0, "the last server has no next server");

@@ -1,6 +1,6 @@
 """A Petals client generates through a swarm and compares with transformers run locally.
 
-Usage: server_generate.py MODEL_DIR INITIAL_PEER PREFIX [--tokens N] [--no-push] [--beams K]
+Usage: server_generate.py MODEL_DIR INITIAL_PEER[,INITIAL_PEER...] PREFIX [--tokens N] [--no-push] [--beams K]
 
 Three greedy runs through the swarm (the model in float32), each compared by the caller with the
 local tokens printed alongside:
@@ -40,7 +40,7 @@ def run(a):
         local_beam = local.generate(ids, **beam)[0, ids.shape[1]:].tolist()
 
     remote = AutoDistributedModelForCausalLM.from_pretrained(
-        a.model_dir, initial_peers=[a.initial_peer], dht_prefix=a.prefix, torch_dtype=torch.float32,
+        a.model_dir, initial_peers=a.initial_peer.split(","), dht_prefix=a.prefix, torch_dtype=torch.float32,
         use_server_to_server=not a.no_push, max_retries=2)
     remote.eval()
     with torch.inference_mode():
