@@ -13,7 +13,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use kwaai_core::server::{Server, ServerConfig, Span};
+use kwaai_core::model::ModelConfig;
+use kwaai_core::server::{cache_bytes_per_token, Server, ServerConfig, Span};
 use kwaai_core::tensor::DType;
 use kwaai_core::{Node, NodeConfig};
 use serde_json::Value as Json;
@@ -176,4 +177,66 @@ fn chain_of_two_rust_servers_pushing_to_each_other() {
     assert!(first.pushes().sent() > 0, "the first server pushed nothing");
     assert!(second.pushes().received() > 0, "the second server received no push");
     assert_eq!(second.pushes().sent(), 0, "the last server has no next server");
+}
+
+#[test]
+fn inference_sessions_keep_petals_rules_and_limits() {
+    let node = start_node(&[]);
+    let config = ServerConfig {
+        model_dir: model_dir().to_path_buf(),
+        block_indices: Some(Span::new(0, BLOCKS).expect("span")),
+        dht_prefix: Some(PREFIX.into()),
+        throughput: 1.0,
+        torch_dtype: Some(DType::F32),
+        max_sessions: 3,
+        max_message_size: 256 << 10,
+        ..ServerConfig::default()
+    };
+    let server = Server::start(&node, config).expect("server starts");
+    let full_cache = server.cache_tokens_left();
+    let model = ModelConfig::from_dir(model_dir()).expect("config");
+    let per_token = cache_bytes_per_token(&model, DType::F32) * u64::from(BLOCKS);
+
+    let peer = node.peer_id().to_base58();
+    let hidden = model.hidden_size.to_string();
+    let args = [maddr(&node), peer, PREFIX.into(), BLOCKS.to_string(), hidden];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut client = common::ReferenceProcess::start("server_inference.py", &args);
+    let out = client.read_json();
+    let error = |key: &str| out[key]["error"].as_str().unwrap_or_else(|| panic!("{key}: no error: {out}")).to_owned();
+    let h = model.hidden_size;
+
+    assert!(error("too_long").contains("Cannot allocate KV cache for 1000000 tokens, max = 8192"), "{out}");
+    assert!(error("float_max_length").contains("rpc_inference metadata must contain int max_length, got 2.5"), "{out}");
+    assert!(error("unserved").contains(&format!("Remote peer does not serve {PREFIX}.7")), "{out}");
+    assert!(error("int32_hypo_ids").contains("hypo ids must be int64, got torch.int32"), "{out}");
+    // The repeated step id got no reply: the next reply is the empty step's.
+    assert_eq!(out["step_shapes"], serde_json::json!([[1, 3, h], [1, 0, h], [1, 2, h]]), "{out}");
+    let past = out["past_max_length"].as_str().expect("an error past max_length");
+    assert!(past.contains("Maximum length exceeded: prefix 5 + current 1 exceeds pre-allocated maximum 5"), "{past}");
+    assert_eq!(out["beam_shapes"], serde_json::json!([[2, 2, h], [2, 1, h]]), "{out}");
+    assert_eq!(out["beam_close"], "closed");
+
+    let at_once = 3 * 8192 * per_token;
+    assert!(error("batch3_at_once").contains(&format!("Could not allocate {at_once} bytes immediately: out of memory")));
+    assert_eq!(out["holder"], serde_json::json!([2, 0, h]));
+    let small = 16 * per_token;
+    assert!(error("waited_half_a_second").contains(&format!("Could not allocate {small} within 0.5 seconds")), "{out}");
+    assert_eq!(out["waiter_done_while_holder_open"], false, "the waiter got memory the holder still had");
+    assert_eq!(out["holder_close"], "closed");
+    assert_eq!(out["waiter"], serde_json::json!([1, 1, h]), "the waiter got the memory once it was freed");
+    assert!(error("fourth_session").contains("the server already has 3 open"), "{out}");
+    assert!(error("too_big").contains("exceeds the limit of 262144"), "{out}");
+
+    // A session whose client vanishes without closing it gives its cache back.
+    assert_eq!(client.read_json()["holding"], true);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.active_sessions() != 1 {
+        assert!(Instant::now() < deadline, "{} sessions open, expected only the held one", server.active_sessions());
+        std::thread::sleep(Duration::from_millis(50)); // polling for the earlier sessions' teardown
+    }
+    assert_eq!(server.cache_tokens_left(), full_cache - 2 * 64 * u64::from(BLOCKS));
+    client.send_line("drop");
+    assert_eq!(client.read_json()["dropped"], true);
+    assert_sessions_freed(&server, full_cache);
 }

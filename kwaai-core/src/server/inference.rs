@@ -38,6 +38,8 @@ use crate::wire::runtime::{ExpertRequest, ExpertResponse};
 
 /// The handle name of `rpc_inference`.
 pub const RPC_INFERENCE: &str = "TransformerConnectionHandler.rpc_inference";
+/// How long a session that the client ended waits for the client to close its side.
+const END_GRACE: Duration = Duration::from_secs(2);
 
 /// Limits and timeouts of inference sessions (Petals' server options of the same names).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -255,7 +257,12 @@ impl Session {
                 },
             };
             if request.tensors.is_empty() {
-                return None; // the client's end of session
+                // The client's end of session: free the caches, then let the client finish its
+                // side of the stream before ours closes (closing first breaks its last write).
+                self.open = None;
+                let drain = async { while self.requests.next().await.is_some() {} };
+                let _ = tokio::time::timeout(END_GRACE, drain).await;
+                return None;
             }
             let metadata = match Metadata::parse(&request.metadata) {
                 Ok(metadata) => metadata,
