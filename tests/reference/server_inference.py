@@ -1,0 +1,175 @@
+"""Drives rpc_inference on one server with hand-made requests, as Petals' _ServerInferenceSession
+sends them, and reports what came back (reply shapes, or the error text the client sees).
+
+Usage: server_inference.py INITIAL_PEER SERVER_PEER_ID PREFIX NUM_BLOCKS HIDDEN
+
+Prints one JSON line with a result per scenario, then opens one more session, steps it once and
+prints {"holding": true}; on a stdin line it stops its DHT (its p2pd goes away without closing the
+session) and prints {"dropped": true}; it exits when stdin closes.
+Used by kwaai-core/tests/server_inference_python.rs."""
+import asyncio
+import json
+import sys
+import uuid
+
+import hivemind
+import torch
+from hivemind import MSGPackSerializer, PeerID, serialize_torch_tensor
+from hivemind.proto import runtime_pb2
+from hivemind.utils.asyncio import anext
+from petals.server.handler import TransformerConnectionHandler
+from petals.utils.misc import DUMMY, DUMMY_INT64
+from petals.utils.packaging import pack_args_kwargs
+
+
+class Session:
+    """One rpc_inference stream fed from a queue, as the Petals client feeds it."""
+
+    def __init__(self, stub):
+        self.stub, self.queue, self.outputs = stub, asyncio.Queue(), None
+
+    async def open(self):
+        async def inputs():
+            while True:
+                request = await self.queue.get()
+                if request is None:
+                    return
+                yield request
+
+        self.outputs = await self.stub.rpc_inference(inputs())
+        return self
+
+    async def send(self, request):
+        await self.queue.put(request)
+
+    async def recv(self, timeout=30):
+        response = await asyncio.wait_for(anext(self.outputs), timeout)
+        return list(hivemind.deserialize_torch_tensor(response.tensors[0]).shape)
+
+    async def close(self):
+        await self.queue.put(runtime_pb2.ExpertRequest())
+        await self.queue.put(None)
+        try:
+            await asyncio.wait_for(anext(self.outputs), 30)
+            return "unexpected reply"
+        except StopAsyncIteration:
+            return "closed"
+
+
+def step(uids, hidden, first=None, hypo_ids=DUMMY_INT64, step_id=None, **metadata):
+    tensors, args_structure = pack_args_kwargs(hidden, DUMMY, hypo_ids)
+    metadata.update(session_id=metadata.get("session_id", str(uuid.uuid4())), step_id=step_id or str(uuid.uuid4()))
+    metadata.update(first or {})
+    metadata["args_structure"] = args_structure
+    return runtime_pb2.ExpertRequest(
+        uid=uids, tensors=[serialize_torch_tensor(t) for t in tensors], metadata=MSGPackSerializer.dumps(metadata)
+    )
+
+
+async def expect_error(stub, request):
+    session = await Session(stub).open()
+    await session.send(request)
+    try:
+        return {"unexpected_reply": await session.recv()}
+    except Exception as e:
+        return {"error": str(e)}
+
+
+async def scenarios(stub, prefix, num_blocks, hidden_size):
+    uids = " ".join(f"{prefix}.{i}" for i in range(num_blocks))
+    h = lambda batch, n: torch.randn(batch, n, hidden_size)  # noqa: E731
+    out = {}
+    out["too_long"] = await expect_error(stub, step(uids, h(1, 1), {"max_length": 10**6}))
+    out["float_max_length"] = await expect_error(stub, step(uids, h(1, 1), {"max_length": 2.5}))
+    out["unserved"] = await expect_error(stub, step(f"{prefix}.{num_blocks + 3}", h(1, 1), {"max_length": 8}))
+    out["int32_hypo_ids"] = await expect_error(
+        stub, step(uids, h(1, 1), {"max_length": 8}, hypo_ids=torch.zeros(1, dtype=torch.int32)))
+
+    # Steps, a repeated step id, an empty step, and a step past max_length.
+    session = await Session(stub).open()
+    sid = str(uuid.uuid4())
+    shapes = []
+    await session.send(step(uids, h(1, 3), {"max_length": 5}, session_id=sid, step_id="s1"))
+    shapes.append(await session.recv())
+    await session.send(step(uids, h(1, 2), session_id=sid, step_id="s1"))  # already done: no reply
+    await session.send(step(uids, h(1, 0), session_id=sid, step_id="s2"))
+    shapes.append(await session.recv())
+    await session.send(step(uids, h(1, 2), session_id=sid, step_id="s3"))
+    shapes.append(await session.recv())
+    await session.send(step(uids, h(1, 1), session_id=sid, step_id="s4"))
+    try:
+        shapes.append(await session.recv())
+    except Exception as e:
+        out["past_max_length"] = str(e)
+    out["step_shapes"] = shapes
+
+    # Beam reordering: batch 2, then keep beam 1 twice.
+    session = await Session(stub).open()
+    sid = str(uuid.uuid4())
+    await session.send(step(uids, h(2, 2), {"max_length": 4}, session_id=sid))
+    beams = [await session.recv()]
+    await session.send(step(uids, h(2, 1), session_id=sid, hypo_ids=torch.tensor([1, 1])))
+    beams.append(await session.recv())
+    out["beam_shapes"] = beams
+    out["beam_close"] = await session.close()
+
+    # The cache budget: all of it for one session, so another cannot get memory at once or within
+    # 0.5 s, and a third that waits gets it once the first closes.
+    out["batch3_at_once"] = await expect_error(stub, step(uids, h(3, 1), {"max_length": 8192}))
+    holder = await Session(stub).open()
+    await holder.send(step(uids, h(2, 0), {"max_length": 8192}))
+    out["holder"] = await holder.recv()
+    out["waited_half_a_second"] = await expect_error(stub, step(uids, h(1, 1), {"max_length": 16, "alloc_timeout": 0.5}))
+    waiter = await Session(stub).open()
+    await waiter.send(step(uids, h(1, 1), {"max_length": 16, "alloc_timeout": 30}))
+    waiting = asyncio.create_task(waiter.recv())
+    await asyncio.sleep(0.5)
+    out["waiter_done_while_holder_open"] = waiting.done()
+    out["holder_close"] = await holder.close()
+    out["waiter"] = await waiting
+    out["waiter_close"] = await waiter.close()
+
+    # At most 3 sessions at once.
+    open_sessions = []
+    for _ in range(3):
+        s = await Session(stub).open()
+        await s.send(step(uids, h(1, 1), {"max_length": 4}))
+        await s.recv()
+        open_sessions.append(s)
+    out["fourth_session"] = await expect_error(stub, step(uids, h(1, 1), {"max_length": 4}))
+    for s in open_sessions:
+        await s.close()
+
+    # A step larger than the server's message limit.
+    out["too_big"] = await expect_error(stub, step(uids, h(1, 2000), {"max_length": 4096}))
+    return out
+
+
+async def main_async(dht, peer_id, prefix, num_blocks, hidden_size):
+    p2p = await dht.replicate_p2p()
+    stub = TransformerConnectionHandler.get_stub(p2p, peer_id)
+    print(json.dumps(await scenarios(stub, prefix, num_blocks, hidden_size)), flush=True)
+    uids = " ".join(f"{prefix}.{i}" for i in range(num_blocks))
+    holding = await Session(stub).open()
+    await holding.send(step(uids, torch.randn(1, 4, hidden_size), {"max_length": 64}))
+    await holding.recv()
+    print(json.dumps({"holding": True}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    return holding
+
+
+def main():
+    initial_peer, peer_id, prefix = sys.argv[1], PeerID.from_base58(sys.argv[2]), sys.argv[3]
+    num_blocks, hidden_size = int(sys.argv[4]), int(sys.argv[5])
+    torch.manual_seed(0)
+    dht = hivemind.DHT(initial_peers=[initial_peer], host_maddrs=["/ip4/127.0.0.1/tcp/0"], start=True)
+    try:
+        asyncio.run(main_async(dht, peer_id, prefix, num_blocks, hidden_size))
+    finally:
+        dht.shutdown()  # the daemon goes, the held session with it
+    print(json.dumps({"dropped": True}), flush=True)
+    sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()
