@@ -82,3 +82,19 @@ pub fn config_command(home: &Home, action: &ConfigAction) -> Result<(), Failure>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn questions_keep_defaults_on_empty_answers_and_ask_again_after_bad_ones() {
+        let mut config = Config::default();
+        let answers = "\nnonsense\n/ip4/127.0.0.1/tcp/7000\n\nnone\n3\n";
+        ask(&mut config, &mut answers.as_bytes()).unwrap();
+        assert!(config.initial_peers.is_empty());
+        assert_eq!(config.host_maddrs, vec!["/ip4/127.0.0.1/tcp/7000".to_owned()]);
+        assert_eq!(config.model, None);
+        assert_eq!(config.num_blocks, Some(3));
+    }
+}

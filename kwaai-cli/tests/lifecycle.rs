@@ -111,3 +111,23 @@ fn stale_pid_and_lock_files_are_cleaned_up() {
     home.run(&["start", "--daemon", "--host-maddrs", LOOPBACK]).ok();
     home.run(&["stop"]).ok();
 }
+
+#[test]
+fn health_watch_backs_off_exponentially_and_logs_each_attempt() {
+    let home = TestHome::new();
+    let output = home
+        .command(&["health", "--watch", "--max-attempts", "3", "--max-backoff", "60", "--timeout", "2"])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let log = String::from_utf8_lossy(&output.stderr);
+    let attempts: Vec<&str> = log.lines().filter(|l| l.contains("unhealthy: UNREACHABLE")).collect();
+    assert_eq!(attempts.len(), 3, "{log}");
+    for (i, line) in attempts.iter().enumerate() {
+        assert!(line.contains(&format!("attempt={}", i + 1)), "{line}");
+    }
+    let waits: Vec<&str> = log.lines().filter_map(|l| l.split("reconnecting in ").nth(1)).collect();
+    assert_eq!(waits, vec!["1.0s", "2.0s"], "{log}");
+    assert!(log.trim_end().ends_with("kwaainet: not visible after 3 attempts in a row"), "{log}");
+}
