@@ -172,6 +172,62 @@ fn check_server(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::serve::ServedSpan;
+    use kwaai_core::server::{Announcement, Announcer, Span};
+
+    fn loopback_node(initial_peers: Vec<String>) -> Node {
+        Node::start(NodeConfig {
+            listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            initial_peers,
+            ..NodeConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn status_of(node: &Node, initial_peers: Vec<String>, served: Option<ServedSpan>) -> StatusFile {
+        StatusFile {
+            pid: std::process::id(),
+            version: kwaai_core::VERSION.to_owned(),
+            peer_id: node.peer_id().to_string(),
+            dht_node_id: node.dht().unwrap().node_id().to_string(),
+            listen_addrs: node.listen_addrs().iter().map(ToString::to_string).collect(),
+            started_at: 0,
+            updated_at: 0,
+            dht_peers: 0,
+            served_blocks: served,
+            active_sessions: Some(0),
+            args: Vec::new(),
+            config: Config { initial_peers, ..Config::default() },
+        }
+    }
+
+    #[test]
+    fn a_server_is_online_while_each_served_block_is_announced_online() {
+        let first = loopback_node(Vec::new());
+        let entry = vec![first.listen_addrs()[0].to_string()];
+        let server = loopback_node(entry.clone());
+        let announcement = Announcement {
+            dht_prefix: "kwaainet-check".into(),
+            span: Span::new(0, 2).unwrap(),
+            num_blocks: 4,
+            info: ServerInfo::new(ServerState::Online, 10.0),
+            update_period: Duration::from_secs(60),
+            lifetime: None,
+        };
+        let announcer = Announcer::start(server.dht().unwrap(), server.peer_id(), announcement).unwrap();
+        let span = |end| Some(ServedSpan { start: 0, end, dht_prefix: "kwaainet-check".into() });
+        let timeout = Duration::from_secs(10);
+
+        let online = check_visibility(&status_of(&server, entry.clone(), span(2)), timeout);
+        assert_eq!(online.label(), "ONLINE", "{online:?}");
+        let missing = check_visibility(&status_of(&server, entry.clone(), span(3)), timeout);
+        assert_eq!(missing, Visibility::NotVisible("block kwaainet-check.2 is not announced by this node".into()));
+        announcer.set_state(ServerState::Joining).unwrap();
+        let joining = check_visibility(&status_of(&server, entry.clone(), span(2)), timeout);
+        assert_eq!(joining, Visibility::NotVisible("block kwaainet-check.0 is announced Joining".into()));
+        announcer.shutdown().unwrap();
+    }
 
     #[test]
     fn dht_ids_parse_from_their_display_form() {
