@@ -92,10 +92,14 @@ pub fn read_pid(home: &Home) -> Option<i32> {
     std::fs::read_to_string(home.pid_file()).ok()?.trim().parse().ok().filter(|p| *p > 0)
 }
 
-/// Whether process `pid` exists.
+/// Whether process `pid` is alive (a zombie, dead but not yet reaped by its parent, is not).
 fn process_exists(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists and may be signalled.
-    unsafe { libc::kill(pid, 0) == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) }
+    let exists =
+        unsafe { libc::kill(pid, 0) == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) };
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')));
+    exists && !zombie
 }
 
 fn signal(pid: i32, sig: libc::c_int) {

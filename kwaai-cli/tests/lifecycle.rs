@@ -1,5 +1,7 @@
 //! The node's life in a temporary HOME: setup, start --daemon, status, logs, restart, stop.
 
+#[path = "../../kwaai-core/tests/common/mod.rs"]
+mod common;
 mod support;
 
 use support::{process_exists, TestHome};
@@ -130,4 +132,34 @@ fn health_watch_backs_off_exponentially_and_logs_each_attempt() {
     let waits: Vec<&str> = log.lines().filter_map(|l| l.split("reconnecting in ").nth(1)).collect();
     assert_eq!(waits, vec!["1.0s", "2.0s"], "{log}");
     assert!(log.trim_end().ends_with("kwaainet: not visible after 3 attempts in a row"), "{log}");
+}
+
+#[test]
+fn stop_kills_a_node_that_ignores_sigterm() {
+    let home = TestHome::new();
+    std::fs::create_dir_all(home.kwaainet_dir()).unwrap();
+    // A stand-in node: holds the lock, writes its PID, ignores SIGTERM.
+    let script = "import fcntl, os, signal, sys, time\n\
+                  lock = open(sys.argv[1] + '/kwaainet.lock', 'a+')\n\
+                  fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)\n\
+                  signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
+                  open(sys.argv[1] + '/kwaainet.pid', 'w').write(f'{os.getpid()}\\n')\n\
+                  print('ready', flush=True)\n\
+                  time.sleep(120)\n";
+    let mut child = std::process::Command::new(common::reference_python())
+        .args(["-c", script, home.kwaainet_dir().to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+    assert_eq!(home.run(&["status", "--no-check"]).code, 1, "running, but it wrote no status file");
+
+    let run = home.run(&["stop", "--timeout", "0.5"]).ok();
+    assert_eq!(run.stdout.trim(), format!("killed (pid {}) after 0.5s without stopping", child.id()));
+    let status = child.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "SIGKILL ended it");
+    assert!(!home.kwaainet_dir().join("kwaainet.lock").exists());
+    assert!(!home.kwaainet_dir().join("kwaainet.pid").exists());
 }
