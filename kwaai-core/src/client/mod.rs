@@ -5,10 +5,12 @@
 //! for forward passes; failing servers are banned for a while). [`InferenceSession`] keeps one
 //! `rpc_inference` stream per server of the chain; when a server fails it rebuilds that part of
 //! the chain and replays the session's inputs to the new servers, so the output is unchanged.
-//! [`Client::generate`] streams tokens ([`TokenStream`]); dropping or cancelling the stream closes
+//! [`Client::forward`] and [`Client::backward`] run training passes through routes chosen for
+//! throughput. [`Client::generate`] streams tokens ([`TokenStream`]); dropping or cancelling the stream closes
 //! every server session. [`ClientEvent`]s report routes, per-hop latencies and retries.
 
 mod config;
+mod forward;
 mod generate;
 pub mod routing;
 mod sequence;
@@ -17,6 +19,7 @@ mod session;
 use std::sync::Arc;
 
 pub use config::{ClientConfig, ClientEvent, EventCallback, Hop};
+pub use forward::{ForwardPass, RPC_BACKWARD, RPC_BACKWARD_STREAM};
 pub use generate::{GeneratedToken, TokenStream};
 pub use routing::{RemoteSpan, RouteMode};
 pub use sequence::{RpcInfo, SequenceManager};
@@ -75,6 +78,24 @@ impl Client {
     /// runtime).
     pub fn async_inference_session(&self, max_length: usize) -> Result<AsyncInferenceSession> {
         AsyncInferenceSession::new(Arc::clone(&self.manager), max_length)
+    }
+
+    /// Runs hidden states `[batch, tokens, hidden]` through every block without a session (for
+    /// training), with optional deep prompts `[blocks, batch or 1, prefix, hidden]` added to the
+    /// first `prefix` positions before each block. Large batches run in concurrent chunks.
+    pub fn forward(&self, hidden: &candle_core::Tensor, prompts: Option<&candle_core::Tensor>) -> Result<ForwardPass> {
+        self.runtime.block_on(forward::forward(Arc::clone(&self.manager), hidden, prompts))
+    }
+
+    /// The gradients of `sum(pass.output() * grad_output)` with respect to the pass's hidden
+    /// states and, if it had deep prompts, the prompts (through the same servers where they are
+    /// still up; a part whose server failed is run forward again through another route).
+    pub fn backward(
+        &self,
+        pass: &ForwardPass,
+        grad_output: &candle_core::Tensor,
+    ) -> Result<(candle_core::Tensor, Option<candle_core::Tensor>)> {
+        self.runtime.block_on(forward::backward(Arc::clone(&self.manager), pass, grad_output))
     }
 
     /// Generates up to `config.max_new_tokens` tokens after `prompt`, running the embeddings and
