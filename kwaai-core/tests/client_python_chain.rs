@@ -1,5 +1,6 @@
 //! The Rust client through a chain of two Python Petals servers (blocks 0:2 and 2:4 of a tiny
-//! Llama): its greedy generation equals transformers' local one, the step-by-step session agrees,
+//! Llama): its greedy generation equals transformers' local one, stop tokens end it, sampling draws
+//! what the same sampler draws over local blocks, the step-by-step session agrees,
 //! and a cancelled or dropped token stream closes both servers' sessions (their attention caches
 //! are freed, as their `rpc_info` shows).
 
@@ -12,7 +13,9 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, IndexOp, Tensor};
 use client_common::{cache_tokens_available, client_node, local_greedy, make_tiny_llama, recording_config, Swarm};
 use kwaai_core::client::{ClientEvent, GeneratedToken, Hop};
-use kwaai_core::model::{argmax, ClientModel, GenerationConfig, TextTokenizer};
+use kwaai_core::model::{
+    argmax, generate, BlockSpan, ClientModel, GenerationConfig, LoadOptions, SamplingConfig, TextTokenizer,
+};
 use kwaai_core::{Client, Node, PeerId};
 
 const PROMPT: &str = "A quick test of the swarm";
@@ -84,6 +87,42 @@ fn rust_client_generates_transformers_greedy_tokens_through_two_python_servers_a
     let hop_steps = events.iter().filter(|e| matches!(e, ClientEvent::HopLatency { .. })).count();
     assert_eq!(hop_steps, 2 * NEW_TOKENS, "one latency per hop per step");
     assert!(!events.iter().any(|e| matches!(e, ClientEvent::Retry { .. })), "no retries: {events:?}");
+
+    // Stop tokens end the stream (the stop token included).
+    let stop = reference[5];
+    let until = reference.iter().position(|&t| t == stop).expect("present");
+    let stopping = GenerationConfig { max_new_tokens: NEW_TOKENS, stop_tokens: vec![stop], ..Default::default() };
+    let stopped: Vec<u32> = client
+        .generate(Arc::clone(&model), None, &prompt, stopping)
+        .expect("generate starts")
+        .map(|t| t.expect("a token").id)
+        .collect();
+    assert_eq!(stopped, reference[..=until]);
+
+    // Sampling through the swarm draws the same tokens as the same sampler over local blocks.
+    let sampling = GenerationConfig {
+        max_new_tokens: 16,
+        sampling: SamplingConfig {
+            do_sample: true,
+            temperature: 0.9,
+            top_k: 40,
+            top_p: 0.95,
+            seed: 11,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let sampled: Vec<u32> = client
+        .generate(Arc::clone(&model), None, &prompt, sampling.clone())
+        .expect("generate starts")
+        .map(|t| t.expect("a token").id)
+        .collect();
+    let local = BlockSpan::load(&model_dir, 0, 4, LoadOptions::default()).expect("local blocks");
+    let mut cache = local.new_cache(prompt.len() + 16);
+    let local_sampled =
+        generate(&model, &prompt, &sampling, |h| local.forward_with_cache(h, None, &mut cache), |_| {}).expect("local");
+    assert_eq!(sampled, local_sampled, "remote and local sampling agree");
+    assert_ne!(sampled, reference[..16], "sampling is not greedy");
 
     // The step-by-step API: the prompt, then the first generated token.
     let mut session = client.inference_session(prompt.len() + 2).expect("session");
