@@ -4,6 +4,7 @@
 //! wire as Python hivemind peers. Every fallible call returns [`Error`], whose [`ErrorKind`] is the
 //! stable, coarse classification shared by the C ABI and every language binding.
 
+pub mod client;
 mod config;
 pub mod dht;
 mod error;
@@ -16,6 +17,7 @@ pub mod server;
 pub mod tensor;
 pub mod wire;
 
+pub use client::{Client, ClientConfig};
 pub use config::NodeConfig;
 pub use error::{Error, ErrorKind, Result};
 pub use exchange::{ReceivedTensor, MAX_TENSOR_NAME, TENSOR_PUSH};

@@ -234,6 +234,11 @@ impl Node {
         runtime.block_on(f(dht))
     }
 
+    /// A handle to the node's runtime, for services built on the node (the client).
+    pub(crate) fn runtime_handle(&self) -> Result<tokio::runtime::Handle> {
+        Ok(self.lock().as_ref().ok_or_else(closed)?.runtime.handle().clone())
+    }
+
     fn rpc_and_runtime(&self) -> Result<(Rpc, tokio::runtime::Handle)> {
         let running = self.lock();
         let running = running.as_ref().ok_or_else(closed)?;
