@@ -22,7 +22,7 @@ VALGRIND := valgrind -q --leak-check=full --show-leak-kinds=definite,indirect \
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
 
-demo: ## build and run the local demo swarm on 127.0.0.1 (Ctrl-C stops it)
+demo: ## build and run the local demo swarm on 127.0.0.1 (it streams a generation and stops)
 	cargo run -p kwaai-cli -- demo
 
 test: deps lint build test-rust test-c test-python test-node test-kotlin check-generated ## install what tests need, run every test

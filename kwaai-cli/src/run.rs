@@ -93,10 +93,11 @@ pub fn run_foreground(home: &Home, args: &StartArgs, argv: &[String]) -> Result<
     check_ports_free(&config.host_maddrs)?;
     let node = Node::start(node_config(&config))?;
     let dht = node.dht()?;
-    let served = match ServeArgs::from_config(&config) {
+    let mut server = match ServeArgs::from_config(&config) {
         Some(serve) => Some(serve_model(&node, &serve)?),
         None => None,
     };
+    let served = server.as_ref().map(|(_, span)| span.clone());
     let started_at = unix_now();
     let mut status = StatusFile {
         pid: std::process::id(),
@@ -108,7 +109,7 @@ pub fn run_foreground(home: &Home, args: &StartArgs, argv: &[String]) -> Result<
         updated_at: started_at,
         dht_peers: dht.routing_table_len(),
         served_blocks: served,
-        active_sessions: None,
+        active_sessions: server.as_ref().map(|(s, _)| s.active_sessions() as u64),
         args: rerun_args(argv),
         config,
     };
@@ -120,11 +121,15 @@ pub fn run_foreground(home: &Home, args: &StartArgs, argv: &[String]) -> Result<
     let signal = wait_for_stop(|| {
         status.updated_at = unix_now();
         status.dht_peers = dht.routing_table_len();
+        status.active_sessions = server.as_ref().map(|(s, _)| s.active_sessions() as u64);
         if let Err(e) = status.write(home) {
             tracing::warn!("{e}");
         }
     })?;
     tracing::info!(signal, "stopping");
+    if let Some((mut server, _)) = server.take() {
+        server.shutdown();
+    }
     node.shutdown();
     println!("stopped");
     Ok(())

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use kwaai_core::client::dht_prefix_for_dir;
 use kwaai_core::model::ModelConfig;
+use kwaai_core::server::{Server, ServerConfig, Span};
 use kwaai_core::Node;
 use serde::{Deserialize, Serialize};
 
@@ -104,9 +106,33 @@ pub struct ServedSpan {
     pub dht_prefix: String,
 }
 
-/// Starts serving `serve` on `node` and returns the span it announces.
-pub fn serve_model(node: &Node, serve: &ServeArgs) -> Result<ServedSpan, Failure> {
+/// Starts serving `serve` on `node` (announced under `--dht-prefix`, or the model directory's
+/// name) and returns the running server with the span it announces.
+pub fn serve_model(node: &Node, serve: &ServeArgs) -> Result<(Server, ServedSpan), Failure> {
     serve.check_model()?;
-    tracing::debug!(peer_id = %node.peer_id(), ?serve, "serving requested");
-    Err(Failure::new("serving a model is not available in this build"))
+    let model_dir = serve.model.clone().ok_or_else(|| Failure::usage("no --model given"))?;
+    let block_indices = match &serve.block_indices {
+        Some(text) => {
+            let (start, end) = parse_block_indices(text).map_err(Failure::usage)?;
+            let index = |i: usize| u32::try_from(i).map_err(|_| Failure::usage(format!("block {i} is too large")));
+            Some(Span::new(index(start)?, index(end)?)?)
+        }
+        None => None,
+    };
+    let dht_prefix = match &serve.dht_prefix {
+        Some(prefix) => prefix.clone(),
+        None => dht_prefix_for_dir(&model_dir)?,
+    };
+    let config = ServerConfig {
+        model_dir,
+        block_indices,
+        num_blocks: serve.num_blocks.map(|n| n as u32),
+        dht_prefix: Some(dht_prefix.clone()),
+        throughput: serve.throughput.unwrap_or(0.0),
+        ..ServerConfig::default()
+    };
+    tracing::info!(peer_id = %node.peer_id(), dht_prefix, "loading the model's blocks");
+    let server = Server::start(node, config)?;
+    let span = server.span();
+    Ok((server, ServedSpan { start: span.start, end: span.end, dht_prefix }))
 }

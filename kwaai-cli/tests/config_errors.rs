@@ -73,10 +73,10 @@ fn serving_flags_are_checked_against_the_model() {
         assert_eq!(run.code, 2, "{flags:?}: {}", run.stderr);
         assert!(run.stderr.contains(what), "{flags:?}: {}", run.stderr);
     }
-    // Valid flags reach the serving step, which this build does not have yet.
-    let run = home.run(&[&["start"][..], &loopback[..], &["--model", model, "--block-indices", "0:2"]].concat());
-    assert_eq!(run.code, 1);
-    assert_eq!(run.stderr.trim(), "kwaainet: serving a model is not available in this build");
+    let flags = ["--model", model, "--block-indices", "0:2", "--throughput=-1"];
+    let run = home.run(&[&["start"][..], &loopback[..], &flags[..]].concat());
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("throughput -1 must be a positive number"), "{}", run.stderr);
     assert!(!home.kwaainet_dir().join("kwaainet.lock").exists(), "the lock is released");
 }
 

@@ -73,6 +73,7 @@ fn demo_model_matches_transformers() {
     assert!(worst < 1e-4, "logits differ from transformers by {worst:e} (relative)");
 }
 
+/// The demo swarm (a DHT node, two servers, a client on loopback) streams a generation.
 #[test]
 fn demo_generates_text() {
     let home = TestHome::new();
@@ -82,6 +83,8 @@ fn demo_generates_text() {
     let generated = text.strip_prefix("the old river").expect("the prompt comes first");
     assert!(generated.split_whitespace().count() >= 1, "a non-empty generation: {text:?}");
     assert!(lines.next().unwrap().contains(" tokens in "), "{}", run.stdout);
+    let route = lines.next().unwrap();
+    assert!(route.starts_with("route: 0:2 on ") && route.contains(" -> 2:4 on "), "two servers in order: {route}");
     // The same seed, the same model, the same greedy words.
     let again = home.run(&["demo", "--prompt", "the old river", "--max-new-tokens", "12"]).ok();
     assert_eq!(again.stdout.lines().next(), Some(text));

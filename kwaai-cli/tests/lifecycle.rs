@@ -163,3 +163,29 @@ fn stop_kills_a_node_that_ignores_sigterm() {
     assert!(!home.kwaainet_dir().join("kwaainet.lock").exists());
     assert!(!home.kwaainet_dir().join("kwaainet.pid").exists());
 }
+
+/// `start --daemon --model`: the node serves its blocks, `status` shows them and the swarm sees them
+/// ONLINE; `stop` takes them offline and leaves nothing behind.
+#[test]
+fn a_serving_node_is_online_with_its_blocks() {
+    let (_first, first_addr) = bootstrap_node();
+    let home = TestHome::new();
+    let model = home.path().join("model");
+    home.run(&["demo", "--make-model", model.to_str().unwrap()]).ok();
+    let flags = ["--initial-peers", &first_addr, "--host-maddrs", LOOPBACK, "--model", model.to_str().unwrap()];
+    let serve = ["--block-indices", "1:3", "--dht-prefix", "cli-test", "--throughput", "2.5"];
+    let started = home.run(&[&["start", "--daemon"][..], &flags[..], &serve[..]].concat()).ok();
+    assert!(started.line("peer id: ").is_some(), "{}", started.stdout);
+
+    let status = home.run(&["status"]).ok();
+    assert_eq!(status.line("served blocks: ").as_deref(), Some("1:3 under cli-test"), "{}", status.stdout);
+    let swarm = status.line("swarm: ").expect("a swarm line");
+    assert!(swarm.starts_with("ONLINE"), "{swarm}");
+    let json: serde_json::Value = serde_json::from_str(&home.run(&["status", "--json"]).ok().stdout).unwrap();
+    assert_eq!(json["active_sessions"], 0);
+
+    let pid: u32 = std::fs::read_to_string(home.kwaainet_dir().join("kwaainet.pid")).unwrap().trim().parse().unwrap();
+    home.run(&["stop"]).ok();
+    assert!(!process_exists(pid), "no process left");
+    assert!(!home.kwaainet_dir().join("kwaainet.lock").exists());
+}
