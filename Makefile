@@ -123,6 +123,8 @@ test-node: build ## build the Node addon and run node's test runner
 	cd bindings/node && npx napi build --platform --js index.js --dts index.d.ts --cargo-flags="$(CARGO_SET)"
 	cd bindings/node && node --test __test__/
 	node examples/node/start_node.mjs
+	./target/debug/kwaainet demo --make-model target/demo-model >/dev/null
+	node examples/node/generate.mjs target/demo-model
 
 check-generated: build ## generated sources (header, index.d.ts, UniFFI) are committed and current
 	rm -rf target/uniffi-check
