@@ -104,7 +104,11 @@ test-kotlin: build ## the Kotlin bindings (UniFFI) on the JVM, compiled with kot
 	rm -rf target/kotlin
 	$(KOTLIN_HOME)/bin/kotlinc -nowarn bindings/uniffi/generated/uniffi/kwaai/kwaai.kt bindings/uniffi/tests/kotlin/*.kt \
 		-cp $(JNA_JAR) -d target/kotlin/classes
-	java -Djna.library.path=$(FFI_LIB) -cp target/kotlin/classes:$(JNA_JAR):$(KOTLIN_HOME)/lib/kotlin-stdlib.jar NodeTestKt
+	./target/debug/kwaainet demo --make-model target/demo-model >/dev/null
+	for main in NodeTestKt "GenerateTestKt target/demo-model"; do \
+		java -Djna.library.path=$(FFI_LIB) -cp target/kotlin/classes:$(JNA_JAR):$(KOTLIN_HOME)/lib/kotlin-stdlib.jar \
+			$$main; \
+	done
 
 # The tests import the package from its source tree with the extension built by `make build`
 # (what `maturin develop` does, without a second cargo build); `make wheel` builds the wheel.

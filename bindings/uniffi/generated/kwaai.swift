@@ -395,7 +395,29 @@ fileprivate final class UniffiHandleMap<T>: @unchecked Sendable {
 
 
 // Public interface members begin here.
+// Magic number for the Rust proxy to call using the same mechanism as every other method,
+// to free the callback once it's dropped by Rust.
+private let IDX_CALLBACK_FREE: Int32 = 0
+// Callback return codes
+private let UNIFFI_CALLBACK_SUCCESS: Int32 = 0
+private let UNIFFI_CALLBACK_ERROR: Int32 = 1
+private let UNIFFI_CALLBACK_UNEXPECTED_ERROR: Int32 = 2
 
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterUInt32: FfiConverterPrimitive {
+    typealias FfiType = UInt32
+    typealias SwiftType = UInt32
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> UInt32 {
+        return try lift(readInt(&buf))
+    }
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
 
 #if swift(>=5.8)
 @_documentation(visibility: private)
@@ -410,6 +432,22 @@ fileprivate struct FfiConverterUInt64: FfiConverterPrimitive {
 
     public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
         writeInt(&buf, lower(value))
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterFloat: FfiConverterPrimitive {
+    typealias FfiType = Float
+    typealias SwiftType = Float
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Float {
+        return try lift(readFloat(&buf))
+    }
+
+    public static func write(_ value: Float, into buf: inout [UInt8]) {
+        writeFloat(&buf, lower(value))
     }
 }
 
@@ -511,6 +549,337 @@ fileprivate struct FfiConverterData: FfiConverterRustBuffer {
         writeBytes(&buf, value)
     }
 }
+
+
+
+
+/**
+ * A model whose blocks run on the swarm (Petals' `AutoDistributedModelForCausalLM`).
+ */
+public protocol DistributedModelProtocol: AnyObject, Sendable {
+    
+    /**
+     * Text of token ids.
+     */
+    func decode(ids: [UInt32]) throws  -> String
+    
+    /**
+     * Token ids of `text`.
+     */
+    func encode(text: String) throws  -> [UInt32]
+    
+    /**
+     * Starts generating after `prompt` on a library thread; `listener` gets each token.
+     */
+    func generate(prompt: String, options: GenerateOptions, listener: TokenListener) throws  -> Generation
+    
+}
+/**
+ * A model whose blocks run on the swarm (Petals' `AutoDistributedModelForCausalLM`).
+ */
+open class DistributedModel: DistributedModelProtocol, @unchecked Sendable {
+    fileprivate let pointer: UnsafeMutableRawPointer!
+
+    /// Used to instantiate a [FFIObject] without an actual pointer, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoPointer {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromRawPointer pointer: UnsafeMutableRawPointer) {
+        self.pointer = pointer
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noPointer: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing [Pointer] the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noPointer: NoPointer) {
+        self.pointer = nil
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiClonePointer() -> UnsafeMutableRawPointer {
+        return try! rustCall { uniffi_kwaai_uniffi_fn_clone_distributedmodel(self.pointer, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        guard let pointer = pointer else {
+            return
+        }
+
+        try! rustCall { uniffi_kwaai_uniffi_fn_free_distributedmodel(pointer, $0) }
+    }
+
+    
+    /**
+     * Loads the local ends of the model in `path` and finds its blocks on `node`'s swarm under
+     * `dht_prefix` (none: the directory's name).
+     */
+public static func load(node: Node, path: String, dhtPrefix: String? = nil)throws  -> DistributedModel  {
+    return try  FfiConverterTypeDistributedModel_lift(try rustCallWithError(FfiConverterTypeKwaaiError_lift) {
+    uniffi_kwaai_uniffi_fn_constructor_distributedmodel_load(
+        FfiConverterTypeNode_lower(node),
+        FfiConverterString.lower(path),
+        FfiConverterOptionString.lower(dhtPrefix),$0
+    )
+})
+}
+    
+
+    
+    /**
+     * Text of token ids.
+     */
+open func decode(ids: [UInt32])throws  -> String  {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeKwaaiError_lift) {
+    uniffi_kwaai_uniffi_fn_method_distributedmodel_decode(self.uniffiClonePointer(),
+        FfiConverterSequenceUInt32.lower(ids),$0
+    )
+})
+}
+    
+    /**
+     * Token ids of `text`.
+     */
+open func encode(text: String)throws  -> [UInt32]  {
+    return try  FfiConverterSequenceUInt32.lift(try rustCallWithError(FfiConverterTypeKwaaiError_lift) {
+    uniffi_kwaai_uniffi_fn_method_distributedmodel_encode(self.uniffiClonePointer(),
+        FfiConverterString.lower(text),$0
+    )
+})
+}
+    
+    /**
+     * Starts generating after `prompt` on a library thread; `listener` gets each token.
+     */
+open func generate(prompt: String, options: GenerateOptions, listener: TokenListener)throws  -> Generation  {
+    return try  FfiConverterTypeGeneration_lift(try rustCallWithError(FfiConverterTypeKwaaiError_lift) {
+    uniffi_kwaai_uniffi_fn_method_distributedmodel_generate(self.uniffiClonePointer(),
+        FfiConverterString.lower(prompt),
+        FfiConverterTypeGenerateOptions_lower(options),
+        FfiConverterTypeTokenListener_lower(listener),$0
+    )
+})
+}
+    
+
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeDistributedModel: FfiConverter {
+
+    typealias FfiType = UnsafeMutableRawPointer
+    typealias SwiftType = DistributedModel
+
+    public static func lift(_ pointer: UnsafeMutableRawPointer) throws -> DistributedModel {
+        return DistributedModel(unsafeFromRawPointer: pointer)
+    }
+
+    public static func lower(_ value: DistributedModel) -> UnsafeMutableRawPointer {
+        return value.uniffiClonePointer()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> DistributedModel {
+        let v: UInt64 = try readInt(&buf)
+        // The Rust code won't compile if a pointer won't fit in a UInt64.
+        // We have to go via `UInt` because that's the thing that's the size of a pointer.
+        let ptr = UnsafeMutableRawPointer(bitPattern: UInt(truncatingIfNeeded: v))
+        if (ptr == nil) {
+            throw UniffiInternalError.unexpectedNullPointer
+        }
+        return try lift(ptr!)
+    }
+
+    public static func write(_ value: DistributedModel, into buf: inout [UInt8]) {
+        // This fiddling is because `Int` is the thing that's the same size as a pointer.
+        // The Rust code won't compile if a pointer won't fit in a `UInt64`.
+        writeInt(&buf, UInt64(bitPattern: Int64(Int(bitPattern: lower(value)))))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDistributedModel_lift(_ pointer: UnsafeMutableRawPointer) throws -> DistributedModel {
+    return try FfiConverterTypeDistributedModel.lift(pointer)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDistributedModel_lower(_ value: DistributedModel) -> UnsafeMutableRawPointer {
+    return FfiConverterTypeDistributedModel.lower(value)
+}
+
+
+
+
+
+
+/**
+ * A generation in progress.
+ */
+public protocol GenerationProtocol: AnyObject, Sendable {
+    
+    /**
+     * Stops after the token being generated; the servers' sessions are closed.
+     */
+    func cancel() 
+    
+    /**
+     * Waits for the end and returns every generated token id (an error if it failed).
+     */
+    func wait() throws  -> [UInt32]
+    
+}
+/**
+ * A generation in progress.
+ */
+open class Generation: GenerationProtocol, @unchecked Sendable {
+    fileprivate let pointer: UnsafeMutableRawPointer!
+
+    /// Used to instantiate a [FFIObject] without an actual pointer, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoPointer {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromRawPointer pointer: UnsafeMutableRawPointer) {
+        self.pointer = pointer
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noPointer: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing [Pointer] the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noPointer: NoPointer) {
+        self.pointer = nil
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiClonePointer() -> UnsafeMutableRawPointer {
+        return try! rustCall { uniffi_kwaai_uniffi_fn_clone_generation(self.pointer, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        guard let pointer = pointer else {
+            return
+        }
+
+        try! rustCall { uniffi_kwaai_uniffi_fn_free_generation(pointer, $0) }
+    }
+
+    
+
+    
+    /**
+     * Stops after the token being generated; the servers' sessions are closed.
+     */
+open func cancel()  {try! rustCall() {
+    uniffi_kwaai_uniffi_fn_method_generation_cancel(self.uniffiClonePointer(),$0
+    )
+}
+}
+    
+    /**
+     * Waits for the end and returns every generated token id (an error if it failed).
+     */
+open func wait()throws  -> [UInt32]  {
+    return try  FfiConverterSequenceUInt32.lift(try rustCallWithError(FfiConverterTypeKwaaiError_lift) {
+    uniffi_kwaai_uniffi_fn_method_generation_wait(self.uniffiClonePointer(),$0
+    )
+})
+}
+    
+
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeGeneration: FfiConverter {
+
+    typealias FfiType = UnsafeMutableRawPointer
+    typealias SwiftType = Generation
+
+    public static func lift(_ pointer: UnsafeMutableRawPointer) throws -> Generation {
+        return Generation(unsafeFromRawPointer: pointer)
+    }
+
+    public static func lower(_ value: Generation) -> UnsafeMutableRawPointer {
+        return value.uniffiClonePointer()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Generation {
+        let v: UInt64 = try readInt(&buf)
+        // The Rust code won't compile if a pointer won't fit in a UInt64.
+        // We have to go via `UInt` because that's the thing that's the size of a pointer.
+        let ptr = UnsafeMutableRawPointer(bitPattern: UInt(truncatingIfNeeded: v))
+        if (ptr == nil) {
+            throw UniffiInternalError.unexpectedNullPointer
+        }
+        return try lift(ptr!)
+    }
+
+    public static func write(_ value: Generation, into buf: inout [UInt8]) {
+        // This fiddling is because `Int` is the thing that's the same size as a pointer.
+        // The Rust code won't compile if a pointer won't fit in a `UInt64`.
+        writeInt(&buf, UInt64(bitPattern: Int64(Int(bitPattern: lower(value)))))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGeneration_lift(_ pointer: UnsafeMutableRawPointer) throws -> Generation {
+    return try FfiConverterTypeGeneration.lift(pointer)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGeneration_lower(_ value: Generation) -> UnsafeMutableRawPointer {
+    return FfiConverterTypeGeneration.lower(value)
+}
+
+
 
 
 
@@ -758,6 +1127,355 @@ public func FfiConverterTypeNode_lower(_ value: Node) -> UnsafeMutableRawPointer
 
 
 
+
+
+/**
+ * A running server; `shutdown()` announces it OFFLINE and frees its sessions.
+ */
+public protocol ServerProtocol: AnyObject, Sendable {
+    
+    /**
+     * Inference sessions holding a cache now.
+     */
+    func activeSessions()  -> UInt32
+    
+    /**
+     * Announces OFFLINE and stops serving; calling it again does nothing.
+     */
+    func shutdown() 
+    
+}
+/**
+ * A running server; `shutdown()` announces it OFFLINE and frees its sessions.
+ */
+open class Server: ServerProtocol, @unchecked Sendable {
+    fileprivate let pointer: UnsafeMutableRawPointer!
+
+    /// Used to instantiate a [FFIObject] without an actual pointer, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoPointer {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromRawPointer pointer: UnsafeMutableRawPointer) {
+        self.pointer = pointer
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noPointer: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing [Pointer] the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noPointer: NoPointer) {
+        self.pointer = nil
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiClonePointer() -> UnsafeMutableRawPointer {
+        return try! rustCall { uniffi_kwaai_uniffi_fn_clone_server(self.pointer, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        guard let pointer = pointer else {
+            return
+        }
+
+        try! rustCall { uniffi_kwaai_uniffi_fn_free_server(pointer, $0) }
+    }
+
+    
+    /**
+     * Loads the blocks, serves them from `node` and announces them; returns once ONLINE.
+     */
+public static func start(node: Node, options: ServeOptions)throws  -> Server  {
+    return try  FfiConverterTypeServer_lift(try rustCallWithError(FfiConverterTypeKwaaiError_lift) {
+    uniffi_kwaai_uniffi_fn_constructor_server_start(
+        FfiConverterTypeNode_lower(node),
+        FfiConverterTypeServeOptions_lower(options),$0
+    )
+})
+}
+    
+
+    
+    /**
+     * Inference sessions holding a cache now.
+     */
+open func activeSessions() -> UInt32  {
+    return try!  FfiConverterUInt32.lift(try! rustCall() {
+    uniffi_kwaai_uniffi_fn_method_server_active_sessions(self.uniffiClonePointer(),$0
+    )
+})
+}
+    
+    /**
+     * Announces OFFLINE and stops serving; calling it again does nothing.
+     */
+open func shutdown()  {try! rustCall() {
+    uniffi_kwaai_uniffi_fn_method_server_shutdown(self.uniffiClonePointer(),$0
+    )
+}
+}
+    
+
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeServer: FfiConverter {
+
+    typealias FfiType = UnsafeMutableRawPointer
+    typealias SwiftType = Server
+
+    public static func lift(_ pointer: UnsafeMutableRawPointer) throws -> Server {
+        return Server(unsafeFromRawPointer: pointer)
+    }
+
+    public static func lower(_ value: Server) -> UnsafeMutableRawPointer {
+        return value.uniffiClonePointer()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Server {
+        let v: UInt64 = try readInt(&buf)
+        // The Rust code won't compile if a pointer won't fit in a UInt64.
+        // We have to go via `UInt` because that's the thing that's the size of a pointer.
+        let ptr = UnsafeMutableRawPointer(bitPattern: UInt(truncatingIfNeeded: v))
+        if (ptr == nil) {
+            throw UniffiInternalError.unexpectedNullPointer
+        }
+        return try lift(ptr!)
+    }
+
+    public static func write(_ value: Server, into buf: inout [UInt8]) {
+        // This fiddling is because `Int` is the thing that's the same size as a pointer.
+        // The Rust code won't compile if a pointer won't fit in a `UInt64`.
+        writeInt(&buf, UInt64(bitPattern: Int64(Int(bitPattern: lower(value)))))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeServer_lift(_ pointer: UnsafeMutableRawPointer) throws -> Server {
+    return try FfiConverterTypeServer.lift(pointer)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeServer_lower(_ value: Server) -> UnsafeMutableRawPointer {
+    return FfiConverterTypeServer.lower(value)
+}
+
+
+
+
+
+
+/**
+ * Receives a generation's tokens, on a library thread.
+ */
+public protocol TokenListener: AnyObject, Sendable {
+    
+    /**
+     * One token and the text it adds; return false to stop the generation.
+     */
+    func onToken(id: UInt32, text: String)  -> Bool
+    
+}
+/**
+ * Receives a generation's tokens, on a library thread.
+ */
+open class TokenListenerImpl: TokenListener, @unchecked Sendable {
+    fileprivate let pointer: UnsafeMutableRawPointer!
+
+    /// Used to instantiate a [FFIObject] without an actual pointer, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoPointer {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromRawPointer pointer: UnsafeMutableRawPointer) {
+        self.pointer = pointer
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noPointer: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing [Pointer] the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noPointer: NoPointer) {
+        self.pointer = nil
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiClonePointer() -> UnsafeMutableRawPointer {
+        return try! rustCall { uniffi_kwaai_uniffi_fn_clone_tokenlistener(self.pointer, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        guard let pointer = pointer else {
+            return
+        }
+
+        try! rustCall { uniffi_kwaai_uniffi_fn_free_tokenlistener(pointer, $0) }
+    }
+
+    
+
+    
+    /**
+     * One token and the text it adds; return false to stop the generation.
+     */
+open func onToken(id: UInt32, text: String) -> Bool  {
+    return try!  FfiConverterBool.lift(try! rustCall() {
+    uniffi_kwaai_uniffi_fn_method_tokenlistener_on_token(self.uniffiClonePointer(),
+        FfiConverterUInt32.lower(id),
+        FfiConverterString.lower(text),$0
+    )
+})
+}
+    
+
+}
+
+
+// Put the implementation in a struct so we don't pollute the top-level namespace
+fileprivate struct UniffiCallbackInterfaceTokenListener {
+
+    // Create the VTable using a series of closures.
+    // Swift automatically converts these into C callback functions.
+    //
+    // This creates 1-element array, since this seems to be the only way to construct a const
+    // pointer that we can pass to the Rust code.
+    static let vtable: [UniffiVTableCallbackInterfaceTokenListener] = [UniffiVTableCallbackInterfaceTokenListener(
+        onToken: { (
+            uniffiHandle: UInt64,
+            id: UInt32,
+            text: RustBuffer,
+            uniffiOutReturn: UnsafeMutablePointer<Int8>,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> Bool in
+                guard let uniffiObj = try? FfiConverterTypeTokenListener.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.onToken(
+                     id: try FfiConverterUInt32.lift(id),
+                     text: try FfiConverterString.lift(text)
+                )
+            }
+
+            
+            let writeReturn = { uniffiOutReturn.pointee = FfiConverterBool.lower($0) }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        },
+        uniffiFree: { (uniffiHandle: UInt64) -> () in
+            let result = try? FfiConverterTypeTokenListener.handleMap.remove(handle: uniffiHandle)
+            if result == nil {
+                print("Uniffi callback interface TokenListener: handle missing in uniffiFree")
+            }
+        }
+    )]
+}
+
+private func uniffiCallbackInitTokenListener() {
+    uniffi_kwaai_uniffi_fn_init_callback_vtable_tokenlistener(UniffiCallbackInterfaceTokenListener.vtable)
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeTokenListener: FfiConverter {
+    fileprivate static let handleMap = UniffiHandleMap<TokenListener>()
+
+    typealias FfiType = UnsafeMutableRawPointer
+    typealias SwiftType = TokenListener
+
+    public static func lift(_ pointer: UnsafeMutableRawPointer) throws -> TokenListener {
+        return TokenListenerImpl(unsafeFromRawPointer: pointer)
+    }
+
+    public static func lower(_ value: TokenListener) -> UnsafeMutableRawPointer {
+        guard let ptr = UnsafeMutableRawPointer(bitPattern: UInt(truncatingIfNeeded: handleMap.insert(obj: value))) else {
+            fatalError("Cast to UnsafeMutableRawPointer failed")
+        }
+        return ptr
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> TokenListener {
+        let v: UInt64 = try readInt(&buf)
+        // The Rust code won't compile if a pointer won't fit in a UInt64.
+        // We have to go via `UInt` because that's the thing that's the size of a pointer.
+        let ptr = UnsafeMutableRawPointer(bitPattern: UInt(truncatingIfNeeded: v))
+        if (ptr == nil) {
+            throw UniffiInternalError.unexpectedNullPointer
+        }
+        return try lift(ptr!)
+    }
+
+    public static func write(_ value: TokenListener, into buf: inout [UInt8]) {
+        // This fiddling is because `Int` is the thing that's the same size as a pointer.
+        // The Rust code won't compile if a pointer won't fit in a `UInt64`.
+        writeInt(&buf, UInt64(bitPattern: Int64(Int(bitPattern: lower(value)))))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeTokenListener_lift(_ pointer: UnsafeMutableRawPointer) throws -> TokenListener {
+    return try FfiConverterTypeTokenListener.lift(pointer)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeTokenListener_lower(_ value: TokenListener) -> UnsafeMutableRawPointer {
+    return FfiConverterTypeTokenListener.lower(value)
+}
+
+
+
+
 /**
  * What `Node.dhtGet` found.
  */
@@ -854,6 +1572,141 @@ public func FfiConverterTypeDhtRecord_lift(_ buf: RustBuffer) throws -> DhtRecor
 #endif
 public func FfiConverterTypeDhtRecord_lower(_ value: DhtRecord) -> RustBuffer {
     return FfiConverterTypeDhtRecord.lower(value)
+}
+
+
+/**
+ * How to generate (transformers' names).
+ */
+public struct GenerateOptions {
+    public var maxNewTokens: UInt32
+    public var minNewTokens: UInt32
+    public var doSample: Bool
+    public var temperature: Float
+    public var topK: UInt32
+    public var topP: Float
+    public var repetitionPenalty: Float
+    public var seed: UInt64
+    /**
+     * Generation ends after any of these; none: the model's end-of-sequence token.
+     */
+    public var stopTokens: [UInt32]?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(maxNewTokens: UInt32 = UInt32(32), minNewTokens: UInt32 = UInt32(0), doSample: Bool = false, temperature: Float = Float(1.0), topK: UInt32 = UInt32(0), topP: Float = Float(1.0), repetitionPenalty: Float = Float(1.0), seed: UInt64 = UInt64(0), 
+        /**
+         * Generation ends after any of these; none: the model's end-of-sequence token.
+         */stopTokens: [UInt32]? = nil) {
+        self.maxNewTokens = maxNewTokens
+        self.minNewTokens = minNewTokens
+        self.doSample = doSample
+        self.temperature = temperature
+        self.topK = topK
+        self.topP = topP
+        self.repetitionPenalty = repetitionPenalty
+        self.seed = seed
+        self.stopTokens = stopTokens
+    }
+}
+
+#if compiler(>=6)
+extension GenerateOptions: Sendable {}
+#endif
+
+
+extension GenerateOptions: Equatable, Hashable {
+    public static func ==(lhs: GenerateOptions, rhs: GenerateOptions) -> Bool {
+        if lhs.maxNewTokens != rhs.maxNewTokens {
+            return false
+        }
+        if lhs.minNewTokens != rhs.minNewTokens {
+            return false
+        }
+        if lhs.doSample != rhs.doSample {
+            return false
+        }
+        if lhs.temperature != rhs.temperature {
+            return false
+        }
+        if lhs.topK != rhs.topK {
+            return false
+        }
+        if lhs.topP != rhs.topP {
+            return false
+        }
+        if lhs.repetitionPenalty != rhs.repetitionPenalty {
+            return false
+        }
+        if lhs.seed != rhs.seed {
+            return false
+        }
+        if lhs.stopTokens != rhs.stopTokens {
+            return false
+        }
+        return true
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(maxNewTokens)
+        hasher.combine(minNewTokens)
+        hasher.combine(doSample)
+        hasher.combine(temperature)
+        hasher.combine(topK)
+        hasher.combine(topP)
+        hasher.combine(repetitionPenalty)
+        hasher.combine(seed)
+        hasher.combine(stopTokens)
+    }
+}
+
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeGenerateOptions: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> GenerateOptions {
+        return
+            try GenerateOptions(
+                maxNewTokens: FfiConverterUInt32.read(from: &buf), 
+                minNewTokens: FfiConverterUInt32.read(from: &buf), 
+                doSample: FfiConverterBool.read(from: &buf), 
+                temperature: FfiConverterFloat.read(from: &buf), 
+                topK: FfiConverterUInt32.read(from: &buf), 
+                topP: FfiConverterFloat.read(from: &buf), 
+                repetitionPenalty: FfiConverterFloat.read(from: &buf), 
+                seed: FfiConverterUInt64.read(from: &buf), 
+                stopTokens: FfiConverterOptionSequenceUInt32.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: GenerateOptions, into buf: inout [UInt8]) {
+        FfiConverterUInt32.write(value.maxNewTokens, into: &buf)
+        FfiConverterUInt32.write(value.minNewTokens, into: &buf)
+        FfiConverterBool.write(value.doSample, into: &buf)
+        FfiConverterFloat.write(value.temperature, into: &buf)
+        FfiConverterUInt32.write(value.topK, into: &buf)
+        FfiConverterFloat.write(value.topP, into: &buf)
+        FfiConverterFloat.write(value.repetitionPenalty, into: &buf)
+        FfiConverterUInt64.write(value.seed, into: &buf)
+        FfiConverterOptionSequenceUInt32.write(value.stopTokens, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGenerateOptions_lift(_ buf: RustBuffer) throws -> GenerateOptions {
+    return try FfiConverterTypeGenerateOptions.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGenerateOptions_lower(_ value: GenerateOptions) -> RustBuffer {
+    return FfiConverterTypeGenerateOptions.lower(value)
 }
 
 
@@ -967,6 +1820,147 @@ public func FfiConverterTypeNodeConfig_lift(_ buf: RustBuffer) throws -> NodeCon
 #endif
 public func FfiConverterTypeNodeConfig_lower(_ value: NodeConfig) -> RustBuffer {
     return FfiConverterTypeNodeConfig.lower(value)
+}
+
+
+/**
+ * What to serve (Petals' `run_server` options).
+ */
+public struct ServeOptions {
+    /**
+     * A model directory (config.json and safetensors).
+     */
+    public var modelPath: String
+    /**
+     * First block to serve.
+     */
+    public var startBlock: UInt32
+    /**
+     * One past the last block to serve.
+     */
+    public var endBlock: UInt32
+    /**
+     * The model's DHT prefix; none: the directory's name.
+     */
+    public var dhtPrefix: String?
+    /**
+     * Requests per second to announce.
+     */
+    public var throughput: Double
+    /**
+     * `"float32"` or `"bfloat16"`; none: the checkpoint's, float32 becoming bfloat16.
+     */
+    public var torchDtype: String?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * A model directory (config.json and safetensors).
+         */modelPath: String, 
+        /**
+         * First block to serve.
+         */startBlock: UInt32, 
+        /**
+         * One past the last block to serve.
+         */endBlock: UInt32, 
+        /**
+         * The model's DHT prefix; none: the directory's name.
+         */dhtPrefix: String? = nil, 
+        /**
+         * Requests per second to announce.
+         */throughput: Double = Double(1.0), 
+        /**
+         * `"float32"` or `"bfloat16"`; none: the checkpoint's, float32 becoming bfloat16.
+         */torchDtype: String? = nil) {
+        self.modelPath = modelPath
+        self.startBlock = startBlock
+        self.endBlock = endBlock
+        self.dhtPrefix = dhtPrefix
+        self.throughput = throughput
+        self.torchDtype = torchDtype
+    }
+}
+
+#if compiler(>=6)
+extension ServeOptions: Sendable {}
+#endif
+
+
+extension ServeOptions: Equatable, Hashable {
+    public static func ==(lhs: ServeOptions, rhs: ServeOptions) -> Bool {
+        if lhs.modelPath != rhs.modelPath {
+            return false
+        }
+        if lhs.startBlock != rhs.startBlock {
+            return false
+        }
+        if lhs.endBlock != rhs.endBlock {
+            return false
+        }
+        if lhs.dhtPrefix != rhs.dhtPrefix {
+            return false
+        }
+        if lhs.throughput != rhs.throughput {
+            return false
+        }
+        if lhs.torchDtype != rhs.torchDtype {
+            return false
+        }
+        return true
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(modelPath)
+        hasher.combine(startBlock)
+        hasher.combine(endBlock)
+        hasher.combine(dhtPrefix)
+        hasher.combine(throughput)
+        hasher.combine(torchDtype)
+    }
+}
+
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeServeOptions: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ServeOptions {
+        return
+            try ServeOptions(
+                modelPath: FfiConverterString.read(from: &buf), 
+                startBlock: FfiConverterUInt32.read(from: &buf), 
+                endBlock: FfiConverterUInt32.read(from: &buf), 
+                dhtPrefix: FfiConverterOptionString.read(from: &buf), 
+                throughput: FfiConverterDouble.read(from: &buf), 
+                torchDtype: FfiConverterOptionString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ServeOptions, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.modelPath, into: &buf)
+        FfiConverterUInt32.write(value.startBlock, into: &buf)
+        FfiConverterUInt32.write(value.endBlock, into: &buf)
+        FfiConverterOptionString.write(value.dhtPrefix, into: &buf)
+        FfiConverterDouble.write(value.throughput, into: &buf)
+        FfiConverterOptionString.write(value.torchDtype, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeServeOptions_lift(_ buf: RustBuffer) throws -> ServeOptions {
+    return try FfiConverterTypeServeOptions.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeServeOptions_lower(_ value: ServeOptions) -> RustBuffer {
+    return FfiConverterTypeServeOptions.lower(value)
 }
 
 
@@ -1204,6 +2198,55 @@ fileprivate struct FfiConverterOptionTypeDhtRecord: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionSequenceUInt32: FfiConverterRustBuffer {
+    typealias SwiftType = [UInt32]?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterSequenceUInt32.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterSequenceUInt32.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceUInt32: FfiConverterRustBuffer {
+    typealias SwiftType = [UInt32]
+
+    public static func write(_ value: [UInt32], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterUInt32.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [UInt32] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [UInt32]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterUInt32.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceString: FfiConverterRustBuffer {
     typealias SwiftType = [String]
 
@@ -1241,6 +2284,21 @@ private let initializationResult: InitializationResult = {
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
     }
+    if (uniffi_kwaai_uniffi_checksum_method_distributedmodel_decode() != 63817) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kwaai_uniffi_checksum_method_distributedmodel_encode() != 11383) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kwaai_uniffi_checksum_method_distributedmodel_generate() != 34454) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kwaai_uniffi_checksum_method_generation_cancel() != 56059) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kwaai_uniffi_checksum_method_generation_wait() != 53510) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_kwaai_uniffi_checksum_method_node_connect() != 58370) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -1262,10 +2320,26 @@ private let initializationResult: InitializationResult = {
     if (uniffi_kwaai_uniffi_checksum_method_node_shutdown() != 52740) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_kwaai_uniffi_checksum_method_server_active_sessions() != 36219) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kwaai_uniffi_checksum_method_server_shutdown() != 41216) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kwaai_uniffi_checksum_method_tokenlistener_on_token() != 13175) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kwaai_uniffi_checksum_constructor_distributedmodel_load() != 14113) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_kwaai_uniffi_checksum_constructor_node_start() != 63864) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_kwaai_uniffi_checksum_constructor_server_start() != 61748) {
+        return InitializationResult.apiChecksumMismatch
+    }
 
+    uniffiCallbackInitTokenListener()
     return InitializationResult.ok
 }()
 
