@@ -188,8 +188,11 @@ impl DistributedModel {
 #[derive(uniffi::Object)]
 pub struct Generation {
     cancelled: Arc<AtomicBool>,
-    worker: Mutex<Option<JoinHandle<Result<Vec<u32>, KwaaiError>>>>,
+    worker: Mutex<Option<Worker>>,
 }
+
+/// The thread that runs a generation; it returns the generated ids.
+type Worker = JoinHandle<Result<Vec<u32>, KwaaiError>>;
 
 #[uniffi::export]
 impl Generation {
