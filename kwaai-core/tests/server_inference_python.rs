@@ -56,16 +56,19 @@ fn maddr(node: &Node) -> String {
     node.listen_addrs()[0].to_string()
 }
 
-fn start_server(node: &Node, start: u32, end: u32) -> Server {
-    let config = ServerConfig {
+fn server_config(start: u32, end: u32) -> ServerConfig {
+    ServerConfig {
         model_dir: model_dir().to_path_buf(),
         block_indices: Some(Span::new(start, end).expect("span")),
         dht_prefix: Some(PREFIX.into()),
         throughput: 1.0,
         torch_dtype: Some(DType::F32),
         ..ServerConfig::default()
-    };
-    Server::start(node, config).expect("server starts")
+    }
+}
+
+fn start_server(node: &Node, start: u32, end: u32) -> Server {
+    Server::start(node, server_config(start, end)).expect("server starts")
 }
 
 /// Runs the Petals client with `initial_peers`.
@@ -125,8 +128,8 @@ fn petals_client_generates_through_one_rust_server() {
 }
 
 /// Runs a Python swarm (a bootstrap node and a Petals server for blocks `start..end`); returns it
-/// with its bootstrap address.
-fn python_swarm(start: u32, end: u32) -> (common::ReferenceProcess, String) {
+/// with its bootstrap address and the server's peer id.
+fn python_swarm(start: u32, end: u32) -> (common::ReferenceProcess, String, String) {
     let model = model_dir().to_string_lossy().into_owned();
     let span = format!("{start}:{end}");
     let args = [model.as_str(), "--servers", &span, "--dht-prefix", PREFIX, "--timeout", "120"];
@@ -134,12 +137,13 @@ fn python_swarm(start: u32, end: u32) -> (common::ReferenceProcess, String) {
     let ready = swarm.read_json();
     assert_eq!(ready["servers"][0]["blocks"], serde_json::json!([start, end]), "{ready}");
     let bootstrap = ready["initial_peers"][0].as_str().expect("a bootstrap address").to_owned();
-    (swarm, bootstrap)
+    let peer = ready["servers"][0]["peer_id"].as_str().expect("the server's peer id").to_owned();
+    (swarm, bootstrap, peer)
 }
 
 #[test]
 fn chain_of_a_rust_then_a_python_server() {
-    let (_python, bootstrap) = python_swarm(BLOCKS / 2, BLOCKS);
+    let (_python, bootstrap, _) = python_swarm(BLOCKS / 2, BLOCKS);
     let peers = [bootstrap];
     let node = start_node(&peers);
     let server = start_server(&node, 0, BLOCKS / 2);
@@ -154,7 +158,7 @@ fn chain_of_a_rust_then_a_python_server() {
 
 #[test]
 fn chain_of_a_python_then_a_rust_server() {
-    let (_python, bootstrap) = python_swarm(0, BLOCKS / 2);
+    let (_python, bootstrap, _) = python_swarm(0, BLOCKS / 2);
     let peers = [bootstrap];
     let node = start_node(&peers);
     let server = start_server(&node, BLOCKS / 2, BLOCKS);
@@ -182,17 +186,9 @@ fn chain_of_two_rust_servers_pushing_to_each_other() {
 #[test]
 fn inference_sessions_keep_petals_rules_and_limits() {
     let node = start_node(&[]);
-    let config = ServerConfig {
-        model_dir: model_dir().to_path_buf(),
-        block_indices: Some(Span::new(0, BLOCKS).expect("span")),
-        dht_prefix: Some(PREFIX.into()),
-        throughput: 1.0,
-        torch_dtype: Some(DType::F32),
-        max_sessions: 3,
-        max_message_size: 256 << 10,
-        ..ServerConfig::default()
-    };
-    let server = Server::start(&node, config).expect("server starts");
+    let config = server_config(0, BLOCKS);
+    let server = Server::start(&node, ServerConfig { max_sessions: 3, max_message_size: 256 << 10, ..config })
+        .expect("server starts");
     let full_cache = server.cache_tokens_left();
     let model = ModelConfig::from_dir(model_dir()).expect("config");
     let per_token = cache_bytes_per_token(&model, DType::F32) * u64::from(BLOCKS);
@@ -239,4 +235,31 @@ fn inference_sessions_keep_petals_rules_and_limits() {
     client.send_line("drop");
     assert_eq!(client.read_json()["dropped"], true);
     assert_sessions_freed(&server, full_cache);
+}
+
+#[test]
+fn generation_goes_on_when_the_rust_server_dies_mid_session() {
+    let (_python, bootstrap, python_peer) = python_swarm(0, BLOCKS);
+    let node = start_node(std::slice::from_ref(&bootstrap));
+    // Announced as much faster than the Python server, so that the client starts with it.
+    let config = ServerConfig { inference_rps: Some(1e6), ..server_config(0, BLOCKS) };
+    let server = Server::start(&node, config).expect("server starts");
+
+    let model = model_dir().to_string_lossy().into_owned();
+    let tokens = TOKENS.to_string();
+    let args = [model.as_str(), &bootstrap, PREFIX, "--tokens", &tokens, "--before-kill", "8"];
+    let mut client = common::ReferenceProcess::start("server_failover.py", &args);
+    let before = client.read_json();
+    assert_eq!(before["first_route"], serde_json::json!([node.peer_id().to_base58()]), "{before}");
+    assert_eq!(server.active_sessions(), 1);
+
+    // Killed: the node goes away without announcing OFFLINE or closing the session.
+    node.shutdown();
+    client.send_line("go on");
+    let after = client.read_json();
+    assert!(after.get("error").is_none(), "{after} (before the kill: {before})");
+    assert_eq!(after["last_route"], serde_json::json!([python_peer]), "{after}");
+    assert_eq!(after["local"].as_array().map(Vec::len), Some(TOKENS), "{after}");
+    assert_eq!(after["remote"], after["local"], "the tokens after the failover differ from transformers");
+    drop(server);
 }

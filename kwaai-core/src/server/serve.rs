@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub throughput: f64,
     /// A name for swarm monitors (`--public_name`).
     pub public_name: Option<String>,
+    /// Inference steps per second through one block, announced for clients' routing (Petals
+    /// measures it; `None` leaves it out, and clients assume 300).
+    pub inference_rps: Option<f64>,
     /// The dtype served; `None`: Petals' `auto` (the checkpoint's, float32 becoming bfloat16).
     pub torch_dtype: Option<DType>,
     /// The codec of replies and the one clients are asked to use (`--compression`, NONE).
@@ -81,6 +84,7 @@ impl Default for ServerConfig {
             repository: None,
             throughput: 0.0,
             public_name: None,
+            inference_rps: None,
             torch_dtype: None,
             compression: CompressionType::None,
             attn_cache_tokens: None,
@@ -137,6 +141,9 @@ impl Server {
         if !(config.throughput.is_finite() && config.throughput > 0.0) {
             return Err(Error::invalid_argument("throughput must be a positive number of requests per second"));
         }
+        if config.inference_rps.is_some_and(|rps| !(rps.is_finite() && rps > 0.0)) {
+            return Err(Error::invalid_argument("inference_rps must be a positive number"));
+        }
         let dtype = resolve_dtype(config.torch_dtype, model.torch_dtype.as_deref())?;
         let grouped = model.num_kv_heads < model.num_heads;
         let bytes_per_token = cache_bytes_per_token(&model, dtype);
@@ -152,6 +159,7 @@ impl Server {
 
         let info = ServerInfo {
             public_name: config.public_name.clone(),
+            inference_rps: config.inference_rps,
             torch_dtype: Some(dtype.name().to_owned()),
             quant_type: Some("none".into()),
             using_relay: Some(false),
