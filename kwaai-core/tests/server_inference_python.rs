@@ -2,9 +2,11 @@
 //! locally: through one Rust server holding every block (with `generate()`, step by step inside
 //! `inference_session()`, and with beam search), and through chains of one Rust and one Python
 //! Petals server in both orders, with and without server-to-server pushes, and through two Rust
-//! servers that push to each other. A lone kwaai node is the swarm's bootstrap peer; in the mixed
+//! servers that push to each other (the first announcing its round trip to the second in
+//! `next_pings`). A lone kwaai node is the swarm's bootstrap peer; in the mixed
 //! chains it joins the Python swarm's bootstrap node. Afterwards every session is closed and its
-//! cache returned.
+//! cache returned. The rules of `rpc_inference` (limits, errors, step ids, the cache budget) are
+//! checked with hand-made requests, and a generation survives the Rust server dying mid-session.
 
 mod common;
 
@@ -13,8 +15,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use kwaai_core::dht::DhtValue;
 use kwaai_core::model::ModelConfig;
-use kwaai_core::server::{cache_bytes_per_token, Server, ServerConfig, Span};
+use kwaai_core::server::{block_uid, cache_bytes_per_token, Server, ServerConfig, ServerInfo, Span};
 use kwaai_core::tensor::DType;
 use kwaai_core::{Node, NodeConfig};
 use serde_json::Value as Json;
@@ -172,9 +175,29 @@ fn chain_of_a_python_then_a_rust_server() {
 #[test]
 fn chain_of_two_rust_servers_pushing_to_each_other() {
     let first_node = start_node(&[]);
-    let first = start_server(&first_node, 0, BLOCKS / 2);
+    // Re-announced every second, so that its next_pings soon include the second server.
+    let config = ServerConfig { update_period: Duration::from_secs(1), ..server_config(0, BLOCKS / 2) };
+    let first = Server::start(&first_node, config).expect("first server starts");
     let second_node = start_node(&[maddr(&first_node)]);
     let second = start_server(&second_node, BLOCKS / 2, BLOCKS);
+
+    // The first server measures its round trip to the server of the block after its span.
+    let second_peer = second_node.peer_id().to_base58();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let record = first_node.dht_get(rmpv::Value::from(block_uid(PREFIX, 0)), true).expect("get");
+        let Some(DhtValue::Dictionary { entries, .. }) = record else { panic!("block records are dictionaries") };
+        let ours = rmpv::Value::from(first_node.peer_id().to_base58());
+        let entry = entries.iter().find(|e| e.subkey == ours).expect("the first server's record");
+        let info = ServerInfo::from_value(&entry.value).expect("a valid ServerInfo");
+        let rtt = info.next_pings.unwrap_or_default().into_iter().find(|(peer, _)| *peer == second_peer);
+        if let Some((_, rtt)) = rtt {
+            assert!(rtt.is_finite() && rtt > 0.0, "round trip {rtt}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first server never pinged the second");
+        std::thread::sleep(Duration::from_millis(100)); // polling for the next announcement
+    }
 
     let peers = [maddr(&first_node), maddr(&second_node)];
     assert_same_tokens(&generate(&peers, true), "Rust 0:2 then Rust 2:4, with push");
