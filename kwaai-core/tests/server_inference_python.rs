@@ -218,13 +218,18 @@ fn inference_sessions_keep_petals_rules_and_limits() {
 
     let peer = node.peer_id().to_base58();
     let hidden = model.hidden_size.to_string();
-    let args = [maddr(&node), peer, PREFIX.into(), BLOCKS.to_string(), hidden];
+    let model_arg = model_dir().to_string_lossy().into_owned();
+    let args = [maddr(&node), peer, PREFIX.into(), BLOCKS.to_string(), hidden, model_arg];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut client = common::ReferenceProcess::start("server_inference.py", &args);
     let out = client.read_json();
     let error = |key: &str| out[key]["error"].as_str().unwrap_or_else(|| panic!("{key}: no error: {out}")).to_owned();
     let h = model.hidden_size;
 
+    // Deep prompts in a prefill, then a step without: transformers' blocks with the same prompts.
+    let scale = out["deep_prompts"]["ref_scale"].as_f64().expect("scale");
+    let err = out["deep_prompts"]["max_abs_err"].as_f64().expect("error");
+    assert!(err <= 1e-4 * scale.max(1.0), "deep prompts: max abs error {err} against scale {scale}");
     assert!(error("too_long").contains("Cannot allocate KV cache for 1000000 tokens, max = 8192"), "{out}");
     assert!(error("float_max_length").contains("rpc_inference metadata must contain int max_length, got 2.5"), "{out}");
     assert!(error("unserved").contains(&format!("Remote peer does not serve {PREFIX}.7")), "{out}");
