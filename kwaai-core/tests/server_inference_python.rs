@@ -210,7 +210,7 @@ fn chain_of_two_rust_servers_pushing_to_each_other() {
 fn inference_sessions_keep_petals_rules_and_limits() {
     let node = start_node(&[]);
     let config = server_config(0, BLOCKS);
-    let server = Server::start(&node, ServerConfig { max_sessions: 3, max_message_size: 256 << 10, ..config })
+    let mut server = Server::start(&node, ServerConfig { max_sessions: 3, max_message_size: 256 << 10, ..config })
         .expect("server starts");
     let full_cache = server.cache_tokens_left();
     let model = ModelConfig::from_dir(model_dir()).expect("config");
@@ -252,16 +252,24 @@ fn inference_sessions_keep_petals_rules_and_limits() {
     assert!(error("fourth_session").contains("the server already has 3 open"), "{out}");
     assert!(error("too_big").contains("exceeds the limit of 262144"), "{out}");
 
-    // A session whose client vanishes without closing it gives its cache back.
-    assert_eq!(client.read_json()["holding"], true);
+    // A session whose client vanishes without closing it gives its cache back; shutting the
+    // server down ends the other.
+    assert_eq!(client.read_json()["holding"], 2);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while server.active_sessions() != 1 {
-        assert!(Instant::now() < deadline, "{} sessions open, expected only the held one", server.active_sessions());
+    while server.active_sessions() != 2 {
+        assert!(Instant::now() < deadline, "{} sessions open, expected the 2 held", server.active_sessions());
         std::thread::sleep(Duration::from_millis(50)); // polling for the earlier sessions' teardown
     }
-    assert_eq!(server.cache_tokens_left(), full_cache - 2 * 64 * u64::from(BLOCKS));
+    let held = 2 * 64 * u64::from(BLOCKS);
+    assert_eq!(server.cache_tokens_left(), full_cache - 2 * held);
     client.send_line("drop");
     assert_eq!(client.read_json()["dropped"], true);
+    while server.active_sessions() != 1 {
+        assert!(Instant::now() < deadline, "the dropped session is still open");
+        std::thread::sleep(Duration::from_millis(50)); // polling for the stream's teardown
+    }
+    assert_eq!(server.cache_tokens_left(), full_cache - held);
+    server.shutdown();
     assert_sessions_freed(&server, full_cache);
 }
 

@@ -3,14 +3,16 @@ sends them, and reports what came back (reply shapes, or the error text the clie
 
 Usage: server_inference.py INITIAL_PEER SERVER_PEER_ID PREFIX NUM_BLOCKS HIDDEN MODEL_DIR
 
-Prints one JSON line with a result per scenario, then opens one more session, steps it once and
-prints {"holding": true}; on a stdin line it stops its DHT (its p2pd goes away without closing the
-session) and prints {"dropped": true}; it exits when stdin closes.
+Prints one JSON line with a result per scenario, then opens two more sessions, steps each once and
+prints {"holding": 2}; on a stdin line it closes the first one's stream without ending the session
+and prints {"dropped": true}; it exits when stdin closes (the caller shuts the server down first,
+which ends the second session on the server's side).
 Used by kwaai-core/tests/server_inference_python.rs."""
 import asyncio
 import json
 import sys
 import uuid
+from functools import partial
 
 import hivemind
 import torch
@@ -186,12 +188,16 @@ async def main_async(dht, peer_id, prefix, num_blocks, hidden_size, model):
     stub = TransformerConnectionHandler.get_stub(p2p, peer_id)
     print(json.dumps(await scenarios(stub, prefix, num_blocks, hidden_size, model)), flush=True)
     uids = " ".join(f"{prefix}.{i}" for i in range(num_blocks))
-    holding = await Session(stub).open()
-    await holding.send(step(uids, torch.randn(1, 4, hidden_size), {"max_length": 64}))
-    await holding.recv()
-    print(json.dumps({"holding": True}), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    return holding
+    dropped, kept = await Session(stub).open(), await Session(stub).open()
+    for session in (dropped, kept):
+        await session.send(step(uids, torch.randn(1, 4, hidden_size), {"max_length": 64}))
+        await session.recv()
+    print(json.dumps({"holding": 2}), flush=True)
+    read_line = partial(asyncio.get_running_loop().run_in_executor, None, sys.stdin.readline)
+    await read_line()
+    await dropped.outputs.aclose()  # the stream goes without the end-of-session message
+    print(json.dumps({"dropped": True}), flush=True)
+    await read_line()
 
 
 def main():
@@ -203,8 +209,7 @@ def main():
     try:
         asyncio.run(main_async(dht, peer_id, prefix, num_blocks, hidden_size, model))
     finally:
-        dht.shutdown()  # the daemon goes, the held session with it
-    print(json.dumps({"dropped": True}), flush=True)
+        dht.shutdown()
     sys.stdin.read()
 
 
