@@ -2,9 +2,11 @@
 //! locally: through one Rust server holding every block (with `generate()`, step by step inside
 //! `inference_session()`, and with beam search), and through chains of one Rust and one Python
 //! Petals server in both orders, with and without server-to-server pushes, and through two Rust
-//! servers that push to each other. A lone kwaai node is the swarm's bootstrap peer; in the mixed
+//! servers that push to each other (the first announcing its round trip to the second in
+//! `next_pings`). A lone kwaai node is the swarm's bootstrap peer; in the mixed
 //! chains it joins the Python swarm's bootstrap node. Afterwards every session is closed and its
-//! cache returned.
+//! cache returned. The rules of `rpc_inference` (limits, errors, step ids, the cache budget) are
+//! checked with hand-made requests, and a generation survives the Rust server dying mid-session.
 
 mod common;
 
@@ -13,8 +15,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use kwaai_core::dht::DhtValue;
 use kwaai_core::model::ModelConfig;
-use kwaai_core::server::{cache_bytes_per_token, Server, ServerConfig, Span};
+use kwaai_core::server::{block_uid, cache_bytes_per_token, Server, ServerConfig, ServerInfo, Span};
 use kwaai_core::tensor::DType;
 use kwaai_core::{Node, NodeConfig};
 use serde_json::Value as Json;
@@ -56,16 +59,19 @@ fn maddr(node: &Node) -> String {
     node.listen_addrs()[0].to_string()
 }
 
-fn start_server(node: &Node, start: u32, end: u32) -> Server {
-    let config = ServerConfig {
+fn server_config(start: u32, end: u32) -> ServerConfig {
+    ServerConfig {
         model_dir: model_dir().to_path_buf(),
         block_indices: Some(Span::new(start, end).expect("span")),
         dht_prefix: Some(PREFIX.into()),
         throughput: 1.0,
         torch_dtype: Some(DType::F32),
         ..ServerConfig::default()
-    };
-    Server::start(node, config).expect("server starts")
+    }
+}
+
+fn start_server(node: &Node, start: u32, end: u32) -> Server {
+    Server::start(node, server_config(start, end)).expect("server starts")
 }
 
 /// Runs the Petals client with `initial_peers`.
@@ -125,8 +131,8 @@ fn petals_client_generates_through_one_rust_server() {
 }
 
 /// Runs a Python swarm (a bootstrap node and a Petals server for blocks `start..end`); returns it
-/// with its bootstrap address.
-fn python_swarm(start: u32, end: u32) -> (common::ReferenceProcess, String) {
+/// with its bootstrap address and the server's peer id.
+fn python_swarm(start: u32, end: u32) -> (common::ReferenceProcess, String, String) {
     let model = model_dir().to_string_lossy().into_owned();
     let span = format!("{start}:{end}");
     let args = [model.as_str(), "--servers", &span, "--dht-prefix", PREFIX, "--timeout", "120"];
@@ -134,12 +140,13 @@ fn python_swarm(start: u32, end: u32) -> (common::ReferenceProcess, String) {
     let ready = swarm.read_json();
     assert_eq!(ready["servers"][0]["blocks"], serde_json::json!([start, end]), "{ready}");
     let bootstrap = ready["initial_peers"][0].as_str().expect("a bootstrap address").to_owned();
-    (swarm, bootstrap)
+    let peer = ready["servers"][0]["peer_id"].as_str().expect("the server's peer id").to_owned();
+    (swarm, bootstrap, peer)
 }
 
 #[test]
 fn chain_of_a_rust_then_a_python_server() {
-    let (_python, bootstrap) = python_swarm(BLOCKS / 2, BLOCKS);
+    let (_python, bootstrap, _) = python_swarm(BLOCKS / 2, BLOCKS);
     let peers = [bootstrap];
     let node = start_node(&peers);
     let server = start_server(&node, 0, BLOCKS / 2);
@@ -154,7 +161,7 @@ fn chain_of_a_rust_then_a_python_server() {
 
 #[test]
 fn chain_of_a_python_then_a_rust_server() {
-    let (_python, bootstrap) = python_swarm(0, BLOCKS / 2);
+    let (_python, bootstrap, _) = python_swarm(0, BLOCKS / 2);
     let peers = [bootstrap];
     let node = start_node(&peers);
     let server = start_server(&node, BLOCKS / 2, BLOCKS);
@@ -168,9 +175,29 @@ fn chain_of_a_python_then_a_rust_server() {
 #[test]
 fn chain_of_two_rust_servers_pushing_to_each_other() {
     let first_node = start_node(&[]);
-    let first = start_server(&first_node, 0, BLOCKS / 2);
+    // Re-announced every second, so that its next_pings soon include the second server.
+    let config = ServerConfig { update_period: Duration::from_secs(1), ..server_config(0, BLOCKS / 2) };
+    let first = Server::start(&first_node, config).expect("first server starts");
     let second_node = start_node(&[maddr(&first_node)]);
     let second = start_server(&second_node, BLOCKS / 2, BLOCKS);
+
+    // The first server measures its round trip to the server of the block after its span.
+    let second_peer = second_node.peer_id().to_base58();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let record = first_node.dht_get(rmpv::Value::from(block_uid(PREFIX, 0)), true).expect("get");
+        let Some(DhtValue::Dictionary { entries, .. }) = record else { panic!("block records are dictionaries") };
+        let ours = rmpv::Value::from(first_node.peer_id().to_base58());
+        let entry = entries.iter().find(|e| e.subkey == ours).expect("the first server's record");
+        let info = ServerInfo::from_value(&entry.value).expect("a valid ServerInfo");
+        let rtt = info.next_pings.unwrap_or_default().into_iter().find(|(peer, _)| *peer == second_peer);
+        if let Some((_, rtt)) = rtt {
+            assert!(rtt.is_finite() && rtt > 0.0, "round trip {rtt}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first server never pinged the second");
+        std::thread::sleep(Duration::from_millis(100)); // polling for the next announcement
+    }
 
     let peers = [maddr(&first_node), maddr(&second_node)];
     assert_same_tokens(&generate(&peers, true), "Rust 0:2 then Rust 2:4, with push");
@@ -182,30 +209,27 @@ fn chain_of_two_rust_servers_pushing_to_each_other() {
 #[test]
 fn inference_sessions_keep_petals_rules_and_limits() {
     let node = start_node(&[]);
-    let config = ServerConfig {
-        model_dir: model_dir().to_path_buf(),
-        block_indices: Some(Span::new(0, BLOCKS).expect("span")),
-        dht_prefix: Some(PREFIX.into()),
-        throughput: 1.0,
-        torch_dtype: Some(DType::F32),
-        max_sessions: 3,
-        max_message_size: 256 << 10,
-        ..ServerConfig::default()
-    };
-    let server = Server::start(&node, config).expect("server starts");
+    let config = server_config(0, BLOCKS);
+    let mut server = Server::start(&node, ServerConfig { max_sessions: 3, max_message_size: 256 << 10, ..config })
+        .expect("server starts");
     let full_cache = server.cache_tokens_left();
     let model = ModelConfig::from_dir(model_dir()).expect("config");
     let per_token = cache_bytes_per_token(&model, DType::F32) * u64::from(BLOCKS);
 
     let peer = node.peer_id().to_base58();
     let hidden = model.hidden_size.to_string();
-    let args = [maddr(&node), peer, PREFIX.into(), BLOCKS.to_string(), hidden];
+    let model_arg = model_dir().to_string_lossy().into_owned();
+    let args = [maddr(&node), peer, PREFIX.into(), BLOCKS.to_string(), hidden, model_arg];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut client = common::ReferenceProcess::start("server_inference.py", &args);
     let out = client.read_json();
     let error = |key: &str| out[key]["error"].as_str().unwrap_or_else(|| panic!("{key}: no error: {out}")).to_owned();
     let h = model.hidden_size;
 
+    // Deep prompts in a prefill, then a step without: transformers' blocks with the same prompts.
+    let scale = out["deep_prompts"]["ref_scale"].as_f64().expect("scale");
+    let err = out["deep_prompts"]["max_abs_err"].as_f64().expect("error");
+    assert!(err <= 1e-4 * scale.max(1.0), "deep prompts: max abs error {err} against scale {scale}");
     assert!(error("too_long").contains("Cannot allocate KV cache for 1000000 tokens, max = 8192"), "{out}");
     assert!(error("float_max_length").contains("rpc_inference metadata must contain int max_length, got 2.5"), "{out}");
     assert!(error("unserved").contains(&format!("Remote peer does not serve {PREFIX}.7")), "{out}");
@@ -228,15 +252,50 @@ fn inference_sessions_keep_petals_rules_and_limits() {
     assert!(error("fourth_session").contains("the server already has 3 open"), "{out}");
     assert!(error("too_big").contains("exceeds the limit of 262144"), "{out}");
 
-    // A session whose client vanishes without closing it gives its cache back.
-    assert_eq!(client.read_json()["holding"], true);
+    // A session whose client vanishes without closing it gives its cache back; shutting the
+    // server down ends the other.
+    assert_eq!(client.read_json()["holding"], 2);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while server.active_sessions() != 1 {
-        assert!(Instant::now() < deadline, "{} sessions open, expected only the held one", server.active_sessions());
+    while server.active_sessions() != 2 {
+        assert!(Instant::now() < deadline, "{} sessions open, expected the 2 held", server.active_sessions());
         std::thread::sleep(Duration::from_millis(50)); // polling for the earlier sessions' teardown
     }
-    assert_eq!(server.cache_tokens_left(), full_cache - 2 * 64 * u64::from(BLOCKS));
+    let held = 2 * 64 * u64::from(BLOCKS);
+    assert_eq!(server.cache_tokens_left(), full_cache - 2 * held);
     client.send_line("drop");
     assert_eq!(client.read_json()["dropped"], true);
+    while server.active_sessions() != 1 {
+        assert!(Instant::now() < deadline, "the dropped session is still open");
+        std::thread::sleep(Duration::from_millis(50)); // polling for the stream's teardown
+    }
+    assert_eq!(server.cache_tokens_left(), full_cache - held);
+    server.shutdown();
     assert_sessions_freed(&server, full_cache);
+}
+
+#[test]
+fn generation_goes_on_when_the_rust_server_dies_mid_session() {
+    let (_python, bootstrap, python_peer) = python_swarm(0, BLOCKS);
+    let node = start_node(std::slice::from_ref(&bootstrap));
+    // Announced as much faster than the Python server, so that the client starts with it.
+    let config = ServerConfig { inference_rps: Some(1e6), ..server_config(0, BLOCKS) };
+    let server = Server::start(&node, config).expect("server starts");
+
+    let model = model_dir().to_string_lossy().into_owned();
+    let tokens = TOKENS.to_string();
+    let args = [model.as_str(), &bootstrap, PREFIX, "--tokens", &tokens, "--before-kill", "8"];
+    let mut client = common::ReferenceProcess::start("server_failover.py", &args);
+    let before = client.read_json();
+    assert_eq!(before["first_route"], serde_json::json!([node.peer_id().to_base58()]), "{before}");
+    assert_eq!(server.active_sessions(), 1);
+
+    // Killed: the node goes away without announcing OFFLINE or closing the session.
+    node.shutdown();
+    client.send_line("go on");
+    let after = client.read_json();
+    assert!(after.get("error").is_none(), "{after} (before the kill: {before})");
+    assert_eq!(after["last_route"], serde_json::json!([python_peer]), "{after}");
+    assert_eq!(after["local"].as_array().map(Vec::len), Some(TOKENS), "{after}");
+    assert_eq!(after["remote"], after["local"], "the tokens after the failover differ from transformers");
+    drop(server);
 }

@@ -1,16 +1,18 @@
 """Drives rpc_inference on one server with hand-made requests, as Petals' _ServerInferenceSession
 sends them, and reports what came back (reply shapes, or the error text the client sees).
 
-Usage: server_inference.py INITIAL_PEER SERVER_PEER_ID PREFIX NUM_BLOCKS HIDDEN
+Usage: server_inference.py INITIAL_PEER SERVER_PEER_ID PREFIX NUM_BLOCKS HIDDEN MODEL_DIR
 
-Prints one JSON line with a result per scenario, then opens one more session, steps it once and
-prints {"holding": true}; on a stdin line it stops its DHT (its p2pd goes away without closing the
-session) and prints {"dropped": true}; it exits when stdin closes.
+Prints one JSON line with a result per scenario, then opens two more sessions, steps each once and
+prints {"holding": 2}; on a stdin line it closes the first one's stream without ending the session
+and prints {"dropped": true}; it exits when stdin closes (the caller shuts the server down first,
+which ends the second session on the server's side).
 Used by kwaai-core/tests/server_inference_python.rs."""
 import asyncio
 import json
 import sys
 import uuid
+from functools import partial
 
 import hivemind
 import torch
@@ -20,6 +22,7 @@ from hivemind.utils.asyncio import anext
 from petals.server.handler import TransformerConnectionHandler
 from petals.utils.misc import DUMMY, DUMMY_INT64
 from petals.utils.packaging import pack_args_kwargs
+from transformers import AutoModelForCausalLM
 
 
 class Session:
@@ -43,8 +46,11 @@ class Session:
         await self.queue.put(request)
 
     async def recv(self, timeout=30):
+        return list((await self.recv_tensor(timeout)).shape)
+
+    async def recv_tensor(self, timeout=30):
         response = await asyncio.wait_for(anext(self.outputs), timeout)
-        return list(hivemind.deserialize_torch_tensor(response.tensors[0]).shape)
+        return hivemind.deserialize_torch_tensor(response.tensors[0])
 
     async def close(self):
         await self.queue.put(runtime_pb2.ExpertRequest())
@@ -56,8 +62,8 @@ class Session:
             return "closed"
 
 
-def step(uids, hidden, first=None, hypo_ids=DUMMY_INT64, step_id=None, **metadata):
-    tensors, args_structure = pack_args_kwargs(hidden, DUMMY, hypo_ids)
+def step(uids, hidden, first=None, hypo_ids=DUMMY_INT64, step_id=None, prompts=DUMMY, **metadata):
+    tensors, args_structure = pack_args_kwargs(hidden, prompts, hypo_ids)
     metadata.update(session_id=metadata.get("session_id", str(uuid.uuid4())), step_id=step_id or str(uuid.uuid4()))
     metadata.update(first or {})
     metadata["args_structure"] = args_structure
@@ -75,10 +81,42 @@ async def expect_error(stub, request):
         return {"error": str(e)}
 
 
-async def scenarios(stub, prefix, num_blocks, hidden_size):
+def blocks_with_prompts(model, hidden, prompts):
+    """transformers' blocks over `hidden` with deep prompts added to its first positions before each
+    block, as Petals servers add them."""
+    batch, length, _ = hidden.shape
+    mask = model.model._prepare_decoder_attention_mask(torch.ones(batch, length, dtype=torch.bool), (batch, length),
+                                                       hidden, 0)
+    positions = torch.arange(length)[None]
+    h = hidden.clone()
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.layers):
+            h[:, : prompts.shape[2]] += prompts[i]
+            h = layer(h, attention_mask=mask, position_ids=positions)[0]
+    return h
+
+
+async def deep_prompts(stub, uids, model, hidden_size):
+    """A prefill with deep prompts and a step without, against transformers."""
+    hidden = torch.randn(1, 4, hidden_size)
+    prompts = torch.randn(len(model.model.layers), 1, 2, hidden_size)
+    expected = blocks_with_prompts(model, hidden, prompts)
+    session = await Session(stub).open()
+    sid = str(uuid.uuid4())
+    await session.send(step(uids, hidden[:, :3], {"max_length": 8}, session_id=sid, prompts=prompts))
+    first = await session.recv_tensor()
+    await session.send(step(uids, hidden[:, 3:], session_id=sid))
+    second = await session.recv_tensor()
+    await session.close()
+    got = torch.cat([first, second], dim=1)
+    return {"max_abs_err": float((got - expected).abs().max()), "ref_scale": float(expected.abs().max())}
+
+
+async def scenarios(stub, prefix, num_blocks, hidden_size, model):
     uids = " ".join(f"{prefix}.{i}" for i in range(num_blocks))
     h = lambda batch, n: torch.randn(batch, n, hidden_size)  # noqa: E731
     out = {}
+    out["deep_prompts"] = await deep_prompts(stub, uids, model, hidden_size)
     out["too_long"] = await expect_error(stub, step(uids, h(1, 1), {"max_length": 10**6}))
     out["float_max_length"] = await expect_error(stub, step(uids, h(1, 1), {"max_length": 2.5}))
     out["unserved"] = await expect_error(stub, step(f"{prefix}.{num_blocks + 3}", h(1, 1), {"max_length": 8}))
@@ -145,29 +183,33 @@ async def scenarios(stub, prefix, num_blocks, hidden_size):
     return out
 
 
-async def main_async(dht, peer_id, prefix, num_blocks, hidden_size):
+async def main_async(dht, peer_id, prefix, num_blocks, hidden_size, model):
     p2p = await dht.replicate_p2p()
     stub = TransformerConnectionHandler.get_stub(p2p, peer_id)
-    print(json.dumps(await scenarios(stub, prefix, num_blocks, hidden_size)), flush=True)
+    print(json.dumps(await scenarios(stub, prefix, num_blocks, hidden_size, model)), flush=True)
     uids = " ".join(f"{prefix}.{i}" for i in range(num_blocks))
-    holding = await Session(stub).open()
-    await holding.send(step(uids, torch.randn(1, 4, hidden_size), {"max_length": 64}))
-    await holding.recv()
-    print(json.dumps({"holding": True}), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    return holding
+    dropped, kept = await Session(stub).open(), await Session(stub).open()
+    for session in (dropped, kept):
+        await session.send(step(uids, torch.randn(1, 4, hidden_size), {"max_length": 64}))
+        await session.recv()
+    print(json.dumps({"holding": 2}), flush=True)
+    read_line = partial(asyncio.get_running_loop().run_in_executor, None, sys.stdin.readline)
+    await read_line()
+    await dropped.outputs.aclose()  # the stream goes without the end-of-session message
+    print(json.dumps({"dropped": True}), flush=True)
+    await read_line()
 
 
 def main():
     initial_peer, peer_id, prefix = sys.argv[1], PeerID.from_base58(sys.argv[2]), sys.argv[3]
     num_blocks, hidden_size = int(sys.argv[4]), int(sys.argv[5])
+    model = AutoModelForCausalLM.from_pretrained(sys.argv[6], torch_dtype=torch.float32).eval()
     torch.manual_seed(0)
     dht = hivemind.DHT(initial_peers=[initial_peer], host_maddrs=["/ip4/127.0.0.1/tcp/0"], start=True)
     try:
-        asyncio.run(main_async(dht, peer_id, prefix, num_blocks, hidden_size))
+        asyncio.run(main_async(dht, peer_id, prefix, num_blocks, hidden_size, model))
     finally:
-        dht.shutdown()  # the daemon goes, the held session with it
-    print(json.dumps({"dropped": True}), flush=True)
+        dht.shutdown()
     sys.stdin.read()
 
 

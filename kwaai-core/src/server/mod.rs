@@ -19,6 +19,7 @@ mod handler;
 mod inference;
 mod info;
 mod metadata;
+mod pings;
 mod prefix;
 mod push;
 mod schema;

@@ -1,6 +1,7 @@
 //! [`Server`]: a span of a model's blocks served from a [`Node`] as a Petals 2.2 server serves
 //! it (petals/server/server.py `Server`, `ModuleContainer`): announced JOINING while it loads,
-//! answering `rpc_info`, `rpc_forward(_stream)`, `rpc_inference` and `rpc_push`, announced ONLINE,
+//! answering `rpc_info`, `rpc_forward(_stream)`, `rpc_inference` and `rpc_push`, announced ONLINE
+//! (with its free cache and its round trips to the next servers refreshed every update period),
 //! then OFFLINE when shut down.
 
 use std::path::PathBuf;
@@ -13,11 +14,12 @@ use super::forward::{serve_forward, ForwardService, RPC_FORWARD, RPC_FORWARD_STR
 use super::handler::{serve_info, InfoService, RPC_INFO};
 use super::inference::{cache_bytes_per_token, serve_inference, InferenceService, InferenceSettings, RPC_INFERENCE};
 use super::info::{ServerInfo, ServerState};
+use super::pings::NextPings;
 use super::prefix::dht_prefix_for_repo;
 use super::push::{serve_push, PushCounters, PushService, Pusher, RPC_PUSH};
 use super::schema::{BlockSchema, ServerRpcInfo};
 use super::sessions::{CacheBudget, SessionRegistry};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::model::{BlockSpan, LoadOptions, ModelConfig};
 use crate::node::Node;
 use crate::p2p::Rpc;
@@ -41,6 +43,9 @@ pub struct ServerConfig {
     pub throughput: f64,
     /// A name for swarm monitors (`--public_name`).
     pub public_name: Option<String>,
+    /// Inference steps per second through one block, announced for clients' routing (Petals
+    /// measures it; `None` leaves it out, and clients assume 300).
+    pub inference_rps: Option<f64>,
     /// The dtype served; `None`: Petals' `auto` (the checkpoint's, float32 becoming bfloat16).
     pub torch_dtype: Option<DType>,
     /// The codec of replies and the one clients are asked to use (`--compression`, NONE).
@@ -81,6 +86,7 @@ impl Default for ServerConfig {
             repository: None,
             throughput: 0.0,
             public_name: None,
+            inference_rps: None,
             torch_dtype: None,
             compression: CompressionType::None,
             attn_cache_tokens: None,
@@ -137,6 +143,9 @@ impl Server {
         if !(config.throughput.is_finite() && config.throughput > 0.0) {
             return Err(Error::invalid_argument("throughput must be a positive number of requests per second"));
         }
+        if config.inference_rps.is_some_and(|rps| !(rps.is_finite() && rps > 0.0)) {
+            return Err(Error::invalid_argument("inference_rps must be a positive number"));
+        }
         let dtype = resolve_dtype(config.torch_dtype, model.torch_dtype.as_deref())?;
         let grouped = model.num_kv_heads < model.num_heads;
         let bytes_per_token = cache_bytes_per_token(&model, dtype);
@@ -152,6 +161,7 @@ impl Server {
 
         let info = ServerInfo {
             public_name: config.public_name.clone(),
+            inference_rps: config.inference_rps,
             torch_dtype: Some(dtype.name().to_owned()),
             quant_type: Some("none".into()),
             using_relay: Some(false),
@@ -167,8 +177,17 @@ impl Server {
             lifetime: config.expiration,
         };
         let announced_budget = budget.clone();
+        let mut next_pings =
+            NextPings::new(node.rpc()?, node.dht()?, node.peer_id(), dht_prefix.clone(), span, num_layers);
+        let ping_runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::with_source(ErrorKind::Io, "starting the ping runtime", e))?;
         let announcer = Announcer::start_with(node.dht()?, node.peer_id(), announcement, move |info| {
             info.cache_tokens_left = Some(announced_budget.bytes_left() / row_bytes);
+            if info.state != ServerState::Offline {
+                info.next_pings = Some(ping_runtime.block_on(next_pings.refresh()));
+            }
         })?;
         tracing::info!(dht_prefix, "announced blocks {}:{} as joining", span.start, span.end);
 

@@ -106,6 +106,10 @@ impl CacheBudget {
             if usage.used + usage.enqueued > budget.max_bytes {
                 return Err(out_of_memory());
             }
+            // Checked before queueing too, so as not to wait behind a request waiting for a slot.
+            if usage.sessions >= budget.max_sessions {
+                return Err(too_many_sessions(budget.max_sessions));
+            }
         }
         let _turn = budget.turn.lock().await;
         let mut usage = budget.usage();
@@ -318,6 +322,24 @@ mod tests {
             let _one = budget.allocate(0, Duration::ZERO).await.unwrap();
             let err = budget.allocate(0, Duration::ZERO).await.unwrap_err();
             assert!(err.message().contains("already has 1 open"), "{err}");
+        });
+    }
+
+    #[test]
+    fn zero_timeout_requests_do_not_queue_behind_a_waiter() {
+        runtime().block_on(async {
+            let budget = CacheBudget::new(100, 1, Duration::from_secs(600));
+            let held = budget.allocate(10, Duration::ZERO).await.unwrap();
+            let waiter = budget.allocate(10, Duration::from_secs(60));
+            let impatient = async {
+                tokio::task::yield_now().await;
+                let answer = tokio::time::timeout(Duration::from_secs(5), budget.allocate(10, Duration::ZERO)).await;
+                drop(held);
+                answer
+            };
+            let (waited, impatient) = tokio::join!(waiter, impatient);
+            assert!(impatient.expect("answered at once").is_err());
+            assert_eq!(waited.unwrap().bytes(), 10);
         });
     }
 
