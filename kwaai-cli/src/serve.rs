@@ -128,7 +128,7 @@ pub fn serve_model(node: &Node, serve: &ServeArgs) -> Result<(Server, ServedSpan
         block_indices,
         num_blocks: serve.num_blocks.map(|n| n as u32),
         dht_prefix: Some(dht_prefix.clone()),
-        throughput: serve.throughput.unwrap_or(0.0),
+        throughput: serve.throughput,
         ..ServerConfig::default()
     };
     tracing::info!(peer_id = %node.peer_id(), dht_prefix, "loading the model's blocks");
