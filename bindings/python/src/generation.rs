@@ -173,7 +173,7 @@ impl TokenStream {
         Ok(())
     }
 
-    /// Whether the stream was cancelled (or fully read and released).
+    /// Whether the stream was cancelled.
     #[getter]
     fn closed(&self) -> PyResult<bool> {
         Ok(self.lock()?.is_none())

@@ -27,7 +27,7 @@ def reference_env():
 def run_reference(args, **kwargs):
     """Runs the reference venv's python with `args`; fails the test when it fails."""
     done = subprocess.run([REFERENCE_PYTHON, *args], capture_output=True, text=True, env=reference_env(),
-                          timeout=600, **kwargs)
+                          timeout=300, **kwargs)
     assert done.returncode == 0, f"{args[0]} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -42,8 +42,9 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def swarm(tiny_model):
-    """A bootstrap DHT and two servers (blocks 0:2 and 2:4) in float32, on 127.0.0.1."""
+def swarm_servers(tiny_model):
+    """A bootstrap DHT and two servers (blocks 0:2 and 2:4) in float32, on 127.0.0.1: the
+    bootstrap's multiaddrs and the servers."""
     bootstrap = kwaai.DHT(host_maddrs=["/ip4/127.0.0.1/tcp/0"], start=True)
     peers = bootstrap.get_visible_maddrs()
     servers = [
@@ -51,10 +52,16 @@ def swarm(tiny_model):
                      host_maddrs=["/ip4/127.0.0.1/tcp/0"])
         for span in ("0:2", "2:4")
     ]
-    yield peers
+    yield peers, servers
     for server in servers:
         server.shutdown()
     bootstrap.shutdown()
+
+
+@pytest.fixture(scope="session")
+def swarm(swarm_servers):
+    """The multiaddrs of the swarm's bootstrap peer."""
+    return swarm_servers[0]
 
 
 @pytest.fixture(scope="session")
