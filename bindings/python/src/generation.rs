@@ -102,8 +102,8 @@ impl GenerationConfig {
     }
 }
 
-/// A small runtime whose only job is timing out waits for the next token.
-fn waiter() -> PyResult<&'static tokio::runtime::Runtime> {
+/// A small runtime for the binding's own waits (timed token waits, block selection).
+pub(crate) fn waiter() -> PyResult<&'static tokio::runtime::Runtime> {
     static RUNTIME: OnceLock<std::io::Result<tokio::runtime::Runtime>> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {

@@ -89,3 +89,12 @@ def test_a_server_leaves_the_swarm_on_shutdown(tiny_model, swarm):
         # The record Petals servers write: (state, throughput, ...) with OFFLINE = 0.
         assert offline[0] == 0
 
+
+
+def test_num_blocks_serves_the_blocks_the_swarm_lacks(tiny_model, swarm):
+    with kwaai.Server(tiny_model, initial_peers=swarm, block_indices="0:2", dht_prefix="partly") as first:
+        with kwaai.Server(tiny_model, initial_peers=swarm, num_blocks=2, dht_prefix="partly") as second:
+            assert first.block_indices == (0, 2)
+            assert second.block_indices == (2, 4)
+    with pytest.raises(kwaai.InvalidArgumentError, match="not both"):
+        kwaai.Server(tiny_model, initial_peers=swarm, block_indices="0:1", num_blocks=1)
