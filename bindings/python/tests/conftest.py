@@ -20,7 +20,7 @@ PACKAGE_DIR = REPO / "bindings/python/python"
 def reference_env():
     """The environment the reference venv's python runs with: this checkout's kwaai importable."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_DIR), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_DIR), env.get("PYTHONPATH")]))
     return env
 
 
@@ -75,5 +75,5 @@ def model(swarm, tiny_model):
 def python_with_kwaai():
     """This interpreter with the checkout's kwaai importable, for subprocess tests."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_DIR), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_DIR), env.get("PYTHONPATH")]))
     return sys.executable, env

@@ -55,6 +55,15 @@ def test_every_route_generates_the_same_tokens(model):
         assert session.position == len(ids) + 9
     assert stepped == expected
 
+    # A session entered with `with` is used without passing it, as in Petals.
+    with model.inference_session(max_length=len(ids) + 10) as session:
+        assert model.active_session is session
+        first = model.generate(ids, max_new_tokens=4, min_new_tokens=4)
+        rest = model.generate(None, max_new_tokens=6, min_new_tokens=6)
+        assert first == ids + expected[:4] and rest == [expected[4:]]
+        assert session.output_ids == ids + expected
+    assert model.active_session is None
+
     # The session's own loop: embeddings and LM head here, blocks on the servers.
     with model.inference_session(max_length=len(ids) + 10) as session:
         hidden = model.embed(numpy.array([ids]))
