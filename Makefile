@@ -116,7 +116,10 @@ PY_RUN := PYTHONPATH=$(CURDIR)/bindings/python/python $(VENV)/bin/python
 
 test-python: build ## the Python package: pytest, type stubs checked against the module, the example
 	cp target/debug/lib_kwaai.so bindings/python/python/kwaai/_kwaai.abi3.so
+	@# The tests pass numpy arrays too (numpy is optional for users of the package).
+	$(VENV)/bin/python -c 'import numpy' 2>/dev/null || $(VENV)/bin/pip install -q numpy==2.4.6
 	$(PY_RUN) -m mypy.stubtest kwaai._kwaai
+	cd bindings/python && $(PY_RUN) -m mypy
 	cd bindings/python && $(PY_RUN) -m pytest -q tests
 	$(PY_RUN) examples/python/start_node.py
 

@@ -1,13 +1,19 @@
 //! Python bindings of kwaai: the `kwaai._kwaai` extension module, re-exported by `kwaai`.
 //!
 //! One file per core concept: `node.rs` for `kwaai_core::Node`, `dht.rs` for its DHT, `error.rs`
-//! for its errors, `value.rs` for Python objects as msgpack values.
+//! for its errors, `value.rs` for Python objects as msgpack values, `model.rs` for the client's
+//! `DistributedModel` and inference sessions, `generation.rs` for generation settings and token
+//! streams, `server.rs` for `kwaai_core::server::Server`, `tensor.rs` for float tensors as bytes.
 
 use pyo3::prelude::*;
 
 mod dht;
 mod error;
+mod generation;
+mod model;
 mod node;
+mod server;
+mod tensor;
 mod value;
 
 #[pymodule]
@@ -16,5 +22,10 @@ fn _kwaai(m: &Bound<'_, PyModule>) -> PyResult<()> {
     error::register(m)?;
     m.add_class::<node::Node>()?;
     m.add_class::<dht::ValueWithExpiration>()?;
+    m.add_class::<generation::GenerationConfig>()?;
+    m.add_class::<generation::TokenStream>()?;
+    m.add_class::<model::DistributedModel>()?;
+    m.add_class::<model::InferenceSession>()?;
+    m.add_class::<server::Server>()?;
     Ok(())
 }

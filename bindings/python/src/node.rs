@@ -13,7 +13,7 @@ use crate::error::to_py;
 /// `shutdown()` when done.
 #[pyclass(module = "kwaai", frozen)]
 pub struct Node {
-    inner: kwaai_core::Node,
+    pub(crate) inner: kwaai_core::Node,
 }
 
 #[pymethods]

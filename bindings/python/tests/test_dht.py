@@ -54,3 +54,33 @@ def test_bad_values_raise(swarm):
         swarm[0].store("k", b"x" * (2 << 20), time.time() + 60)
     with pytest.raises(kwaai.InvalidArgumentError, match="differ in length"):
         swarm[0].store_many(["a", "b"], [1], time.time() + 60)
+
+
+def test_hivemind_shaped_dht():
+    with kwaai.DHT(host_maddrs=["/ip4/127.0.0.1/tcp/0"], start=True) as first:
+        (maddr,) = first.get_visible_maddrs()
+        assert maddr.startswith("/ip4/127.0.0.1/tcp/") and maddr.endswith("/p2p/" + first.peer_id)
+        second = kwaai.DHT(initial_peers=[maddr], start=False)
+        assert not second.is_alive()
+        with pytest.raises(kwaai.ClosedError):
+            second.peer_id
+        second.run_in_background(await_ready=True)
+        assert second.is_alive()
+        expiration = time.time() + 60
+        assert second.store("experts", {"a": 1}, expiration)
+        assert first.store("servers", "up", expiration, subkey="peer-a")
+        assert second.store("servers", "down", expiration + 1, subkey="peer-b")
+        found = first.get("experts", latest=True)
+        assert isinstance(found, kwaai.ValueWithExpiration) and tuple(found) == ({"a": 1}, expiration)
+        reader = kwaai.DHT(initial_peers=[maddr])
+        servers = reader.get("servers", latest=True)
+        reader.shutdown()
+        assert servers.expiration_time == expiration + 1
+        assert servers.value == {"peer-a": kwaai.ValueWithExpiration("up", expiration),
+                                 "peer-b": kwaai.ValueWithExpiration("down", expiration + 1)}
+        assert first.get("nothing") is None
+        second.shutdown()
+        assert not second.is_alive()
+        with pytest.raises(kwaai.ClosedError):
+            second.get("experts")
+    assert not first.is_alive()

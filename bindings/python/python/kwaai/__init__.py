@@ -1,33 +1,61 @@
-"""kwaai: a node of the Petals / hivemind swarm, in Rust."""
+"""kwaai: a node of the Petals / hivemind swarm, in Rust, and a drop-in for Petals scripts."""
 
 from ._kwaai import (
     ERROR_KINDS,
     ClosedError,
+    DistributedModel,
+    GenerationConfig,
     IdentityError,
+    InferenceSession as NativeInferenceSession,
     InternalError,
     InvalidArgumentError,
     IoError,
     KwaaiError,
+    NativeServer,
     NetworkError,
     Node,
     ProtocolError,
     TimeoutError,
+    TokenStream,
     ValueWithExpiration,
     __version__,
 )
+from .dht import DHT
+from .model import (
+    AutoDistributedModelForCausalLM,
+    DistributedLlamaForCausalLM,
+    DistributedModelForCausalLM,
+    InferenceSession,
+    Token,
+    Tokenizer,
+)
+from .server import Server
 
 __all__ = [
     "ERROR_KINDS",
+    "AutoDistributedModelForCausalLM",
     "ClosedError",
+    "DHT",
+    "DistributedLlamaForCausalLM",
+    "DistributedModel",
+    "DistributedModelForCausalLM",
+    "GenerationConfig",
     "IdentityError",
+    "InferenceSession",
     "InternalError",
     "InvalidArgumentError",
     "IoError",
     "KwaaiError",
+    "NativeInferenceSession",
+    "NativeServer",
     "NetworkError",
     "Node",
     "ProtocolError",
+    "Server",
     "TimeoutError",
+    "Token",
+    "TokenStream",
+    "Tokenizer",
     "ValueWithExpiration",
     "__version__",
 ]
