@@ -9,7 +9,8 @@ export KWAAI_REFERENCE_PYTHON ?= $(REFERENCE_VENV)/bin/python
 VENV := $(CURDIR)/target/venv
 # pyo3 finds Python through PATH unless told; pinning it keeps npx's PATH from forcing rebuilds.
 export PYO3_PYTHON ?= $(shell command -v python3)
-PYTHON_TOOLS := maturin==1.16.0 pytest==8.3.4 mypy==1.13.0
+# numpy: the tests pass numpy arrays too (it is optional for users of the package).
+PYTHON_TOOLS := maturin==1.16.0 pytest==8.3.4 mypy==1.13.0 numpy==2.4.6
 FFI_LIB := target/debug
 C_FLAGS := -std=c11 -Wall -Wextra -Werror -Iinclude -Itests/c
 C_LINK := -L$(FFI_LIB) -lkwaai -Wl,-rpath,$(CURDIR)/$(FFI_LIB)
@@ -37,7 +38,8 @@ tools:
 	command -v valgrind >/dev/null && command -v cmake >/dev/null && command -v java >/dev/null && \
 		[ -f $(JNA_JAR) ] || { apt-get update -qq && \
 		apt-get install -y -qq valgrind cmake default-jre-headless libjna-java; }
-	[ -x $(VENV)/bin/maturin ] || { python3 -m venv $(VENV) && $(VENV)/bin/pip install -q $(PYTHON_TOOLS); }
+	[ -x $(VENV)/bin/maturin ] || python3 -m venv $(VENV)
+	$(VENV)/bin/python -c 'import maturin, pytest, mypy, numpy' 2>/dev/null || $(VENV)/bin/pip install -q $(PYTHON_TOOLS)
 	cd bindings/node && npm ci --no-audit --no-fund --loglevel=error
 	cd bindings/uniffi/tests/kotlin && npm ci --no-audit --no-fund --loglevel=error
 
@@ -116,8 +118,6 @@ PY_RUN := PYTHONPATH=$(CURDIR)/bindings/python/python $(VENV)/bin/python
 
 test-python: build ## the Python package: pytest, type stubs checked against the module, the example
 	cp target/debug/lib_kwaai.so bindings/python/python/kwaai/_kwaai.abi3.so
-	@# The tests pass numpy arrays too (numpy is optional for users of the package).
-	$(VENV)/bin/python -c 'import numpy' 2>/dev/null || $(VENV)/bin/pip install -q numpy==2.4.6
 	$(PY_RUN) -m mypy.stubtest kwaai._kwaai
 	cd bindings/python && $(PY_RUN) -m mypy
 	cd bindings/python && $(PY_RUN) -m pytest -q tests

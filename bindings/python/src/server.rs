@@ -1,24 +1,14 @@
 //! `kwaai.Server` (native part): a span of a model's blocks served from a node.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
-use kwaai_core::model::ModelConfig;
-use kwaai_core::server::{choose_blocks_from_dht, ServerConfig, Span};
+use kwaai_core::server::{ServerConfig, Span};
 use kwaai_core::tensor::DType;
 use pyo3::prelude::*;
 
 use crate::error::{to_py, InternalError};
 use crate::node::Node;
-
-/// The `count` blocks of the model in `model_dir` that the swarm under `prefix` needs most.
-fn choose_blocks(py: Python<'_>, node: &Node, model_dir: &Path, prefix: &str, count: u32) -> PyResult<Span> {
-    let total = ModelConfig::from_dir(model_dir).map_err(to_py)?.num_layers;
-    let total = u32::try_from(total).map_err(|_| crate::error::InvalidArgumentError::new_err("too many blocks"))?;
-    let dht = node.inner.dht().map_err(to_py)?;
-    let runtime = crate::generation::waiter()?;
-    py.allow_threads(|| runtime.block_on(choose_blocks_from_dht(&dht, prefix, total, count))).map_err(to_py)
-}
 
 /// A running Petals server on `node`; `shutdown()` announces it OFFLINE and ends its sessions.
 #[pyclass(module = "kwaai", frozen, name = "NativeServer")]
@@ -31,12 +21,12 @@ pub struct Server {
 #[pymethods]
 impl Server {
     /// Loads and serves blocks `block_indices` (`(start, end)`) of the model in `model_dir` under
-    /// `dht_prefix`, announcing `throughput` requests per second; with `num_blocks` instead, the
-    /// blocks whose throughput in the swarm is lowest now. `torch_dtype` is `"auto"`,
-    /// `"float32"` or `"bfloat16"`.
+    /// `dht_prefix`, announcing `throughput` requests per second (None: measured, as Petals'
+    /// `auto`); with `num_blocks` instead, the blocks whose throughput in the swarm is lowest now.
+    /// `torch_dtype` is `"auto"`, `"float32"` or `"bfloat16"`.
     #[staticmethod]
     #[pyo3(signature = (node, model_dir, block_indices = None, num_blocks = None, dht_prefix = None,
-        throughput = 1.0, torch_dtype = None, public_name = None, update_period = 60.0))]
+        throughput = None, torch_dtype = None, public_name = None, update_period = 60.0))]
     #[allow(clippy::too_many_arguments)]
     fn start(
         py: Python<'_>,
@@ -45,18 +35,12 @@ impl Server {
         block_indices: Option<(u32, u32)>,
         num_blocks: Option<u32>,
         dht_prefix: Option<String>,
-        throughput: f64,
+        throughput: Option<f64>,
         torch_dtype: Option<String>,
         public_name: Option<String>,
         update_period: f64,
     ) -> PyResult<Self> {
-        let mut block_indices = block_indices.map(|(start, end)| Span::new(start, end)).transpose().map_err(to_py)?;
-        let mut num_blocks = num_blocks;
-        if let (None, Some(count), Some(prefix)) = (block_indices, num_blocks, dht_prefix.as_deref()) {
-            // Petals' --num_blocks: the span where the swarm's throughput is lowest now.
-            block_indices = Some(choose_blocks(py, node, &model_dir, prefix, count)?);
-            num_blocks = None;
-        }
+        let block_indices = block_indices.map(|(start, end)| Span::new(start, end)).transpose().map_err(to_py)?;
         let torch_dtype = match torch_dtype.as_deref() {
             None | Some("auto") => None,
             Some(name) => Some(DType::from_name(name).map_err(to_py)?),

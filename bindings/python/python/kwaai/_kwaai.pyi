@@ -141,7 +141,7 @@ class NativeServer:
         block_indices: Optional[Tuple[int, int]] = None,
         num_blocks: Optional[int] = None,
         dht_prefix: Optional[str] = None,
-        throughput: float = 1.0,
+        throughput: Optional[float] = None,
         torch_dtype: Optional[str] = None,
         public_name: Optional[str] = None,
         update_period: float = 60.0,

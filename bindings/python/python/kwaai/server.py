@@ -36,7 +36,7 @@ class Server:
         block_indices: Union[str, Tuple[int, int], None] = None,
         num_blocks: Optional[int] = None,
         dht_prefix: Optional[str] = None,
-        throughput: float = 1.0,
+        throughput: Optional[float] = None,
         host_maddrs: Optional[Sequence[str]] = None,
         identity_path: Optional[Union[str, "os.PathLike[str]"]] = None,
         torch_dtype: Optional[str] = None,

@@ -14,7 +14,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--block_indices", help="the blocks to serve, start:end")
     parser.add_argument("--num_blocks", type=int, help="how many blocks to serve")
     parser.add_argument("--dht_prefix", help="the model's DHT prefix (default: the directory's name)")
-    parser.add_argument("--throughput", type=float, default=1.0, help="requests per second to announce")
+    parser.add_argument("--throughput", type=float, default=None, help="requests per second to announce (default: measured)")
     parser.add_argument("--host_maddrs", nargs="*", default=["/ip4/0.0.0.0/tcp/0"], help="multiaddrs to listen on")
     parser.add_argument("--identity_path", help="a private key file (created if missing) for a stable peer ID")
     parser.add_argument("--torch_dtype", default="auto", choices=["auto", "float32", "bfloat16"])
