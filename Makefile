@@ -17,15 +17,15 @@ VALGRIND := valgrind -q --leak-check=full --show-leak-kinds=definite,indirect \
 	--errors-for-leak-kinds=definite,indirect --error-exitcode=1
 
 .PHONY: help demo test deps reference tools build lint test-rust test-c test-python test-node check-generated \
-	header uniffi-bindings wheel fuzz
+	header uniffi-bindings wheel fuzz pkgconfig test-kotlin bench-ffi
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
 
-demo: ## build and run the local demo swarm on 127.0.0.1 (Ctrl-C stops it)
+demo: ## build and run the local demo swarm on 127.0.0.1 (it streams a generation and stops)
 	cargo run -p kwaai-cli -- demo
 
-test: deps lint build test-rust test-c test-python test-node check-generated ## install what tests need, run every test
+test: deps lint build test-rust test-c test-python test-node test-kotlin check-generated ## install what tests need, run every test
 	@echo "make test: all suites passed"
 
 deps: reference tools ## the reference peer, Python and Node test tools, valgrind
@@ -34,13 +34,18 @@ reference: ## install the Python reference peer (hivemind + petals) into $(REFER
 	bash $(SHARED)/reference/install.sh $(REFERENCE_VENV)
 
 tools:
-	command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
+	command -v valgrind >/dev/null && command -v cmake >/dev/null && command -v java >/dev/null && \
+		[ -f $(JNA_JAR) ] || { apt-get update -qq && \
+		apt-get install -y -qq valgrind cmake default-jre-headless libjna-java; }
 	[ -x $(VENV)/bin/maturin ] || { python3 -m venv $(VENV) && $(VENV)/bin/pip install -q $(PYTHON_TOOLS); }
 	cd bindings/node && npm ci --no-audit --no-fund --loglevel=error
+	cd bindings/uniffi/tests/kotlin && npm ci --no-audit --no-fund --loglevel=error
 
 # Every cargo invocation selects the whole workspace with all targets, so dependencies are
 # resolved with one feature set and compiled once (per-package builds would rebuild them).
 CARGO_SET := --workspace --all-targets
+JNA_JAR := /usr/share/java/jna.jar
+KOTLIN_HOME := bindings/uniffi/tests/kotlin/node_modules/kotlin-compiler
 
 build: ## build every crate, library and test of the workspace (debug)
 	cargo build $(CARGO_SET)
@@ -53,19 +58,57 @@ test-rust: build ## Rust unit, interop and header tests, and the Rust examples
 	cargo test --workspace
 	./target/debug/examples/start_node
 
-test-c: build ## the C ABI from C: plain, under valgrind, and with AddressSanitizer
+C_TESTS := node_lifecycle dht_store_get tensor_exchange
+CPP_TESTS := node_roundtrip
+CPP_FLAGS := -std=c++17 -Wall -Wextra -Werror -Iinclude
+
+test-c: build ## the C ABI from C: each test plain, under valgrind, and with AddressSanitizer
 	mkdir -p target/c
-	gcc $(C_FLAGS) tests/c/node_lifecycle.c $(C_LINK) -o target/c/node_lifecycle
-	gcc $(C_FLAGS) -fsanitize=address,undefined -fno-omit-frame-pointer tests/c/node_lifecycle.c $(C_LINK) \
-		-o target/c/node_lifecycle_asan
-	gcc $(C_FLAGS) tests/c/dht_store_get.c $(C_LINK) -o target/c/dht_store_get
-	./target/c/node_lifecycle
-	./target/c/dht_store_get
-	$(VALGRIND) ./target/c/node_lifecycle > target/c/valgrind.log || { cat target/c/valgrind.log; exit 1; }
-	$(VALGRIND) ./target/c/dht_store_get > target/c/valgrind-dht.log || { cat target/c/valgrind-dht.log; exit 1; }
-	./target/c/node_lifecycle_asan > target/c/asan.log || { cat target/c/asan.log; exit 1; }
+	for t in $(C_TESTS); do \
+		gcc $(C_FLAGS) tests/c/$$t.c -pthread $(C_LINK) -o target/c/$$t; \
+		gcc $(C_FLAGS) -fsanitize=address,undefined -fno-omit-frame-pointer tests/c/$$t.c -pthread $(C_LINK) \
+			-o target/c/$$t-asan; \
+		./target/c/$$t; \
+		$(VALGRIND) ./target/c/$$t > target/c/$$t-valgrind.log 2>&1 || { cat target/c/$$t-valgrind.log; exit 1; }; \
+		./target/c/$$t-asan > target/c/$$t-asan.log 2>&1 || { cat target/c/$$t-asan.log; exit 1; }; \
+	done
+	for t in $(CPP_TESTS); do \
+		g++ $(CPP_FLAGS) tests/cpp/$$t.cpp -pthread $(C_LINK) -o target/c/$$t; \
+		g++ $(CPP_FLAGS) -fsanitize=address,undefined -fno-omit-frame-pointer tests/cpp/$$t.cpp -pthread $(C_LINK) \
+			-o target/c/$$t-asan; \
+		./target/c/$$t; \
+		$(VALGRIND) ./target/c/$$t > target/c/$$t-valgrind.log 2>&1 || { cat target/c/$$t-valgrind.log; exit 1; }; \
+		./target/c/$$t-asan > target/c/$$t-asan.log 2>&1 || { cat target/c/$$t-asan.log; exit 1; }; \
+	done
 	gcc $(C_FLAGS) examples/c/start_node.c $(C_LINK) -o target/c/start_node && ./target/c/start_node
-	@echo "C ABI: clean under valgrind and AddressSanitizer"
+	$(MAKE) --no-print-directory pkgconfig
+	PKG_CONFIG_PATH=$(CURDIR)/target/pkgconfig cmake -S examples/cpp -B target/cpp-example -DCMAKE_BUILD_TYPE=Debug >/dev/null
+	cmake --build target/cpp-example >/dev/null && ./target/cpp-example/exchange_tensor
+	@echo "C ABI: C and C++ clean under valgrind and AddressSanitizer; the CMake example runs"
+
+bench-ffi: ## cost per C ABI call from C (release library) against the same operations in Rust
+	cargo build --release -p kwaai-ffi
+	mkdir -p target/c
+	gcc -O2 -std=c11 -Iinclude kwaai-ffi/benches/ffi_calls.c -Ltarget/release -lkwaai \
+		-Wl,-rpath,$(CURDIR)/target/release -o target/c/ffi_calls
+	./target/c/ffi_calls
+	cargo bench -p kwaai-ffi --bench calls
+
+pkgconfig: ## write target/pkgconfig/kwaai.pc for this checkout's header and library
+	mkdir -p target/pkgconfig
+	sed -e 's|@PREFIX@|$(CURDIR)|' -e 's|@LIBDIR@|$(CURDIR)/$(FFI_LIB)|' \
+		-e "s|@VERSION@|$$(sed -n 's/^version = \"\(.*\)\"/\1/p' Cargo.toml | head -1)|" \
+		kwaai-ffi/kwaai.pc.in > target/pkgconfig/kwaai.pc
+
+test-kotlin: build ## the Kotlin bindings (UniFFI) on the JVM, compiled with kotlinc
+	rm -rf target/kotlin
+	$(KOTLIN_HOME)/bin/kotlinc -nowarn bindings/uniffi/generated/uniffi/kwaai/kwaai.kt bindings/uniffi/tests/kotlin/*.kt \
+		-cp $(JNA_JAR) -d target/kotlin/classes
+	./target/debug/kwaainet demo --make-model target/demo-model >/dev/null
+	for main in NodeTestKt "GenerateTestKt target/demo-model"; do \
+		java -Djna.library.path=$(FFI_LIB) -cp target/kotlin/classes:$(JNA_JAR):$(KOTLIN_HOME)/lib/kotlin-stdlib.jar \
+			$$main; \
+	done
 
 # The tests import the package from its source tree with the extension built by `make build`
 # (what `maturin develop` does, without a second cargo build); `make wheel` builds the wheel.
@@ -84,6 +127,8 @@ test-node: build ## build the Node addon and run node's test runner
 	cd bindings/node && npx napi build --platform --js index.js --dts index.d.ts --cargo-flags="$(CARGO_SET)"
 	cd bindings/node && node --test __test__/
 	node examples/node/start_node.mjs
+	./target/debug/kwaainet demo --make-model target/demo-model >/dev/null
+	node examples/node/generate.mjs target/demo-model
 
 check-generated: build ## generated sources (header, index.d.ts, UniFFI) are committed and current
 	rm -rf target/uniffi-check

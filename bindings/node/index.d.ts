@@ -10,6 +10,35 @@ export interface ErrorKindInfo {
 }
 /** Every error kind the core defines. */
 export declare function errorKinds(): Array<ErrorKindInfo>
+/** How to generate (transformers' names); every field is optional. */
+export interface GenerateOptions {
+  /** Tokens to generate at most (default 32). */
+  maxNewTokens?: number
+  /** End-of-sequence tokens are suppressed until this many were generated. */
+  minNewTokens?: number
+  /** Sample instead of taking the most likely token. */
+  doSample?: boolean
+  temperature?: number
+  topK?: number
+  topP?: number
+  repetitionPenalty?: number
+  /** Seed of the sampler. */
+  seed?: number
+  /** Generation ends after any of these tokens (default: the model's end-of-sequence token). */
+  stopTokens?: Array<number>
+}
+/** One generated token. */
+export interface GeneratedToken {
+  /** Its id. */
+  id: number
+  /** The text it adds (held back while a character is incomplete). */
+  text: string
+}
+/** The result of `next()`, as the async iterator protocol has it. */
+export interface TokenStep {
+  done: boolean
+  value?: GeneratedToken
+}
 /** How to start a node. */
 export interface NodeConfig {
   /** Multiaddrs to listen on; default `["/ip4/127.0.0.1/tcp/0"]`. */
@@ -20,6 +49,50 @@ export interface NodeConfig {
   initialPeers?: Array<string>
   /** Run the DHT in client mode (ask, do not serve). */
   clientMode?: boolean
+}
+/** What to serve (Petals' `run_server` options, camelCase). */
+export interface ServeOptions {
+  /** A model directory (config.json and safetensors). */
+  modelPath: string
+  /** The blocks to serve, `"start:end"` (end exclusive). */
+  blockIndices?: string
+  /** How many blocks to serve, chosen where the swarm needs them. */
+  numBlocks?: number
+  /** The model's DHT prefix (default: the directory's name). */
+  dhtPrefix?: string
+  /** Requests per second to announce. */
+  throughput?: number
+  /** `"float32"` or `"bfloat16"` (default: the checkpoint's, float32 becoming bfloat16). */
+  torchDtype?: string
+}
+/** A model whose blocks run on the swarm (Petals' `AutoDistributedModelForCausalLM`). */
+export declare class DistributedModel {
+  /**
+   * Loads the local ends of the model in `path` (embeddings, LM head, tokenizer) and finds its
+   * blocks on `node`'s swarm under `dhtPrefix` (default: the directory's name).
+   */
+  static load(node: Node, path: string, dhtPrefix?: string | undefined | null): Promise<DistributedModel>
+  /** Token ids of `text` (special tokens added, as the model's tokenizer does). */
+  encode(text: string): Array<number>
+  /** Text of token ids (special tokens skipped). */
+  decode(ids: Array<number>): string
+  /**
+   * Generates after `prompt` (text, or token ids): an async iterator of `{ id, text }`.
+   * Breaking out of `for await` (or `cancel()`) stops the generation and the servers' sessions.
+   */
+  generate(prompt: string | number[], options?: GenerateOptions): TokenStream & AsyncIterable<GeneratedToken>
+}
+/**
+ * The tokens of one generation. `next()` resolves to `{ done, value }`; `cancel()` (or
+ * `return()`, which `for await` calls on `break`) stops it and frees the servers' caches.
+ */
+export declare class TokenStream {
+  /** The next token; `{ done: true }` once the generation is over or cancelled. */
+  next(): Promise<{ done: boolean, value?: GeneratedToken }>
+  /** Stops the generation; a pending `next()` resolves to `{ done: true }`. */
+  cancel(): void
+  /** Called by `for await` when the loop exits early: cancels. */
+  return(): Promise<{ done: boolean }>
 }
 /** A running kwaai node. Call `shutdown()` when done. */
 export declare class Node {
@@ -46,5 +119,20 @@ export declare class Node {
   /** Reads several keys; resolves to one result (or `null`) per key. */
   dhtGetMany(keys: unknown[], latest?: boolean): Promise<Array<{ value?: unknown, entries?: Array<{ subkey: unknown, value: unknown, expiration: number }>, expiration: number } | null>>
   /** Stops the node; resolves when it is down. Calling it again does nothing. */
+  shutdown(): Promise<void>
+}
+/** A running server. `shutdown()` announces it OFFLINE and frees its sessions. */
+export declare class Server {
+  /** Loads the blocks, serves them from `node` and announces them; resolves once ONLINE. */
+  static start(node: Node, options: ServeOptions): Promise<Server>
+  /** The first served block. */
+  get startBlock(): number
+  /** One past the last served block. */
+  get endBlock(): number
+  /** The DHT prefix the blocks are announced under. */
+  get dhtPrefix(): string
+  /** Inference sessions holding a cache now. */
+  get activeSessions(): number
+  /** Announces OFFLINE and stops serving; resolves when done. Calling it again does nothing. */
   shutdown(): Promise<void>
 }

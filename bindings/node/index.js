@@ -310,7 +310,10 @@ if (!nativeBinding) {
   throw new Error(`Failed to load native binding`)
 }
 
-const { errorKinds, Node } = nativeBinding
+const { errorKinds, DistributedModel, TokenStream, Node, Server } = nativeBinding
 
 module.exports.errorKinds = errorKinds
+module.exports.DistributedModel = DistributedModel
+module.exports.TokenStream = TokenStream
 module.exports.Node = Node
+module.exports.Server = Server

@@ -22,6 +22,8 @@ struct Server {
     child: Child,
     addr: String,
     startup: Duration,
+    /// The server's own KWAAINET_HOME (each node holds the lock of its home).
+    _home: tempfile::TempDir,
 }
 
 impl Drop for Server {
@@ -33,10 +35,14 @@ impl Drop for Server {
 
 fn spawn_server(initial_peer: Option<&str>) -> Server {
     let started = Instant::now();
+    let home = tempfile::tempdir().expect("a temporary KWAAINET_HOME");
     let mut command = Command::new(env!("CARGO_BIN_EXE_kwaainet"));
-    command.args(["start", "--listen", "/ip4/127.0.0.1/tcp/0"]).env("RUST_LOG", "warn");
+    command
+        .args(["start", "--host-maddrs", "/ip4/127.0.0.1/tcp/0"])
+        .env("RUST_LOG", "warn")
+        .env("KWAAINET_HOME", home.path());
     if let Some(peer) = initial_peer {
-        command.args(["--initial-peer", peer]);
+        command.args(["--initial-peers", peer]);
     }
     let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn kwaainet");
     let stdout = child.stdout.take().expect("stdout");
@@ -51,7 +57,7 @@ fn spawn_server(initial_peer: Option<&str>) -> Server {
         }
     }
     let addr = addr.expect("kwaainet printed its address");
-    Server { child, addr, startup: started.elapsed() }
+    Server { child, addr, startup: started.elapsed(), _home: home }
 }
 
 fn rss_mib(pid: u32) -> f64 {

@@ -6,18 +6,23 @@
 
 #![allow(non_camel_case_types)]
 
+mod callbacks;
 mod config;
 mod dht;
 mod error;
 mod handles;
+mod logging;
 mod node;
 mod strings;
+mod tensor;
 
 pub use config::*;
 pub use dht::*;
 pub use error::*;
+pub use logging::*;
 pub use node::*;
 pub use strings::*;
+pub use tensor::*;
 
 /// The version of this C ABI. It changes only when an existing function or type changes
 /// incompatibly; hosts compare it with the value they were compiled against.

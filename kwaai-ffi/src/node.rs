@@ -2,23 +2,40 @@
 
 use std::os::raw::c_char;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kwaai_core::{Error, Node};
 
+use crate::callbacks::CallbackGate;
 use crate::config::{kwaai_config, CONFIGS};
 use crate::error::{ffi_call, kwaai_status};
 use crate::handles::Registry;
-use crate::strings::{out_arg, owned_c_string};
+use crate::strings::{out_arg, owned_c_string, str_arg};
+use crate::tensor::TensorCallback;
 
 static NODES: Registry = Registry::new("node");
 
 /// A running node. It owns its threads; calls on it may come from any thread.
 pub struct kwaai_node {
     node: Arc<Node>,
+    tensor_gate: Arc<TensorGate>,
 }
+
+/// The host's tensor callback of one node.
+pub(crate) type TensorGate = CallbackGate<TensorCallback>;
 
 pub(crate) fn node_of(handle: *mut kwaai_node) -> Result<Arc<Node>, Error> {
     NODES.with(handle, |h| h.node.clone())
+}
+
+pub(crate) fn node_and_tensor_gate(handle: *mut kwaai_node) -> Result<(Arc<Node>, Arc<TensorGate>), Error> {
+    NODES.with(handle, |h| (h.node.clone(), h.tensor_gate.clone()))
+}
+
+/// Stops every host callback of the node (waiting for calls in progress), then its services.
+fn stop(node: &kwaai_node) {
+    node.tensor_gate.set(None);
+    node.node.shutdown();
 }
 
 /// Starts a node with `config` and returns it through `out` once it listens.
@@ -29,7 +46,7 @@ pub extern "C" fn kwaai_node_start(config: *mut kwaai_config, out: *mut *mut kwa
         let out = out_arg(out, "out")?;
         let config = CONFIGS.with(config, |c| c.inner.clone())?;
         let node = Node::start(config)?;
-        *out = NODES.insert(kwaai_node { node: Arc::new(node) });
+        *out = NODES.insert(kwaai_node { node: Arc::new(node), tensor_gate: Arc::new(CallbackGate::new()) });
         Ok(())
     })
 }
@@ -69,12 +86,31 @@ pub extern "C" fn kwaai_node_listen_addr(node: *mut kwaai_node, index: usize, ou
     })
 }
 
+/// Connects to the peer at multiaddr `addr` (ending in `/p2p/<peer id>`), waiting up to
+/// `timeout_ms`.
+///
+/// # Safety
+/// `addr` must be NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn kwaai_node_connect(
+    node: *mut kwaai_node,
+    addr: *const c_char,
+    timeout_ms: u64,
+) -> kwaai_status {
+    ffi_call(|| {
+        let addr = str_arg(addr, "addr")?;
+        node_of(node)?.connect(addr, Duration::from_millis(timeout_ms)).map(drop)
+    })
+}
+
 /// Stops the node's services; the handle stays valid until `kwaai_node_free`. Calling it again
 /// does nothing.
 #[no_mangle]
 pub extern "C" fn kwaai_node_shutdown(node: *mut kwaai_node) -> kwaai_status {
     ffi_call(|| {
-        node_of(node)?.shutdown();
+        let (node, gate) = node_and_tensor_gate(node)?;
+        gate.set(None);
+        node.shutdown();
         Ok(())
     })
 }
@@ -83,7 +119,9 @@ pub extern "C" fn kwaai_node_shutdown(node: *mut kwaai_node) -> kwaai_status {
 #[no_mangle]
 pub extern "C" fn kwaai_node_free(node: *mut kwaai_node) {
     ffi_call(|| {
-        drop(NODES.remove(node));
+        if let Some(node) = NODES.remove(node) {
+            stop(&node);
+        }
         Ok(())
     });
 }

@@ -32,6 +32,12 @@ pub struct Node {
     inner: Arc<kwaai_core::Node>,
 }
 
+impl Node {
+    pub(crate) fn core(&self) -> Arc<kwaai_core::Node> {
+        Arc::clone(&self.inner)
+    }
+}
+
 #[napi]
 impl Node {
     /// Starts a node; resolves once it listens.

@@ -395,7 +395,77 @@ fileprivate final class UniffiHandleMap<T>: @unchecked Sendable {
 
 
 // Public interface members begin here.
+// Magic number for the Rust proxy to call using the same mechanism as every other method,
+// to free the callback once it's dropped by Rust.
+private let IDX_CALLBACK_FREE: Int32 = 0
+// Callback return codes
+private let UNIFFI_CALLBACK_SUCCESS: Int32 = 0
+private let UNIFFI_CALLBACK_ERROR: Int32 = 1
+private let UNIFFI_CALLBACK_UNEXPECTED_ERROR: Int32 = 2
 
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterUInt32: FfiConverterPrimitive {
+    typealias FfiType = UInt32
+    typealias SwiftType = UInt32
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> UInt32 {
+        return try lift(readInt(&buf))
+    }
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterUInt64: FfiConverterPrimitive {
+    typealias FfiType = UInt64
+    typealias SwiftType = UInt64
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> UInt64 {
+        return try lift(readInt(&buf))
+    }
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterFloat: FfiConverterPrimitive {
+    typealias FfiType = Float
+    typealias SwiftType = Float
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Float {
+        return try lift(readFloat(&buf))
+    }
+
+    public static func write(_ value: Float, into buf: inout [UInt8]) {
+        writeFloat(&buf, lower(value))
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterDouble: FfiConverterPrimitive {
+    typealias FfiType = Double
+    typealias SwiftType = Double
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Double {
+        return try lift(readDouble(&buf))
+    }
+
+    public static func write(_ value: Double, into buf: inout [UInt8]) {
+        writeDouble(&buf, lower(value))
+    }
+}
 
 #if swift(>=5.8)
 @_documentation(visibility: private)
@@ -462,6 +532,355 @@ fileprivate struct FfiConverterString: FfiConverter {
     }
 }
 
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterData: FfiConverterRustBuffer {
+    typealias SwiftType = Data
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Data {
+        let len: Int32 = try readInt(&buf)
+        return Data(try readBytes(&buf, count: Int(len)))
+    }
+
+    public static func write(_ value: Data, into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        writeBytes(&buf, value)
+    }
+}
+
+
+
+
+/**
+ * A model whose blocks run on the swarm (Petals' `AutoDistributedModelForCausalLM`).
+ */
+public protocol DistributedModelProtocol: AnyObject, Sendable {
+    
+    /**
+     * Text of token ids.
+     */
+    func decode(ids: [UInt32]) throws  -> String
+    
+    /**
+     * Token ids of `text`.
+     */
+    func encode(text: String) throws  -> [UInt32]
+    
+    /**
+     * Starts generating after `prompt` on a library thread; `listener` gets each token.
+     */
+    func generate(prompt: String, options: GenerateOptions, listener: TokenListener) throws  -> Generation
+    
+}
+/**
+ * A model whose blocks run on the swarm (Petals' `AutoDistributedModelForCausalLM`).
+ */
+open class DistributedModel: DistributedModelProtocol, @unchecked Sendable {
+    fileprivate let pointer: UnsafeMutableRawPointer!
+
+    /// Used to instantiate a [FFIObject] without an actual pointer, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoPointer {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromRawPointer pointer: UnsafeMutableRawPointer) {
+        self.pointer = pointer
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noPointer: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing [Pointer] the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noPointer: NoPointer) {
+        self.pointer = nil
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiClonePointer() -> UnsafeMutableRawPointer {
+        return try! rustCall { uniffi_kwaai_uniffi_fn_clone_distributedmodel(self.pointer, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        guard let pointer = pointer else {
+            return
+        }
+
+        try! rustCall { uniffi_kwaai_uniffi_fn_free_distributedmodel(pointer, $0) }
+    }
+
+    
+    /**
+     * Loads the local ends of the model in `path` and finds its blocks on `node`'s swarm under
+     * `dht_prefix` (none: the directory's name).
+     */
+public static func load(node: Node, path: String, dhtPrefix: String? = nil)throws  -> DistributedModel  {
+    return try  FfiConverterTypeDistributedModel_lift(try rustCallWithError(FfiConverterTypeKwaaiError_lift) {
+    uniffi_kwaai_uniffi_fn_constructor_distributedmodel_load(
+        FfiConverterTypeNode_lower(node),
+        FfiConverterString.lower(path),
+        FfiConverterOptionString.lower(dhtPrefix),$0
+    )
+})
+}
+    
+
+    
+    /**
+     * Text of token ids.
+     */
+open func decode(ids: [UInt32])throws  -> String  {
+    return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeKwaaiError_lift) {
+    uniffi_kwaai_uniffi_fn_method_distributedmodel_decode(self.uniffiClonePointer(),
+        FfiConverterSequenceUInt32.lower(ids),$0
+    )
+})
+}
+    
+    /**
+     * Token ids of `text`.
+     */
+open func encode(text: String)throws  -> [UInt32]  {
+    return try  FfiConverterSequenceUInt32.lift(try rustCallWithError(FfiConverterTypeKwaaiError_lift) {
+    uniffi_kwaai_uniffi_fn_method_distributedmodel_encode(self.uniffiClonePointer(),
+        FfiConverterString.lower(text),$0
+    )
+})
+}
+    
+    /**
+     * Starts generating after `prompt` on a library thread; `listener` gets each token.
+     */
+open func generate(prompt: String, options: GenerateOptions, listener: TokenListener)throws  -> Generation  {
+    return try  FfiConverterTypeGeneration_lift(try rustCallWithError(FfiConverterTypeKwaaiError_lift) {
+    uniffi_kwaai_uniffi_fn_method_distributedmodel_generate(self.uniffiClonePointer(),
+        FfiConverterString.lower(prompt),
+        FfiConverterTypeGenerateOptions_lower(options),
+        FfiConverterTypeTokenListener_lower(listener),$0
+    )
+})
+}
+    
+
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeDistributedModel: FfiConverter {
+
+    typealias FfiType = UnsafeMutableRawPointer
+    typealias SwiftType = DistributedModel
+
+    public static func lift(_ pointer: UnsafeMutableRawPointer) throws -> DistributedModel {
+        return DistributedModel(unsafeFromRawPointer: pointer)
+    }
+
+    public static func lower(_ value: DistributedModel) -> UnsafeMutableRawPointer {
+        return value.uniffiClonePointer()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> DistributedModel {
+        let v: UInt64 = try readInt(&buf)
+        // The Rust code won't compile if a pointer won't fit in a UInt64.
+        // We have to go via `UInt` because that's the thing that's the size of a pointer.
+        let ptr = UnsafeMutableRawPointer(bitPattern: UInt(truncatingIfNeeded: v))
+        if (ptr == nil) {
+            throw UniffiInternalError.unexpectedNullPointer
+        }
+        return try lift(ptr!)
+    }
+
+    public static func write(_ value: DistributedModel, into buf: inout [UInt8]) {
+        // This fiddling is because `Int` is the thing that's the same size as a pointer.
+        // The Rust code won't compile if a pointer won't fit in a `UInt64`.
+        writeInt(&buf, UInt64(bitPattern: Int64(Int(bitPattern: lower(value)))))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDistributedModel_lift(_ pointer: UnsafeMutableRawPointer) throws -> DistributedModel {
+    return try FfiConverterTypeDistributedModel.lift(pointer)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDistributedModel_lower(_ value: DistributedModel) -> UnsafeMutableRawPointer {
+    return FfiConverterTypeDistributedModel.lower(value)
+}
+
+
+
+
+
+
+/**
+ * A generation in progress.
+ */
+public protocol GenerationProtocol: AnyObject, Sendable {
+    
+    /**
+     * Stops after the token being generated; the servers' sessions are closed.
+     */
+    func cancel() 
+    
+    /**
+     * Waits for the end and returns every generated token id (an error if it failed).
+     */
+    func wait() throws  -> [UInt32]
+    
+}
+/**
+ * A generation in progress.
+ */
+open class Generation: GenerationProtocol, @unchecked Sendable {
+    fileprivate let pointer: UnsafeMutableRawPointer!
+
+    /// Used to instantiate a [FFIObject] without an actual pointer, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoPointer {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromRawPointer pointer: UnsafeMutableRawPointer) {
+        self.pointer = pointer
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noPointer: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing [Pointer] the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noPointer: NoPointer) {
+        self.pointer = nil
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiClonePointer() -> UnsafeMutableRawPointer {
+        return try! rustCall { uniffi_kwaai_uniffi_fn_clone_generation(self.pointer, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        guard let pointer = pointer else {
+            return
+        }
+
+        try! rustCall { uniffi_kwaai_uniffi_fn_free_generation(pointer, $0) }
+    }
+
+    
+
+    
+    /**
+     * Stops after the token being generated; the servers' sessions are closed.
+     */
+open func cancel()  {try! rustCall() {
+    uniffi_kwaai_uniffi_fn_method_generation_cancel(self.uniffiClonePointer(),$0
+    )
+}
+}
+    
+    /**
+     * Waits for the end and returns every generated token id (an error if it failed).
+     */
+open func wait()throws  -> [UInt32]  {
+    return try  FfiConverterSequenceUInt32.lift(try rustCallWithError(FfiConverterTypeKwaaiError_lift) {
+    uniffi_kwaai_uniffi_fn_method_generation_wait(self.uniffiClonePointer(),$0
+    )
+})
+}
+    
+
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeGeneration: FfiConverter {
+
+    typealias FfiType = UnsafeMutableRawPointer
+    typealias SwiftType = Generation
+
+    public static func lift(_ pointer: UnsafeMutableRawPointer) throws -> Generation {
+        return Generation(unsafeFromRawPointer: pointer)
+    }
+
+    public static func lower(_ value: Generation) -> UnsafeMutableRawPointer {
+        return value.uniffiClonePointer()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Generation {
+        let v: UInt64 = try readInt(&buf)
+        // The Rust code won't compile if a pointer won't fit in a UInt64.
+        // We have to go via `UInt` because that's the thing that's the size of a pointer.
+        let ptr = UnsafeMutableRawPointer(bitPattern: UInt(truncatingIfNeeded: v))
+        if (ptr == nil) {
+            throw UniffiInternalError.unexpectedNullPointer
+        }
+        return try lift(ptr!)
+    }
+
+    public static func write(_ value: Generation, into buf: inout [UInt8]) {
+        // This fiddling is because `Int` is the thing that's the same size as a pointer.
+        // The Rust code won't compile if a pointer won't fit in a `UInt64`.
+        writeInt(&buf, UInt64(bitPattern: Int64(Int(bitPattern: lower(value)))))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGeneration_lift(_ pointer: UnsafeMutableRawPointer) throws -> Generation {
+    return try FfiConverterTypeGeneration.lift(pointer)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGeneration_lower(_ value: Generation) -> UnsafeMutableRawPointer {
+    return FfiConverterTypeGeneration.lower(value)
+}
+
+
+
 
 
 
@@ -469,6 +888,23 @@ fileprivate struct FfiConverterString: FfiConverter {
  * A running kwaai node. Its methods block: call them off the main/UI thread.
  */
 public protocol NodeProtocol: AnyObject, Sendable {
+    
+    /**
+     * Connects to the peer at multiaddr `addr` (ending in `/p2p/<peer id>`) within `timeout_ms`.
+     */
+    func connect(addr: String, timeoutMs: UInt64) throws 
+    
+    /**
+     * Reads msgpack `key`; `latest` searches the whole swarm for the newest value. None when
+     * nothing unexpired is stored.
+     */
+    func dhtGet(key: Data, latest: Bool) throws  -> DhtRecord?
+    
+    /**
+     * Stores msgpack `value` under msgpack `key` (and `subkey`, which makes the key a dictionary)
+     * until `expiration` (Unix seconds); returns whether a replica accepted it.
+     */
+    func dhtStore(key: Data, value: Data, expiration: Double, subkey: Data?) throws  -> Bool
     
     /**
      * Whether the node is still running.
@@ -556,6 +992,45 @@ public static func start(config: NodeConfig)throws  -> Node  {
 }
     
 
+    
+    /**
+     * Connects to the peer at multiaddr `addr` (ending in `/p2p/<peer id>`) within `timeout_ms`.
+     */
+open func connect(addr: String, timeoutMs: UInt64 = UInt64(20000))throws   {try rustCallWithError(FfiConverterTypeKwaaiError_lift) {
+    uniffi_kwaai_uniffi_fn_method_node_connect(self.uniffiClonePointer(),
+        FfiConverterString.lower(addr),
+        FfiConverterUInt64.lower(timeoutMs),$0
+    )
+}
+}
+    
+    /**
+     * Reads msgpack `key`; `latest` searches the whole swarm for the newest value. None when
+     * nothing unexpired is stored.
+     */
+open func dhtGet(key: Data, latest: Bool = true)throws  -> DhtRecord?  {
+    return try  FfiConverterOptionTypeDhtRecord.lift(try rustCallWithError(FfiConverterTypeKwaaiError_lift) {
+    uniffi_kwaai_uniffi_fn_method_node_dht_get(self.uniffiClonePointer(),
+        FfiConverterData.lower(key),
+        FfiConverterBool.lower(latest),$0
+    )
+})
+}
+    
+    /**
+     * Stores msgpack `value` under msgpack `key` (and `subkey`, which makes the key a dictionary)
+     * until `expiration` (Unix seconds); returns whether a replica accepted it.
+     */
+open func dhtStore(key: Data, value: Data, expiration: Double, subkey: Data? = nil)throws  -> Bool  {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeKwaaiError_lift) {
+    uniffi_kwaai_uniffi_fn_method_node_dht_store(self.uniffiClonePointer(),
+        FfiConverterData.lower(key),
+        FfiConverterData.lower(value),
+        FfiConverterDouble.lower(expiration),
+        FfiConverterOptionData.lower(subkey),$0
+    )
+})
+}
     
     /**
      * Whether the node is still running.
@@ -652,6 +1127,589 @@ public func FfiConverterTypeNode_lower(_ value: Node) -> UnsafeMutableRawPointer
 
 
 
+
+
+/**
+ * A running server; `shutdown()` announces it OFFLINE and frees its sessions.
+ */
+public protocol ServerProtocol: AnyObject, Sendable {
+    
+    /**
+     * Inference sessions holding a cache now.
+     */
+    func activeSessions()  -> UInt32
+    
+    /**
+     * Announces OFFLINE and stops serving; calling it again does nothing.
+     */
+    func shutdown() 
+    
+}
+/**
+ * A running server; `shutdown()` announces it OFFLINE and frees its sessions.
+ */
+open class Server: ServerProtocol, @unchecked Sendable {
+    fileprivate let pointer: UnsafeMutableRawPointer!
+
+    /// Used to instantiate a [FFIObject] without an actual pointer, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoPointer {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromRawPointer pointer: UnsafeMutableRawPointer) {
+        self.pointer = pointer
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noPointer: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing [Pointer] the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noPointer: NoPointer) {
+        self.pointer = nil
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiClonePointer() -> UnsafeMutableRawPointer {
+        return try! rustCall { uniffi_kwaai_uniffi_fn_clone_server(self.pointer, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        guard let pointer = pointer else {
+            return
+        }
+
+        try! rustCall { uniffi_kwaai_uniffi_fn_free_server(pointer, $0) }
+    }
+
+    
+    /**
+     * Loads the blocks, serves them from `node` and announces them; returns once ONLINE.
+     */
+public static func start(node: Node, options: ServeOptions)throws  -> Server  {
+    return try  FfiConverterTypeServer_lift(try rustCallWithError(FfiConverterTypeKwaaiError_lift) {
+    uniffi_kwaai_uniffi_fn_constructor_server_start(
+        FfiConverterTypeNode_lower(node),
+        FfiConverterTypeServeOptions_lower(options),$0
+    )
+})
+}
+    
+
+    
+    /**
+     * Inference sessions holding a cache now.
+     */
+open func activeSessions() -> UInt32  {
+    return try!  FfiConverterUInt32.lift(try! rustCall() {
+    uniffi_kwaai_uniffi_fn_method_server_active_sessions(self.uniffiClonePointer(),$0
+    )
+})
+}
+    
+    /**
+     * Announces OFFLINE and stops serving; calling it again does nothing.
+     */
+open func shutdown()  {try! rustCall() {
+    uniffi_kwaai_uniffi_fn_method_server_shutdown(self.uniffiClonePointer(),$0
+    )
+}
+}
+    
+
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeServer: FfiConverter {
+
+    typealias FfiType = UnsafeMutableRawPointer
+    typealias SwiftType = Server
+
+    public static func lift(_ pointer: UnsafeMutableRawPointer) throws -> Server {
+        return Server(unsafeFromRawPointer: pointer)
+    }
+
+    public static func lower(_ value: Server) -> UnsafeMutableRawPointer {
+        return value.uniffiClonePointer()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Server {
+        let v: UInt64 = try readInt(&buf)
+        // The Rust code won't compile if a pointer won't fit in a UInt64.
+        // We have to go via `UInt` because that's the thing that's the size of a pointer.
+        let ptr = UnsafeMutableRawPointer(bitPattern: UInt(truncatingIfNeeded: v))
+        if (ptr == nil) {
+            throw UniffiInternalError.unexpectedNullPointer
+        }
+        return try lift(ptr!)
+    }
+
+    public static func write(_ value: Server, into buf: inout [UInt8]) {
+        // This fiddling is because `Int` is the thing that's the same size as a pointer.
+        // The Rust code won't compile if a pointer won't fit in a `UInt64`.
+        writeInt(&buf, UInt64(bitPattern: Int64(Int(bitPattern: lower(value)))))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeServer_lift(_ pointer: UnsafeMutableRawPointer) throws -> Server {
+    return try FfiConverterTypeServer.lift(pointer)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeServer_lower(_ value: Server) -> UnsafeMutableRawPointer {
+    return FfiConverterTypeServer.lower(value)
+}
+
+
+
+
+
+
+/**
+ * Receives a generation's tokens, on a library thread.
+ */
+public protocol TokenListener: AnyObject, Sendable {
+    
+    /**
+     * One token and the text it adds; return false to stop the generation.
+     */
+    func onToken(id: UInt32, text: String)  -> Bool
+    
+}
+/**
+ * Receives a generation's tokens, on a library thread.
+ */
+open class TokenListenerImpl: TokenListener, @unchecked Sendable {
+    fileprivate let pointer: UnsafeMutableRawPointer!
+
+    /// Used to instantiate a [FFIObject] without an actual pointer, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoPointer {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromRawPointer pointer: UnsafeMutableRawPointer) {
+        self.pointer = pointer
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noPointer: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing [Pointer] the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noPointer: NoPointer) {
+        self.pointer = nil
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiClonePointer() -> UnsafeMutableRawPointer {
+        return try! rustCall { uniffi_kwaai_uniffi_fn_clone_tokenlistener(self.pointer, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        guard let pointer = pointer else {
+            return
+        }
+
+        try! rustCall { uniffi_kwaai_uniffi_fn_free_tokenlistener(pointer, $0) }
+    }
+
+    
+
+    
+    /**
+     * One token and the text it adds; return false to stop the generation.
+     */
+open func onToken(id: UInt32, text: String) -> Bool  {
+    return try!  FfiConverterBool.lift(try! rustCall() {
+    uniffi_kwaai_uniffi_fn_method_tokenlistener_on_token(self.uniffiClonePointer(),
+        FfiConverterUInt32.lower(id),
+        FfiConverterString.lower(text),$0
+    )
+})
+}
+    
+
+}
+
+
+// Put the implementation in a struct so we don't pollute the top-level namespace
+fileprivate struct UniffiCallbackInterfaceTokenListener {
+
+    // Create the VTable using a series of closures.
+    // Swift automatically converts these into C callback functions.
+    //
+    // This creates 1-element array, since this seems to be the only way to construct a const
+    // pointer that we can pass to the Rust code.
+    static let vtable: [UniffiVTableCallbackInterfaceTokenListener] = [UniffiVTableCallbackInterfaceTokenListener(
+        onToken: { (
+            uniffiHandle: UInt64,
+            id: UInt32,
+            text: RustBuffer,
+            uniffiOutReturn: UnsafeMutablePointer<Int8>,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> Bool in
+                guard let uniffiObj = try? FfiConverterTypeTokenListener.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.onToken(
+                     id: try FfiConverterUInt32.lift(id),
+                     text: try FfiConverterString.lift(text)
+                )
+            }
+
+            
+            let writeReturn = { uniffiOutReturn.pointee = FfiConverterBool.lower($0) }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        },
+        uniffiFree: { (uniffiHandle: UInt64) -> () in
+            let result = try? FfiConverterTypeTokenListener.handleMap.remove(handle: uniffiHandle)
+            if result == nil {
+                print("Uniffi callback interface TokenListener: handle missing in uniffiFree")
+            }
+        }
+    )]
+}
+
+private func uniffiCallbackInitTokenListener() {
+    uniffi_kwaai_uniffi_fn_init_callback_vtable_tokenlistener(UniffiCallbackInterfaceTokenListener.vtable)
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeTokenListener: FfiConverter {
+    fileprivate static let handleMap = UniffiHandleMap<TokenListener>()
+
+    typealias FfiType = UnsafeMutableRawPointer
+    typealias SwiftType = TokenListener
+
+    public static func lift(_ pointer: UnsafeMutableRawPointer) throws -> TokenListener {
+        return TokenListenerImpl(unsafeFromRawPointer: pointer)
+    }
+
+    public static func lower(_ value: TokenListener) -> UnsafeMutableRawPointer {
+        guard let ptr = UnsafeMutableRawPointer(bitPattern: UInt(truncatingIfNeeded: handleMap.insert(obj: value))) else {
+            fatalError("Cast to UnsafeMutableRawPointer failed")
+        }
+        return ptr
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> TokenListener {
+        let v: UInt64 = try readInt(&buf)
+        // The Rust code won't compile if a pointer won't fit in a UInt64.
+        // We have to go via `UInt` because that's the thing that's the size of a pointer.
+        let ptr = UnsafeMutableRawPointer(bitPattern: UInt(truncatingIfNeeded: v))
+        if (ptr == nil) {
+            throw UniffiInternalError.unexpectedNullPointer
+        }
+        return try lift(ptr!)
+    }
+
+    public static func write(_ value: TokenListener, into buf: inout [UInt8]) {
+        // This fiddling is because `Int` is the thing that's the same size as a pointer.
+        // The Rust code won't compile if a pointer won't fit in a `UInt64`.
+        writeInt(&buf, UInt64(bitPattern: Int64(Int(bitPattern: lower(value)))))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeTokenListener_lift(_ pointer: UnsafeMutableRawPointer) throws -> TokenListener {
+    return try FfiConverterTypeTokenListener.lift(pointer)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeTokenListener_lower(_ value: TokenListener) -> UnsafeMutableRawPointer {
+    return FfiConverterTypeTokenListener.lower(value)
+}
+
+
+
+
+/**
+ * What `Node.dhtGet` found.
+ */
+public struct DhtRecord {
+    /**
+     * msgpack of the value; for a dictionary, an array of `[subkey, value, expiration]` arrays.
+     */
+    public var value: Data
+    /**
+     * Its expiration in DHT time (Unix seconds); for a dictionary, the latest of its entries.
+     */
+    public var expiration: Double
+    /**
+     * Whether it is a dictionary (written with subkeys).
+     */
+    public var isDictionary: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * msgpack of the value; for a dictionary, an array of `[subkey, value, expiration]` arrays.
+         */value: Data, 
+        /**
+         * Its expiration in DHT time (Unix seconds); for a dictionary, the latest of its entries.
+         */expiration: Double, 
+        /**
+         * Whether it is a dictionary (written with subkeys).
+         */isDictionary: Bool) {
+        self.value = value
+        self.expiration = expiration
+        self.isDictionary = isDictionary
+    }
+}
+
+#if compiler(>=6)
+extension DhtRecord: Sendable {}
+#endif
+
+
+extension DhtRecord: Equatable, Hashable {
+    public static func ==(lhs: DhtRecord, rhs: DhtRecord) -> Bool {
+        if lhs.value != rhs.value {
+            return false
+        }
+        if lhs.expiration != rhs.expiration {
+            return false
+        }
+        if lhs.isDictionary != rhs.isDictionary {
+            return false
+        }
+        return true
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(value)
+        hasher.combine(expiration)
+        hasher.combine(isDictionary)
+    }
+}
+
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeDhtRecord: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> DhtRecord {
+        return
+            try DhtRecord(
+                value: FfiConverterData.read(from: &buf), 
+                expiration: FfiConverterDouble.read(from: &buf), 
+                isDictionary: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: DhtRecord, into buf: inout [UInt8]) {
+        FfiConverterData.write(value.value, into: &buf)
+        FfiConverterDouble.write(value.expiration, into: &buf)
+        FfiConverterBool.write(value.isDictionary, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDhtRecord_lift(_ buf: RustBuffer) throws -> DhtRecord {
+    return try FfiConverterTypeDhtRecord.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDhtRecord_lower(_ value: DhtRecord) -> RustBuffer {
+    return FfiConverterTypeDhtRecord.lower(value)
+}
+
+
+/**
+ * How to generate (transformers' names).
+ */
+public struct GenerateOptions {
+    public var maxNewTokens: UInt32
+    public var minNewTokens: UInt32
+    public var doSample: Bool
+    public var temperature: Float
+    public var topK: UInt32
+    public var topP: Float
+    public var repetitionPenalty: Float
+    public var seed: UInt64
+    /**
+     * Generation ends after any of these; none: the model's end-of-sequence token.
+     */
+    public var stopTokens: [UInt32]?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(maxNewTokens: UInt32 = UInt32(32), minNewTokens: UInt32 = UInt32(0), doSample: Bool = false, temperature: Float = Float(1.0), topK: UInt32 = UInt32(0), topP: Float = Float(1.0), repetitionPenalty: Float = Float(1.0), seed: UInt64 = UInt64(0), 
+        /**
+         * Generation ends after any of these; none: the model's end-of-sequence token.
+         */stopTokens: [UInt32]? = nil) {
+        self.maxNewTokens = maxNewTokens
+        self.minNewTokens = minNewTokens
+        self.doSample = doSample
+        self.temperature = temperature
+        self.topK = topK
+        self.topP = topP
+        self.repetitionPenalty = repetitionPenalty
+        self.seed = seed
+        self.stopTokens = stopTokens
+    }
+}
+
+#if compiler(>=6)
+extension GenerateOptions: Sendable {}
+#endif
+
+
+extension GenerateOptions: Equatable, Hashable {
+    public static func ==(lhs: GenerateOptions, rhs: GenerateOptions) -> Bool {
+        if lhs.maxNewTokens != rhs.maxNewTokens {
+            return false
+        }
+        if lhs.minNewTokens != rhs.minNewTokens {
+            return false
+        }
+        if lhs.doSample != rhs.doSample {
+            return false
+        }
+        if lhs.temperature != rhs.temperature {
+            return false
+        }
+        if lhs.topK != rhs.topK {
+            return false
+        }
+        if lhs.topP != rhs.topP {
+            return false
+        }
+        if lhs.repetitionPenalty != rhs.repetitionPenalty {
+            return false
+        }
+        if lhs.seed != rhs.seed {
+            return false
+        }
+        if lhs.stopTokens != rhs.stopTokens {
+            return false
+        }
+        return true
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(maxNewTokens)
+        hasher.combine(minNewTokens)
+        hasher.combine(doSample)
+        hasher.combine(temperature)
+        hasher.combine(topK)
+        hasher.combine(topP)
+        hasher.combine(repetitionPenalty)
+        hasher.combine(seed)
+        hasher.combine(stopTokens)
+    }
+}
+
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeGenerateOptions: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> GenerateOptions {
+        return
+            try GenerateOptions(
+                maxNewTokens: FfiConverterUInt32.read(from: &buf), 
+                minNewTokens: FfiConverterUInt32.read(from: &buf), 
+                doSample: FfiConverterBool.read(from: &buf), 
+                temperature: FfiConverterFloat.read(from: &buf), 
+                topK: FfiConverterUInt32.read(from: &buf), 
+                topP: FfiConverterFloat.read(from: &buf), 
+                repetitionPenalty: FfiConverterFloat.read(from: &buf), 
+                seed: FfiConverterUInt64.read(from: &buf), 
+                stopTokens: FfiConverterOptionSequenceUInt32.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: GenerateOptions, into buf: inout [UInt8]) {
+        FfiConverterUInt32.write(value.maxNewTokens, into: &buf)
+        FfiConverterUInt32.write(value.minNewTokens, into: &buf)
+        FfiConverterBool.write(value.doSample, into: &buf)
+        FfiConverterFloat.write(value.temperature, into: &buf)
+        FfiConverterUInt32.write(value.topK, into: &buf)
+        FfiConverterFloat.write(value.topP, into: &buf)
+        FfiConverterFloat.write(value.repetitionPenalty, into: &buf)
+        FfiConverterUInt64.write(value.seed, into: &buf)
+        FfiConverterOptionSequenceUInt32.write(value.stopTokens, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGenerateOptions_lift(_ buf: RustBuffer) throws -> GenerateOptions {
+    return try FfiConverterTypeGenerateOptions.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGenerateOptions_lower(_ value: GenerateOptions) -> RustBuffer {
+    return FfiConverterTypeGenerateOptions.lower(value)
+}
+
+
 /**
  * How to start a node.
  */
@@ -664,6 +1722,14 @@ public struct NodeConfig {
      * Identity file (hivemind's format), created if missing; none means a fresh identity.
      */
     public var identityPath: String?
+    /**
+     * Peers to join the swarm through: multiaddrs ending in `/p2p/<peer id>`.
+     */
+    public var initialPeers: [String]
+    /**
+     * Ask the DHT without serving it.
+     */
+    public var clientMode: Bool
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -673,9 +1739,17 @@ public struct NodeConfig {
          */listenAddrs: [String] = [], 
         /**
          * Identity file (hivemind's format), created if missing; none means a fresh identity.
-         */identityPath: String? = nil) {
+         */identityPath: String? = nil, 
+        /**
+         * Peers to join the swarm through: multiaddrs ending in `/p2p/<peer id>`.
+         */initialPeers: [String] = [], 
+        /**
+         * Ask the DHT without serving it.
+         */clientMode: Bool = false) {
         self.listenAddrs = listenAddrs
         self.identityPath = identityPath
+        self.initialPeers = initialPeers
+        self.clientMode = clientMode
     }
 }
 
@@ -692,12 +1766,20 @@ extension NodeConfig: Equatable, Hashable {
         if lhs.identityPath != rhs.identityPath {
             return false
         }
+        if lhs.initialPeers != rhs.initialPeers {
+            return false
+        }
+        if lhs.clientMode != rhs.clientMode {
+            return false
+        }
         return true
     }
 
     public func hash(into hasher: inout Hasher) {
         hasher.combine(listenAddrs)
         hasher.combine(identityPath)
+        hasher.combine(initialPeers)
+        hasher.combine(clientMode)
     }
 }
 
@@ -711,13 +1793,17 @@ public struct FfiConverterTypeNodeConfig: FfiConverterRustBuffer {
         return
             try NodeConfig(
                 listenAddrs: FfiConverterSequenceString.read(from: &buf), 
-                identityPath: FfiConverterOptionString.read(from: &buf)
+                identityPath: FfiConverterOptionString.read(from: &buf), 
+                initialPeers: FfiConverterSequenceString.read(from: &buf), 
+                clientMode: FfiConverterBool.read(from: &buf)
         )
     }
 
     public static func write(_ value: NodeConfig, into buf: inout [UInt8]) {
         FfiConverterSequenceString.write(value.listenAddrs, into: &buf)
         FfiConverterOptionString.write(value.identityPath, into: &buf)
+        FfiConverterSequenceString.write(value.initialPeers, into: &buf)
+        FfiConverterBool.write(value.clientMode, into: &buf)
     }
 }
 
@@ -738,7 +1824,149 @@ public func FfiConverterTypeNodeConfig_lower(_ value: NodeConfig) -> RustBuffer 
 
 
 /**
- * Every kwaai error; the variant is the stable kind.
+ * What to serve (Petals' `run_server` options).
+ */
+public struct ServeOptions {
+    /**
+     * A model directory (config.json and safetensors).
+     */
+    public var modelPath: String
+    /**
+     * First block to serve.
+     */
+    public var startBlock: UInt32
+    /**
+     * One past the last block to serve.
+     */
+    public var endBlock: UInt32
+    /**
+     * The model's DHT prefix; none: the directory's name.
+     */
+    public var dhtPrefix: String?
+    /**
+     * Requests per second to announce.
+     */
+    public var throughput: Double
+    /**
+     * `"float32"` or `"bfloat16"`; none: the checkpoint's, float32 becoming bfloat16.
+     */
+    public var torchDtype: String?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * A model directory (config.json and safetensors).
+         */modelPath: String, 
+        /**
+         * First block to serve.
+         */startBlock: UInt32, 
+        /**
+         * One past the last block to serve.
+         */endBlock: UInt32, 
+        /**
+         * The model's DHT prefix; none: the directory's name.
+         */dhtPrefix: String? = nil, 
+        /**
+         * Requests per second to announce.
+         */throughput: Double = Double(1.0), 
+        /**
+         * `"float32"` or `"bfloat16"`; none: the checkpoint's, float32 becoming bfloat16.
+         */torchDtype: String? = nil) {
+        self.modelPath = modelPath
+        self.startBlock = startBlock
+        self.endBlock = endBlock
+        self.dhtPrefix = dhtPrefix
+        self.throughput = throughput
+        self.torchDtype = torchDtype
+    }
+}
+
+#if compiler(>=6)
+extension ServeOptions: Sendable {}
+#endif
+
+
+extension ServeOptions: Equatable, Hashable {
+    public static func ==(lhs: ServeOptions, rhs: ServeOptions) -> Bool {
+        if lhs.modelPath != rhs.modelPath {
+            return false
+        }
+        if lhs.startBlock != rhs.startBlock {
+            return false
+        }
+        if lhs.endBlock != rhs.endBlock {
+            return false
+        }
+        if lhs.dhtPrefix != rhs.dhtPrefix {
+            return false
+        }
+        if lhs.throughput != rhs.throughput {
+            return false
+        }
+        if lhs.torchDtype != rhs.torchDtype {
+            return false
+        }
+        return true
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(modelPath)
+        hasher.combine(startBlock)
+        hasher.combine(endBlock)
+        hasher.combine(dhtPrefix)
+        hasher.combine(throughput)
+        hasher.combine(torchDtype)
+    }
+}
+
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeServeOptions: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ServeOptions {
+        return
+            try ServeOptions(
+                modelPath: FfiConverterString.read(from: &buf), 
+                startBlock: FfiConverterUInt32.read(from: &buf), 
+                endBlock: FfiConverterUInt32.read(from: &buf), 
+                dhtPrefix: FfiConverterOptionString.read(from: &buf), 
+                throughput: FfiConverterDouble.read(from: &buf), 
+                torchDtype: FfiConverterOptionString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ServeOptions, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.modelPath, into: &buf)
+        FfiConverterUInt32.write(value.startBlock, into: &buf)
+        FfiConverterUInt32.write(value.endBlock, into: &buf)
+        FfiConverterOptionString.write(value.dhtPrefix, into: &buf)
+        FfiConverterDouble.write(value.throughput, into: &buf)
+        FfiConverterOptionString.write(value.torchDtype, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeServeOptions_lift(_ buf: RustBuffer) throws -> ServeOptions {
+    return try FfiConverterTypeServeOptions.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeServeOptions_lower(_ value: ServeOptions) -> RustBuffer {
+    return FfiConverterTypeServeOptions.lower(value)
+}
+
+
+/**
+ * Every kwaai error; the variant is the stable kind. Flat: each language sees the message as
+ * its exception message.
  */
 public enum KwaaiError: Swift.Error {
 
@@ -747,43 +1975,43 @@ public enum KwaaiError: Swift.Error {
     /**
      * A bad argument (malformed address, ...).
      */
-    case InvalidArgument(message: String
-    )
+    case InvalidArgument(message: String)
+    
     /**
      * A local I/O operation failed.
      */
-    case Io(message: String
-    )
+    case Io(message: String)
+    
     /**
      * An identity file is missing, unreadable or unsupported.
      */
-    case Identity(message: String
-    )
+    case Identity(message: String)
+    
     /**
      * A network operation failed.
      */
-    case Network(message: String
-    )
+    case Network(message: String)
+    
     /**
      * A peer broke the protocol.
      */
-    case Protocol(message: String
-    )
+    case Protocol(message: String)
+    
     /**
      * An operation did not finish in time.
      */
-    case Timeout(message: String
-    )
+    case Timeout(message: String)
+    
     /**
      * The node is shut down, or the call was cancelled.
      */
-    case Closed(message: String
-    )
+    case Closed(message: String)
+    
     /**
      * A bug in kwaai.
      */
-    case Internal(message: String
-    )
+    case Internal(message: String)
+    
 }
 
 
@@ -802,30 +2030,38 @@ public struct FfiConverterTypeKwaaiError: FfiConverterRustBuffer {
         
         case 1: return .InvalidArgument(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 2: return .Io(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 3: return .Identity(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 4: return .Network(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 5: return .Protocol(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 6: return .Timeout(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 7: return .Closed(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 8: return .Internal(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
 
-         default: throw UniffiInternalError.unexpectedEnumCase
+        default: throw UniffiInternalError.unexpectedEnumCase
         }
     }
 
@@ -835,46 +2071,24 @@ public struct FfiConverterTypeKwaaiError: FfiConverterRustBuffer {
         
 
         
-        
-        case let .InvalidArgument(message):
+        case .InvalidArgument(_ /* message is ignored*/):
             writeInt(&buf, Int32(1))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Io(message):
+        case .Io(_ /* message is ignored*/):
             writeInt(&buf, Int32(2))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Identity(message):
+        case .Identity(_ /* message is ignored*/):
             writeInt(&buf, Int32(3))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Network(message):
+        case .Network(_ /* message is ignored*/):
             writeInt(&buf, Int32(4))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Protocol(message):
+        case .Protocol(_ /* message is ignored*/):
             writeInt(&buf, Int32(5))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Timeout(message):
+        case .Timeout(_ /* message is ignored*/):
             writeInt(&buf, Int32(6))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Closed(message):
+        case .Closed(_ /* message is ignored*/):
             writeInt(&buf, Int32(7))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Internal(message):
+        case .Internal(_ /* message is ignored*/):
             writeInt(&buf, Int32(8))
-            FfiConverterString.write(message, into: &buf)
-            
+
+        
         }
     }
 }
@@ -936,6 +2150,103 @@ fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionData: FfiConverterRustBuffer {
+    typealias SwiftType = Data?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterData.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterData.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeDhtRecord: FfiConverterRustBuffer {
+    typealias SwiftType = DhtRecord?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeDhtRecord.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeDhtRecord.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionSequenceUInt32: FfiConverterRustBuffer {
+    typealias SwiftType = [UInt32]?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterSequenceUInt32.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterSequenceUInt32.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceUInt32: FfiConverterRustBuffer {
+    typealias SwiftType = [UInt32]
+
+    public static func write(_ value: [UInt32], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterUInt32.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [UInt32] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [UInt32]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterUInt32.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceString: FfiConverterRustBuffer {
     typealias SwiftType = [String]
 
@@ -973,6 +2284,30 @@ private let initializationResult: InitializationResult = {
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
     }
+    if (uniffi_kwaai_uniffi_checksum_method_distributedmodel_decode() != 63817) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kwaai_uniffi_checksum_method_distributedmodel_encode() != 11383) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kwaai_uniffi_checksum_method_distributedmodel_generate() != 34454) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kwaai_uniffi_checksum_method_generation_cancel() != 56059) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kwaai_uniffi_checksum_method_generation_wait() != 53510) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kwaai_uniffi_checksum_method_node_connect() != 58370) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kwaai_uniffi_checksum_method_node_dht_get() != 12351) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kwaai_uniffi_checksum_method_node_dht_store() != 47977) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_kwaai_uniffi_checksum_method_node_is_running() != 5105) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -985,10 +2320,26 @@ private let initializationResult: InitializationResult = {
     if (uniffi_kwaai_uniffi_checksum_method_node_shutdown() != 52740) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_kwaai_uniffi_checksum_method_server_active_sessions() != 36219) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kwaai_uniffi_checksum_method_server_shutdown() != 41216) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kwaai_uniffi_checksum_method_tokenlistener_on_token() != 13175) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kwaai_uniffi_checksum_constructor_distributedmodel_load() != 14113) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_kwaai_uniffi_checksum_constructor_node_start() != 63864) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_kwaai_uniffi_checksum_constructor_server_start() != 61748) {
+        return InitializationResult.apiChecksumMismatch
+    }
 
+    uniffiCallbackInitTokenListener()
     return InitializationResult.ok
 }()
 

@@ -251,6 +251,71 @@ typedef void (*UniffiForeignFutureCompleteVoid)(uint64_t, UniffiForeignFutureStr
     );
 
 #endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_TOKEN_LISTENER_METHOD0
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_TOKEN_LISTENER_METHOD0
+typedef void (*UniffiCallbackInterfaceTokenListenerMethod0)(uint64_t, uint32_t, RustBuffer, int8_t* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
+#ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_TOKEN_LISTENER
+#define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_TOKEN_LISTENER
+typedef struct UniffiVTableCallbackInterfaceTokenListener {
+    UniffiCallbackInterfaceTokenListenerMethod0 _Nonnull onToken;
+    UniffiCallbackInterfaceFree _Nonnull uniffiFree;
+} UniffiVTableCallbackInterfaceTokenListener;
+
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_CLONE_DISTRIBUTEDMODEL
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_CLONE_DISTRIBUTEDMODEL
+void*_Nonnull uniffi_kwaai_uniffi_fn_clone_distributedmodel(void*_Nonnull ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_FREE_DISTRIBUTEDMODEL
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_FREE_DISTRIBUTEDMODEL
+void uniffi_kwaai_uniffi_fn_free_distributedmodel(void*_Nonnull ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_CONSTRUCTOR_DISTRIBUTEDMODEL_LOAD
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_CONSTRUCTOR_DISTRIBUTEDMODEL_LOAD
+void*_Nonnull uniffi_kwaai_uniffi_fn_constructor_distributedmodel_load(void*_Nonnull node, RustBuffer path, RustBuffer dht_prefix, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_DISTRIBUTEDMODEL_DECODE
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_DISTRIBUTEDMODEL_DECODE
+RustBuffer uniffi_kwaai_uniffi_fn_method_distributedmodel_decode(void*_Nonnull ptr, RustBuffer ids, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_DISTRIBUTEDMODEL_ENCODE
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_DISTRIBUTEDMODEL_ENCODE
+RustBuffer uniffi_kwaai_uniffi_fn_method_distributedmodel_encode(void*_Nonnull ptr, RustBuffer text, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_DISTRIBUTEDMODEL_GENERATE
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_DISTRIBUTEDMODEL_GENERATE
+void*_Nonnull uniffi_kwaai_uniffi_fn_method_distributedmodel_generate(void*_Nonnull ptr, RustBuffer prompt, RustBuffer options, void*_Nonnull listener, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_CLONE_GENERATION
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_CLONE_GENERATION
+void*_Nonnull uniffi_kwaai_uniffi_fn_clone_generation(void*_Nonnull ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_FREE_GENERATION
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_FREE_GENERATION
+void uniffi_kwaai_uniffi_fn_free_generation(void*_Nonnull ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_GENERATION_CANCEL
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_GENERATION_CANCEL
+void uniffi_kwaai_uniffi_fn_method_generation_cancel(void*_Nonnull ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_GENERATION_WAIT
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_GENERATION_WAIT
+RustBuffer uniffi_kwaai_uniffi_fn_method_generation_wait(void*_Nonnull ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_CLONE_NODE
 #define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_CLONE_NODE
 void*_Nonnull uniffi_kwaai_uniffi_fn_clone_node(void*_Nonnull ptr, RustCallStatus *_Nonnull out_status
@@ -264,6 +329,21 @@ void uniffi_kwaai_uniffi_fn_free_node(void*_Nonnull ptr, RustCallStatus *_Nonnul
 #ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_CONSTRUCTOR_NODE_START
 #define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_CONSTRUCTOR_NODE_START
 void*_Nonnull uniffi_kwaai_uniffi_fn_constructor_node_start(RustBuffer config, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_NODE_CONNECT
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_NODE_CONNECT
+void uniffi_kwaai_uniffi_fn_method_node_connect(void*_Nonnull ptr, RustBuffer addr, uint64_t timeout_ms, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_NODE_DHT_GET
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_NODE_DHT_GET
+RustBuffer uniffi_kwaai_uniffi_fn_method_node_dht_get(void*_Nonnull ptr, RustBuffer key, int8_t latest, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_NODE_DHT_STORE
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_NODE_DHT_STORE
+int8_t uniffi_kwaai_uniffi_fn_method_node_dht_store(void*_Nonnull ptr, RustBuffer key, RustBuffer value, double expiration, RustBuffer subkey, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_NODE_IS_RUNNING
@@ -284,6 +364,51 @@ RustBuffer uniffi_kwaai_uniffi_fn_method_node_peer_id(void*_Nonnull ptr, RustCal
 #ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_NODE_SHUTDOWN
 #define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_NODE_SHUTDOWN
 void uniffi_kwaai_uniffi_fn_method_node_shutdown(void*_Nonnull ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_CLONE_SERVER
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_CLONE_SERVER
+void*_Nonnull uniffi_kwaai_uniffi_fn_clone_server(void*_Nonnull ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_FREE_SERVER
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_FREE_SERVER
+void uniffi_kwaai_uniffi_fn_free_server(void*_Nonnull ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_CONSTRUCTOR_SERVER_START
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_CONSTRUCTOR_SERVER_START
+void*_Nonnull uniffi_kwaai_uniffi_fn_constructor_server_start(void*_Nonnull node, RustBuffer options, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_SERVER_ACTIVE_SESSIONS
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_SERVER_ACTIVE_SESSIONS
+uint32_t uniffi_kwaai_uniffi_fn_method_server_active_sessions(void*_Nonnull ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_SERVER_SHUTDOWN
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_SERVER_SHUTDOWN
+void uniffi_kwaai_uniffi_fn_method_server_shutdown(void*_Nonnull ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_CLONE_TOKENLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_CLONE_TOKENLISTENER
+void*_Nonnull uniffi_kwaai_uniffi_fn_clone_tokenlistener(void*_Nonnull ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_FREE_TOKENLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_FREE_TOKENLISTENER
+void uniffi_kwaai_uniffi_fn_free_tokenlistener(void*_Nonnull ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_INIT_CALLBACK_VTABLE_TOKENLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_INIT_CALLBACK_VTABLE_TOKENLISTENER
+void uniffi_kwaai_uniffi_fn_init_callback_vtable_tokenlistener(const UniffiVTableCallbackInterfaceTokenListener* _Nonnull vtable
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_TOKENLISTENER_ON_TOKEN
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_TOKENLISTENER_ON_TOKEN
+int8_t uniffi_kwaai_uniffi_fn_method_tokenlistener_on_token(void*_Nonnull ptr, uint32_t id, RustBuffer text, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_FFI_KWAAI_UNIFFI_RUSTBUFFER_ALLOC
@@ -566,6 +691,54 @@ void ffi_kwaai_uniffi_rust_future_free_void(uint64_t handle
 void ffi_kwaai_uniffi_rust_future_complete_void(uint64_t handle, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_DISTRIBUTEDMODEL_DECODE
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_DISTRIBUTEDMODEL_DECODE
+uint16_t uniffi_kwaai_uniffi_checksum_method_distributedmodel_decode(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_DISTRIBUTEDMODEL_ENCODE
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_DISTRIBUTEDMODEL_ENCODE
+uint16_t uniffi_kwaai_uniffi_checksum_method_distributedmodel_encode(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_DISTRIBUTEDMODEL_GENERATE
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_DISTRIBUTEDMODEL_GENERATE
+uint16_t uniffi_kwaai_uniffi_checksum_method_distributedmodel_generate(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_GENERATION_CANCEL
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_GENERATION_CANCEL
+uint16_t uniffi_kwaai_uniffi_checksum_method_generation_cancel(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_GENERATION_WAIT
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_GENERATION_WAIT
+uint16_t uniffi_kwaai_uniffi_checksum_method_generation_wait(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_NODE_CONNECT
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_NODE_CONNECT
+uint16_t uniffi_kwaai_uniffi_checksum_method_node_connect(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_NODE_DHT_GET
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_NODE_DHT_GET
+uint16_t uniffi_kwaai_uniffi_checksum_method_node_dht_get(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_NODE_DHT_STORE
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_NODE_DHT_STORE
+uint16_t uniffi_kwaai_uniffi_checksum_method_node_dht_store(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_NODE_IS_RUNNING
 #define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_NODE_IS_RUNNING
 uint16_t uniffi_kwaai_uniffi_checksum_method_node_is_running(void
@@ -590,9 +763,39 @@ uint16_t uniffi_kwaai_uniffi_checksum_method_node_shutdown(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_SERVER_ACTIVE_SESSIONS
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_SERVER_ACTIVE_SESSIONS
+uint16_t uniffi_kwaai_uniffi_checksum_method_server_active_sessions(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_SERVER_SHUTDOWN
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_SERVER_SHUTDOWN
+uint16_t uniffi_kwaai_uniffi_checksum_method_server_shutdown(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_TOKENLISTENER_ON_TOKEN
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_TOKENLISTENER_ON_TOKEN
+uint16_t uniffi_kwaai_uniffi_checksum_method_tokenlistener_on_token(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_CONSTRUCTOR_DISTRIBUTEDMODEL_LOAD
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_CONSTRUCTOR_DISTRIBUTEDMODEL_LOAD
+uint16_t uniffi_kwaai_uniffi_checksum_constructor_distributedmodel_load(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_CONSTRUCTOR_NODE_START
 #define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_CONSTRUCTOR_NODE_START
 uint16_t uniffi_kwaai_uniffi_checksum_constructor_node_start(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_CONSTRUCTOR_SERVER_START
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_CONSTRUCTOR_SERVER_START
+uint16_t uniffi_kwaai_uniffi_checksum_constructor_server_start(void
     
 );
 #endif

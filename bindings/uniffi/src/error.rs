@@ -2,8 +2,10 @@
 
 use kwaai_core::{Error, ErrorKind};
 
-/// Every kwaai error; the variant is the stable kind.
+/// Every kwaai error; the variant is the stable kind. Flat: each language sees the message as
+/// its exception message.
 #[derive(Debug, thiserror::Error, uniffi::Error)]
+#[uniffi(flat_error)]
 pub enum KwaaiError {
     /// A bad argument (malformed address, ...).
     #[error("{message}")]

@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+use kwaai_core::dht::DhtConfig;
 
 use crate::error::KwaaiError;
 
@@ -14,6 +17,12 @@ pub struct NodeConfig {
     /// Identity file (hivemind's format), created if missing; none means a fresh identity.
     #[uniffi(default = None)]
     pub identity_path: Option<String>,
+    /// Peers to join the swarm through: multiaddrs ending in `/p2p/<peer id>`.
+    #[uniffi(default = [])]
+    pub initial_peers: Vec<String>,
+    /// Ask the DHT without serving it.
+    #[uniffi(default = false)]
+    pub client_mode: bool,
 }
 
 /// A running kwaai node. Its methods block: call them off the main/UI thread.
@@ -30,6 +39,8 @@ impl Node {
         let inner = kwaai_core::Node::start(kwaai_core::NodeConfig {
             listen_addrs: config.listen_addrs,
             identity_path: config.identity_path.map(PathBuf::from),
+            initial_peers: config.initial_peers,
+            dht: DhtConfig { client_mode: config.client_mode, ..DhtConfig::default() },
             ..kwaai_core::NodeConfig::default()
         })?;
         Ok(Arc::new(Node { inner }))
@@ -50,9 +61,22 @@ impl Node {
         self.inner.is_running()
     }
 
+    /// Connects to the peer at multiaddr `addr` (ending in `/p2p/<peer id>`) within `timeout_ms`.
+    #[uniffi::method(default(timeout_ms = 20000))]
+    pub fn connect(&self, addr: String, timeout_ms: u64) -> Result<(), KwaaiError> {
+        self.inner.connect(&addr, Duration::from_millis(timeout_ms))?;
+        Ok(())
+    }
+
     /// Stops the node; calling it again does nothing.
     pub fn shutdown(&self) {
         self.inner.shutdown();
+    }
+}
+
+impl Node {
+    pub(crate) fn core(&self) -> &kwaai_core::Node {
+        &self.inner
     }
 }
 
@@ -66,7 +90,7 @@ mod tests {
         assert!(node.listen_addrs()[0].ends_with(&format!("/p2p/{}", node.peer_id())));
         node.shutdown();
         assert!(!node.is_running());
-        let bad = NodeConfig { listen_addrs: vec!["nope".into()], identity_path: None };
+        let bad = NodeConfig { listen_addrs: vec!["nope".into()], ..NodeConfig::default() };
         assert!(matches!(Node::start(bad), Err(KwaaiError::InvalidArgument { .. })));
     }
 }

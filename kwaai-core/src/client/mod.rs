@@ -10,6 +10,7 @@
 //! every server session. [`ClientEvent`]s report routes, per-hop latencies and retries.
 
 mod config;
+mod distributed;
 mod forward;
 mod generate;
 pub mod routing;
@@ -19,6 +20,7 @@ mod session;
 use std::sync::Arc;
 
 pub use config::{ClientConfig, ClientEvent, EventCallback, Hop};
+pub use distributed::{dht_prefix_for_dir, DistributedModel};
 pub use forward::{ForwardPass, RPC_BACKWARD, RPC_BACKWARD_STREAM};
 pub use generate::{GeneratedToken, TokenStream};
 pub use routing::{RemoteSpan, RouteMode};

@@ -150,6 +150,14 @@ impl Dht {
         self.protocol.routing_table_len()
     }
 
+    /// The `k` nodes nearest to `target` that answered a lookup through the swarm, nearest first
+    /// (hivemind's `find_nearest_nodes`). A node that looks up another's ID finds it exactly when
+    /// that node is reachable through the DHT.
+    pub async fn find_nearest_nodes(&self, target: DhtId, k: usize) -> Vec<(DhtId, PeerId)> {
+        let mut found = lookup_many(&self.protocol, &[target], k.max(1)).await;
+        found.pop().unwrap_or_default()
+    }
+
     /// Stores `value` under `key` (and `subkey`, if given) on the nodes nearest to the key until
     /// `expiration`; `true` if at least one replica accepted it.
     pub async fn store(&self, key: Value, subkey: Option<Value>, value: Value, expiration: DhtTime) -> Result<bool> {

@@ -47,6 +47,17 @@ pub struct Announcement {
 impl Announcer {
     /// Announces `announcement` once (returning an error if that fails) and keeps announcing it.
     pub fn start(dht: Dht, peer: PeerId, announcement: Announcement) -> Result<Announcer> {
+        Announcer::start_with(dht, peer, announcement, |_| {})
+    }
+
+    /// Like [`Announcer::start`], with `refresh` updating the record (e.g. its free cache) before
+    /// each announcement.
+    pub fn start_with(
+        dht: Dht,
+        peer: PeerId,
+        announcement: Announcement,
+        mut refresh: impl FnMut(&mut ServerInfo) + Send + 'static,
+    ) -> Result<Announcer> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -59,23 +70,24 @@ impl Announcer {
                 let Announcement { dht_prefix, span, num_blocks, mut info, update_period, lifetime } = announcement;
                 let lifetime =
                     lifetime.map_or_else(|| announcement_expiration(update_period.as_secs_f64()), |l| l.as_secs_f64());
-                let once = |info: &ServerInfo| {
+                let mut once = |info: &mut ServerInfo| {
+                    refresh(info);
                     runtime.block_on(announce(&dht, &peer, &dht_prefix, span, num_blocks, info, lifetime))
                 };
-                let _ = first_tx.send(once(&info));
+                let _ = first_tx.send(once(&mut info));
                 loop {
                     match receiver.recv_timeout(update_period) {
                         Ok(Command::SetState(state, reply)) => {
                             info.state = state;
-                            let _ = reply.send(once(&info));
+                            let _ = reply.send(once(&mut info));
                         }
                         Ok(Command::Stop(reply)) => {
                             info = ServerInfo { state: ServerState::Offline, next_pings: None, ..info };
-                            let _ = reply.send(once(&info));
+                            let _ = reply.send(once(&mut info));
                             return;
                         }
                         Err(RecvTimeoutError::Timeout) => {
-                            if let Err(e) = once(&info) {
+                            if let Err(e) = once(&mut info) {
                                 tracing::warn!("re-announcing blocks failed: {e}");
                             }
                         }

@@ -113,9 +113,10 @@ impl ForwardService {
         chain
             .split(' ')
             .map(|uid| {
-                self.uids.iter().position(|ours| ours == uid).ok_or_else(|| {
-                    Error::invalid_argument(format!("Some of the requested uids are not served: {chain:?}"))
-                })
+                self.uids
+                    .iter()
+                    .position(|ours| ours == uid)
+                    .ok_or_else(|| Error::invalid_argument(format!("Remote peer does not serve {uid}")))
             })
             .collect()
     }

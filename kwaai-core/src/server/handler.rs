@@ -6,6 +6,7 @@ use std::sync::Arc;
 use prost::Message;
 
 use super::schema::{rpc_info_value, BlockSchema, ServerRpcInfo};
+use super::sessions::CacheBudget;
 use crate::error::{Error, ErrorKind, Result};
 use crate::node::Node;
 use crate::wire::msgpack;
@@ -22,12 +23,22 @@ pub struct InfoService {
     uids: HashSet<String>,
     schema: BlockSchema,
     server: ServerRpcInfo,
+    /// When set, `cache_tokens_available` is read from this budget: bytes left divided by the
+    /// bytes one token takes in one block.
+    cache: Option<(CacheBudget, u64)>,
 }
 
 impl InfoService {
     /// A service for blocks `uids`, all with `schema`.
     pub fn new(uids: impl IntoIterator<Item = String>, schema: BlockSchema, server: ServerRpcInfo) -> Self {
-        InfoService { uids: uids.into_iter().collect(), schema, server }
+        InfoService { uids: uids.into_iter().collect(), schema, server, cache: None }
+    }
+
+    /// Reports the tokens `budget` can still hold (at `bytes_per_token` per block) instead of a
+    /// fixed figure, as Petals does.
+    pub fn with_cache(mut self, budget: CacheBudget, bytes_per_token: u64) -> Self {
+        self.cache = Some((budget, bytes_per_token.max(1)));
+        self
     }
 
     /// Answers one serialized `ExpertUID` request with a serialized `ExpertInfo`; an unknown uid
@@ -48,7 +59,11 @@ impl InfoService {
                 format!("KeyError: {:?} is not served here", request.uid),
             ));
         };
-        let info = msgpack::pack(&rpc_info_value(self.server, block));
+        let mut server = self.server;
+        if let Some((budget, bytes_per_token)) = &self.cache {
+            server.cache_tokens_available = budget.bytes_left() / bytes_per_token;
+        }
+        let info = msgpack::pack(&rpc_info_value(server, block));
         Ok(ExpertInfo { serialized_info: info }.encode_to_vec())
     }
 }

@@ -654,6 +654,60 @@ internal open class UniffiForeignFutureStructVoid(
 internal interface UniffiForeignFutureCompleteVoid : com.sun.jna.Callback {
     fun callback(`callbackData`: Long,`result`: UniffiForeignFutureStructVoid.UniffiByValue,)
 }
+internal interface UniffiCallbackInterfaceTokenListenerMethod0 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`id`: Int,`text`: RustBuffer.ByValue,`uniffiOutReturn`: ByteByReference,uniffiCallStatus: UniffiRustCallStatus,)
+}
+@Structure.FieldOrder("onToken", "uniffiFree")
+internal open class UniffiVTableCallbackInterfaceTokenListener(
+    @JvmField internal var `onToken`: UniffiCallbackInterfaceTokenListenerMethod0? = null,
+    @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+) : Structure() {
+    class UniffiByValue(
+        `onToken`: UniffiCallbackInterfaceTokenListenerMethod0? = null,
+        `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+    ): UniffiVTableCallbackInterfaceTokenListener(`onToken`,`uniffiFree`,), Structure.ByValue
+
+   internal fun uniffiSetValue(other: UniffiVTableCallbackInterfaceTokenListener) {
+        `onToken` = other.`onToken`
+        `uniffiFree` = other.`uniffiFree`
+    }
+
+}
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
 
 
 
@@ -739,7 +793,23 @@ internal interface UniffiForeignFutureCompleteVoid : com.sun.jna.Callback {
 // when the library is loaded.
 internal interface IntegrityCheckingUniffiLib : Library {
     // Integrity check functions only
-    fun uniffi_kwaai_uniffi_checksum_method_node_is_running(
+    fun uniffi_kwaai_uniffi_checksum_method_distributedmodel_decode(
+): Short
+fun uniffi_kwaai_uniffi_checksum_method_distributedmodel_encode(
+): Short
+fun uniffi_kwaai_uniffi_checksum_method_distributedmodel_generate(
+): Short
+fun uniffi_kwaai_uniffi_checksum_method_generation_cancel(
+): Short
+fun uniffi_kwaai_uniffi_checksum_method_generation_wait(
+): Short
+fun uniffi_kwaai_uniffi_checksum_method_node_connect(
+): Short
+fun uniffi_kwaai_uniffi_checksum_method_node_dht_get(
+): Short
+fun uniffi_kwaai_uniffi_checksum_method_node_dht_store(
+): Short
+fun uniffi_kwaai_uniffi_checksum_method_node_is_running(
 ): Short
 fun uniffi_kwaai_uniffi_checksum_method_node_listen_addrs(
 ): Short
@@ -747,7 +817,17 @@ fun uniffi_kwaai_uniffi_checksum_method_node_peer_id(
 ): Short
 fun uniffi_kwaai_uniffi_checksum_method_node_shutdown(
 ): Short
+fun uniffi_kwaai_uniffi_checksum_method_server_active_sessions(
+): Short
+fun uniffi_kwaai_uniffi_checksum_method_server_shutdown(
+): Short
+fun uniffi_kwaai_uniffi_checksum_method_tokenlistener_on_token(
+): Short
+fun uniffi_kwaai_uniffi_checksum_constructor_distributedmodel_load(
+): Short
 fun uniffi_kwaai_uniffi_checksum_constructor_node_start(
+): Short
+fun uniffi_kwaai_uniffi_checksum_constructor_server_start(
 ): Short
 fun ffi_kwaai_uniffi_uniffi_contract_version(
 ): Int
@@ -787,6 +867,7 @@ internal interface UniffiLib : Library {
             val lib = loadIndirect<UniffiLib>(componentName)
             // No need to check the contract version and checksums, since 
             // we already did that with `IntegrityCheckingUniffiLib` above.
+            uniffiCallbackInterfaceTokenListener.register(lib)
             // Loading of library with integrity check done.
             lib
         }
@@ -798,12 +879,38 @@ internal interface UniffiLib : Library {
     }
 
     // FFI functions
-    fun uniffi_kwaai_uniffi_fn_clone_node(`ptr`: Pointer,uniffi_out_err: UniffiRustCallStatus, 
+    fun uniffi_kwaai_uniffi_fn_clone_distributedmodel(`ptr`: Pointer,uniffi_out_err: UniffiRustCallStatus, 
+): Pointer
+fun uniffi_kwaai_uniffi_fn_free_distributedmodel(`ptr`: Pointer,uniffi_out_err: UniffiRustCallStatus, 
+): Unit
+fun uniffi_kwaai_uniffi_fn_constructor_distributedmodel_load(`node`: Pointer,`path`: RustBuffer.ByValue,`dhtPrefix`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+): Pointer
+fun uniffi_kwaai_uniffi_fn_method_distributedmodel_decode(`ptr`: Pointer,`ids`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+): RustBuffer.ByValue
+fun uniffi_kwaai_uniffi_fn_method_distributedmodel_encode(`ptr`: Pointer,`text`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+): RustBuffer.ByValue
+fun uniffi_kwaai_uniffi_fn_method_distributedmodel_generate(`ptr`: Pointer,`prompt`: RustBuffer.ByValue,`options`: RustBuffer.ByValue,`listener`: Pointer,uniffi_out_err: UniffiRustCallStatus, 
+): Pointer
+fun uniffi_kwaai_uniffi_fn_clone_generation(`ptr`: Pointer,uniffi_out_err: UniffiRustCallStatus, 
+): Pointer
+fun uniffi_kwaai_uniffi_fn_free_generation(`ptr`: Pointer,uniffi_out_err: UniffiRustCallStatus, 
+): Unit
+fun uniffi_kwaai_uniffi_fn_method_generation_cancel(`ptr`: Pointer,uniffi_out_err: UniffiRustCallStatus, 
+): Unit
+fun uniffi_kwaai_uniffi_fn_method_generation_wait(`ptr`: Pointer,uniffi_out_err: UniffiRustCallStatus, 
+): RustBuffer.ByValue
+fun uniffi_kwaai_uniffi_fn_clone_node(`ptr`: Pointer,uniffi_out_err: UniffiRustCallStatus, 
 ): Pointer
 fun uniffi_kwaai_uniffi_fn_free_node(`ptr`: Pointer,uniffi_out_err: UniffiRustCallStatus, 
 ): Unit
 fun uniffi_kwaai_uniffi_fn_constructor_node_start(`config`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): Pointer
+fun uniffi_kwaai_uniffi_fn_method_node_connect(`ptr`: Pointer,`addr`: RustBuffer.ByValue,`timeoutMs`: Long,uniffi_out_err: UniffiRustCallStatus, 
+): Unit
+fun uniffi_kwaai_uniffi_fn_method_node_dht_get(`ptr`: Pointer,`key`: RustBuffer.ByValue,`latest`: Byte,uniffi_out_err: UniffiRustCallStatus, 
+): RustBuffer.ByValue
+fun uniffi_kwaai_uniffi_fn_method_node_dht_store(`ptr`: Pointer,`key`: RustBuffer.ByValue,`value`: RustBuffer.ByValue,`expiration`: Double,`subkey`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+): Byte
 fun uniffi_kwaai_uniffi_fn_method_node_is_running(`ptr`: Pointer,uniffi_out_err: UniffiRustCallStatus, 
 ): Byte
 fun uniffi_kwaai_uniffi_fn_method_node_listen_addrs(`ptr`: Pointer,uniffi_out_err: UniffiRustCallStatus, 
@@ -812,6 +919,24 @@ fun uniffi_kwaai_uniffi_fn_method_node_peer_id(`ptr`: Pointer,uniffi_out_err: Un
 ): RustBuffer.ByValue
 fun uniffi_kwaai_uniffi_fn_method_node_shutdown(`ptr`: Pointer,uniffi_out_err: UniffiRustCallStatus, 
 ): Unit
+fun uniffi_kwaai_uniffi_fn_clone_server(`ptr`: Pointer,uniffi_out_err: UniffiRustCallStatus, 
+): Pointer
+fun uniffi_kwaai_uniffi_fn_free_server(`ptr`: Pointer,uniffi_out_err: UniffiRustCallStatus, 
+): Unit
+fun uniffi_kwaai_uniffi_fn_constructor_server_start(`node`: Pointer,`options`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+): Pointer
+fun uniffi_kwaai_uniffi_fn_method_server_active_sessions(`ptr`: Pointer,uniffi_out_err: UniffiRustCallStatus, 
+): Int
+fun uniffi_kwaai_uniffi_fn_method_server_shutdown(`ptr`: Pointer,uniffi_out_err: UniffiRustCallStatus, 
+): Unit
+fun uniffi_kwaai_uniffi_fn_clone_tokenlistener(`ptr`: Pointer,uniffi_out_err: UniffiRustCallStatus, 
+): Pointer
+fun uniffi_kwaai_uniffi_fn_free_tokenlistener(`ptr`: Pointer,uniffi_out_err: UniffiRustCallStatus, 
+): Unit
+fun uniffi_kwaai_uniffi_fn_init_callback_vtable_tokenlistener(`vtable`: UniffiVTableCallbackInterfaceTokenListener,
+): Unit
+fun uniffi_kwaai_uniffi_fn_method_tokenlistener_on_token(`ptr`: Pointer,`id`: Int,`text`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+): Byte
 fun ffi_kwaai_uniffi_rustbuffer_alloc(`size`: Long,uniffi_out_err: UniffiRustCallStatus, 
 ): RustBuffer.ByValue
 fun ffi_kwaai_uniffi_rustbuffer_from_bytes(`bytes`: ForeignBytes.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -938,6 +1063,30 @@ private fun uniffiCheckContractApiVersion(lib: IntegrityCheckingUniffiLib) {
 }
 @Suppress("UNUSED_PARAMETER")
 private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
+    if (lib.uniffi_kwaai_uniffi_checksum_method_distributedmodel_decode() != 63817.toShort()) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_kwaai_uniffi_checksum_method_distributedmodel_encode() != 11383.toShort()) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_kwaai_uniffi_checksum_method_distributedmodel_generate() != 34454.toShort()) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_kwaai_uniffi_checksum_method_generation_cancel() != 56059.toShort()) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_kwaai_uniffi_checksum_method_generation_wait() != 53510.toShort()) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_kwaai_uniffi_checksum_method_node_connect() != 58370.toShort()) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_kwaai_uniffi_checksum_method_node_dht_get() != 12351.toShort()) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_kwaai_uniffi_checksum_method_node_dht_store() != 47977.toShort()) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if (lib.uniffi_kwaai_uniffi_checksum_method_node_is_running() != 5105.toShort()) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -950,7 +1099,22 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if (lib.uniffi_kwaai_uniffi_checksum_method_node_shutdown() != 52740.toShort()) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if (lib.uniffi_kwaai_uniffi_checksum_method_server_active_sessions() != 36219.toShort()) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_kwaai_uniffi_checksum_method_server_shutdown() != 41216.toShort()) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_kwaai_uniffi_checksum_method_tokenlistener_on_token() != 13175.toShort()) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_kwaai_uniffi_checksum_constructor_distributedmodel_load() != 14113.toShort()) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if (lib.uniffi_kwaai_uniffi_checksum_constructor_node_start() != 63864.toShort()) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_kwaai_uniffi_checksum_constructor_server_start() != 61748.toShort()) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
 }
@@ -1030,7 +1194,38 @@ inline fun <T : Disposable?, R> T.use(block: (T) -> R) =
  *
  * @suppress
  * */
-object NoPointer
+object NoPointer// Magic number for the Rust proxy to call using the same mechanism as every other method,
+// to free the callback once it's dropped by Rust.
+internal const val IDX_CALLBACK_FREE = 0
+// Callback return codes
+internal const val UNIFFI_CALLBACK_SUCCESS = 0
+internal const val UNIFFI_CALLBACK_ERROR = 1
+internal const val UNIFFI_CALLBACK_UNEXPECTED_ERROR = 2
+
+/**
+ * @suppress
+ */
+public abstract class FfiConverterCallbackInterface<CallbackInterface: Any>: FfiConverter<CallbackInterface, Long> {
+    internal val handleMap = UniffiHandleMap<CallbackInterface>()
+
+    internal fun drop(handle: Long) {
+        handleMap.remove(handle)
+    }
+
+    override fun lift(value: Long): CallbackInterface {
+        return handleMap.get(value)
+    }
+
+    override fun read(buf: ByteBuffer) = lift(buf.getLong())
+
+    override fun lower(value: CallbackInterface) = handleMap.insert(value)
+
+    override fun allocationSize(value: CallbackInterface) = 8UL
+
+    override fun write(value: CallbackInterface, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
 /**
  * The cleaner interface for Object finalization code to run.
  * This is the entry point to any implementation that we're using.
@@ -1094,6 +1289,98 @@ private class JavaLangRefCleanable(
     val cleanable: java.lang.ref.Cleaner.Cleanable
 ) : UniffiCleaner.Cleanable {
     override fun clean() = cleanable.clean()
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterUInt: FfiConverter<UInt, Int> {
+    override fun lift(value: Int): UInt {
+        return value.toUInt()
+    }
+
+    override fun read(buf: ByteBuffer): UInt {
+        return lift(buf.getInt())
+    }
+
+    override fun lower(value: UInt): Int {
+        return value.toInt()
+    }
+
+    override fun allocationSize(value: UInt) = 4UL
+
+    override fun write(value: UInt, buf: ByteBuffer) {
+        buf.putInt(value.toInt())
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterULong: FfiConverter<ULong, Long> {
+    override fun lift(value: Long): ULong {
+        return value.toULong()
+    }
+
+    override fun read(buf: ByteBuffer): ULong {
+        return lift(buf.getLong())
+    }
+
+    override fun lower(value: ULong): Long {
+        return value.toLong()
+    }
+
+    override fun allocationSize(value: ULong) = 8UL
+
+    override fun write(value: ULong, buf: ByteBuffer) {
+        buf.putLong(value.toLong())
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterFloat: FfiConverter<Float, Float> {
+    override fun lift(value: Float): Float {
+        return value
+    }
+
+    override fun read(buf: ByteBuffer): Float {
+        return buf.getFloat()
+    }
+
+    override fun lower(value: Float): Float {
+        return value
+    }
+
+    override fun allocationSize(value: Float) = 4UL
+
+    override fun write(value: Float, buf: ByteBuffer) {
+        buf.putFloat(value)
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterDouble: FfiConverter<Double, Double> {
+    override fun lift(value: Double): Double {
+        return value
+    }
+
+    override fun read(buf: ByteBuffer): Double {
+        return buf.getDouble()
+    }
+
+    override fun lower(value: Double): Double {
+        return value
+    }
+
+    override fun allocationSize(value: Double) = 8UL
+
+    override fun write(value: Double, buf: ByteBuffer) {
+        buf.putDouble(value)
+    }
 }
 
 /**
@@ -1173,6 +1460,600 @@ public object FfiConverterString: FfiConverter<String, RustBuffer.ByValue> {
         val byteBuf = toUtf8(value)
         buf.putInt(byteBuf.limit())
         buf.put(byteBuf)
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterByteArray: FfiConverterRustBuffer<ByteArray> {
+    override fun read(buf: ByteBuffer): ByteArray {
+        val len = buf.getInt()
+        val byteArr = ByteArray(len)
+        buf.get(byteArr)
+        return byteArr
+    }
+    override fun allocationSize(value: ByteArray): ULong {
+        return 4UL + value.size.toULong()
+    }
+    override fun write(value: ByteArray, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        buf.put(value)
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a Pointer/Arc<T>
+// to the live Rust struct on the other side of the FFI.
+//
+// Each instance implements core operations for working with the Rust `Arc<T>` and the
+// Kotlin Pointer to work with the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque pointer to the underlying Rust struct.
+//     Method calls need to read this pointer from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its pointer should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the pointer, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the pointer, but is interrupted
+//      before it can pass the pointer over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read pointer value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
+ * A model whose blocks run on the swarm (Petals' `AutoDistributedModelForCausalLM`).
+ */
+public interface DistributedModelInterface {
+    
+    /**
+     * Text of token ids.
+     */
+    fun `decode`(`ids`: List<kotlin.UInt>): kotlin.String
+    
+    /**
+     * Token ids of `text`.
+     */
+    fun `encode`(`text`: kotlin.String): List<kotlin.UInt>
+    
+    /**
+     * Starts generating after `prompt` on a library thread; `listener` gets each token.
+     */
+    fun `generate`(`prompt`: kotlin.String, `options`: GenerateOptions, `listener`: TokenListener): Generation
+    
+    companion object
+}
+
+/**
+ * A model whose blocks run on the swarm (Petals' `AutoDistributedModelForCausalLM`).
+ */
+open class DistributedModel: Disposable, AutoCloseable, DistributedModelInterface
+{
+
+    constructor(pointer: Pointer) {
+        this.pointer = pointer
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(pointer))
+    }
+
+    /**
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noPointer: NoPointer) {
+        this.pointer = null
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(pointer))
+    }
+
+    protected val pointer: Pointer?
+    protected val cleanable: UniffiCleaner.Cleanable
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithPointer(block: (ptr: Pointer) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the pointer being freed concurrently.
+        try {
+            return block(this.uniffiClonePointer())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val pointer: Pointer?) : Runnable {
+        override fun run() {
+            pointer?.let { ptr ->
+                uniffiRustCall { status ->
+                    UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_free_distributedmodel(ptr, status)
+                }
+            }
+        }
+    }
+
+    fun uniffiClonePointer(): Pointer {
+        return uniffiRustCall() { status ->
+            UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_clone_distributedmodel(pointer!!, status)
+        }
+    }
+
+    
+    /**
+     * Text of token ids.
+     */
+    @Throws(KwaaiException::class)override fun `decode`(`ids`: List<kotlin.UInt>): kotlin.String {
+            return FfiConverterString.lift(
+    callWithPointer {
+    uniffiRustCallWithError(KwaaiException) { _status ->
+    UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_method_distributedmodel_decode(
+        it, FfiConverterSequenceUInt.lower(`ids`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Token ids of `text`.
+     */
+    @Throws(KwaaiException::class)override fun `encode`(`text`: kotlin.String): List<kotlin.UInt> {
+            return FfiConverterSequenceUInt.lift(
+    callWithPointer {
+    uniffiRustCallWithError(KwaaiException) { _status ->
+    UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_method_distributedmodel_encode(
+        it, FfiConverterString.lower(`text`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Starts generating after `prompt` on a library thread; `listener` gets each token.
+     */
+    @Throws(KwaaiException::class)override fun `generate`(`prompt`: kotlin.String, `options`: GenerateOptions, `listener`: TokenListener): Generation {
+            return FfiConverterTypeGeneration.lift(
+    callWithPointer {
+    uniffiRustCallWithError(KwaaiException) { _status ->
+    UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_method_distributedmodel_generate(
+        it, FfiConverterString.lower(`prompt`),FfiConverterTypeGenerateOptions.lower(`options`),FfiConverterTypeTokenListener.lower(`listener`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+
+    
+    companion object {
+        
+    /**
+     * Loads the local ends of the model in `path` and finds its blocks on `node`'s swarm under
+     * `dht_prefix` (none: the directory's name).
+     */
+    @Throws(KwaaiException::class) fun `load`(`node`: Node, `path`: kotlin.String, `dhtPrefix`: kotlin.String? = null): DistributedModel {
+            return FfiConverterTypeDistributedModel.lift(
+    uniffiRustCallWithError(KwaaiException) { _status ->
+    UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_constructor_distributedmodel_load(
+        FfiConverterTypeNode.lower(`node`),FfiConverterString.lower(`path`),FfiConverterOptionalString.lower(`dhtPrefix`),_status)
+}
+    )
+    }
+    
+
+        
+    }
+    
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeDistributedModel: FfiConverter<DistributedModel, Pointer> {
+
+    override fun lower(value: DistributedModel): Pointer {
+        return value.uniffiClonePointer()
+    }
+
+    override fun lift(value: Pointer): DistributedModel {
+        return DistributedModel(value)
+    }
+
+    override fun read(buf: ByteBuffer): DistributedModel {
+        // The Rust code always writes pointers as 8 bytes, and will
+        // fail to compile if they don't fit.
+        return lift(Pointer(buf.getLong()))
+    }
+
+    override fun allocationSize(value: DistributedModel) = 8UL
+
+    override fun write(value: DistributedModel, buf: ByteBuffer) {
+        // The Rust code always expects pointers written as 8 bytes,
+        // and will fail to compile if they don't fit.
+        buf.putLong(Pointer.nativeValue(lower(value)))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a Pointer/Arc<T>
+// to the live Rust struct on the other side of the FFI.
+//
+// Each instance implements core operations for working with the Rust `Arc<T>` and the
+// Kotlin Pointer to work with the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque pointer to the underlying Rust struct.
+//     Method calls need to read this pointer from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its pointer should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the pointer, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the pointer, but is interrupted
+//      before it can pass the pointer over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read pointer value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
+ * A generation in progress.
+ */
+public interface GenerationInterface {
+    
+    /**
+     * Stops after the token being generated; the servers' sessions are closed.
+     */
+    fun `cancel`()
+    
+    /**
+     * Waits for the end and returns every generated token id (an error if it failed).
+     */
+    fun `wait`(): List<kotlin.UInt>
+    
+    companion object
+}
+
+/**
+ * A generation in progress.
+ */
+open class Generation: Disposable, AutoCloseable, GenerationInterface
+{
+
+    constructor(pointer: Pointer) {
+        this.pointer = pointer
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(pointer))
+    }
+
+    /**
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noPointer: NoPointer) {
+        this.pointer = null
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(pointer))
+    }
+
+    protected val pointer: Pointer?
+    protected val cleanable: UniffiCleaner.Cleanable
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithPointer(block: (ptr: Pointer) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the pointer being freed concurrently.
+        try {
+            return block(this.uniffiClonePointer())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val pointer: Pointer?) : Runnable {
+        override fun run() {
+            pointer?.let { ptr ->
+                uniffiRustCall { status ->
+                    UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_free_generation(ptr, status)
+                }
+            }
+        }
+    }
+
+    fun uniffiClonePointer(): Pointer {
+        return uniffiRustCall() { status ->
+            UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_clone_generation(pointer!!, status)
+        }
+    }
+
+    
+    /**
+     * Stops after the token being generated; the servers' sessions are closed.
+     */override fun `cancel`()
+        = 
+    callWithPointer {
+    uniffiRustCall() { _status ->
+    UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_method_generation_cancel(
+        it, _status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Waits for the end and returns every generated token id (an error if it failed).
+     */
+    @Throws(KwaaiException::class)override fun `wait`(): List<kotlin.UInt> {
+            return FfiConverterSequenceUInt.lift(
+    callWithPointer {
+    uniffiRustCallWithError(KwaaiException) { _status ->
+    UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_method_generation_wait(
+        it, _status)
+}
+    }
+    )
+    }
+    
+
+    
+
+    
+    
+    companion object
+    
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeGeneration: FfiConverter<Generation, Pointer> {
+
+    override fun lower(value: Generation): Pointer {
+        return value.uniffiClonePointer()
+    }
+
+    override fun lift(value: Pointer): Generation {
+        return Generation(value)
+    }
+
+    override fun read(buf: ByteBuffer): Generation {
+        // The Rust code always writes pointers as 8 bytes, and will
+        // fail to compile if they don't fit.
+        return lift(Pointer(buf.getLong()))
+    }
+
+    override fun allocationSize(value: Generation) = 8UL
+
+    override fun write(value: Generation, buf: ByteBuffer) {
+        // The Rust code always expects pointers written as 8 bytes,
+        // and will fail to compile if they don't fit.
+        buf.putLong(Pointer.nativeValue(lower(value)))
     }
 }
 
@@ -1281,6 +2162,23 @@ public object FfiConverterString: FfiConverter<String, RustBuffer.ByValue> {
 public interface NodeInterface {
     
     /**
+     * Connects to the peer at multiaddr `addr` (ending in `/p2p/<peer id>`) within `timeout_ms`.
+     */
+    fun `connect`(`addr`: kotlin.String, `timeoutMs`: kotlin.ULong = 20000uL)
+    
+    /**
+     * Reads msgpack `key`; `latest` searches the whole swarm for the newest value. None when
+     * nothing unexpired is stored.
+     */
+    fun `dhtGet`(`key`: kotlin.ByteArray, `latest`: kotlin.Boolean = true): DhtRecord?
+    
+    /**
+     * Stores msgpack `value` under msgpack `key` (and `subkey`, which makes the key a dictionary)
+     * until `expiration` (Unix seconds); returns whether a replica accepted it.
+     */
+    fun `dhtStore`(`key`: kotlin.ByteArray, `value`: kotlin.ByteArray, `expiration`: kotlin.Double, `subkey`: kotlin.ByteArray? = null): kotlin.Boolean
+    
+    /**
      * Whether the node is still running.
      */
     fun `isRunning`(): kotlin.Boolean
@@ -1387,6 +2285,55 @@ open class Node: Disposable, AutoCloseable, NodeInterface
             UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_clone_node(pointer!!, status)
         }
     }
+
+    
+    /**
+     * Connects to the peer at multiaddr `addr` (ending in `/p2p/<peer id>`) within `timeout_ms`.
+     */
+    @Throws(KwaaiException::class)override fun `connect`(`addr`: kotlin.String, `timeoutMs`: kotlin.ULong)
+        = 
+    callWithPointer {
+    uniffiRustCallWithError(KwaaiException) { _status ->
+    UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_method_node_connect(
+        it, FfiConverterString.lower(`addr`),FfiConverterULong.lower(`timeoutMs`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Reads msgpack `key`; `latest` searches the whole swarm for the newest value. None when
+     * nothing unexpired is stored.
+     */
+    @Throws(KwaaiException::class)override fun `dhtGet`(`key`: kotlin.ByteArray, `latest`: kotlin.Boolean): DhtRecord? {
+            return FfiConverterOptionalTypeDhtRecord.lift(
+    callWithPointer {
+    uniffiRustCallWithError(KwaaiException) { _status ->
+    UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_method_node_dht_get(
+        it, FfiConverterByteArray.lower(`key`),FfiConverterBoolean.lower(`latest`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Stores msgpack `value` under msgpack `key` (and `subkey`, which makes the key a dictionary)
+     * until `expiration` (Unix seconds); returns whether a replica accepted it.
+     */
+    @Throws(KwaaiException::class)override fun `dhtStore`(`key`: kotlin.ByteArray, `value`: kotlin.ByteArray, `expiration`: kotlin.Double, `subkey`: kotlin.ByteArray?): kotlin.Boolean {
+            return FfiConverterBoolean.lift(
+    callWithPointer {
+    uniffiRustCallWithError(KwaaiException) { _status ->
+    UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_method_node_dht_store(
+        it, FfiConverterByteArray.lower(`key`),FfiConverterByteArray.lower(`value`),FfiConverterDouble.lower(`expiration`),FfiConverterOptionalByteArray.lower(`subkey`),_status)
+}
+    }
+    )
+    }
+    
 
     
     /**
@@ -1499,6 +2446,686 @@ public object FfiConverterTypeNode: FfiConverter<Node, Pointer> {
 }
 
 
+// This template implements a class for working with a Rust struct via a Pointer/Arc<T>
+// to the live Rust struct on the other side of the FFI.
+//
+// Each instance implements core operations for working with the Rust `Arc<T>` and the
+// Kotlin Pointer to work with the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque pointer to the underlying Rust struct.
+//     Method calls need to read this pointer from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its pointer should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the pointer, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the pointer, but is interrupted
+//      before it can pass the pointer over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read pointer value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
+ * A running server; `shutdown()` announces it OFFLINE and frees its sessions.
+ */
+public interface ServerInterface {
+    
+    /**
+     * Inference sessions holding a cache now.
+     */
+    fun `activeSessions`(): kotlin.UInt
+    
+    /**
+     * Announces OFFLINE and stops serving; calling it again does nothing.
+     */
+    fun `shutdown`()
+    
+    companion object
+}
+
+/**
+ * A running server; `shutdown()` announces it OFFLINE and frees its sessions.
+ */
+open class Server: Disposable, AutoCloseable, ServerInterface
+{
+
+    constructor(pointer: Pointer) {
+        this.pointer = pointer
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(pointer))
+    }
+
+    /**
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noPointer: NoPointer) {
+        this.pointer = null
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(pointer))
+    }
+
+    protected val pointer: Pointer?
+    protected val cleanable: UniffiCleaner.Cleanable
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithPointer(block: (ptr: Pointer) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the pointer being freed concurrently.
+        try {
+            return block(this.uniffiClonePointer())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val pointer: Pointer?) : Runnable {
+        override fun run() {
+            pointer?.let { ptr ->
+                uniffiRustCall { status ->
+                    UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_free_server(ptr, status)
+                }
+            }
+        }
+    }
+
+    fun uniffiClonePointer(): Pointer {
+        return uniffiRustCall() { status ->
+            UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_clone_server(pointer!!, status)
+        }
+    }
+
+    
+    /**
+     * Inference sessions holding a cache now.
+     */override fun `activeSessions`(): kotlin.UInt {
+            return FfiConverterUInt.lift(
+    callWithPointer {
+    uniffiRustCall() { _status ->
+    UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_method_server_active_sessions(
+        it, _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Announces OFFLINE and stops serving; calling it again does nothing.
+     */override fun `shutdown`()
+        = 
+    callWithPointer {
+    uniffiRustCall() { _status ->
+    UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_method_server_shutdown(
+        it, _status)
+}
+    }
+    
+    
+
+    
+
+    
+    companion object {
+        
+    /**
+     * Loads the blocks, serves them from `node` and announces them; returns once ONLINE.
+     */
+    @Throws(KwaaiException::class) fun `start`(`node`: Node, `options`: ServeOptions): Server {
+            return FfiConverterTypeServer.lift(
+    uniffiRustCallWithError(KwaaiException) { _status ->
+    UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_constructor_server_start(
+        FfiConverterTypeNode.lower(`node`),FfiConverterTypeServeOptions.lower(`options`),_status)
+}
+    )
+    }
+    
+
+        
+    }
+    
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeServer: FfiConverter<Server, Pointer> {
+
+    override fun lower(value: Server): Pointer {
+        return value.uniffiClonePointer()
+    }
+
+    override fun lift(value: Pointer): Server {
+        return Server(value)
+    }
+
+    override fun read(buf: ByteBuffer): Server {
+        // The Rust code always writes pointers as 8 bytes, and will
+        // fail to compile if they don't fit.
+        return lift(Pointer(buf.getLong()))
+    }
+
+    override fun allocationSize(value: Server) = 8UL
+
+    override fun write(value: Server, buf: ByteBuffer) {
+        // The Rust code always expects pointers written as 8 bytes,
+        // and will fail to compile if they don't fit.
+        buf.putLong(Pointer.nativeValue(lower(value)))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a Pointer/Arc<T>
+// to the live Rust struct on the other side of the FFI.
+//
+// Each instance implements core operations for working with the Rust `Arc<T>` and the
+// Kotlin Pointer to work with the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque pointer to the underlying Rust struct.
+//     Method calls need to read this pointer from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its pointer should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the pointer, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the pointer, but is interrupted
+//      before it can pass the pointer over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read pointer value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
+ * Receives a generation's tokens, on a library thread.
+ */
+public interface TokenListener {
+    
+    /**
+     * One token and the text it adds; return false to stop the generation.
+     */
+    fun `onToken`(`id`: kotlin.UInt, `text`: kotlin.String): kotlin.Boolean
+    
+    companion object
+}
+
+/**
+ * Receives a generation's tokens, on a library thread.
+ */
+open class TokenListenerImpl: Disposable, AutoCloseable, TokenListener
+{
+
+    constructor(pointer: Pointer) {
+        this.pointer = pointer
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(pointer))
+    }
+
+    /**
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noPointer: NoPointer) {
+        this.pointer = null
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(pointer))
+    }
+
+    protected val pointer: Pointer?
+    protected val cleanable: UniffiCleaner.Cleanable
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithPointer(block: (ptr: Pointer) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the pointer being freed concurrently.
+        try {
+            return block(this.uniffiClonePointer())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val pointer: Pointer?) : Runnable {
+        override fun run() {
+            pointer?.let { ptr ->
+                uniffiRustCall { status ->
+                    UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_free_tokenlistener(ptr, status)
+                }
+            }
+        }
+    }
+
+    fun uniffiClonePointer(): Pointer {
+        return uniffiRustCall() { status ->
+            UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_clone_tokenlistener(pointer!!, status)
+        }
+    }
+
+    
+    /**
+     * One token and the text it adds; return false to stop the generation.
+     */override fun `onToken`(`id`: kotlin.UInt, `text`: kotlin.String): kotlin.Boolean {
+            return FfiConverterBoolean.lift(
+    callWithPointer {
+    uniffiRustCall() { _status ->
+    UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_method_tokenlistener_on_token(
+        it, FfiConverterUInt.lower(`id`),FfiConverterString.lower(`text`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+
+    
+    
+    companion object
+    
+}
+
+
+// Put the implementation in an object so we don't pollute the top-level namespace
+internal object uniffiCallbackInterfaceTokenListener {
+    internal object `onToken`: UniffiCallbackInterfaceTokenListenerMethod0 {
+        override fun callback(`uniffiHandle`: Long,`id`: Int,`text`: RustBuffer.ByValue,`uniffiOutReturn`: ByteByReference,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeTokenListener.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`onToken`(
+                    FfiConverterUInt.lift(`id`),
+                    FfiConverterString.lift(`text`),
+                )
+            }
+            val writeReturn = { value: kotlin.Boolean -> uniffiOutReturn.setValue(FfiConverterBoolean.lower(value)) }
+            uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
+        }
+    }
+
+    internal object uniffiFree: UniffiCallbackInterfaceFree {
+        override fun callback(handle: Long) {
+            FfiConverterTypeTokenListener.handleMap.remove(handle)
+        }
+    }
+
+    internal var vtable = UniffiVTableCallbackInterfaceTokenListener.UniffiByValue(
+        `onToken`,
+        uniffiFree,
+    )
+
+    // Registers the foreign callback with the Rust side.
+    // This method is generated for each callback interface.
+    internal fun register(lib: UniffiLib) {
+        lib.uniffi_kwaai_uniffi_fn_init_callback_vtable_tokenlistener(vtable)
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeTokenListener: FfiConverter<TokenListener, Pointer> {
+    internal val handleMap = UniffiHandleMap<TokenListener>()
+
+    override fun lower(value: TokenListener): Pointer {
+        return Pointer(handleMap.insert(value))
+    }
+
+    override fun lift(value: Pointer): TokenListener {
+        return TokenListenerImpl(value)
+    }
+
+    override fun read(buf: ByteBuffer): TokenListener {
+        // The Rust code always writes pointers as 8 bytes, and will
+        // fail to compile if they don't fit.
+        return lift(Pointer(buf.getLong()))
+    }
+
+    override fun allocationSize(value: TokenListener) = 8UL
+
+    override fun write(value: TokenListener, buf: ByteBuffer) {
+        // The Rust code always expects pointers written as 8 bytes,
+        // and will fail to compile if they don't fit.
+        buf.putLong(Pointer.nativeValue(lower(value)))
+    }
+}
+
+
+
+/**
+ * What `Node.dhtGet` found.
+ */
+data class DhtRecord (
+    /**
+     * msgpack of the value; for a dictionary, an array of `[subkey, value, expiration]` arrays.
+     */
+    var `value`: kotlin.ByteArray, 
+    /**
+     * Its expiration in DHT time (Unix seconds); for a dictionary, the latest of its entries.
+     */
+    var `expiration`: kotlin.Double, 
+    /**
+     * Whether it is a dictionary (written with subkeys).
+     */
+    var `isDictionary`: kotlin.Boolean
+) {
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeDhtRecord: FfiConverterRustBuffer<DhtRecord> {
+    override fun read(buf: ByteBuffer): DhtRecord {
+        return DhtRecord(
+            FfiConverterByteArray.read(buf),
+            FfiConverterDouble.read(buf),
+            FfiConverterBoolean.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: DhtRecord) = (
+            FfiConverterByteArray.allocationSize(value.`value`) +
+            FfiConverterDouble.allocationSize(value.`expiration`) +
+            FfiConverterBoolean.allocationSize(value.`isDictionary`)
+    )
+
+    override fun write(value: DhtRecord, buf: ByteBuffer) {
+            FfiConverterByteArray.write(value.`value`, buf)
+            FfiConverterDouble.write(value.`expiration`, buf)
+            FfiConverterBoolean.write(value.`isDictionary`, buf)
+    }
+}
+
+
+
+/**
+ * How to generate (transformers' names).
+ */
+data class GenerateOptions (
+    var `maxNewTokens`: kotlin.UInt = 32u, 
+    var `minNewTokens`: kotlin.UInt = 0u, 
+    var `doSample`: kotlin.Boolean = false, 
+    var `temperature`: kotlin.Float = 1.0f, 
+    var `topK`: kotlin.UInt = 0u, 
+    var `topP`: kotlin.Float = 1.0f, 
+    var `repetitionPenalty`: kotlin.Float = 1.0f, 
+    var `seed`: kotlin.ULong = 0uL, 
+    /**
+     * Generation ends after any of these; none: the model's end-of-sequence token.
+     */
+    var `stopTokens`: List<kotlin.UInt>? = null
+) {
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeGenerateOptions: FfiConverterRustBuffer<GenerateOptions> {
+    override fun read(buf: ByteBuffer): GenerateOptions {
+        return GenerateOptions(
+            FfiConverterUInt.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterFloat.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterFloat.read(buf),
+            FfiConverterFloat.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterOptionalSequenceUInt.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: GenerateOptions) = (
+            FfiConverterUInt.allocationSize(value.`maxNewTokens`) +
+            FfiConverterUInt.allocationSize(value.`minNewTokens`) +
+            FfiConverterBoolean.allocationSize(value.`doSample`) +
+            FfiConverterFloat.allocationSize(value.`temperature`) +
+            FfiConverterUInt.allocationSize(value.`topK`) +
+            FfiConverterFloat.allocationSize(value.`topP`) +
+            FfiConverterFloat.allocationSize(value.`repetitionPenalty`) +
+            FfiConverterULong.allocationSize(value.`seed`) +
+            FfiConverterOptionalSequenceUInt.allocationSize(value.`stopTokens`)
+    )
+
+    override fun write(value: GenerateOptions, buf: ByteBuffer) {
+            FfiConverterUInt.write(value.`maxNewTokens`, buf)
+            FfiConverterUInt.write(value.`minNewTokens`, buf)
+            FfiConverterBoolean.write(value.`doSample`, buf)
+            FfiConverterFloat.write(value.`temperature`, buf)
+            FfiConverterUInt.write(value.`topK`, buf)
+            FfiConverterFloat.write(value.`topP`, buf)
+            FfiConverterFloat.write(value.`repetitionPenalty`, buf)
+            FfiConverterULong.write(value.`seed`, buf)
+            FfiConverterOptionalSequenceUInt.write(value.`stopTokens`, buf)
+    }
+}
+
+
 
 /**
  * How to start a node.
@@ -1511,7 +3138,15 @@ data class NodeConfig (
     /**
      * Identity file (hivemind's format), created if missing; none means a fresh identity.
      */
-    var `identityPath`: kotlin.String? = null
+    var `identityPath`: kotlin.String? = null, 
+    /**
+     * Peers to join the swarm through: multiaddrs ending in `/p2p/<peer id>`.
+     */
+    var `initialPeers`: List<kotlin.String> = listOf(), 
+    /**
+     * Ask the DHT without serving it.
+     */
+    var `clientMode`: kotlin.Boolean = false
 ) {
     
     companion object
@@ -1525,17 +3160,92 @@ public object FfiConverterTypeNodeConfig: FfiConverterRustBuffer<NodeConfig> {
         return NodeConfig(
             FfiConverterSequenceString.read(buf),
             FfiConverterOptionalString.read(buf),
+            FfiConverterSequenceString.read(buf),
+            FfiConverterBoolean.read(buf),
         )
     }
 
     override fun allocationSize(value: NodeConfig) = (
             FfiConverterSequenceString.allocationSize(value.`listenAddrs`) +
-            FfiConverterOptionalString.allocationSize(value.`identityPath`)
+            FfiConverterOptionalString.allocationSize(value.`identityPath`) +
+            FfiConverterSequenceString.allocationSize(value.`initialPeers`) +
+            FfiConverterBoolean.allocationSize(value.`clientMode`)
     )
 
     override fun write(value: NodeConfig, buf: ByteBuffer) {
             FfiConverterSequenceString.write(value.`listenAddrs`, buf)
             FfiConverterOptionalString.write(value.`identityPath`, buf)
+            FfiConverterSequenceString.write(value.`initialPeers`, buf)
+            FfiConverterBoolean.write(value.`clientMode`, buf)
+    }
+}
+
+
+
+/**
+ * What to serve (Petals' `run_server` options).
+ */
+data class ServeOptions (
+    /**
+     * A model directory (config.json and safetensors).
+     */
+    var `modelPath`: kotlin.String, 
+    /**
+     * First block to serve.
+     */
+    var `startBlock`: kotlin.UInt, 
+    /**
+     * One past the last block to serve.
+     */
+    var `endBlock`: kotlin.UInt, 
+    /**
+     * The model's DHT prefix; none: the directory's name.
+     */
+    var `dhtPrefix`: kotlin.String? = null, 
+    /**
+     * Requests per second to announce.
+     */
+    var `throughput`: kotlin.Double = 1.0, 
+    /**
+     * `"float32"` or `"bfloat16"`; none: the checkpoint's, float32 becoming bfloat16.
+     */
+    var `torchDtype`: kotlin.String? = null
+) {
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeServeOptions: FfiConverterRustBuffer<ServeOptions> {
+    override fun read(buf: ByteBuffer): ServeOptions {
+        return ServeOptions(
+            FfiConverterString.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterDouble.read(buf),
+            FfiConverterOptionalString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ServeOptions) = (
+            FfiConverterString.allocationSize(value.`modelPath`) +
+            FfiConverterUInt.allocationSize(value.`startBlock`) +
+            FfiConverterUInt.allocationSize(value.`endBlock`) +
+            FfiConverterOptionalString.allocationSize(value.`dhtPrefix`) +
+            FfiConverterDouble.allocationSize(value.`throughput`) +
+            FfiConverterOptionalString.allocationSize(value.`torchDtype`)
+    )
+
+    override fun write(value: ServeOptions, buf: ByteBuffer) {
+            FfiConverterString.write(value.`modelPath`, buf)
+            FfiConverterUInt.write(value.`startBlock`, buf)
+            FfiConverterUInt.write(value.`endBlock`, buf)
+            FfiConverterOptionalString.write(value.`dhtPrefix`, buf)
+            FfiConverterDouble.write(value.`throughput`, buf)
+            FfiConverterOptionalString.write(value.`torchDtype`, buf)
     }
 }
 
@@ -1544,104 +3254,55 @@ public object FfiConverterTypeNodeConfig: FfiConverterRustBuffer<NodeConfig> {
 
 
 /**
- * Every kwaai error; the variant is the stable kind.
+ * Every kwaai error; the variant is the stable kind. Flat: each language sees the message as
+ * its exception message.
  */
-sealed class KwaaiException: kotlin.Exception() {
-    
+sealed class KwaaiException(message: String): kotlin.Exception(message) {
+        
     /**
      * A bad argument (malformed address, ...).
      */
-    class InvalidArgument(
+        class InvalidArgument(message: String) : KwaaiException(message)
         
-        val `message`: kotlin.String
-        ) : KwaaiException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
     /**
      * A local I/O operation failed.
      */
-    class Io(
+        class Io(message: String) : KwaaiException(message)
         
-        val `message`: kotlin.String
-        ) : KwaaiException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
     /**
      * An identity file is missing, unreadable or unsupported.
      */
-    class Identity(
+        class Identity(message: String) : KwaaiException(message)
         
-        val `message`: kotlin.String
-        ) : KwaaiException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
     /**
      * A network operation failed.
      */
-    class Network(
+        class Network(message: String) : KwaaiException(message)
         
-        val `message`: kotlin.String
-        ) : KwaaiException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
     /**
      * A peer broke the protocol.
      */
-    class Protocol(
+        class Protocol(message: String) : KwaaiException(message)
         
-        val `message`: kotlin.String
-        ) : KwaaiException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
     /**
      * An operation did not finish in time.
      */
-    class Timeout(
+        class Timeout(message: String) : KwaaiException(message)
         
-        val `message`: kotlin.String
-        ) : KwaaiException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
     /**
      * The node is shut down, or the call was cancelled.
      */
-    class Closed(
+        class Closed(message: String) : KwaaiException(message)
         
-        val `message`: kotlin.String
-        ) : KwaaiException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
     /**
      * A bug in kwaai.
      */
-    class Internal(
+        class Internal(message: String) : KwaaiException(message)
         
-        val `message`: kotlin.String
-        ) : KwaaiException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
 
     companion object ErrorHandler : UniffiRustCallStatusErrorHandler<KwaaiException> {
         override fun lift(error_buf: RustBuffer.ByValue): KwaaiException = FfiConverterTypeKwaaiError.lift(error_buf)
     }
-
-    
 }
 
 /**
@@ -1650,121 +3311,56 @@ sealed class KwaaiException: kotlin.Exception() {
 public object FfiConverterTypeKwaaiError : FfiConverterRustBuffer<KwaaiException> {
     override fun read(buf: ByteBuffer): KwaaiException {
         
-
-        return when(buf.getInt()) {
-            1 -> KwaaiException.InvalidArgument(
-                FfiConverterString.read(buf),
-                )
-            2 -> KwaaiException.Io(
-                FfiConverterString.read(buf),
-                )
-            3 -> KwaaiException.Identity(
-                FfiConverterString.read(buf),
-                )
-            4 -> KwaaiException.Network(
-                FfiConverterString.read(buf),
-                )
-            5 -> KwaaiException.Protocol(
-                FfiConverterString.read(buf),
-                )
-            6 -> KwaaiException.Timeout(
-                FfiConverterString.read(buf),
-                )
-            7 -> KwaaiException.Closed(
-                FfiConverterString.read(buf),
-                )
-            8 -> KwaaiException.Internal(
-                FfiConverterString.read(buf),
-                )
+            return when(buf.getInt()) {
+            1 -> KwaaiException.InvalidArgument(FfiConverterString.read(buf))
+            2 -> KwaaiException.Io(FfiConverterString.read(buf))
+            3 -> KwaaiException.Identity(FfiConverterString.read(buf))
+            4 -> KwaaiException.Network(FfiConverterString.read(buf))
+            5 -> KwaaiException.Protocol(FfiConverterString.read(buf))
+            6 -> KwaaiException.Timeout(FfiConverterString.read(buf))
+            7 -> KwaaiException.Closed(FfiConverterString.read(buf))
+            8 -> KwaaiException.Internal(FfiConverterString.read(buf))
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
         }
+        
     }
 
     override fun allocationSize(value: KwaaiException): ULong {
-        return when(value) {
-            is KwaaiException.InvalidArgument -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is KwaaiException.Io -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is KwaaiException.Identity -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is KwaaiException.Network -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is KwaaiException.Protocol -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is KwaaiException.Timeout -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is KwaaiException.Closed -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is KwaaiException.Internal -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-        }
+        return 4UL
     }
 
     override fun write(value: KwaaiException, buf: ByteBuffer) {
         when(value) {
             is KwaaiException.InvalidArgument -> {
                 buf.putInt(1)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is KwaaiException.Io -> {
                 buf.putInt(2)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is KwaaiException.Identity -> {
                 buf.putInt(3)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is KwaaiException.Network -> {
                 buf.putInt(4)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is KwaaiException.Protocol -> {
                 buf.putInt(5)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is KwaaiException.Timeout -> {
                 buf.putInt(6)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is KwaaiException.Closed -> {
                 buf.putInt(7)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is KwaaiException.Internal -> {
                 buf.putInt(8)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
@@ -1800,6 +3396,130 @@ public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?>
         } else {
             buf.put(1)
             FfiConverterString.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalByteArray: FfiConverterRustBuffer<kotlin.ByteArray?> {
+    override fun read(buf: ByteBuffer): kotlin.ByteArray? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterByteArray.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.ByteArray?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterByteArray.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.ByteArray?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterByteArray.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypeDhtRecord: FfiConverterRustBuffer<DhtRecord?> {
+    override fun read(buf: ByteBuffer): DhtRecord? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeDhtRecord.read(buf)
+    }
+
+    override fun allocationSize(value: DhtRecord?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeDhtRecord.allocationSize(value)
+        }
+    }
+
+    override fun write(value: DhtRecord?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeDhtRecord.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalSequenceUInt: FfiConverterRustBuffer<List<kotlin.UInt>?> {
+    override fun read(buf: ByteBuffer): List<kotlin.UInt>? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterSequenceUInt.read(buf)
+    }
+
+    override fun allocationSize(value: List<kotlin.UInt>?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterSequenceUInt.allocationSize(value)
+        }
+    }
+
+    override fun write(value: List<kotlin.UInt>?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterSequenceUInt.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceUInt: FfiConverterRustBuffer<List<kotlin.UInt>> {
+    override fun read(buf: ByteBuffer): List<kotlin.UInt> {
+        val len = buf.getInt()
+        return List<kotlin.UInt>(len) {
+            FfiConverterUInt.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<kotlin.UInt>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterUInt.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<kotlin.UInt>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterUInt.write(it, buf)
         }
     }
 }
