@@ -32,6 +32,9 @@ pub struct Config {
     pub dht_prefix: Option<String>,
     /// The throughput to announce, in tokens/s (measured when unset).
     pub throughput: Option<f64>,
+    /// The dtype blocks are served in: `float32` or `bfloat16` (unset: the checkpoint's, float32
+    /// becoming bfloat16, as Petals' `auto`).
+    pub torch_dtype: Option<String>,
     /// Log filter: error, warn, info, debug, trace (or a tracing filter such as `kwaai_core=debug`).
     pub log_level: String,
 }
@@ -48,13 +51,14 @@ impl Default for Config {
             block_indices: None,
             dht_prefix: None,
             throughput: None,
+            torch_dtype: None,
             log_level: "info".to_owned(),
         }
     }
 }
 
 /// The keys of `config.yaml`, in file order.
-pub const KEYS: [&str; 10] = [
+pub const KEYS: [&str; 11] = [
     "initial_peers",
     "host_maddrs",
     "identity_path",
@@ -64,6 +68,7 @@ pub const KEYS: [&str; 10] = [
     "block_indices",
     "dht_prefix",
     "throughput",
+    "torch_dtype",
     "log_level",
 ];
 
@@ -117,6 +122,11 @@ impl Config {
         if let Some(prefix) = &self.dht_prefix {
             if prefix.is_empty() || prefix.contains('.') {
                 return Err(("dht_prefix", format!("dht prefix {prefix:?} must be non-empty and without '.'")));
+            }
+        }
+        if let Some(dtype) = &self.torch_dtype {
+            if !matches!(dtype.as_str(), "float32" | "bfloat16") {
+                return Err(("torch_dtype", format!("torch dtype {dtype:?} must be float32 or bfloat16")));
             }
         }
         if let Some(t) = self.throughput {
@@ -224,6 +234,7 @@ impl Config {
             "throughput" => {
                 next.throughput = if unset { None } else { Some(text.parse().map_err(|_| bad("a number"))?) }
             }
+            "torch_dtype" => next.torch_dtype = (!unset).then(|| text.to_owned()),
             "log_level" => next.log_level = if unset { "info".to_owned() } else { text.to_owned() },
             _ => unreachable!("normalize_key returns known keys"),
         }

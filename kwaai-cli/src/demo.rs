@@ -52,7 +52,7 @@ pub fn run(home: &Home, args: &DemoArgs) -> Result<(), Failure> {
             model_dir: dir.clone(),
             block_indices: Some(Span::new(start, end)?),
             dht_prefix: Some(DEMO_PREFIX.into()),
-            throughput: 1.0,
+            throughput: Some(1.0),
             torch_dtype: Some(DType::F32),
             ..ServerConfig::default()
         };

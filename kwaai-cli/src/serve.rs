@@ -7,6 +7,7 @@ use clap::Args;
 use kwaai_core::client::dht_prefix_for_dir;
 use kwaai_core::model::ModelConfig;
 use kwaai_core::server::{Server, ServerConfig, Span};
+use kwaai_core::tensor::DType;
 use kwaai_core::Node;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,9 @@ pub struct ServeArgs {
     /// Throughput to announce, tokens/s (measured when not given).
     #[arg(long, value_name = "X")]
     pub throughput: Option<f64>,
+    /// The dtype to serve in: float32 or bfloat16 (default: the checkpoint's, float32 becoming bfloat16).
+    #[arg(long = "torch-dtype", value_name = "DTYPE")]
+    pub torch_dtype: Option<String>,
 }
 
 impl ServeArgs {
@@ -53,6 +57,9 @@ impl ServeArgs {
         if let Some(t) = self.throughput {
             config.throughput = Some(t);
         }
+        if let Some(dtype) = &self.torch_dtype {
+            config.torch_dtype = Some(dtype.clone());
+        }
     }
 
     /// The serving settings of an effective configuration; `None` when it serves no model.
@@ -63,6 +70,7 @@ impl ServeArgs {
             block_indices: config.block_indices.clone(),
             dht_prefix: config.dht_prefix.clone(),
             throughput: config.throughput,
+            torch_dtype: config.torch_dtype.clone(),
         })
     }
 
@@ -128,7 +136,8 @@ pub fn serve_model(node: &Node, serve: &ServeArgs) -> Result<(Server, ServedSpan
         block_indices,
         num_blocks: serve.num_blocks.map(|n| n as u32),
         dht_prefix: Some(dht_prefix.clone()),
-        throughput: serve.throughput.unwrap_or(0.0),
+        throughput: serve.throughput,
+        torch_dtype: serve.torch_dtype.as_deref().map(DType::from_name).transpose()?,
         ..ServerConfig::default()
     };
     tracing::info!(peer_id = %node.peer_id(), dht_prefix, "loading the model's blocks");

@@ -88,7 +88,20 @@ pub fn check_visibility(status: &StatusFile, timeout: Duration) -> Visibility {
     };
     let through = format!("through {}", entry.join(", "));
     let result = match &status.served_blocks {
-        Some(span) => check_server(&checker, status, span.start..span.end, &span.dht_prefix, &through),
+        Some(span) => {
+            // The checker's routing table fills in the background: a missing record is read again
+            // until the deadline; a record in another state is a definite answer.
+            let deadline = Instant::now() + timeout;
+            loop {
+                let seen = check_server(&checker, status, span.start..span.end, &span.dht_prefix, &through);
+                let missing =
+                    matches!(&seen, Visibility::NotVisible(why) if why.ends_with("is not announced by this node"));
+                if !missing || Instant::now() + LOOKUP_RETRY >= deadline {
+                    break seen;
+                }
+                std::thread::sleep(LOOKUP_RETRY);
+            }
+        }
         None => check_dht_node(&checker, status, timeout, &through),
     };
     checker.shutdown();

@@ -96,7 +96,7 @@ fn main() {
             model_dir: model_dir.clone(),
             block_indices: Some(Span::new(start, end).expect("span")),
             dht_prefix: Some(PREFIX.into()),
-            throughput: 1.0,
+            throughput: Some(1.0),
             torch_dtype: Some(DType::F32),
             ..ServerConfig::default()
         };

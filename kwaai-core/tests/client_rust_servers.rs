@@ -45,7 +45,7 @@ fn rust_client_generates_transformers_greedy_tokens_through_rust_and_mixed_chain
             model_dir: model_dir.clone(),
             block_indices: Some(Span::new(start, end).expect("span")),
             dht_prefix: Some(PREFIX.into()),
-            throughput: 1.0,
+            throughput: Some(1.0),
             torch_dtype: Some(DType::F32),
             ..ServerConfig::default()
         };

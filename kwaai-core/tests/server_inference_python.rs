@@ -64,7 +64,7 @@ fn server_config(start: u32, end: u32) -> ServerConfig {
         model_dir: model_dir().to_path_buf(),
         block_indices: Some(Span::new(start, end).expect("span")),
         dht_prefix: Some(PREFIX.into()),
-        throughput: 1.0,
+        throughput: Some(1.0),
         torch_dtype: Some(DType::F32),
         ..ServerConfig::default()
     }

@@ -58,7 +58,7 @@ fn config_of(options: &ServeOptions) -> kwaai_core::Result<ServerConfig> {
         block_indices,
         num_blocks: options.num_blocks,
         dht_prefix: Some(dht_prefix),
-        throughput: options.throughput.unwrap_or(0.0),
+        throughput: options.throughput,
         torch_dtype,
         ..ServerConfig::default()
     })

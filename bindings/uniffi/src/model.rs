@@ -54,7 +54,7 @@ impl Server {
             model_dir,
             block_indices: Some(Span::new(options.start_block, options.end_block)?),
             dht_prefix: Some(dht_prefix),
-            throughput: options.throughput,
+            throughput: Some(options.throughput),
             torch_dtype: options.torch_dtype.as_deref().map(DType::from_name).transpose()?,
             ..ServerConfig::default()
         };

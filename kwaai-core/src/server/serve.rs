@@ -1,6 +1,7 @@
 //! [`Server`]: a span of a model's blocks served from a [`Node`] as a Petals 2.2 server serves
 //! it (petals/server/server.py `Server`, `ModuleContainer`): announced JOINING while it loads,
-//! answering `rpc_info`, `rpc_forward(_stream)`, `rpc_inference` and `rpc_push`, announced ONLINE
+//! answering `rpc_info`, `rpc_forward(_stream)`, `rpc_backward(_stream)`, `rpc_inference` and
+//! `rpc_push`, announced ONLINE
 //! (with its free cache and its round trips to the next servers refreshed every update period),
 //! then OFFLINE when shut down.
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use super::announce::{block_uid, Span};
 use super::announcer::{Announcement, Announcer};
+use super::backward::{serve_backward, BackwardService, RPC_BACKWARD, RPC_BACKWARD_STREAM};
 use super::forward::{serve_forward, ForwardService, RPC_FORWARD, RPC_FORWARD_STREAM};
 use super::handler::{serve_info, InfoService, RPC_INFO};
 use super::inference::{cache_bytes_per_token, serve_inference, InferenceService, InferenceSettings, RPC_INFERENCE};
@@ -18,7 +20,9 @@ use super::pings::NextPings;
 use super::prefix::dht_prefix_for_repo;
 use super::push::{serve_push, PushCounters, PushService, Pusher, RPC_PUSH};
 use super::schema::{BlockSchema, ServerRpcInfo};
+use super::selection::choose_blocks_from_dht;
 use super::sessions::{CacheBudget, SessionRegistry};
+use super::throughput::{server_throughput, ServerThroughput, ThroughputConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{BlockSpan, LoadOptions, ModelConfig};
 use crate::node::Node;
@@ -32,15 +36,17 @@ pub struct ServerConfig {
     pub model_dir: PathBuf,
     /// The blocks to serve (`--block_indices a:b`); give this or `num_blocks`.
     pub block_indices: Option<Span>,
-    /// How many blocks to serve (`--num_blocks`); choosing which needs block selection.
+    /// How many blocks to serve (`--num_blocks`): the blocks are chosen as Petals chooses them,
+    /// where the swarm's throughput is lowest.
     pub num_blocks: Option<u32>,
     /// The model's DHT prefix; `None`: derived from `repository` as Petals derives it.
     pub dht_prefix: Option<String>,
     /// The Hugging Face repository the directory holds (e.g. `meta-llama/Llama-2-7b-hf`), used
     /// only to derive the DHT prefix.
     pub repository: Option<String>,
-    /// Requests per second announced (`--throughput`); must be positive.
-    pub throughput: f64,
+    /// Requests per second announced (`--throughput`), positive; `None`: measured on the first
+    /// served block and combined with the network estimate as Petals does, cached across runs.
+    pub throughput: Option<f64>,
     /// A name for swarm monitors (`--public_name`).
     pub public_name: Option<String>,
     /// Inference steps per second through one block, announced for clients' routing (Petals
@@ -84,7 +90,7 @@ impl Default for ServerConfig {
             num_blocks: None,
             dht_prefix: None,
             repository: None,
-            throughput: 0.0,
+            throughput: None,
             public_name: None,
             inference_rps: None,
             torch_dtype: None,
@@ -130,7 +136,6 @@ impl Server {
     pub fn start(node: &Node, config: ServerConfig) -> Result<Server> {
         let model = ModelConfig::from_dir(&config.model_dir)?;
         let num_layers = u32::try_from(model.num_layers).map_err(|_| Error::invalid_argument("too many blocks"))?;
-        let span = block_span(&config, num_layers)?;
         let dht_prefix = match (&config.dht_prefix, &config.repository) {
             (Some(prefix), _) => prefix.clone(),
             (None, Some(repo)) => dht_prefix_for_repo(model.family, repo),
@@ -140,12 +145,13 @@ impl Server {
                 ))
             }
         };
-        if !(config.throughput.is_finite() && config.throughput > 0.0) {
+        if config.throughput.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
             return Err(Error::invalid_argument("throughput must be a positive number of requests per second"));
         }
         if config.inference_rps.is_some_and(|rps| !(rps.is_finite() && rps > 0.0)) {
             return Err(Error::invalid_argument("inference_rps must be a positive number"));
         }
+        let span = block_span(node, &config, &dht_prefix, num_layers)?;
         let dtype = resolve_dtype(config.torch_dtype, model.torch_dtype.as_deref())?;
         let grouped = model.num_kv_heads < model.num_heads;
         let bytes_per_token = cache_bytes_per_token(&model, dtype);
@@ -158,16 +164,27 @@ impl Server {
         );
         let row_bytes = (bytes_per_token / 2).max(1);
         let uids: Vec<String> = (span.start..span.end).map(|i| block_uid(&dht_prefix, i)).collect();
+        let (throughput, measured) = match config.throughput {
+            Some(throughput) => (throughput, None),
+            None => {
+                let measured = measure_throughput(&config, span, dtype)?;
+                (measured.throughput, Some(measured.info))
+            }
+        };
 
-        let info = ServerInfo {
+        let mut info = ServerInfo {
             public_name: config.public_name.clone(),
             inference_rps: config.inference_rps,
             torch_dtype: Some(dtype.name().to_owned()),
             quant_type: Some("none".into()),
             using_relay: Some(false),
             cache_tokens_left: Some(budget.bytes_left() / row_bytes),
-            ..ServerInfo::new(ServerState::Joining, config.throughput)
+            ..ServerInfo::new(ServerState::Joining, throughput)
         };
+        if let Some(measured) = measured {
+            measured.apply_to(&mut info, throughput);
+            info.inference_rps = config.inference_rps.or(info.inference_rps);
+        }
         let announcement = Announcement {
             dht_prefix: dht_prefix.clone(),
             span,
@@ -257,7 +274,8 @@ impl Server {
             node,
             InfoService::new(uids.to_vec(), schema, server_info).with_cache(budget.clone(), bytes_per_token),
         )?;
-        serve_forward(node, ForwardService::new(blocks, uids.to_vec(), schema, limits)?)?;
+        serve_forward(node, ForwardService::new(blocks.clone(), uids.to_vec(), schema, limits)?)?;
+        serve_backward(node, BackwardService::new(blocks, uids.to_vec(), schema, limits)?)?;
         serve_inference(node, Arc::clone(&inference))?;
         serve_push(node, PushService::new(uids.to_vec(), sessions, pushes.clone(), config.max_message_size))?;
         Ok((inference, pushes))
@@ -313,24 +331,46 @@ impl Drop for Server {
 }
 
 fn remove_handlers(rpc: &Rpc) {
-    for name in [RPC_INFO, RPC_FORWARD, RPC_FORWARD_STREAM, RPC_INFERENCE, RPC_PUSH] {
+    for name in [RPC_INFO, RPC_FORWARD, RPC_FORWARD_STREAM, RPC_BACKWARD, RPC_BACKWARD_STREAM, RPC_INFERENCE, RPC_PUSH]
+    {
         rpc.remove_handler(name);
     }
 }
 
-fn block_span(config: &ServerConfig, num_layers: u32) -> Result<Span> {
+/// The blocks to serve: `block_indices`, or `num_blocks` chosen from the swarm's announcements
+/// as Petals' block selection chooses them.
+fn block_span(node: &Node, config: &ServerConfig, dht_prefix: &str, num_layers: u32) -> Result<Span> {
     match (config.block_indices, config.num_blocks) {
         (Some(span), None) if span.end <= num_layers => Ok(span),
         (Some(span), None) => Err(Error::invalid_argument(format!(
             "blocks {}:{} are past the model's {num_layers} blocks",
             span.start, span.end
         ))),
-        (None, Some(_)) => Err(Error::invalid_argument(
-            "choosing which blocks to serve needs block selection, which is not available yet: give block_indices",
-        )),
+        (None, Some(n)) if n == 0 || n > num_layers => {
+            Err(Error::invalid_argument(format!("num_blocks must be 1 to {num_layers}, not {n}")))
+        }
+        (None, Some(n)) => {
+            let dht = node.dht()?;
+            let span = node.runtime_handle()?.block_on(choose_blocks_from_dht(&dht, dht_prefix, num_layers, n))?;
+            tracing::info!(dht_prefix, "chose blocks {}:{} where the swarm needs them", span.start, span.end);
+            Ok(span)
+        }
         (Some(_), Some(_)) => Err(Error::invalid_argument("Please specify num_blocks or block_indices, not both")),
-        (None, None) => Err(Error::invalid_argument("give the blocks to serve (block_indices)")),
+        (None, None) => Err(Error::invalid_argument("give the blocks to serve (block_indices or num_blocks)")),
     }
+}
+
+/// Petals' throughput for a server of `span`: measured on its first block (or read from the cache
+/// of earlier measurements of this model and dtype).
+fn measure_throughput(config: &ServerConfig, span: Span, dtype: DType) -> Result<ServerThroughput> {
+    let first = span.start as usize;
+    let probe = BlockSpan::load(&config.model_dir, first, first + 1, LoadOptions::default())?;
+    let model_name = config.repository.clone().unwrap_or_else(|| config.model_dir.display().to_string());
+    let throughput_config = ThroughputConfig::new(model_name, dtype.name(), (span.end - span.start) as usize);
+    tracing::info!("measuring throughput (cached for later starts)");
+    let measured = server_throughput(&probe, &throughput_config)?;
+    tracing::info!(throughput = measured.throughput, "throughput measured");
+    Ok(measured)
 }
 
 /// Petals' `--torch_dtype auto` on a CPU: the checkpoint's dtype, float32 (or none) becoming
@@ -369,11 +409,17 @@ mod tests {
     #[test]
     fn blocks_are_given_exactly_once() {
         let span = Span::new(1, 3).unwrap();
+        let node = Node::start(crate::NodeConfig::default()).unwrap();
         let config = ServerConfig { block_indices: Some(span), ..ServerConfig::default() };
-        assert_eq!(block_span(&config, 4).unwrap(), span);
-        assert!(block_span(&config, 2).is_err());
-        assert!(block_span(&ServerConfig::default(), 4).is_err());
+        assert_eq!(block_span(&node, &config, "m", 4).unwrap(), span);
+        assert!(block_span(&node, &config, "m", 2).is_err());
+        assert!(block_span(&node, &ServerConfig::default(), "m", 4).is_err());
         let both = ServerConfig { num_blocks: Some(2), ..config };
-        assert!(block_span(&both, 4).is_err());
+        assert!(block_span(&node, &both, "m", 4).is_err());
+        let too_many = ServerConfig { num_blocks: Some(5), ..ServerConfig::default() };
+        assert!(block_span(&node, &too_many, "m", 4).unwrap_err().message().contains("1 to 4"));
+        // Alone in its swarm, a server of two blocks takes the first two.
+        let two = ServerConfig { num_blocks: Some(2), ..ServerConfig::default() };
+        assert_eq!(block_span(&node, &two, "m", 4).unwrap(), Span::new(0, 2).unwrap());
     }
 }
