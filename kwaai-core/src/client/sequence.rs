@@ -250,8 +250,24 @@ impl SequenceManager {
         self.state().pings.iter().filter(|(_, (_, exp))| *exp > now).map(|(p, (rtt, _))| (*p, *rtt)).collect()
     }
 
-    /// The codecs servers ask for, read once from a random ONLINE server of block 0.
+    /// The codecs servers ask for, read once from a random ONLINE server of block 0 (another one
+    /// after a failure, with the configured retries).
     pub async fn rpc_info(&self) -> Result<RpcInfo> {
+        let mut attempt = 0;
+        loop {
+            match self.try_rpc_info().await {
+                Ok(info) => return Ok(info),
+                Err(e) => {
+                    let Some(delay) = self.retry_delay(attempt) else { return Err(e) };
+                    tracing::warn!(attempt, "rpc_info failed, retrying in {delay:?}: {e}");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn try_rpc_info(&self) -> Result<RpcInfo> {
         if let Some(info) = self.state().rpc_info {
             return Ok(info);
         }
@@ -261,9 +277,13 @@ impl SequenceManager {
             let first = state.view.blocks.first().map(Vec::as_slice).unwrap_or_default();
             first.iter().filter(|(_, info)| info.state == ServerState::Online).map(|(peer, _)| *peer).collect()
         };
-        let peer = *holders
-            .choose(&mut rand::thread_rng())
-            .ok_or_else(|| Error::new(ErrorKind::Network, "no ONLINE server holds block 0"))?;
+        let now = Instant::now();
+        let unbanned: Vec<PeerId> = holders.iter().copied().filter(|p| !self.blacklist().is_banned(p, now)).collect();
+        let choices = if unbanned.is_empty() { &holders } else { &unbanned };
+        let Some(&peer) = choices.choose(&mut rand::thread_rng()) else {
+            self.update().await?;
+            return Err(Error::new(ErrorKind::Network, "no ONLINE server holds block 0"));
+        };
         let request = ExpertUid { uid: block_uid(&self.config.dht_prefix, 0) }.encode_to_vec();
         let reply = match self.rpc.call_unary(peer, RPC_INFO, request, self.config.request_timeout).await {
             Ok(reply) => reply,

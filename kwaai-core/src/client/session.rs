@@ -428,3 +428,28 @@ impl AsyncInferenceSession {
         self.sessions.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_structure_packs_as_petals_pack_args_kwargs() {
+        // ((b"__T0", b"__T1", b"__T2"), {}) as hivemind's MSGPackSerializer writes it.
+        let expected = [
+            0xc7, 0x18, 0x40, 0x92, 0xc7, 0x13, 0x40, 0x93, 0xc4, 0x04, b'_', b'_', b'T', b'0', 0xc4, 0x04, b'_', b'_',
+            b'T', b'1', 0xc4, 0x04, b'_', b'_', b'T', b'2', 0x80,
+        ];
+        assert_eq!(msgpack::pack(&args_structure(3)), expected);
+    }
+
+    #[test]
+    fn session_ids_are_uuid4_strings() {
+        let id = uuid4();
+        let groups: Vec<usize> = id.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12]);
+        assert_eq!(&id[14..15], "4");
+        assert!("89ab".contains(&id[19..20]), "{id}");
+        assert_ne!(uuid4(), id);
+    }
+}
