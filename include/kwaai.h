@@ -24,6 +24,9 @@
 // incompatibly; hosts compare it with the value they were compiled against.
 #define KWAAI_ABI_VERSION 1
 
+// The `token` of the last callback of a generation, which carries no token (`finished` is true).
+#define KWAAI_NO_TOKEN UINT32_MAX
+
 // The result of every fallible function. The numeric values are stable and never reused.
 typedef enum {
   // Success.
@@ -89,8 +92,30 @@ typedef enum {
 // Node settings, built with `kwaai_config_*` calls and passed to `kwaai_node_start`.
 typedef struct kwaai_config kwaai_config;
 
+// A generation in progress or over, streaming tokens to a host callback.
+typedef struct kwaai_generation kwaai_generation;
+
+// How tokens are generated, built with `kwaai_generation_config_*` calls. The defaults:
+// 32 new tokens, greedy decoding, no stop tokens.
+typedef struct kwaai_generation_config kwaai_generation_config;
+
+// A model whose transformer blocks are served by the swarm (Petals'
+// `AutoDistributedModelForCausalLM`). Calls on it may come from any thread.
+typedef struct kwaai_model kwaai_model;
+
 // A running node. It owns its threads; calls on it may come from any thread.
 typedef struct kwaai_node kwaai_node;
+
+// A running server: a span of blocks announced to the swarm and served from one node.
+typedef struct kwaai_server kwaai_server;
+
+// What a server serves and how, built with `kwaai_server_config_*` calls and passed to
+// `kwaai_node_serve`. The defaults are Petals': give at least a model directory, a block range
+// (or a number of blocks), a DHT prefix and a throughput.
+typedef struct kwaai_server_config kwaai_server_config;
+
+// An open inference session: the servers keep the attention caches of its tokens.
+typedef struct kwaai_session kwaai_session;
 
 // A tensor owned by the library: an element type, a shape and its elements (row-major,
 // little-endian). Read-only once created; free it with `kwaai_tensor_free`.
@@ -117,6 +142,20 @@ typedef void (*kwaai_log_callback)(void *user_data,
                                    kwaai_log_level level,
                                    const char *target,
                                    const char *message);
+
+// Receives the tokens of a generation, one call per token in order, then one last call with
+// `finished` true and `token` KWAAI_NO_TOKEN (after the last token, an error, but never after
+// `kwaai_generation_cancel`); `kwaai_generation_wait` then gives the outcome.
+//
+// Runs on a thread the library starts for each generation (named `kwaai-generation`); calls of
+// one generation never overlap. `text_piece` is the text the token adds (UTF-8, possibly empty
+// while a character is incomplete or without a tokenizer; NUL characters are left out) and is
+// valid during the call only. From the callback, call only `kwaai_generation_cancel` or
+// `kwaai_generation_free` on its own generation, and tensor, string and error functions.
+typedef void (*kwaai_token_callback)(void *user_data,
+                                     uint32_t token,
+                                     const char *text_piece,
+                                     bool finished);
 
 // Receives a pushed tensor. Runs on one of the node's threads; it must return quickly and must
 // not call kwaai_node_* functions (tensor and string functions are fine). `peer_id` and `name`
@@ -231,17 +270,177 @@ const char *kwaai_last_error_message(void);
 // Returns a static, NUL-terminated name for a status code ("ok", "invalid_argument", ...).
 const char *kwaai_status_name(kwaai_status status);
 
+// Creates a generation configuration with the defaults. Free it with `kwaai_generation_config_free`.
+kwaai_status kwaai_generation_config_new(kwaai_generation_config **out);
+
+// Sets how many tokens are generated at most; positive.
+kwaai_status kwaai_generation_config_set_max_new_tokens(kwaai_generation_config *config,
+                                                        size_t max_new_tokens);
+
+// Suppresses stop tokens until this many tokens were generated (transformers' `min_new_tokens`).
+kwaai_status kwaai_generation_config_set_min_new_tokens(kwaai_generation_config *config,
+                                                        size_t min_new_tokens);
+
+// Samples from the distribution when true; takes the most likely token when false (greedy).
+kwaai_status kwaai_generation_config_set_do_sample(kwaai_generation_config *config, bool do_sample);
+
+// Divides logits by `temperature` before sampling; positive and finite.
+kwaai_status kwaai_generation_config_set_temperature(kwaai_generation_config *config,
+                                                     float temperature);
+
+// Samples among the `top_k` most likely tokens only (0: all).
+kwaai_status kwaai_generation_config_set_top_k(kwaai_generation_config *config, size_t top_k);
+
+// Samples among the most likely tokens whose probability reaches `top_p`, in (0, 1] (1: all).
+kwaai_status kwaai_generation_config_set_top_p(kwaai_generation_config *config, float top_p);
+
+// Penalises tokens already seen (1: off); positive and finite.
+kwaai_status kwaai_generation_config_set_repetition_penalty(kwaai_generation_config *config,
+                                                            float penalty);
+
+// Seeds the sampler (the same seed draws the same tokens).
+kwaai_status kwaai_generation_config_set_seed(kwaai_generation_config *config, uint64_t seed);
+
+// Ends generation after any of `tokens[0..count]` (the stop token is included in the output);
+// replaces earlier stop tokens, and `count == 0` clears them.
+//
+// # Safety
+// `tokens` must point to `count` ids (or be NULL with `count == 0`).
+kwaai_status kwaai_generation_config_set_stop_tokens(kwaai_generation_config *config,
+                                                     const uint32_t *tokens,
+                                                     size_t count);
+
+// Frees a generation configuration. NULL, or a handle already freed, is ignored.
+void kwaai_generation_config_free(kwaai_generation_config *config);
+
+// Stops the generation: once it returns, the callback is not running and is never called again
+// (not even with `finished`), and the servers' sessions are closed. Called from the callback, it
+// returns at once and no call follows the current one. Cancelling a finished generation does
+// nothing.
+kwaai_status kwaai_generation_cancel(kwaai_generation *generation);
+
+// Blocks until the generation is over (the callback has returned for the last time) and returns
+// its outcome: KWAAI_STATUS_OK when every token was delivered, KWAAI_STATUS_CLOSED when it was
+// cancelled, or the error that ended it. Not callable from the generation's own callback.
+kwaai_status kwaai_generation_wait(kwaai_generation *generation);
+
+// Cancels the generation if it still runs (see `kwaai_generation_cancel`) and frees the handle.
+// NULL, or a handle already freed, is ignored.
+void kwaai_generation_free(kwaai_generation *generation);
+
 // Sets which lines are logged: a level (`error`, `warn`, `info`, `debug`, `trace`, `off`) or
 // per-module directives such as `warn,kwaai_core::dht=debug`. Lines go to stderr unless a log
 // callback is set.
 //
 // # Safety
 // `filter` must be NULL or a NUL-terminated string.
-kwaai_status kwaai_set_log_level(const char *filter_text);
+kwaai_status kwaai_set_log_level(const char *filter);
 
 // Sends log lines to `callback(user_data, ...)` instead of stderr; NULL sends them to stderr
 // again. Once it returns, an earlier callback is not running and is never called again.
 kwaai_status kwaai_set_log_callback(kwaai_log_callback callback, void *user_data);
+
+// Loads the local ends of the model in directory `dir` (config.json, safetensors, and
+// tokenizer.json when present) and a client for its blocks, announced under `dht_prefix`; NULL
+// derives the prefix from the directory's name (`.` and ` ` becoming `-`). Free the model before
+// its node.
+//
+// # Safety
+// `dir` must be NULL or a NUL-terminated string; `dht_prefix` NULL or a NUL-terminated string.
+kwaai_status kwaai_model_load(kwaai_node *node,
+                              const char *dir,
+                              const char *dht_prefix,
+                              kwaai_model **out);
+
+// Writes the model's hidden size (the last dimension of hidden states) to `out`.
+kwaai_status kwaai_model_hidden_size(kwaai_model *model, size_t *out);
+
+// Writes the model's vocabulary size (the last dimension of logits) to `out`.
+kwaai_status kwaai_model_vocab_size(kwaai_model *model, size_t *out);
+
+// Generates after the `count` token ids at `ids`, streaming each token to `callback` (see
+// `kwaai_token_callback` for the thread it runs on). `config` may be NULL for the defaults and
+// stays owned by the caller. The generation runs until it ends, `kwaai_generation_cancel` or
+// `kwaai_generation_free`; `user_data` must stay valid until then.
+//
+// # Safety
+// `ids` must point to `count` token ids.
+kwaai_status kwaai_model_generate(kwaai_model *model,
+                                  const uint32_t *ids,
+                                  size_t count,
+                                  kwaai_generation_config *config,
+                                  kwaai_token_callback callback,
+                                  void *user_data,
+                                  kwaai_generation **out);
+
+// Like `kwaai_model_generate`, after `prompt` text encoded by the model's tokenizer (special
+// tokens added, as transformers does). A model directory without tokenizer.json is
+// KWAAI_STATUS_INVALID_ARGUMENT.
+//
+// # Safety
+// `prompt` must be NULL or a NUL-terminated string.
+kwaai_status kwaai_model_generate_text(kwaai_model *model,
+                                       const char *prompt,
+                                       kwaai_generation_config *config,
+                                       kwaai_token_callback callback,
+                                       void *user_data,
+                                       kwaai_generation **out);
+
+// Generates after the `count` token ids at `ids` and blocks until done, writing the new tokens to
+// `out_ids` (room for `capacity` ids, at least the configured `max_new_tokens`) and their number
+// to `out_len`.
+//
+// # Safety
+// `ids` must point to `count` ids and `out_ids` to `capacity` writable ids.
+kwaai_status kwaai_model_generate_ids(kwaai_model *model,
+                                      const uint32_t *ids,
+                                      size_t count,
+                                      kwaai_generation_config *config,
+                                      uint32_t *out_ids,
+                                      size_t capacity,
+                                      size_t *out_len);
+
+// Encodes `text` with the model's tokenizer (special tokens added); writes a new array of ids to
+// `out_ids` and its length to `out_len`. Free it with `kwaai_token_ids_free`.
+//
+// # Safety
+// `text` must be NULL or a NUL-terminated string.
+kwaai_status kwaai_model_encode(kwaai_model *model,
+                                const char *text,
+                                uint32_t **out_ids,
+                                size_t *out_len);
+
+// Frees ids returned by `kwaai_model_encode` (`len` as it returned). NULL is ignored.
+//
+// # Safety
+// `ids` must be NULL or an array from `kwaai_model_encode` of `len` ids, not yet freed.
+void kwaai_token_ids_free(uint32_t *ids, size_t len);
+
+// Decodes the `count` ids at `ids` to text (special tokens skipped); free it with
+// `kwaai_string_free`. NUL characters are left out.
+//
+// # Safety
+// `ids` must point to `count` ids.
+kwaai_status kwaai_model_decode(kwaai_model *model, const uint32_t *ids, size_t count, char **out);
+
+// Writes the float32 hidden states `[1, count, hidden]` of the `count` token ids at `ids` to
+// `out` (the input of `kwaai_session_step`). Ids outside the vocabulary are
+// KWAAI_STATUS_INVALID_ARGUMENT.
+//
+// # Safety
+// `ids` must point to `count` ids.
+kwaai_status kwaai_model_embed(kwaai_model *model,
+                               const uint32_t *ids,
+                               size_t count,
+                               kwaai_tensor **out);
+
+// Writes the float32 logits `[batch, tokens, vocab]` of hidden states `[batch, tokens, hidden]`
+// (the output of the last block, e.g. from `kwaai_session_step`) to `out`.
+kwaai_status kwaai_model_logits(kwaai_model *model, kwaai_tensor *hidden, kwaai_tensor **out);
+
+// Frees a model. NULL, or a handle already freed, is ignored. Generations and sessions started
+// from it keep running until they are freed.
+void kwaai_model_free(kwaai_model *model);
 
 // Starts a node with `config` and returns it through `out` once it listens.
 // `config` stays owned by the caller.
@@ -271,6 +470,104 @@ kwaai_status kwaai_node_shutdown(kwaai_node *node);
 
 // Shuts the node down if needed and frees the handle. NULL, or a handle already freed, is ignored.
 void kwaai_node_free(kwaai_node *node);
+
+// Creates a server configuration with Petals' defaults. Free it with `kwaai_server_config_free`.
+kwaai_status kwaai_server_config_new(kwaai_server_config **out);
+
+// Sets the Hugging Face model directory (config.json and safetensors) to serve from.
+//
+// # Safety
+// `dir` must be NULL or a NUL-terminated string.
+kwaai_status kwaai_server_config_set_model_dir(kwaai_server_config *config, const char *dir);
+
+// Serves blocks `start..end` (`--block_indices start:end`); `start < end`.
+kwaai_status kwaai_server_config_set_block_range(kwaai_server_config *config,
+                                                 uint32_t start,
+                                                 uint32_t end);
+
+// Serves `num_blocks` blocks chosen where the swarm needs them (`--num_blocks`); positive.
+kwaai_status kwaai_server_config_set_num_blocks(kwaai_server_config *config, uint32_t num_blocks);
+
+// Sets the model's DHT prefix (e.g. `tiny-llama`), under which blocks are announced.
+//
+// # Safety
+// `prefix` must be NULL or a NUL-terminated string.
+kwaai_status kwaai_server_config_set_dht_prefix(kwaai_server_config *config, const char *prefix);
+
+// Sets the announced throughput in requests per second (`--throughput`); positive and finite.
+kwaai_status kwaai_server_config_set_throughput(kwaai_server_config *config, double throughput);
+
+// Sets the dtype the blocks compute and answer in (`--torch_dtype`): F32, F16 or BF16. Without
+// it, the checkpoint's dtype is used (float32 becoming bfloat16), as Petals' `auto`.
+kwaai_status kwaai_server_config_set_torch_dtype(kwaai_server_config *config, kwaai_dtype dtype);
+
+// Sets how many inference sessions may be open at once; positive.
+kwaai_status kwaai_server_config_set_max_sessions(kwaai_server_config *config, size_t max_sessions);
+
+// Sets the attention-cache tokens per block (`--attn_cache_tokens`); positive.
+kwaai_status kwaai_server_config_set_attn_cache_tokens(kwaai_server_config *config,
+                                                       uint64_t tokens);
+
+// Sets the longest inference session in tokens (`--inference_max_length`); positive.
+kwaai_status kwaai_server_config_set_inference_max_length(kwaai_server_config *config,
+                                                          size_t max_length);
+
+// Sets the name swarm monitors show for this server (`--public_name`).
+//
+// # Safety
+// `name` must be NULL or a NUL-terminated string.
+kwaai_status kwaai_server_config_set_public_name(kwaai_server_config *config, const char *name);
+
+// Frees a server configuration. NULL, or a handle already freed, is ignored.
+void kwaai_server_config_free(kwaai_server_config *config);
+
+// Loads the configured blocks, announces them and serves them from `node` until
+// `kwaai_server_shutdown` or `kwaai_server_free`; returns once the server is ONLINE. `config`
+// stays owned by the caller. Free servers before their node.
+kwaai_status kwaai_node_serve(kwaai_node *node, kwaai_server_config *config, kwaai_server **out);
+
+// Writes the served blocks `start..end` to `out_start` and `out_end`.
+kwaai_status kwaai_server_span(kwaai_server *server, uint32_t *out_start, uint32_t *out_end);
+
+// Writes the server's DHT prefix to `out`; free it with `kwaai_string_free`.
+kwaai_status kwaai_server_dht_prefix(kwaai_server *server, char **out);
+
+// Writes the number of inference sessions holding a cache now to `out`.
+kwaai_status kwaai_server_active_sessions(kwaai_server *server, size_t *out);
+
+// Writes the attention-cache tokens still free to `out` (as Petals announces `cache_tokens_left`).
+kwaai_status kwaai_server_cache_tokens_left(kwaai_server *server, uint64_t *out);
+
+// Announces the span OFFLINE, stops answering and ends open sessions. The handle stays valid
+// until `kwaai_server_free`; other calls on it then give KWAAI_STATUS_CLOSED. Calling it again
+// does nothing.
+kwaai_status kwaai_server_shutdown(kwaai_server *server);
+
+// Shuts the server down if needed and frees the handle. NULL, or a handle already freed, is ignored.
+void kwaai_server_free(kwaai_server *server);
+
+// Opens a session over every block of `model` that may hold up to `max_length` tokens (servers
+// reserve their caches for that many). Free it with `kwaai_session_free`.
+kwaai_status kwaai_model_inference_session(kwaai_model *model,
+                                           size_t max_length,
+                                           kwaai_session **out);
+
+// Runs float hidden states `[batch, tokens, hidden]` (e.g. from `kwaai_model_embed`) through
+// every block and writes the last block's output, float32 of the same shape, to `out`. The
+// servers remember the tokens for the following steps. Other dtypes or shapes are
+// KWAAI_STATUS_INVALID_ARGUMENT, and so is going past `max_length`; a closed session is
+// KWAAI_STATUS_CLOSED. `hidden` stays owned by the caller.
+kwaai_status kwaai_session_step(kwaai_session *session, kwaai_tensor *hidden, kwaai_tensor **out);
+
+// Writes the number of tokens processed so far to `out`.
+kwaai_status kwaai_session_position(kwaai_session *session, size_t *out);
+
+// Closes every server stream of the session and waits until the servers ended them; later steps
+// are KWAAI_STATUS_CLOSED. Closing again does nothing.
+kwaai_status kwaai_session_close(kwaai_session *session);
+
+// Closes the session if needed and frees the handle. NULL, or a handle already freed, is ignored.
+void kwaai_session_free(kwaai_session *session);
 
 // Frees a string returned by this library. NULL is ignored.
 //
