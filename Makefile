@@ -90,13 +90,16 @@ test-c: build ## the C ABI from C: each test plain, under valgrind, and with Add
 	cmake --build target/cpp-example >/dev/null && ./target/cpp-example/exchange_tensor
 	@echo "C ABI: C and C++ clean under valgrind and AddressSanitizer; the CMake example runs"
 
-bench-ffi: ## cost per C ABI call from C (release library) against the same operations in Rust
+bench-ffi: ## cost per C ABI call from C (release library) and per streamed token, against the same in Rust
 	cargo build --release -p kwaai-ffi
 	mkdir -p target/c
 	gcc -O2 -std=c11 -Iinclude kwaai-ffi/benches/ffi_calls.c -Ltarget/release -lkwaai \
 		-Wl,-rpath,$(CURDIR)/target/release -o target/c/ffi_calls
 	./target/c/ffi_calls
 	cargo bench -p kwaai-ffi --bench calls
+	[ -f $(TINY_MODEL)/model.safetensors ] || $(KWAAI_REFERENCE_PYTHON) $(SHARED)/reference/make_tiny_model.py \
+		$(TINY_MODEL) --family llama --layers 4 --hidden 64 >/dev/null
+	KWAAI_TINY_MODEL=$(CURDIR)/$(TINY_MODEL) cargo bench -p kwaai-ffi --bench tokens
 
 pkgconfig: ## write target/pkgconfig/kwaai.pc for this checkout's header and library
 	mkdir -p target/pkgconfig
