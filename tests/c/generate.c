@@ -302,6 +302,23 @@ int main(int argc, char **argv) {
     kwaai_generation_free(gen);
     stream_destroy(&s);
 
+    /* Freeing a generation mid-stream cancels it. */
+    stream_init(&s);
+    check(kwaai_model_generate(model, prompt, prompt_len, config, on_token, &s, &gen) == KWAAI_STATUS_OK,
+          "a generation to free mid-stream starts");
+    pthread_mutex_lock(&s.lock);
+    while (s.count < 3 && s.finished == 0) pthread_cond_wait(&s.changed, &s.lock);
+    pthread_mutex_unlock(&s.lock);
+    kwaai_generation_free(gen);
+    pthread_mutex_lock(&s.lock);
+    at_cancel = s.count;
+    pthread_mutex_unlock(&s.lock);
+    check(sessions_drain(first, second), "freeing mid-stream frees the servers' sessions");
+    pthread_mutex_lock(&s.lock);
+    check(at_cancel < LONG_RUN && s.count == at_cancel && s.finished == 0, "no callback after free returned");
+    pthread_mutex_unlock(&s.lock);
+    stream_destroy(&s);
+
     /* Cancelling from the callback itself. */
     stream_init(&s);
     s.cancel_at = 3;
