@@ -60,27 +60,31 @@ test-rust: build ## Rust unit, interop and header tests, and the Rust examples
 	cargo test --workspace
 	./target/debug/examples/start_node
 
-C_TESTS := node_lifecycle dht_store_get tensor_exchange
-CPP_TESTS := node_roundtrip
+C_TESTS := node_lifecycle dht_store_get tensor_exchange generate
+CPP_TESTS := node_roundtrip model_generate
+# The tiny model the generation tests serve (argv[1] of every C and C++ test).
+TINY_MODEL := target/c/tiny-llama
 CPP_FLAGS := -std=c++17 -Wall -Wextra -Werror -Iinclude
 
 test-c: build ## the C ABI from C: each test plain, under valgrind, and with AddressSanitizer
 	mkdir -p target/c
+	[ -f $(TINY_MODEL)/model.safetensors ] || $(KWAAI_REFERENCE_PYTHON) $(SHARED)/reference/make_tiny_model.py \
+		$(TINY_MODEL) --family llama --layers 4 --hidden 64 >/dev/null
 	for t in $(C_TESTS); do \
 		gcc $(C_FLAGS) tests/c/$$t.c -pthread $(C_LINK) -o target/c/$$t; \
 		gcc $(C_FLAGS) -fsanitize=address,undefined -fno-omit-frame-pointer tests/c/$$t.c -pthread $(C_LINK) \
 			-o target/c/$$t-asan; \
-		./target/c/$$t; \
-		$(VALGRIND) ./target/c/$$t > target/c/$$t-valgrind.log 2>&1 || { cat target/c/$$t-valgrind.log; exit 1; }; \
-		./target/c/$$t-asan > target/c/$$t-asan.log 2>&1 || { cat target/c/$$t-asan.log; exit 1; }; \
+		./target/c/$$t $(TINY_MODEL); \
+		$(VALGRIND) ./target/c/$$t $(TINY_MODEL) > target/c/$$t-valgrind.log 2>&1 || { cat target/c/$$t-valgrind.log; exit 1; }; \
+		./target/c/$$t-asan $(TINY_MODEL) > target/c/$$t-asan.log 2>&1 || { cat target/c/$$t-asan.log; exit 1; }; \
 	done
 	for t in $(CPP_TESTS); do \
 		g++ $(CPP_FLAGS) tests/cpp/$$t.cpp -pthread $(C_LINK) -o target/c/$$t; \
 		g++ $(CPP_FLAGS) -fsanitize=address,undefined -fno-omit-frame-pointer tests/cpp/$$t.cpp -pthread $(C_LINK) \
 			-o target/c/$$t-asan; \
-		./target/c/$$t; \
-		$(VALGRIND) ./target/c/$$t > target/c/$$t-valgrind.log 2>&1 || { cat target/c/$$t-valgrind.log; exit 1; }; \
-		./target/c/$$t-asan > target/c/$$t-asan.log 2>&1 || { cat target/c/$$t-asan.log; exit 1; }; \
+		./target/c/$$t $(TINY_MODEL); \
+		$(VALGRIND) ./target/c/$$t $(TINY_MODEL) > target/c/$$t-valgrind.log 2>&1 || { cat target/c/$$t-valgrind.log; exit 1; }; \
+		./target/c/$$t-asan $(TINY_MODEL) > target/c/$$t-asan.log 2>&1 || { cat target/c/$$t-asan.log; exit 1; }; \
 	done
 	gcc $(C_FLAGS) examples/c/start_node.c $(C_LINK) -o target/c/start_node && ./target/c/start_node
 	$(MAKE) --no-print-directory pkgconfig
@@ -88,13 +92,16 @@ test-c: build ## the C ABI from C: each test plain, under valgrind, and with Add
 	cmake --build target/cpp-example >/dev/null && ./target/cpp-example/exchange_tensor
 	@echo "C ABI: C and C++ clean under valgrind and AddressSanitizer; the CMake example runs"
 
-bench-ffi: ## cost per C ABI call from C (release library) against the same operations in Rust
+bench-ffi: ## cost per C ABI call from C (release library) and per streamed token, against the same in Rust
 	cargo build --release -p kwaai-ffi
 	mkdir -p target/c
 	gcc -O2 -std=c11 -Iinclude kwaai-ffi/benches/ffi_calls.c -Ltarget/release -lkwaai \
 		-Wl,-rpath,$(CURDIR)/target/release -o target/c/ffi_calls
 	./target/c/ffi_calls
 	cargo bench -p kwaai-ffi --bench calls
+	[ -f $(TINY_MODEL)/model.safetensors ] || $(KWAAI_REFERENCE_PYTHON) $(SHARED)/reference/make_tiny_model.py \
+		$(TINY_MODEL) --family llama --layers 4 --hidden 64 >/dev/null
+	KWAAI_TINY_MODEL=$(CURDIR)/$(TINY_MODEL) cargo bench -p kwaai-ffi --bench tokens
 
 pkgconfig: ## write target/pkgconfig/kwaai.pc for this checkout's header and library
 	mkdir -p target/pkgconfig

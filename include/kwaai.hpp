@@ -2,6 +2,11 @@
  *
  *   kwaai::Node node = kwaai::Node::start({});
  *   std::cout << node.peer_id() << "\n";
+ *   kwaai::Model model = kwaai::Model::load(node, "path/to/model");
+ *   auto generation = model.generate_text("Hello", {}, [](uint32_t, const std::string &text, bool) {
+ *       std::cout << text;
+ *   });
+ *   generation.wait();
  *
  * Every handle frees itself; objects are movable, not copyable. Callbacks given to the library run
  * on its threads (see kwaai.h) and must not throw: an exception escaping one terminates the process. */
@@ -221,6 +226,286 @@ private:
     }
     kwaai_node *handle_ = nullptr;
     std::unique_ptr<TensorHandler> tensor_handler_;
+};
+
+/// What a server serves and how (kwaai_server_config_*); zero or empty fields keep Petals' defaults.
+struct ServerOptions {
+    /// The Hugging Face model directory (config.json and safetensors).
+    std::string model_dir;
+    /// Blocks `first..second` to serve; or set num_blocks.
+    std::optional<std::pair<uint32_t, uint32_t>> block_range;
+    uint32_t num_blocks = 0;
+    /// The prefix the blocks are announced under.
+    std::string dht_prefix;
+    /// Requests per second announced.
+    double throughput = 1.0;
+    /// F32, F16 or BF16; unset: the checkpoint's.
+    std::optional<kwaai_dtype> torch_dtype;
+    size_t max_sessions = 0;
+    uint64_t attn_cache_tokens = 0;
+    size_t inference_max_length = 0;
+    std::string public_name;
+};
+
+/// A span of blocks served from a node; shut down and freed when destroyed (before its node).
+class Server {
+public:
+    static Server start(Node &node, const ServerOptions &options) {
+        std::unique_ptr<kwaai_server_config, void (*)(kwaai_server_config *)> config(nullptr, kwaai_server_config_free);
+        kwaai_server_config *raw = nullptr;
+        detail::check(kwaai_server_config_new(&raw));
+        config.reset(raw);
+        detail::check(kwaai_server_config_set_model_dir(raw, options.model_dir.c_str()));
+        if (options.block_range)
+            detail::check(kwaai_server_config_set_block_range(raw, options.block_range->first, options.block_range->second));
+        if (options.num_blocks) detail::check(kwaai_server_config_set_num_blocks(raw, options.num_blocks));
+        if (!options.dht_prefix.empty()) detail::check(kwaai_server_config_set_dht_prefix(raw, options.dht_prefix.c_str()));
+        detail::check(kwaai_server_config_set_throughput(raw, options.throughput));
+        if (options.torch_dtype) detail::check(kwaai_server_config_set_torch_dtype(raw, *options.torch_dtype));
+        if (options.max_sessions) detail::check(kwaai_server_config_set_max_sessions(raw, options.max_sessions));
+        if (options.attn_cache_tokens)
+            detail::check(kwaai_server_config_set_attn_cache_tokens(raw, options.attn_cache_tokens));
+        if (options.inference_max_length)
+            detail::check(kwaai_server_config_set_inference_max_length(raw, options.inference_max_length));
+        if (!options.public_name.empty())
+            detail::check(kwaai_server_config_set_public_name(raw, options.public_name.c_str()));
+        kwaai_server *server = nullptr;
+        detail::check(kwaai_node_serve(node.handle(), raw, &server));
+        return Server(server);
+    }
+
+    Server(Server &&other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}
+    Server &operator=(Server &&other) noexcept {
+        std::swap(handle_, other.handle_);
+        return *this;
+    }
+    Server(const Server &) = delete;
+    Server &operator=(const Server &) = delete;
+    ~Server() { kwaai_server_free(handle_); }
+
+    /// The served blocks, `first..second`.
+    std::pair<uint32_t, uint32_t> span() const {
+        uint32_t start = 0, end = 0;
+        detail::check(kwaai_server_span(handle_, &start, &end));
+        return {start, end};
+    }
+    std::string dht_prefix() const {
+        char *out = nullptr;
+        detail::check(kwaai_server_dht_prefix(handle_, &out));
+        return detail::take(out);
+    }
+    size_t active_sessions() const {
+        size_t out = 0;
+        detail::check(kwaai_server_active_sessions(handle_, &out));
+        return out;
+    }
+    uint64_t cache_tokens_left() const {
+        uint64_t out = 0;
+        detail::check(kwaai_server_cache_tokens_left(handle_, &out));
+        return out;
+    }
+    /// Announces OFFLINE and stops serving; later calls throw Error(KWAAI_STATUS_CLOSED).
+    void shutdown() { detail::check(kwaai_server_shutdown(handle_)); }
+    kwaai_server *handle() const noexcept { return handle_; }
+
+private:
+    explicit Server(kwaai_server *handle) : handle_(handle) {}
+    kwaai_server *handle_ = nullptr;
+};
+
+/// How tokens are generated (kwaai_generation_config_*).
+struct GenerationOptions {
+    size_t max_new_tokens = 32;
+    size_t min_new_tokens = 0;
+    bool do_sample = false;
+    float temperature = 1.0f;
+    size_t top_k = 0;
+    float top_p = 1.0f;
+    float repetition_penalty = 1.0f;
+    uint64_t seed = 0;
+    std::vector<uint32_t> stop_tokens;
+};
+
+namespace detail {
+using GenerationConfig = std::unique_ptr<kwaai_generation_config, void (*)(kwaai_generation_config *)>;
+
+inline GenerationConfig generation_config(const GenerationOptions &o) {
+    kwaai_generation_config *raw = nullptr;
+    check(kwaai_generation_config_new(&raw));
+    GenerationConfig config(raw, kwaai_generation_config_free);
+    check(kwaai_generation_config_set_max_new_tokens(raw, o.max_new_tokens));
+    check(kwaai_generation_config_set_min_new_tokens(raw, o.min_new_tokens));
+    check(kwaai_generation_config_set_do_sample(raw, o.do_sample));
+    check(kwaai_generation_config_set_temperature(raw, o.temperature));
+    check(kwaai_generation_config_set_top_k(raw, o.top_k));
+    check(kwaai_generation_config_set_top_p(raw, o.top_p));
+    check(kwaai_generation_config_set_repetition_penalty(raw, o.repetition_penalty));
+    check(kwaai_generation_config_set_seed(raw, o.seed));
+    check(kwaai_generation_config_set_stop_tokens(raw, o.stop_tokens.data(), o.stop_tokens.size()));
+    return config;
+}
+}  // namespace detail
+
+/// One streamed token: (id, the text it adds, finished). The last call has finished == true and
+/// id KWAAI_NO_TOKEN. Runs on the generation's own library thread; must not throw.
+using TokenHandler = std::function<void(uint32_t, const std::string &, bool)>;
+
+/// A running generation; cancelled (if still running) and freed when destroyed. Once cancel()
+/// returns or the destructor ran, the handler is never called again.
+class Generation {
+public:
+    Generation(Generation &&other) noexcept
+        : handle_(std::exchange(other.handle_, nullptr)), handler_(std::move(other.handler_)) {}
+    Generation &operator=(Generation &&other) noexcept {
+        std::swap(handle_, other.handle_);
+        std::swap(handler_, other.handler_);
+        return *this;
+    }
+    Generation(const Generation &) = delete;
+    Generation &operator=(const Generation &) = delete;
+    ~Generation() { kwaai_generation_free(handle_); }
+
+    /// Stops the generation and closes the servers' sessions.
+    void cancel() { detail::check(kwaai_generation_cancel(handle_)); }
+    /// Blocks until it is over; throws Error (KWAAI_STATUS_CLOSED after cancel()) unless every token came.
+    void wait() { detail::check(kwaai_generation_wait(handle_)); }
+    kwaai_generation *handle() const noexcept { return handle_; }
+
+private:
+    friend class Model;
+    Generation() = default;
+    static void on_token(void *user_data, uint32_t token, const char *piece, bool finished) {
+        (*static_cast<TokenHandler *>(user_data))(token, piece ? piece : "", finished);
+    }
+    kwaai_generation *handle_ = nullptr;
+    std::unique_ptr<TokenHandler> handler_;
+};
+
+/// A step-by-step inference session; closed and freed when destroyed.
+class Session {
+public:
+    Session(Session &&other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}
+    Session &operator=(Session &&other) noexcept {
+        std::swap(handle_, other.handle_);
+        return *this;
+    }
+    Session(const Session &) = delete;
+    Session &operator=(const Session &) = delete;
+    ~Session() { kwaai_session_free(handle_); }
+
+    /// Hidden states [batch, tokens, hidden] through every block.
+    Tensor step(const Tensor &hidden) {
+        kwaai_tensor *out = nullptr;
+        detail::check(kwaai_session_step(handle_, hidden.handle(), &out));
+        return Tensor::adopt(out);
+    }
+    size_t position() const {
+        size_t out = 0;
+        detail::check(kwaai_session_position(handle_, &out));
+        return out;
+    }
+    void close() { detail::check(kwaai_session_close(handle_)); }
+
+private:
+    friend class Model;
+    explicit Session(kwaai_session *handle) : handle_(handle) {}
+    kwaai_session *handle_ = nullptr;
+};
+
+/// A model whose blocks run on the swarm; freed when destroyed (before its node).
+class Model {
+public:
+    /// Loads `dir`'s local ends; an empty `dht_prefix` derives it from the directory's name.
+    static Model load(Node &node, const std::string &dir, const std::string &dht_prefix = "") {
+        kwaai_model *model = nullptr;
+        detail::check(kwaai_model_load(node.handle(), dir.c_str(), dht_prefix.empty() ? nullptr : dht_prefix.c_str(),
+                                       &model));
+        return Model(model);
+    }
+    Model(Model &&other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}
+    Model &operator=(Model &&other) noexcept {
+        std::swap(handle_, other.handle_);
+        return *this;
+    }
+    Model(const Model &) = delete;
+    Model &operator=(const Model &) = delete;
+    ~Model() { kwaai_model_free(handle_); }
+
+    size_t hidden_size() const {
+        size_t out = 0;
+        detail::check(kwaai_model_hidden_size(handle_, &out));
+        return out;
+    }
+    size_t vocab_size() const {
+        size_t out = 0;
+        detail::check(kwaai_model_vocab_size(handle_, &out));
+        return out;
+    }
+    std::vector<uint32_t> encode(const std::string &text) const {
+        uint32_t *ids = nullptr;
+        size_t len = 0;
+        detail::check(kwaai_model_encode(handle_, text.c_str(), &ids, &len));
+        std::vector<uint32_t> out(ids, ids + len);
+        kwaai_token_ids_free(ids, len);
+        return out;
+    }
+    std::string decode(const std::vector<uint32_t> &ids) const {
+        char *out = nullptr;
+        detail::check(kwaai_model_decode(handle_, ids.data(), ids.size(), &out));
+        return detail::take(out);
+    }
+
+    /// Streams the tokens generated after `ids` to `handler`.
+    Generation generate(const std::vector<uint32_t> &ids, const GenerationOptions &options, TokenHandler handler) {
+        auto config = detail::generation_config(options);
+        Generation generation;
+        generation.handler_ = std::make_unique<TokenHandler>(std::move(handler));
+        detail::check(kwaai_model_generate(handle_, ids.data(), ids.size(), config.get(), &Generation::on_token,
+                                           generation.handler_.get(), &generation.handle_));
+        return generation;
+    }
+    /// Streams the tokens generated after `prompt` text to `handler`.
+    Generation generate_text(const std::string &prompt, const GenerationOptions &options, TokenHandler handler) {
+        auto config = detail::generation_config(options);
+        Generation generation;
+        generation.handler_ = std::make_unique<TokenHandler>(std::move(handler));
+        detail::check(kwaai_model_generate_text(handle_, prompt.c_str(), config.get(), &Generation::on_token,
+                                                generation.handler_.get(), &generation.handle_));
+        return generation;
+    }
+    /// Generates after `ids`, blocking until done.
+    std::vector<uint32_t> generate_ids(const std::vector<uint32_t> &ids, const GenerationOptions &options) {
+        auto config = detail::generation_config(options);
+        std::vector<uint32_t> out(options.max_new_tokens);
+        size_t len = 0;
+        detail::check(
+            kwaai_model_generate_ids(handle_, ids.data(), ids.size(), config.get(), out.data(), out.size(), &len));
+        out.resize(len);
+        return out;
+    }
+
+    Session inference_session(size_t max_length) {
+        kwaai_session *session = nullptr;
+        detail::check(kwaai_model_inference_session(handle_, max_length, &session));
+        return Session(session);
+    }
+    /// Float32 hidden states [1, ids, hidden].
+    Tensor embed(const std::vector<uint32_t> &ids) const {
+        kwaai_tensor *out = nullptr;
+        detail::check(kwaai_model_embed(handle_, ids.data(), ids.size(), &out));
+        return Tensor::adopt(out);
+    }
+    /// Float32 logits [batch, tokens, vocab] of the last block's output.
+    Tensor logits(const Tensor &hidden) const {
+        kwaai_tensor *out = nullptr;
+        detail::check(kwaai_model_logits(handle_, hidden.handle(), &out));
+        return Tensor::adopt(out);
+    }
+    kwaai_model *handle() const noexcept { return handle_; }
+
+private:
+    explicit Model(kwaai_model *handle) : handle_(handle) {}
+    kwaai_model *handle_ = nullptr;
 };
 
 /// Which log lines the library emits (`info`, `warn,kwaai_core::dht=debug`, `off`...).

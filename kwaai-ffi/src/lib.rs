@@ -10,17 +10,25 @@ mod callbacks;
 mod config;
 mod dht;
 mod error;
+mod generation;
 mod handles;
 mod logging;
+mod model;
 mod node;
+mod server;
+mod session;
 mod strings;
 mod tensor;
 
 pub use config::*;
 pub use dht::*;
 pub use error::*;
+pub use generation::*;
 pub use logging::*;
+pub use model::*;
 pub use node::*;
+pub use server::*;
+pub use session::*;
 pub use strings::*;
 pub use tensor::*;
 

@@ -76,14 +76,14 @@ fn c_dtype(dtype: DType) -> kwaai_dtype {
 /// A tensor owned by the library: an element type, a shape and its elements (row-major,
 /// little-endian). Read-only once created; free it with `kwaai_tensor_free`.
 pub struct kwaai_tensor {
-    tensor: Tensor,
+    pub(crate) tensor: Tensor,
 }
 
 /// Reads `len` elements at `ptr` (NULL only with `len == 0`).
 ///
 /// # Safety
 /// `ptr` must point to `len` readable elements.
-unsafe fn slice_arg<'a, T>(ptr: *const T, len: usize, name: &str) -> Result<&'a [T], Error> {
+pub(crate) unsafe fn slice_arg<'a, T>(ptr: *const T, len: usize, name: &str) -> Result<&'a [T], Error> {
     if len == 0 {
         Ok(&[])
     } else if ptr.is_null() {
