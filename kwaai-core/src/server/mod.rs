@@ -22,6 +22,7 @@ mod metadata;
 mod pings;
 mod prefix;
 mod push;
+mod reachability;
 mod schema;
 mod selection;
 mod serve;
@@ -37,6 +38,7 @@ pub use inference::{cache_bytes_per_token, serve_inference, InferenceService, In
 pub use info::{ServerInfo, ServerState, PETALS_VERSION};
 pub use prefix::dht_prefix_for_repo;
 pub use push::{serve_push, PushCounters, PushService, RPC_PUSH};
+pub use reachability::{serve_reachability, Reachability, RPC_CHECK};
 pub use schema::{batch_tensor_descriptor, rpc_info_value, BlockSchema, ServerRpcInfo};
 pub use selection::{
     choose_best_blocks, choose_best_start, choose_blocks_from_dht, compute_spans, compute_throughputs,

@@ -1,7 +1,7 @@
 //! [`Server`]: a span of a model's blocks served from a [`Node`] as a Petals 2.2 server serves
 //! it (petals/server/server.py `Server`, `ModuleContainer`): announced JOINING while it loads,
 //! answering `rpc_info`, `rpc_forward(_stream)`, `rpc_backward(_stream)`, `rpc_inference` and
-//! `rpc_push`, announced ONLINE
+//! `rpc_push` (and other servers' reachability checks), announced ONLINE
 //! (with its free cache and its round trips to the next servers refreshed every update period),
 //! then OFFLINE when shut down.
 
@@ -19,6 +19,7 @@ use super::info::{ServerInfo, ServerState};
 use super::pings::NextPings;
 use super::prefix::dht_prefix_for_repo;
 use super::push::{serve_push, PushCounters, PushService, Pusher, RPC_PUSH};
+use super::reachability::{serve_reachability, Reachability};
 use super::schema::{BlockSchema, ServerRpcInfo};
 use super::selection::choose_blocks_from_dht;
 use super::sessions::{CacheBudget, SessionRegistry};
@@ -122,6 +123,8 @@ pub struct Server {
     inference: Arc<InferenceService>,
     pushes: PushCounters,
     announcer: Option<Announcer>,
+    /// Answers other servers' reachability checks while serving.
+    reachability: Option<Reachability>,
 }
 
 impl std::fmt::Debug for Server {
@@ -220,8 +223,20 @@ impl Server {
                 return Err(e);
             }
         };
-        let server =
-            Server { rpc, span, dht_prefix, uids, budget, row_bytes, inference, pushes, announcer: Some(announcer) };
+        let reachability =
+            serve_reachability(node).map_err(|e| tracing::warn!("not answering reachability checks: {e}")).ok();
+        let server = Server {
+            rpc,
+            span,
+            dht_prefix,
+            uids,
+            budget,
+            row_bytes,
+            inference,
+            pushes,
+            announcer: Some(announcer),
+            reachability,
+        };
         if let Some(announcer) = &server.announcer {
             announcer.set_state(ServerState::Online)?;
         }
@@ -314,6 +329,7 @@ impl Server {
 
     /// Announces OFFLINE, removes the handlers and ends open sessions. Idempotent.
     pub fn shutdown(&mut self) {
+        drop(self.reachability.take());
         let Some(announcer) = self.announcer.take() else { return };
         match announcer.shutdown() {
             Ok(_) => tracing::info!("announced blocks {}:{} as offline", self.span.start, self.span.end),
