@@ -86,4 +86,12 @@ fn a_distributed_model_generates_what_the_local_model_does() {
     assert_eq!(decoded, tokenizer.decode(&expected, true).unwrap());
     let rest = decoded.strip_prefix(text.as_str()).unwrap_or_else(|| panic!("{text:?} is not a prefix of {decoded:?}"));
     assert!(rest.chars().all(|c| c == '\u{fffd}'), "{rest:?}");
+
+    // A stop sequence taken from the middle of that output ends the generation right after its
+    // first occurrence.
+    let stop = expected[4..6].to_vec();
+    let end = (2..=expected.len()).find(|&n| expected[..n].ends_with(&stop)).unwrap();
+    let config = GenerationConfig { stop_sequences: vec![stop], ..config };
+    let stopped: Vec<u32> = model.generate(&prompt, config).unwrap().map(|t| t.unwrap().id).collect();
+    assert_eq!(stopped, expected[..end]);
 }

@@ -35,6 +35,8 @@ pub struct GenerateOptions {
     pub seed: Option<i64>,
     /// Generation ends after any of these tokens (default: the model's end-of-sequence token).
     pub stop_tokens: Option<Vec<u32>>,
+    /// Generation ends once the text ends with any of these strings (each encoded alone).
+    pub stop_strings: Option<Vec<String>>,
 }
 
 /// A model whose blocks run on the swarm (Petals' `AutoDistributedModelForCausalLM`).
@@ -76,7 +78,7 @@ impl DistributedModel {
         prompt: JsEither<String, Vec<u32>>,
         options: Option<GenerateOptions>,
     ) -> napi::Result<JsObject> {
-        let config = generation_config(&self.inner, options.unwrap_or_default());
+        let config = generation_config(&self.inner, options.unwrap_or_default()).map_err(|e| to_js(&env, &e))?;
         let stream = match prompt {
             JsEither::A(text) => self.inner.generate_text(&text, config),
             JsEither::B(ids) => self.inner.generate(&ids, config),
@@ -100,9 +102,11 @@ fn make_async_iterable(env: &Env, object: &mut JsObject) -> napi::Result<()> {
     object.set_property(key, itself)
 }
 
-fn generation_config(model: &CoreModel, o: GenerateOptions) -> GenerationConfig {
+fn generation_config(model: &CoreModel, o: GenerateOptions) -> kwaai_core::Result<GenerationConfig> {
     let defaults = SamplingConfig::default();
-    GenerationConfig {
+    let stop_sequences =
+        o.stop_strings.unwrap_or_default().iter().map(|s| model.stop_sequence(s)).collect::<kwaai_core::Result<_>>()?;
+    Ok(GenerationConfig {
         max_new_tokens: o.max_new_tokens.map_or(32, |n| n as usize),
         min_new_tokens: o.min_new_tokens.map_or(0, |n| n as usize),
         sampling: SamplingConfig {
@@ -114,7 +118,8 @@ fn generation_config(model: &CoreModel, o: GenerateOptions) -> GenerationConfig 
             seed: o.seed.map_or(defaults.seed, |s| s as u64),
         },
         stop_tokens: o.stop_tokens.unwrap_or_else(|| model.model().config().eos_token_id.into_iter().collect()),
-    }
+        stop_sequences,
+    })
 }
 
 /// Loads a model on the thread pool.

@@ -98,6 +98,7 @@ impl GenerationConfig {
                 seed: self.seed,
             },
             stop_tokens: self.stop_tokens.clone(),
+            stop_sequences: Vec::new(),
         }
     }
 }

@@ -100,6 +100,9 @@ pub struct GenerateOptions {
     /// Generation ends after any of these; none: the model's end-of-sequence token.
     #[uniffi(default = None)]
     pub stop_tokens: Option<Vec<u32>>,
+    /// Generation ends once the text ends with any of these (as the tokenizer encodes each alone).
+    #[uniffi(default = [])]
+    pub stop_strings: Vec<String>,
 }
 
 /// Receives a generation's tokens, on a library thread.
@@ -156,6 +159,11 @@ impl DistributedModel {
             stop_tokens: options
                 .stop_tokens
                 .unwrap_or_else(|| self.inner.model().config().eos_token_id.into_iter().collect()),
+            stop_sequences: options
+                .stop_strings
+                .iter()
+                .map(|s| self.inner.stop_sequence(s))
+                .collect::<Result<_, _>>()?,
         };
         let mut stream = self.inner.generate_text(&prompt, config)?;
         let cancelled = Arc::new(AtomicBool::new(false));

@@ -95,6 +95,19 @@ impl DistributedModel {
             .encode(text, true)
     }
 
+    /// The ids of a stop string, encoded alone without special tokens, for
+    /// [`GenerationConfig::stop_sequences`].
+    pub fn stop_sequence(&self, text: &str) -> Result<Vec<u32>> {
+        let ids = self
+            .tokenizer()
+            .ok_or_else(|| Error::invalid_argument("this model directory has no tokenizer.json"))?
+            .encode(text, false)?;
+        if ids.is_empty() {
+            return Err(Error::invalid_argument(format!("the stop string {text:?} has no tokens")));
+        }
+        Ok(ids)
+    }
+
     /// Text of token ids (special tokens skipped).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer()

@@ -17,6 +17,9 @@ pub struct GenerationConfig {
     pub sampling: SamplingConfig,
     /// Generation ends after any of these (it is included in the output).
     pub stop_tokens: Vec<u32>,
+    /// Generation ends once the new tokens end with any of these sequences (included in the
+    /// output), e.g. the ids of a stop string.
+    pub stop_sequences: Vec<Vec<u32>>,
 }
 
 impl Default for GenerationConfig {
@@ -26,6 +29,7 @@ impl Default for GenerationConfig {
             min_new_tokens: 0,
             sampling: SamplingConfig::default(),
             stop_tokens: vec![],
+            stop_sequences: vec![],
         }
     }
 }
@@ -62,10 +66,30 @@ pub fn generate(
         out.push(token);
         seen.push(token);
         on_token(token);
-        if config.stop_tokens.contains(&token) {
+        if config.stop_tokens.contains(&token) || ends_with_any(&out, &config.stop_sequences) {
             break;
         }
         input = Tensor::new(&[token], &Device::Cpu)?.unsqueeze(0)?;
     }
     Ok(out)
+}
+
+/// Whether `tokens` ends with one of `sequences` (empty sequences never match).
+fn ends_with_any(tokens: &[u32], sequences: &[Vec<u32>]) -> bool {
+    sequences.iter().any(|s| !s.is_empty() && tokens.ends_with(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ends_with_any;
+
+    #[test]
+    fn stop_sequences_match_the_end_of_the_generated_tokens() {
+        let stops = vec![vec![5, 6], vec![], vec![9]];
+        assert!(ends_with_any(&[1, 5, 6], &stops));
+        assert!(ends_with_any(&[9], &stops));
+        assert!(!ends_with_any(&[5, 6, 1], &stops), "only at the end");
+        assert!(!ends_with_any(&[6], &stops), "the whole sequence");
+        assert!(!ends_with_any(&[1, 2], &[vec![]]), "an empty sequence never stops");
+    }
 }
