@@ -2,25 +2,42 @@
 with one JSON line on stdout. Used by kwaai-core/tests/dht_python_swarm.rs.
 
 Commands:
-  {"op": "spawn", "initial_peers": [maddr, ...]}                  -> {"index": i, "maddrs": [...]}
+  {"op": "spawn", "initial_peers": [maddr, ...]}     -> {"index": i, "peer_id": id, "maddrs": [...]}
   {"op": "store", "node": i, "key": k, "value": v, "expiration": t, "subkey": s?} -> {"ok": bool}
+      ("value_hex" and "subkey_hex" instead of "value" and "subkey": msgpack bytes, for values
+      that JSON cannot carry)
   {"op": "owner_marker"} -> {"marker": "[owner:ssh-rsa ...]"}  (with --rsa)
   {"op": "get", "node": i, "key": k, "latest": bool}
       -> {"found": false} | {"found": true, "value": v, "expiration": t}
        | {"found": true, "dictionary": {subkey: [v, t]}, "expiration": t}
+      (with "hex": true, "value_hex" and "dictionary_hex": {subkey_hex: [value_hex, t]} instead)
 With --rsa every node validates records with hivemind's RSASignatureValidator (one key for the
-whole process, as hivemind uses). Exits (shutting every node down) when stdin closes.
+whole process, as hivemind uses); with --schema, with dht_schemas.merged_validators() (RSA and
+two merged SchemaValidators). Exits (shutting every node down) when stdin closes.
 """
 import json
 import sys
 
 import hivemind
 from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.utils.serializer import MSGPackSerializer
 from hivemind.utils.timed_storage import ValueWithExpiration
+
+from dht_schemas import merged_validators
+
+
+def unhex(text):
+    return MSGPackSerializer.loads(bytes.fromhex(text))
+
+
+def to_hex(value):
+    return MSGPackSerializer.dumps(value).hex()
 
 
 def main():
     validators = [RSASignatureValidator()] if "--rsa" in sys.argv else []
+    if "--schema" in sys.argv:
+        validators = merged_validators()
     nodes = []
     try:
         for line in sys.stdin:
@@ -34,12 +51,13 @@ def main():
                     start=True,
                 )
                 nodes.append(dht)
-                reply = {"index": len(nodes) - 1, "maddrs": [str(m) for m in dht.get_visible_maddrs()]}
+                maddrs = [str(m) for m in dht.get_visible_maddrs()]
+                reply = {"index": len(nodes) - 1, "peer_id": dht.peer_id.to_base58(), "maddrs": maddrs}
             elif op == "store":
                 dht = nodes[request["node"]]
-                ok = dht.store(
-                    request["key"], request["value"], request["expiration"], subkey=request.get("subkey")
-                )
+                value = request["value"] if "value" in request else unhex(request["value_hex"])
+                subkey = unhex(request["subkey_hex"]) if "subkey_hex" in request else request.get("subkey")
+                ok = dht.store(request["key"], value, request["expiration"], subkey=subkey)
                 reply = {"ok": bool(ok)}
             elif op == "owner_marker":
                 reply = {"marker": validators[0].local_public_key.decode()}
@@ -47,6 +65,11 @@ def main():
                 found = nodes[request["node"]].get(request["key"], latest=request.get("latest", False))
                 if found is None:
                     reply = {"found": False}
+                elif request.get("hex") and isinstance(found.value, dict):
+                    entries = {to_hex(k): [to_hex(v.value), v.expiration_time] for k, v in found.value.items()}
+                    reply = {"found": True, "dictionary_hex": entries, "expiration": found.expiration_time}
+                elif request.get("hex"):
+                    reply = {"found": True, "value_hex": to_hex(found.value), "expiration": found.expiration_time}
                 elif isinstance(found.value, dict):
                     entries = {str(k): [v.value, v.expiration_time] for k, v in found.value.items()}
                     reply = {"found": True, "dictionary": entries, "expiration": found.expiration_time}

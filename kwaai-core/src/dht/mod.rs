@@ -4,6 +4,7 @@
 pub mod id;
 mod protocol;
 pub mod routing;
+pub mod schema;
 mod search;
 mod service;
 pub mod storage;
