@@ -11,19 +11,46 @@ Commands:
       -> {"found": false} | {"found": true, "value": v, "expiration": t}
        | {"found": true, "dictionary": {subkey: [v, t]}, "expiration": t}
       (with "hex": true, "value_hex" and "dictionary_hex": {subkey_hex: [value_hex, t]} instead)
+  {"op": "inspect", "node": i, "key": k}
+      -> {"node_id": hex, "storage": [value_hex, t] | null, "cache": [value_hex, t] | null}
+      (what that node holds itself, without searching; a dictionary shows as its msgpack ext)
+  {"op": "store_local", "node": i, "key": k, "value": v, "expiration": t} -> {"ok": bool}
+      (into that node's own storage only, as if a peer had sent it there)
 With --rsa every node validates records with hivemind's RSASignatureValidator (one key for the
 whole process, as hivemind uses); with --schema, with dht_schemas.merged_validators() (RSA and
 two merged SchemaValidators). Exits (shutting every node down) when stdin closes.
 """
+import functools
 import json
 import sys
 
 import hivemind
 from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.dht.routing import DHTID
 from hivemind.utils.serializer import MSGPackSerializer
 from hivemind.utils.timed_storage import ValueWithExpiration
 
 from dht_schemas import merged_validators
+
+
+async def inspect(key, _dht, node):
+    key_id = DHTID.generate(key)
+
+    def entry(found):
+        if found is None:
+            return None
+        value = found.value if isinstance(found.value, bytes) else MSGPackSerializer.dumps(found.value)
+        return [value.hex(), found.expiration_time]
+
+    return {
+        "node_id": node.node_id.to_bytes().hex(),
+        "storage": entry(node.protocol.storage.get(key_id)),
+        "cache": entry(node.protocol.cache.get(key_id)),
+    }
+
+
+async def store_local(key, value, expiration, _dht, node):
+    return node.protocol.storage.store(DHTID.generate(key), node.protocol.serializer.dumps(value), expiration)
 
 
 def unhex(text):
@@ -59,6 +86,11 @@ def main():
                 subkey = unhex(request["subkey_hex"]) if "subkey_hex" in request else request.get("subkey")
                 ok = dht.store(request["key"], value, request["expiration"], subkey=subkey)
                 reply = {"ok": bool(ok)}
+            elif op == "inspect":
+                reply = nodes[request["node"]].run_coroutine(functools.partial(inspect, request["key"]))
+            elif op == "store_local":
+                coroutine = functools.partial(store_local, request["key"], request["value"], request["expiration"])
+                reply = {"ok": bool(nodes[request["node"]].run_coroutine(coroutine))}
             elif op == "owner_marker":
                 reply = {"marker": validators[0].local_public_key.decode()}
             elif op == "get":
