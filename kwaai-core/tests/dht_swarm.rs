@@ -190,3 +190,31 @@ fn malformed_dht_requests_get_errors_and_lose_nothing() {
     assert_eq!(got, Some(DhtValue::Regular { value: Value::from("intact"), expiration }));
     assert!(attacker.dht_get(Value::from("precious"), true).unwrap().is_some());
 }
+
+#[test]
+fn a_refresh_timeout_looks_up_stale_buckets_and_finds_nodes_that_joined_later() {
+    use kwaai_core::dht::DhtConfig;
+    let first = start(vec![]);
+    let bootstrap = first.listen_addrs()[0].to_string();
+    // Client-mode nodes are never contacted, so they learn of new nodes only by asking.
+    let client = |refresh_timeout| {
+        Node::start(NodeConfig {
+            listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            initial_peers: vec![bootstrap.clone()],
+            dht: DhtConfig { client_mode: true, refresh_timeout, ..DhtConfig::default() },
+            ..NodeConfig::default()
+        })
+        .expect("client starts")
+    };
+    let refreshing = client(Some(Duration::from_millis(500)));
+    let idle = client(None);
+    assert_eq!(refreshing.dht().unwrap().routing_table_len(), 1);
+    let later: Vec<Node> = (0..3).map(|_| start(vec![bootstrap.clone()])).collect();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while refreshing.dht().unwrap().routing_table_len() < 1 + later.len() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(refreshing.dht().unwrap().routing_table_len(), 1 + later.len(), "the refresh found the newcomers");
+    assert_eq!(idle.dht().unwrap().routing_table_len(), 1, "without a refresh nothing is looked up");
+}

@@ -65,6 +65,9 @@ pub struct DhtConfig {
     pub cache_nearest: usize,
     /// After a store, update this node's cache with what was stored.
     pub cache_on_store: bool,
+    /// Look up a random ID in every routing-table bucket that saw no node for this long, this
+    /// often (hivemind's `refresh_timeout`; `None`, the default, never refreshes).
+    pub refresh_timeout: Option<Duration>,
     /// A cached value read locally is looked up again this many seconds before it expires, so a
     /// frequently read key stays cached (0 disables the refresh).
     pub cache_refresh_before_expiry: f64,
@@ -90,6 +93,7 @@ impl Default for DhtConfig {
             cache_nearest: 1,
             cache_on_store: true,
             cache_refresh_before_expiry: 5.0,
+            refresh_timeout: None,
             validators: Validators::default(),
         }
     }
@@ -495,6 +499,11 @@ impl Protocol {
         nearest.retain(|(_, peer)| !state.is_banned(peer));
         nearest.truncate(k);
         nearest
+    }
+
+    /// A random ID in each bucket not updated for `staleness`.
+    pub(crate) fn stale_bucket_targets(&self, staleness: Duration) -> Vec<DhtId> {
+        self.lock().routing.stale_bucket_targets(staleness)
     }
 
     /// Nodes in the routing table.

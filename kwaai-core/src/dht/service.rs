@@ -110,6 +110,9 @@ impl Dht {
         if !initial_peers.is_empty() {
             dht.bootstrap(host, initial_peers).await?;
         }
+        if let Some(period) = dht.protocol.config.refresh_timeout {
+            dht.protocol.spawn_background(refresh_routing_table(Arc::downgrade(&dht.protocol), period));
+        }
         Ok(dht)
     }
 
@@ -534,5 +537,24 @@ async fn refresh_cache(protocol: Weak<Protocol>, wakeup: Arc<tokio::sync::Notify
         }
         let Some(protocol) = protocol.upgrade() else { return };
         Dht { protocol }.refresh_due_keys().await;
+    }
+}
+
+/// hivemind's `_refresh_routing_table`: every `period`, looks up a random ID in each bucket that
+/// saw no node for `period`, which fills the bucket with the nodes found. It ends when the DHT is
+/// gone.
+async fn refresh_routing_table(protocol: Weak<Protocol>, period: Duration) {
+    loop {
+        let started = tokio::time::Instant::now();
+        let targets = match protocol.upgrade() {
+            Some(protocol) => protocol.stale_bucket_targets(period),
+            None => return,
+        };
+        for target in targets {
+            let Some(protocol) = protocol.upgrade() else { return };
+            let found = lookup_many(&protocol, &[target], protocol.config.bucket_size).await;
+            tracing::debug!(%target, found = found.first().map_or(0, Vec::len), "refreshed a stale DHT bucket");
+        }
+        tokio::time::sleep_until(started + period).await;
     }
 }
