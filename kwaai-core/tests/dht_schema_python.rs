@@ -200,7 +200,7 @@ fn schema_verdicts_match_hivemind_record_for_record() {
     }
     // Bytes that are not one msgpack value.
     let count = DhtId::of_key(&Value::from("count")).as_bytes().to_vec();
-    for bad in [vec![0x01, 0x02], vec![0xa2, b'x'], vec![0xd4, 0x40, 0x05]] {
+    for bad in [vec![0x01, 0x02], vec![0xa2, b'x'], vec![0xd4, 0x40, 0x05], vec![0xc1], vec![0x91, 0xc1]] {
         records.push(DhtRecord { key: count.clone(), subkey: vec![0xc0], value: bad, expiration: 1e10 });
     }
 
