@@ -9,6 +9,7 @@ use libp2p::PeerId;
 use prost::Message;
 use rmpv::Value;
 
+use super::blacklist::Blacklist;
 use super::id::DhtId;
 use super::routing::RoutingTable;
 use super::storage::{dht_time, DhtTime, DictionaryValue, LocalStorage, StoredEntry, StoredValue};
@@ -121,13 +122,13 @@ struct State {
     routing: RoutingTable,
     storage: LocalStorage,
     cache: LocalStorage,
-    /// Peers that failed to answer: skipped until the instant, with the failure count.
-    blacklist: HashMap<PeerId, (Instant, u32)>,
+    /// Peers that failed to answer a find, skipped for a while.
+    blacklist: Blacklist,
 }
 
 impl State {
     fn is_banned(&self, peer: &PeerId) -> bool {
-        self.blacklist.get(peer).is_some_and(|(until, _)| Instant::now() < *until)
+        self.blacklist.contains(peer, Instant::now())
     }
 }
 
@@ -153,7 +154,7 @@ impl Protocol {
             routing: RoutingTable::new(node_id, config.bucket_size, config.depth_modulo),
             storage: LocalStorage::new(config.max_entries),
             cache: LocalStorage::new(config.cache_size.unwrap_or(config.max_entries)),
-            blacklist: HashMap::new(),
+            blacklist: Blacklist::new(config.blacklist_time),
         };
         let protocol = Arc::new(Protocol {
             node_id,
@@ -420,11 +421,11 @@ impl Protocol {
         });
         let response = match outcome {
             Ok(response) => {
-                self.lock().blacklist.remove(&peer);
+                self.lock().blacklist.register_success(&peer);
                 response
             }
             Err(e) => {
-                self.blacklist(peer);
+                self.lock().blacklist.register_failure(peer, Instant::now());
                 self.clone().spawn_update(None, peer, false);
                 return Err(e);
             }
@@ -483,13 +484,6 @@ impl Protocol {
 
     fn is_blacklisted(&self, peer: &PeerId) -> bool {
         self.lock().is_banned(peer)
-    }
-
-    fn blacklist(&self, peer: PeerId) {
-        let mut state = self.lock();
-        let failures = state.blacklist.get(&peer).map_or(0, |(_, n)| *n);
-        let ban = self.config.blacklist_time.saturating_mul(1 << failures.min(10));
-        state.blacklist.insert(peer, (Instant::now() + ban, failures + 1));
     }
 
     /// Nearest known nodes to `target` (not us), nearest first.
