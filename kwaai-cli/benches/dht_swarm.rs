@@ -108,7 +108,8 @@ fn main() {
     let client_started = Instant::now();
     let client = Node::start(NodeConfig {
         initial_peers: vec![bootstrap.clone()],
-        dht: DhtConfig { client_mode: true, ..DhtConfig::default() },
+        // As the Python script's client: no local cache, so every get is a network lookup.
+        dht: DhtConfig { client_mode: true, cache_locally: false, cache_on_store: false, ..DhtConfig::default() },
         ..NodeConfig::default()
     })
     .unwrap();

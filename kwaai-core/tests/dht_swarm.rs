@@ -190,3 +190,77 @@ fn malformed_dht_requests_get_errors_and_lose_nothing() {
     assert_eq!(got, Some(DhtValue::Regular { value: Value::from("intact"), expiration }));
     assert!(attacker.dht_get(Value::from("precious"), true).unwrap().is_some());
 }
+
+#[test]
+fn a_refresh_timeout_looks_up_stale_buckets_and_finds_nodes_that_joined_later() {
+    use kwaai_core::dht::DhtConfig;
+    let first = start(vec![]);
+    let bootstrap = first.listen_addrs()[0].to_string();
+    // Client-mode nodes are never contacted, so they learn of new nodes only by asking.
+    let client = |refresh_timeout| {
+        Node::start(NodeConfig {
+            listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            initial_peers: vec![bootstrap.clone()],
+            dht: DhtConfig { client_mode: true, refresh_timeout, ..DhtConfig::default() },
+            ..NodeConfig::default()
+        })
+        .expect("client starts")
+    };
+    let refreshing = client(Some(Duration::from_millis(500)));
+    let idle = client(None);
+    assert_eq!(refreshing.dht().unwrap().routing_table_len(), 1);
+    let later: Vec<Node> = (0..3).map(|_| start(vec![bootstrap.clone()])).collect();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while refreshing.dht().unwrap().routing_table_len() < 1 + later.len() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(refreshing.dht().unwrap().routing_table_len(), 1 + later.len(), "the refresh found the newcomers");
+    assert_eq!(idle.dht().unwrap().routing_table_len(), 1, "without a refresh nothing is looked up");
+}
+
+#[test]
+fn a_store_leaves_the_value_in_the_writers_cache_even_when_it_is_no_replica() {
+    use kwaai_core::dht::{DhtConfig, DhtId, RPC_FIND};
+    use kwaai_core::wire::dht::{FindRequest, FindResponse, ResultType};
+    use prost::Message;
+
+    let nodes = swarm(10);
+    let bootstrap = nodes[0].listen_addrs()[0].to_string();
+    let writer = |cache_on_store| {
+        Node::start(NodeConfig {
+            listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            initial_peers: vec![bootstrap.clone()],
+            dht: DhtConfig { cache_on_store, ..DhtConfig::default() },
+            ..NodeConfig::default()
+        })
+        .unwrap()
+    };
+    let (caching, plain) = (writer(true), writer(false));
+    let ids: Vec<DhtId> = nodes.iter().map(|n| n.dht().unwrap().node_id()).collect();
+    // A key with at least 5 swarm nodes nearer than the writer: the writer is no replica of it.
+    let key_not_held_by = |writer: &Node, tag: &str| {
+        let own = writer.dht().unwrap().node_id();
+        (0..100_000)
+            .map(|i| Value::from(format!("{tag}-{i}")))
+            .find(|key| {
+                let id = DhtId::of_key(key);
+                ids.iter().filter(|n| n.distance(&id) < own.distance(&id)).count() >= 5
+            })
+            .expect("such a key")
+    };
+    let find = |node: &Node, key: &Value| {
+        let request = FindRequest { keys: vec![DhtId::of_key(key).as_bytes().to_vec()], ..FindRequest::default() };
+        let reply = nodes[0].call_unary(node.peer_id(), RPC_FIND, &request.encode_to_vec(), Duration::from_secs(5));
+        FindResponse::decode(reply.unwrap().as_slice()).unwrap().results.remove(0)
+    };
+    let expiration = dht_time() + 60.0;
+    let key = key_not_held_by(&caching, "cached");
+    assert!(caching.dht_store(key.clone(), None, Value::from("v"), expiration).unwrap());
+    let found = find(&caching, &key);
+    assert_eq!(found.r#type, ResultType::FoundRegular as i32, "the writer's cache answers a find");
+    assert_eq!((found.value, found.expiration_time), (kwaai_core::wire::msgpack::pack(&Value::from("v")), expiration));
+    let key = key_not_held_by(&plain, "plain");
+    assert!(plain.dht_store(key.clone(), None, Value::from("w"), expiration).unwrap());
+    assert_eq!(find(&plain, &key).r#type, ResultType::NotFound as i32, "without cache_on_store nothing is kept");
+}

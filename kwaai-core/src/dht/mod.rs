@@ -1,9 +1,11 @@
 //! hivemind's DHT: IDs, storage and the routing table (pure logic, no I/O), its RPC protocol,
 //! the iterative lookup, and [`Dht`], the API a node exposes.
 
+mod blacklist;
 pub mod id;
 mod protocol;
 pub mod routing;
+pub mod schema;
 mod search;
 mod service;
 pub mod storage;

@@ -9,6 +9,7 @@ use libp2p::PeerId;
 use prost::Message;
 use rmpv::Value;
 
+use super::blacklist::Blacklist;
 use super::id::DhtId;
 use super::routing::RoutingTable;
 use super::storage::{dht_time, DhtTime, DictionaryValue, LocalStorage, StoredEntry, StoredValue};
@@ -53,8 +54,24 @@ pub struct DhtConfig {
     pub blacklist_time: Duration,
     /// Largest value (serialized) this node stores or sends.
     pub max_value_size: usize,
-    /// Keys kept in storage and in the cache, each.
+    /// Keys kept in storage (and in the cache unless `cache_size` is set).
     pub max_entries: usize,
+    /// Keys kept in the cache (hivemind's `cache_size`; `None`: as many as `max_entries`).
+    pub cache_size: Option<usize>,
+    /// Cache the values a get finds (and the regular values a store writes, see
+    /// `cache_on_store`) in this node's cache.
+    pub cache_locally: bool,
+    /// After a get finds a newer value than this node held, push it (`in_cache`) to this many of
+    /// the nearest nodes the search knows, skipping the node that gave it.
+    pub cache_nearest: usize,
+    /// After a store, update this node's cache with what was stored.
+    pub cache_on_store: bool,
+    /// Look up a random ID in every routing-table bucket that saw no node for this long, this
+    /// often (hivemind's `refresh_timeout`; `None`, the default, never refreshes).
+    pub refresh_timeout: Option<Duration>,
+    /// A cached value read locally is looked up again this many seconds before it expires, so a
+    /// frequently read key stays cached (0 disables the refresh).
+    pub cache_refresh_before_expiry: f64,
     /// Record validators (e.g. [`super::validation::RsaSignatureValidator`]); none by default, as
     /// in Petals.
     pub validators: Validators,
@@ -72,6 +89,12 @@ impl Default for DhtConfig {
             blacklist_time: Duration::from_secs(5),
             max_value_size: 1 << 20,
             max_entries: 1 << 20,
+            cache_size: None,
+            cache_locally: true,
+            cache_nearest: 1,
+            cache_on_store: true,
+            cache_refresh_before_expiry: 5.0,
+            refresh_timeout: None,
             validators: Validators::default(),
         }
     }
@@ -99,13 +122,13 @@ struct State {
     routing: RoutingTable,
     storage: LocalStorage,
     cache: LocalStorage,
-    /// Peers that failed to answer: skipped until the instant, with the failure count.
-    blacklist: HashMap<PeerId, (Instant, u32)>,
+    /// Peers that failed to answer a find, skipped for a while.
+    blacklist: Blacklist,
 }
 
 impl State {
     fn is_banned(&self, peer: &PeerId) -> bool {
-        self.blacklist.get(peer).is_some_and(|(until, _)| Instant::now() < *until)
+        self.blacklist.contains(peer, Instant::now())
     }
 }
 
@@ -115,6 +138,13 @@ pub struct Protocol {
     pub(crate) config: DhtConfig,
     rpc: Rpc,
     state: Mutex<State>,
+    /// Keys whose cached values are to be looked up again, with when (hivemind's
+    /// `CacheRefreshQueue`).
+    pub(crate) refresh_queue: Mutex<HashMap<DhtId, DhtTime>>,
+    /// Wakes the cache refresh task when the earliest refresh time moves earlier.
+    pub(crate) refresh_wakeup: Arc<tokio::sync::Notify>,
+    /// Background tasks (cache and routing-table refresh), stopped with the DHT.
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Protocol {
@@ -123,10 +153,18 @@ impl Protocol {
         let state = State {
             routing: RoutingTable::new(node_id, config.bucket_size, config.depth_modulo),
             storage: LocalStorage::new(config.max_entries),
-            cache: LocalStorage::new(config.max_entries),
-            blacklist: HashMap::new(),
+            cache: LocalStorage::new(config.cache_size.unwrap_or(config.max_entries)),
+            blacklist: Blacklist::new(config.blacklist_time),
         };
-        let protocol = Arc::new(Protocol { node_id, config, rpc, state: Mutex::new(state) });
+        let protocol = Arc::new(Protocol {
+            node_id,
+            config,
+            rpc,
+            state: Mutex::new(state),
+            refresh_queue: Mutex::new(HashMap::new()),
+            refresh_wakeup: Arc::new(tokio::sync::Notify::new()),
+            tasks: Mutex::new(Vec::new()),
+        });
         if !protocol.config.client_mode {
             // Handlers hold a weak reference: the RPC layer must not keep the DHT alive.
             let weak = Arc::downgrade(&protocol);
@@ -142,6 +180,16 @@ impl Protocol {
         for name in [RPC_PING, RPC_STORE, RPC_FIND] {
             self.rpc.remove_handler(name);
         }
+        for task in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Runs `task` in the background until the DHT stops.
+    pub(crate) fn spawn_background(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let handle = runtime.spawn(task).abort_handle();
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -373,11 +421,11 @@ impl Protocol {
         });
         let response = match outcome {
             Ok(response) => {
-                self.lock().blacklist.remove(&peer);
+                self.lock().blacklist.register_success(&peer);
                 response
             }
             Err(e) => {
-                self.blacklist(peer);
+                self.lock().blacklist.register_failure(peer, Instant::now());
                 self.clone().spawn_update(None, peer, false);
                 return Err(e);
             }
@@ -438,13 +486,6 @@ impl Protocol {
         self.lock().is_banned(peer)
     }
 
-    fn blacklist(&self, peer: PeerId) {
-        let mut state = self.lock();
-        let failures = state.blacklist.get(&peer).map_or(0, |(_, n)| *n);
-        let ban = self.config.blacklist_time.saturating_mul(1 << failures.min(10));
-        state.blacklist.insert(peer, (Instant::now() + ban, failures + 1));
-    }
-
     /// Nearest known nodes to `target` (not us), nearest first.
     pub(crate) fn nearest_known(&self, target: &DhtId, k: usize) -> Vec<(DhtId, PeerId)> {
         let state = self.lock();
@@ -452,6 +493,11 @@ impl Protocol {
         nearest.retain(|(_, peer)| !state.is_banned(peer));
         nearest.truncate(k);
         nearest
+    }
+
+    /// A random ID in each bucket not updated for `staleness`.
+    pub(crate) fn stale_bucket_targets(&self, staleness: Duration) -> Vec<DhtId> {
+        self.lock().routing.stale_bucket_targets(staleness)
     }
 
     /// Nodes in the routing table.

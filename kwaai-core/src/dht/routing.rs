@@ -2,6 +2,7 @@
 //! the bucket covers our own ID or its depth is not a multiple of `depth_modulo`.
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
 use libp2p::PeerId;
@@ -19,6 +20,8 @@ struct KBucket {
     replacements: IndexMap<DhtId, PeerId>,
     /// Nodes we were asked to ping and have not heard from since.
     pinging: HashSet<DhtId>,
+    /// When a node was last added or refreshed here (or the bucket was made).
+    last_updated: Instant,
 }
 
 impl KBucket {
@@ -29,6 +32,7 @@ impl KBucket {
     /// Adds or refreshes a node; `false` if the bucket is full (the node became a replacement).
     fn add_or_update(&mut self, node: DhtId, peer: PeerId, size: usize) -> bool {
         self.pinging.remove(&node);
+        self.last_updated = Instant::now();
         if self.nodes.shift_remove(&node).is_some() || self.nodes.len() < size {
             self.nodes.insert(node, peer);
             return true;
@@ -54,6 +58,7 @@ impl KBucket {
             nodes: IndexMap::new(),
             replacements: IndexMap::new(),
             pinging: HashSet::new(),
+            last_updated: Instant::now(),
         };
         let (mut left, mut right) = (empty(self.prefix), empty(DhtId::from_slice(&right_prefix).expect("20 bytes")));
         for (node, peer) in self.nodes.into_iter().chain(self.replacements) {
@@ -85,6 +90,7 @@ impl RoutingTable {
             nodes: IndexMap::new(),
             replacements: IndexMap::new(),
             pinging: HashSet::new(),
+            last_updated: Instant::now(),
         };
         RoutingTable {
             node_id,
@@ -173,6 +179,27 @@ impl RoutingTable {
         self.len() == 0
     }
 
+    /// A random ID inside each bucket not updated for `staleness` (hivemind looks these up to
+    /// refresh its table).
+    pub fn stale_bucket_targets(&self, staleness: Duration) -> Vec<DhtId> {
+        self.buckets
+            .iter()
+            .filter(|b| b.last_updated.elapsed() >= staleness)
+            .map(|b| {
+                // Keep the bucket's first `depth` bits, draw the rest.
+                let random = DhtId::random();
+                let bytes: Vec<u8> = (0..DhtId::LEN)
+                    .map(|i| {
+                        let fixed_bits = b.depth.saturating_sub(i * 8).min(8);
+                        let mask = if fixed_bits == 0 { 0 } else { 0xffu8 << (8 - fixed_bits) };
+                        (b.prefix.as_bytes()[i] & mask) | (random.as_bytes()[i] & !mask)
+                    })
+                    .collect();
+                DhtId::from_slice(&bytes).expect("20 bytes")
+            })
+            .collect()
+    }
+
     /// Up to `k` bucket nodes nearest to `target` by XOR distance, nearest first, without `exclude`.
     pub fn nearest(&self, target: &DhtId, k: usize, exclude: Option<&DhtId>) -> Vec<(DhtId, PeerId)> {
         let mut all: Vec<(DhtId, DhtId, PeerId)> = self
@@ -242,6 +269,23 @@ mod tests {
         table.remove(&a);
         assert_eq!(table.len(), 2, "the replacement took its place");
         assert!(table.nearest(&c, 5, None).iter().any(|(n, _)| *n == c));
+    }
+
+    #[test]
+    fn stale_buckets_give_random_targets_inside_them() {
+        let mut own = [0u8; 20];
+        own[0] = 0x80;
+        let mut table = RoutingTable::new(DhtId::from_slice(&own).unwrap(), 2, 5);
+        for n in 1..=6u8 {
+            table.add_or_update(DhtId::from_slice(&[n * 37; 20]).unwrap(), peer());
+        }
+        assert!(table.buckets.len() > 1);
+        assert!(table.stale_bucket_targets(Duration::from_secs(60)).is_empty(), "all fresh");
+        let targets = table.stale_bucket_targets(Duration::ZERO);
+        assert_eq!(targets.len(), table.buckets.len());
+        for (target, bucket) in targets.iter().zip(&table.buckets) {
+            assert!(bucket.covers(target), "{target} in the bucket at depth {}", bucket.depth);
+        }
     }
 
     #[test]

@@ -11,21 +11,28 @@ use super::protocol::{FoundValue, Protocol};
 use super::storage::{DhtTime, StoredValue};
 
 /// The best value seen so far for a key, merged the way hivemind merges answers: dictionaries
-/// from different peers are merged per subkey; otherwise the later expiration wins.
+/// from different peers are merged per subkey; otherwise the later expiration wins. The source is
+/// the node whose answer last raised the expiration (hivemind's `source_node_id`).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct SearchState {
     best: Option<FoundValue>,
+    source: Option<DhtId>,
     /// The search may stop once a value expiring at or after this time is found.
     sufficient_expiration: DhtTime,
 }
 
 impl SearchState {
     pub fn new(sufficient_expiration: DhtTime) -> Self {
-        SearchState { best: None, sufficient_expiration }
+        SearchState { best: None, source: None, sufficient_expiration }
     }
 
-    pub fn add(&mut self, candidate: Option<FoundValue>, now: DhtTime) {
+    /// Adds `source`'s answer.
+    pub fn add(&mut self, candidate: Option<FoundValue>, source: DhtId, now: DhtTime) {
         let Some(candidate) = candidate else { return };
+        if self.finished() {
+            return;
+        }
+        let raises = self.best.as_ref().is_none_or(|best| candidate.expiration > best.expiration);
         match (&mut self.best, candidate) {
             (
                 Some(FoundValue { value: StoredValue::Dictionary(mine), expiration }),
@@ -36,14 +43,22 @@ impl SearchState {
                 }
                 *expiration = expiration.max(their_expiration);
             }
-            (Some(best), candidate) if candidate.expiration > best.expiration => *best = candidate,
+            (Some(best), candidate) if raises => *best = candidate,
             (Some(_), _) => {}
             (None, candidate) => self.best = Some(candidate),
+        }
+        if raises {
+            self.source = Some(source);
         }
     }
 
     pub fn finished(&self) -> bool {
         self.best.as_ref().is_some_and(|b| b.expiration >= self.sufficient_expiration)
+    }
+
+    /// The node the value came from (ours for a local value).
+    pub fn source(&self) -> Option<DhtId> {
+        self.source
     }
 
     pub fn into_value(self) -> Option<FoundValue> {
@@ -54,19 +69,21 @@ impl SearchState {
 /// Beam search for the value of `target`: keeps the `beam_size` nearest nodes that answered, asks
 /// the nearest unvisited candidates `num_workers` at a time, and stops once `state` has a
 /// sufficient value or no candidate is nearer than the beam's farthest node. Returns the merged
-/// search state.
+/// search state and the `beam_size` nearest nodes it knows of (asked or not), nearest first, as
+/// hivemind's traversal reports them when a query ends.
 pub(crate) async fn lookup(
     protocol: &Arc<Protocol>,
     target: DhtId,
     beam_size: usize,
     mut state: SearchState,
-) -> SearchState {
+) -> (SearchState, Vec<(DhtId, PeerId)>) {
     let now = super::storage::dht_time();
     let mut candidates: BTreeMap<DhtId, (DhtId, PeerId)> = protocol
         .nearest_known(&target, beam_size)
         .into_iter()
         .map(|(node, peer)| (node.distance(&target), (node, peer)))
         .collect();
+    let mut known = candidates.clone();
     let mut visited: HashSet<DhtId> = HashSet::from([protocol.node_id]);
     let mut beam: BTreeMap<DhtId, (DhtId, PeerId)> = BTreeMap::new();
     let mut in_flight = FuturesUnordered::new();
@@ -96,14 +113,17 @@ pub(crate) async fn lookup(
         while beam.len() > beam_size {
             beam.pop_last();
         }
-        state.add(answer.value, now);
+        state.add(answer.value, node, now);
         for (node, peer) in answer.nearest {
+            if node != protocol.node_id {
+                known.insert(node.distance(&target), (node, peer));
+            }
             if !visited.contains(&node) {
                 candidates.insert(node.distance(&target), (node, peer));
             }
         }
     }
-    state
+    (state, known.into_values().take(beam_size).collect())
 }
 
 /// One query of [`lookup_many`].

@@ -1,14 +1,15 @@
 //! [`Dht`]: the public face of a node's DHT (hivemind's `DHTNode`): bootstrap, `store`, `get`.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use futures::future::join_all;
 use libp2p::{Multiaddr, PeerId};
 use rmpv::Value;
 
 use super::id::DhtId;
-use super::protocol::{subkey_tag, DhtConfig, FoundValue, Protocol, IS_REGULAR_VALUE};
+use super::protocol::{subkey_tag, DhtConfig, FoundValue, Protocol, IS_DICTIONARY, IS_REGULAR_VALUE};
 use super::search::{lookup, lookup_many, SearchState};
 use super::storage::{dht_time, DhtTime, StoredValue};
 use super::validation::DhtRecord;
@@ -101,9 +102,16 @@ impl Dht {
         initial_peers: &[Multiaddr],
     ) -> Result<Dht> {
         let protocol = Protocol::start(DhtId::random(), config, rpc)?;
+        if protocol.config.cache_refresh_before_expiry > 0.0 {
+            let (weak, wakeup) = (Arc::downgrade(&protocol), protocol.refresh_wakeup.clone());
+            protocol.spawn_background(refresh_cache(weak, wakeup));
+        }
         let dht = Dht { protocol };
         if !initial_peers.is_empty() {
             dht.bootstrap(host, initial_peers).await?;
+        }
+        if let Some(period) = dht.protocol.config.refresh_timeout {
+            dht.protocol.spawn_background(refresh_routing_table(Arc::downgrade(&dht.protocol), period));
         }
         Ok(dht)
     }
@@ -230,7 +238,47 @@ impl Dht {
                 }
             }
         }
+        if config.cache_on_store {
+            for (key, indices) in &by_key {
+                self.update_cache_on_store(*key, indices, &items, &prepared, &accepted);
+            }
+        }
         Ok(accepted)
+    }
+
+    /// hivemind's `_update_cache_on_store`: a stored regular value goes to the cache; a refused
+    /// one, or new subkeys of a cached dictionary, make the cache look the key up again.
+    fn update_cache_on_store(
+        &self,
+        key: DhtId,
+        indices: &[usize],
+        items: &[StoreItem],
+        prepared: &[Prepared],
+        accepted: &[bool],
+    ) {
+        let now = dht_time();
+        let succeeded = indices.iter().any(|&i| accepted[i]);
+        if indices.iter().all(|&i| items[i].subkey.is_none()) {
+            let newest = indices
+                .iter()
+                .map(|&i| (prepared[i].expiration, &prepared[i].value))
+                .max_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+            let Some((expiration, value)) = newest else { return };
+            if succeeded {
+                self.protocol.with_storage(true, |cache| cache.store(key, value.clone(), expiration, now));
+            } else if self.protocol.with_storage(true, |c| c.get(&key, now).is_some_and(|e| e.expiration <= expiration))
+            {
+                self.schedule_refresh(key, now);
+            }
+        } else if self.protocol.with_storage(true, |c| c.get(&key, now).is_some()) {
+            for &i in indices.iter().filter(|&&i| accepted[i]) {
+                if let Some(subkey) = &items[i].subkey {
+                    let (value, expiration) = (prepared[i].value.clone(), prepared[i].expiration);
+                    self.protocol.with_storage(true, |c| c.store_subkey(key, subkey.clone(), value, expiration, now));
+                }
+            }
+            self.schedule_refresh(key, now);
+        }
     }
 
     /// Checks, signs and serializes one item.
@@ -275,20 +323,43 @@ impl Dht {
     pub async fn get_many(&self, keys: Vec<Value>, latest: bool) -> Result<Vec<Option<DhtValue>>> {
         let now = dht_time();
         let ids: Vec<DhtId> = keys.iter().map(DhtId::of_key).collect();
-        let mut states: Vec<SearchState> = ids.iter().map(|id| self.local_state(id, latest, now)).collect();
-        if !latest {
-            self.ask_nearest_first(&ids, &mut states, now).await;
+        let sufficient = if latest { f64::INFINITY } else { now };
+        let found = self.get_many_by_id(&ids, sufficient, false).await;
+        ids.iter()
+            .zip(found)
+            .map(|(id, found)| match found {
+                Some(found) if found.expiration >= now => self.decode_found(*id, found, now).map(Some),
+                _ => Ok(None),
+            })
+            .collect()
+    }
+
+    /// hivemind's `get_many_by_id`: our storage (and cache, unless refreshing the cache) first,
+    /// then the swarm, until a value expiring at or after `sufficient` is found; values found
+    /// remotely are cached as the caching options say.
+    async fn get_many_by_id(&self, ids: &[DhtId], sufficient: DhtTime, is_refresh: bool) -> Vec<Option<FoundValue>> {
+        let now = dht_time();
+        let mut states: Vec<SearchState> =
+            ids.iter().map(|id| self.local_state(id, sufficient, is_refresh, now)).collect();
+        let found_locally: Vec<bool> = states.iter().map(SearchState::finished).collect();
+        if sufficient <= now {
+            self.ask_nearest_first(ids, &mut states, now).await;
         }
-        let gets = ids.into_iter().zip(states).map(|(id, state)| self.finish_get(id, state, now));
-        join_all(gets).await.into_iter().collect()
+        let searches = ids
+            .iter()
+            .zip(states)
+            .zip(found_locally)
+            .map(|((id, state), local)| self.finish_search(*id, state, local, is_refresh, now));
+        join_all(searches).await
     }
 
     /// What our own storage and cache hold for `key`, as the start of a search.
-    fn local_state(&self, key: &DhtId, latest: bool, now: DhtTime) -> SearchState {
-        let mut state = SearchState::new(if latest { f64::INFINITY } else { now });
-        for cache in [false, true] {
+    fn local_state(&self, key: &DhtId, sufficient: DhtTime, is_refresh: bool, now: DhtTime) -> SearchState {
+        let mut state = SearchState::new(sufficient);
+        let places: &[bool] = if is_refresh { &[false] } else { &[false, true] };
+        for &cache in places {
             let local = self.protocol.with_storage(cache, |s| s.get(key, now).cloned());
-            state.add(local.map(|e| FoundValue { value: e.value, expiration: e.expiration }), now);
+            state.add(local.map(|e| FoundValue { value: e.value, expiration: e.expiration }), self.node_id(), now);
         }
         state
     }
@@ -296,53 +367,134 @@ impl Dht {
     /// The fast path of a batch of reads: ask each unfinished key's nearest known node, with every
     /// key that shares that node in one `rpc_find` (at most [`KEYS_PER_FIND`] keys per call).
     async fn ask_nearest_first(&self, ids: &[DhtId], states: &mut [SearchState], now: DhtTime) {
-        let mut groups: HashMap<PeerId, Vec<usize>> = HashMap::new();
+        let mut groups: HashMap<(DhtId, PeerId), Vec<usize>> = HashMap::new();
         for (index, id) in ids.iter().enumerate() {
             if states[index].finished() {
                 continue;
             }
-            if let Some((_, peer)) = self.protocol.nearest_known(id, 1).first() {
-                groups.entry(*peer).or_default().push(index);
+            if let Some(nearest) = self.protocol.nearest_known(id, 1).first() {
+                groups.entry(*nearest).or_default().push(index);
             }
         }
-        let batches: Vec<(PeerId, Vec<usize>)> = groups
+        let batches: Vec<((DhtId, PeerId), Vec<usize>)> = groups
             .into_iter()
-            .flat_map(|(peer, indices)| indices.chunks(KEYS_PER_FIND).map(|c| (peer, c.to_vec())).collect::<Vec<_>>())
+            .flat_map(|(node, indices)| indices.chunks(KEYS_PER_FIND).map(|c| (node, c.to_vec())).collect::<Vec<_>>())
             .collect();
-        let calls = batches.into_iter().map(|(peer, chunk)| async move {
+        let calls = batches.into_iter().map(|((node, peer), chunk)| async move {
             let keys: Vec<DhtId> = chunk.iter().map(|&i| ids[i]).collect();
-            (chunk, self.protocol.call_find(peer, &keys).await)
+            (node, chunk, self.protocol.call_find(peer, &keys).await)
         });
-        for (chunk, outcome) in join_all(calls).await {
+        for (node, chunk, outcome) in join_all(calls).await {
             let Ok(answers) = outcome else { continue };
             for (index, answer) in chunk.into_iter().zip(answers) {
-                states[index].add(answer.value, now);
+                states[index].add(answer.value, node, now);
             }
         }
     }
 
-    /// Finishes one read: a full lookup unless `state` already has a sufficient value, then caches
-    /// and decodes what was found.
-    async fn finish_get(&self, key: DhtId, mut state: SearchState, now: DhtTime) -> Result<Option<DhtValue>> {
-        if !state.finished() {
-            state = lookup(&self.protocol, key, self.protocol.config.bucket_size, state).await;
+    /// Finishes one read: a full lookup unless `state` already has a sufficient value, then the
+    /// caching policy (hivemind's `_cache_new_result` and `_trigger_cache_refresh`).
+    async fn finish_search(
+        &self,
+        key: DhtId,
+        state: SearchState,
+        found_locally: bool,
+        is_refresh: bool,
+        now: DhtTime,
+    ) -> Option<FoundValue> {
+        let bucket_size = self.protocol.config.bucket_size;
+        let (state, nearest) = if found_locally {
+            (state, None)
+        } else if state.finished() {
+            // The fast path found it: the nodes nearest to the key are those of our table.
+            (state, Some(self.protocol.nearest_known(&key, bucket_size)))
+        } else {
+            let (state, nearest) = lookup(&self.protocol, key, bucket_size, state).await;
+            (state, Some(nearest))
+        };
+        let source = state.source();
+        let found = state.into_value()?;
+        if let Some(nearest) = nearest {
+            self.cache_new_result(key, &found, source, &nearest, is_refresh, now);
         }
-        let Some(found) = state.into_value() else { return Ok(None) };
-        if found.expiration < now {
-            return Ok(None);
+        let before_expiry = self.protocol.config.cache_refresh_before_expiry;
+        let cached = || self.protocol.with_storage(true, |c| c.get(&key, now).is_some());
+        if !is_refresh && source == Some(self.node_id()) && before_expiry > 0.0 && cached() {
+            self.schedule_refresh(key, found.expiration - before_expiry);
         }
-        // Cache what we found, so the next read is local.
-        self.protocol.with_storage(true, |cache| match &found.value {
-            StoredValue::Regular(bytes) => {
-                cache.store(key, bytes.clone(), found.expiration, now);
-            }
-            StoredValue::Dictionary(d) => {
-                for e in d.entries(now) {
-                    cache.store_subkey(key, e.subkey.clone(), e.value.clone(), e.expiration, now);
+        Some(found)
+    }
+
+    /// A value newer than what we hold goes to our cache (with `cache_locally`, or when refreshing
+    /// the cache) and to the `cache_nearest` nearest nodes other than the one it came from.
+    fn cache_new_result(
+        &self,
+        key: DhtId,
+        found: &FoundValue,
+        source: Option<DhtId>,
+        nearest: &[(DhtId, PeerId)],
+        is_refresh: bool,
+        now: DhtTime,
+    ) {
+        let config = &self.protocol.config;
+        let held =
+            |cache| self.protocol.with_storage(cache, |s| s.get(&key, now).map_or(f64::NEG_INFINITY, |e| e.expiration));
+        if found.expiration <= held(false).max(held(true)) {
+            return;
+        }
+        if config.cache_locally || is_refresh {
+            self.protocol.with_storage(true, |c| c.store_entry(key, found.value.clone(), found.expiration, now));
+        }
+        let (tag, bytes) = match &found.value {
+            StoredValue::Regular(bytes) => (IS_REGULAR_VALUE, bytes.clone()),
+            StoredValue::Dictionary(d) => (IS_DICTIONARY, msgpack::pack(&d.to_msgpack(now))),
+        };
+        for &(node, peer) in nearest.iter().filter(|(node, _)| Some(*node) != source).take(config.cache_nearest) {
+            let protocol = self.protocol.clone();
+            let item = [(key, tag.to_vec(), bytes.clone(), found.expiration)];
+            tokio::spawn(async move {
+                if let Err(e) = protocol.call_store(peer, &item, true).await {
+                    tracing::debug!(%peer, %node, "DHT cache push failed: {e}");
                 }
+            });
+        }
+    }
+
+    /// Queues `key` for a cache refresh at `time` (a key keeps its later refresh time).
+    fn schedule_refresh(&self, key: DhtId, time: DhtTime) {
+        let mut queue = self.protocol.refresh_queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.values().all(|&t| time < t) {
+            self.protocol.refresh_wakeup.notify_one();
+        }
+        let due = queue.entry(key).or_insert(time);
+        *due = due.max(time);
+    }
+
+    /// hivemind's `_refresh_stale_cache_entries`, one round: takes up to `chunk_size` due keys and
+    /// looks them up for values that outlive the cached ones.
+    async fn refresh_due_keys(&self) {
+        let now = dht_time();
+        let (keys, latest) = {
+            let mut queue = self.protocol.refresh_queue.lock().unwrap_or_else(|p| p.into_inner());
+            let mut due: Vec<(DhtTime, DhtId)> =
+                queue.iter().filter(|(_, &t)| t <= now).map(|(&k, &t)| (t, k)).collect();
+            due.sort_by(|a, b| a.0.total_cmp(&b.0));
+            due.truncate(KEYS_PER_FIND);
+            for (_, key) in &due {
+                queue.remove(key);
             }
-        });
-        self.decode_found(key, found, now).map(Some)
+            let Some(&(first, _)) = due.first() else { return };
+            // As hivemind does: the first key counts with its refresh time, the others with their
+            // cached expirations.
+            let latest = due[1..].iter().fold(first, |latest, (_, key)| {
+                let cached = self.protocol.with_storage(true, |c| c.get(key, now).map(|e| e.expiration));
+                cached.map_or(latest, |e| latest.max(e))
+            });
+            (due.into_iter().map(|(_, k)| k).collect::<Vec<_>>(), latest)
+        };
+        tracing::debug!(keys = keys.len(), "refreshing cached DHT values");
+        let sufficient = latest + self.protocol.config.cache_refresh_before_expiry + 1.0;
+        self.get_many_by_id(&keys, sufficient, true).await;
     }
 
     /// Strips signatures (through the validators) and decodes the values.
@@ -368,5 +520,49 @@ impl Dht {
                 expiration: found.expiration,
             },
         })
+    }
+}
+
+/// The cache refresh task: sleeps until the earliest queued refresh (or a wake-up), then refreshes
+/// the due keys. It ends when the DHT is gone.
+async fn refresh_cache(protocol: Weak<Protocol>, wakeup: Arc<tokio::sync::Notify>) {
+    loop {
+        let next = {
+            let Some(protocol) = protocol.upgrade() else { return };
+            let queue = protocol.refresh_queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue.values().copied().min_by(f64::total_cmp)
+        };
+        let Some(next) = next else {
+            wakeup.notified().await;
+            continue;
+        };
+        let wait = next - dht_time();
+        if wait > 0.0 {
+            tokio::select! {
+                _ = wakeup.notified() => continue,
+                _ = tokio::time::sleep(Duration::from_secs_f64(wait.min(1e6))) => {}
+            }
+        }
+        let Some(protocol) = protocol.upgrade() else { return };
+        Dht { protocol }.refresh_due_keys().await;
+    }
+}
+
+/// hivemind's `_refresh_routing_table`: every `period`, looks up a random ID in each bucket that
+/// saw no node for `period`, which fills the bucket with the nodes found. It ends when the DHT is
+/// gone.
+async fn refresh_routing_table(protocol: Weak<Protocol>, period: Duration) {
+    loop {
+        let started = tokio::time::Instant::now();
+        let targets = match protocol.upgrade() {
+            Some(protocol) => protocol.stale_bucket_targets(period),
+            None => return,
+        };
+        for target in targets {
+            let Some(protocol) = protocol.upgrade() else { return };
+            let found = lookup_many(&protocol, &[target], protocol.config.bucket_size).await;
+            tracing::debug!(%target, found = found.first().map_or(0, Vec::len), "refreshed a stale DHT bucket");
+        }
+        tokio::time::sleep_until(started + period).await;
     }
 }

@@ -198,6 +198,12 @@ impl LocalStorage {
         self.put(key, StoredValue::Regular(value), expiration, now)
     }
 
+    /// Stores a whole value (regular or dictionary) under `key`, as hivemind caches what a search
+    /// found; `true` if accepted (not expired, and strictly newer than what the key holds).
+    pub fn store_entry(&mut self, key: DhtId, value: StoredValue, expiration: DhtTime, now: DhtTime) -> bool {
+        self.put(key, value, expiration, now)
+    }
+
     /// Stores one subkey of a dictionary value, creating the dictionary if the key is empty or
     /// holds an older regular value; `true` if the subkey entry was accepted.
     pub fn store_subkey(

@@ -1,7 +1,9 @@
 //! Record validation as hivemind does it: `DHTRecord`s checked on every store and every find
 //! result, signed on store and stripped on read, by a chain of validators. The one validator that
-//! matters across the swarm is [`RsaSignatureValidator`] (hivemind's `RSASignatureValidator`).
+//! matters across the swarm is [`RsaSignatureValidator`] (hivemind's `RSASignatureValidator`);
+//! [`super::schema::SchemaValidator`] restricts the types of declared keys.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
@@ -63,6 +65,15 @@ pub trait RecordValidator: Send + Sync {
     fn priority(&self) -> i32 {
         0
     }
+    /// hivemind's `merge_with`: a validator combining this one and `other` (which then is not
+    /// added to the chain on its own), or `None` if they do not merge.
+    fn merge(&self, _other: &dyn RecordValidator) -> Option<Arc<dyn RecordValidator>> {
+        None
+    }
+    /// The validator as `Any`, so that [`RecordValidator::merge`] can recognize its own kind.
+    fn as_any(&self) -> Option<&dyn Any> {
+        None
+    }
 }
 
 /// The validators of a DHT, applied like hivemind's `CompositeValidator`.
@@ -76,10 +87,24 @@ impl fmt::Debug for Validators {
 }
 
 impl Validators {
-    /// A chain of `validators`, ordered by priority.
-    pub fn new(mut validators: Vec<Arc<dyn RecordValidator>>) -> Self {
-        validators.sort_by_key(|v| v.priority());
-        Validators(validators)
+    /// A chain of `validators` as hivemind's `CompositeValidator` builds it: each one is merged
+    /// into the first earlier one that accepts it, the rest are ordered by priority.
+    pub fn new(validators: Vec<Arc<dyn RecordValidator>>) -> Self {
+        let mut chain: Vec<Arc<dyn RecordValidator>> = Vec::with_capacity(validators.len());
+        for validator in validators {
+            let merged = chain.iter().enumerate().find_map(|(i, v)| v.merge(validator.as_ref()).map(|m| (i, m)));
+            match merged {
+                Some((i, m)) => chain[i] = m,
+                None => chain.push(validator),
+            }
+        }
+        chain.sort_by_key(|v| v.priority());
+        Validators(chain)
+    }
+
+    /// How many validators the chain holds after merging.
+    pub fn len(&self) -> usize {
+        self.0.len()
     }
 
     /// Whether there is no validator (then every record is valid).
@@ -114,17 +139,18 @@ impl Validators {
 
 fn owner_regex() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| Regex::new(r"\[owner:(.+?)\]").expect("valid regex"))
+    RE.get_or_init(|| Regex::new(r"(?-u)\[owner:(.+?)\]").expect("valid regex"))
 }
 
 fn signature_regex() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| Regex::new(r"\[signature:(.+?)\]").expect("valid regex"))
+    RE.get_or_init(|| Regex::new(r"(?-u)\[signature:(.+?)\]").expect("valid regex"))
 }
 
 /// hivemind's `RSASignatureValidator`: a record whose key or subkey contains
 /// `[owner:ssh-rsa ...]` must carry exactly one `[signature:<base64>]` by that key, an RSA-PSS
 /// (SHA-256, MGF1-SHA-256, maximal salt) signature of the record without the signature.
+#[derive(Clone)]
 pub struct RsaSignatureValidator {
     private_key: RsaPrivateKey,
     owner_marker: Vec<u8>,
@@ -189,6 +215,16 @@ impl RecordValidator for RsaSignatureValidator {
 
     fn priority(&self) -> i32 {
         10
+    }
+
+    fn merge(&self, other: &dyn RecordValidator) -> Option<Arc<dyn RecordValidator>> {
+        // Like hivemind, a second RSA validator is dropped: the first one's key signs.
+        other.as_any()?.downcast_ref::<RsaSignatureValidator>()?;
+        Some(Arc::new(self.clone()))
+    }
+
+    fn as_any(&self) -> Option<&dyn Any> {
+        Some(self)
     }
 }
 

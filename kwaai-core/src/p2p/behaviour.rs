@@ -28,8 +28,11 @@ impl Behaviour {
         let peer_id = PeerId::from_public_key(&public_key);
         // p2pd runs kad as a server under the IPFS protocol ID; Go peers admit us to their routing
         // tables only if identify lists `/ipfs/kad/1.0.0`, which server mode does.
-        let mut kad =
-            kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad::Config::new(kad::PROTOCOL_NAME));
+        // The periodic bootstrap is ours (see `KAD_REFRESH_INTERVAL`): kad's own warns every
+        // 5 minutes on a lone node that it has no known peers.
+        let mut config = kad::Config::new(kad::PROTOCOL_NAME);
+        config.set_periodic_bootstrap_interval(None);
+        let mut kad = kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), config);
         kad.set_mode(Some(kad::Mode::Server));
         Behaviour {
             identify: identify::Behaviour::new(

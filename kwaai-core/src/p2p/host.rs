@@ -168,6 +168,9 @@ fn build_swarm(identity: &Identity, rpc: Arc<RpcShared>) -> Result<Swarm<Behavio
     Ok(Swarm::new(transport, behaviour, keypair.public().to_peer_id(), config))
 }
 
+/// How often kad's routing table is refreshed (p2pd's kad refreshes every 10 minutes).
+const KAD_REFRESH_INTERVAL: Duration = Duration::from_secs(10 * 60);
+
 struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
@@ -182,9 +185,12 @@ struct EventLoop {
 
 impl EventLoop {
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+        let mut kad_refresh = tokio::time::interval(KAD_REFRESH_INTERVAL);
+        kad_refresh.tick().await; // the first tick is immediate
         loop {
             tokio::select! {
                 _ = &mut stop => break,
+                _ = kad_refresh.tick() => self.refresh_kad(),
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(command),
                     None => break,
@@ -201,6 +207,14 @@ impl EventLoop {
             }
         }
         tracing::debug!("swarm task stopped");
+    }
+
+    /// Refreshes kad's routing table as p2pd does, unless we know no peer yet (a lone node).
+    fn refresh_kad(&mut self) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if kad.kbuckets().any(|bucket| bucket.num_entries() > 0) {
+            let _ = kad.bootstrap();
+        }
     }
 
     fn on_command(&mut self, command: Command) {
