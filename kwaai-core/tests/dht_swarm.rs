@@ -264,3 +264,28 @@ fn a_store_leaves_the_value_in_the_writers_cache_even_when_it_is_no_replica() {
     assert!(plain.dht_store(key.clone(), None, Value::from("w"), expiration).unwrap());
     assert_eq!(find(&plain, &key).r#type, ResultType::NotFound as i32, "without cache_on_store nothing is kept");
 }
+
+/// A node that just joined (client mode or not) finds its initial peer in its routing table at
+/// once: its first store and get, right after `Node::start` returns, reach the swarm.
+#[test]
+fn the_first_store_and_get_right_after_joining_reach_the_swarm() {
+    let nodes = swarm(3);
+    let bootstrap = nodes[0].listen_addrs()[0].to_string();
+    let expiration = dht_time() + 60.0;
+    assert!(nodes[1].dht_store(Value::from("early"), None, Value::from(7), expiration).unwrap());
+    for round in 0..6 {
+        let client_mode = round % 2 == 0;
+        let joined = Node::start(NodeConfig {
+            listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            initial_peers: vec![bootstrap.clone()],
+            dht: kwaai_core::dht::DhtConfig { client_mode, ..Default::default() },
+            ..NodeConfig::default()
+        })
+        .expect("node starts");
+        let got = joined.dht_get(Value::from("early"), false).unwrap();
+        assert_eq!(got, Some(DhtValue::Regular { value: Value::from(7), expiration }), "round {round}");
+        let key = Value::from(format!("from-{round}"));
+        assert!(joined.dht_store(key, None, Value::from(round), expiration).unwrap(), "round {round}");
+        joined.shutdown();
+    }
+}

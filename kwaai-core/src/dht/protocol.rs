@@ -518,7 +518,7 @@ impl Protocol {
         runtime.spawn(async move { self.update_routing_table(node_id, peer, responded).await });
     }
 
-    async fn update_routing_table(self: Arc<Self>, node_id: Option<DhtId>, peer: PeerId, responded: bool) {
+    pub(crate) async fn update_routing_table(self: Arc<Self>, node_id: Option<DhtId>, peer: PeerId, responded: bool) {
         let node_id = {
             let state = self.lock();
             node_id.or_else(|| state.routing.node_of(&peer))

@@ -124,7 +124,13 @@ impl Dht {
     async fn bootstrap(&self, host: &HostHandle, initial_peers: &[Multiaddr]) -> Result<()> {
         let pings = initial_peers.iter().map(|addr| async move {
             let info = host.connect(addr.clone()).await?;
-            self.protocol.call_ping(info.peer_id, true).await
+            let node_id = self.protocol.call_ping(info.peer_id, true).await?;
+            if let Some(node_id) = node_id {
+                // The ping's own routing-table update runs in the background: add the initial peer
+                // now, so that the lookup below (and the first store or get) starts from it.
+                self.protocol.clone().update_routing_table(Some(node_id), info.peer_id, true).await;
+            }
+            Ok::<_, Error>(node_id)
         });
         let results = join_all(pings).await;
         let mut errors = Vec::new();
