@@ -2,11 +2,13 @@
 //! that starts serving.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
 use kwaai_core::client::dht_prefix_for_dir;
 use kwaai_core::model::ModelConfig;
-use kwaai_core::server::{Server, ServerConfig, Span};
+use kwaai_core::server::{LoadProgressCallback, Server, ServerConfig, Span};
 use kwaai_core::tensor::DType;
 use kwaai_core::Node;
 use serde::{Deserialize, Serialize};
@@ -131,7 +133,16 @@ pub fn serve_model(node: &Node, serve: &ServeArgs) -> Result<(Server, ServedSpan
         Some(prefix) => prefix.clone(),
         None => dht_prefix_for_dir(&model_dir)?,
     };
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("loading blocks [{bar:30}] {pos}/{len}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let shown = bar.clone();
     let config = ServerConfig {
+        on_load_progress: Some(LoadProgressCallback(Arc::new(move |loaded, total| {
+            shown.set_length(total as u64);
+            shown.set_position(loaded as u64);
+        }))),
         model_dir,
         block_indices,
         num_blocks: serve.num_blocks.map(|n| n as u32),
@@ -141,7 +152,9 @@ pub fn serve_model(node: &Node, serve: &ServeArgs) -> Result<(Server, ServedSpan
         ..ServerConfig::default()
     };
     tracing::info!(peer_id = %node.peer_id(), dht_prefix, "loading the model's blocks");
-    let server = Server::start(node, config)?;
+    let server = Server::start(node, config);
+    bar.finish_and_clear();
+    let server = server?;
     let span = server.span();
     Ok((server, ServedSpan { start: span.start, end: span.end, dht_prefix }))
 }

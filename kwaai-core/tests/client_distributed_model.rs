@@ -6,10 +6,11 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 
 use kwaai_core::client::{dht_prefix_for_dir, DistributedModel};
 use kwaai_core::model::{generate, BlockSpan, ClientModel, GenerationConfig, LoadOptions, TextTokenizer};
-use kwaai_core::server::{Server, ServerConfig, Span};
+use kwaai_core::server::{LoadProgressCallback, Server, ServerConfig, Span};
 use kwaai_core::tensor::DType;
 use kwaai_core::{Node, NodeConfig};
 
@@ -47,9 +48,14 @@ fn a_distributed_model_generates_what_the_local_model_does() {
     let peers = vec![bootstrap.listen_addrs()[0].to_string()];
     // Two servers of two blocks each, their blocks chosen where the swarm lacks them and their
     // throughput measured, as Petals servers started with --num_blocks do.
+    let progress = Arc::new(Mutex::new(Vec::new()));
     let serve = || {
         let host = node(peers.clone());
+        let seen = Arc::clone(&progress);
         let config = ServerConfig {
+            on_load_progress: Some(LoadProgressCallback(Arc::new(move |loaded, total| {
+                seen.lock().unwrap().push((loaded, total));
+            }))),
             model_dir: dir.clone(),
             num_blocks: Some(2),
             dht_prefix: Some(prefix.clone()),
@@ -63,6 +69,7 @@ fn a_distributed_model_generates_what_the_local_model_does() {
     let second = serve();
     assert_eq!(first.1.span(), Span::new(0, 2).unwrap());
     assert_eq!(second.1.span(), Span::new(2, 4).unwrap(), "the second server takes the blocks nobody serves");
+    assert_eq!(*progress.lock().unwrap(), [(1, 2), (2, 2), (1, 2), (2, 2)], "loading progress, block by block");
 
     let model = DistributedModel::load(&bootstrap, &dir, None, |_| {}).expect("model loads");
     let config = GenerationConfig { max_new_tokens: 12, ..GenerationConfig::default() };

@@ -44,7 +44,7 @@ pub use selection::{
     choose_best_blocks, choose_best_start, choose_blocks_from_dht, compute_spans, compute_throughputs,
     get_remote_module_infos, RemoteModuleInfo, RemoteSpan,
 };
-pub use serve::{Server, ServerConfig};
+pub use serve::{LoadProgressCallback, Server, ServerConfig};
 pub use sessions::{CacheBudget, CacheLease, SessionInbox, SessionRegistry};
 pub use throughput::{
     default_cache_dir, measure_compute_rps, measure_throughput_info, network_rps, read_throughput_cache,

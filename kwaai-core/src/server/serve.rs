@@ -80,6 +80,18 @@ pub struct ServerConfig {
     pub update_period: Duration,
     /// How long each announcement lives; `None`: twice the update period, at least 3 s.
     pub expiration: Option<Duration>,
+    /// Told `(blocks loaded, blocks to load)` as the span loads, for progress displays.
+    pub on_load_progress: Option<LoadProgressCallback>,
+}
+
+/// Receives `(blocks loaded, blocks to load)` while a server loads its span.
+#[derive(Clone)]
+pub struct LoadProgressCallback(pub Arc<dyn Fn(usize, usize) + Send + Sync>);
+
+impl std::fmt::Debug for LoadProgressCallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoadProgressCallback")
+    }
 }
 
 impl Default for ServerConfig {
@@ -106,6 +118,7 @@ impl Default for ServerConfig {
             step_timeout: inference.step_timeout,
             update_period: Duration::from_secs(60),
             expiration: None,
+            on_load_progress: None,
         }
     }
 }
@@ -255,8 +268,16 @@ impl Server {
         dtype: DType,
         budget: &CacheBudget,
     ) -> Result<(Arc<InferenceService>, PushCounters)> {
+        let total = (span.end - span.start) as usize;
         let blocks = (span.start..span.end)
-            .map(|i| BlockSpan::load(&config.model_dir, i as usize, i as usize + 1, LoadOptions::default()))
+            .enumerate()
+            .map(|(n, i)| {
+                let block = BlockSpan::load(&config.model_dir, i as usize, i as usize + 1, LoadOptions::default())?;
+                if let Some(progress) = &config.on_load_progress {
+                    (progress.0)(n + 1, total);
+                }
+                Ok(block)
+            })
             .collect::<Result<Vec<_>>>()?;
         let schema =
             BlockSchema { hidden_size: model.hidden_size as u64, dtype, compression: config.compression as i32 };
