@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::{Device, Tensor as CTensor};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use prost::Message;
 use rmpv::Value;
 
 use super::schema::BlockSchema;
+use super::stream_parts::{blocking, collect_parts, reply_parts};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::BlockSpan;
 use crate::node::Node;
@@ -460,38 +461,18 @@ pub fn serve_backward(node: &Node, service: BackwardService) -> Result<()> {
     let unary = Arc::clone(&service);
     node.add_unary_handler(RPC_BACKWARD, move |_peer, request| {
         let service = Arc::clone(&unary);
-        within_timeout(true, blocking(move || service.reply(&request)))
+        within_timeout(true, blocking("backward", move || service.reply(&request)))
     })?;
     node.add_stream_handler(RPC_BACKWARD_STREAM, move |_peer, requests| {
         let service = Arc::clone(&service);
         futures::stream::once(within_timeout(false, async move {
             // Inputs, gradients and prompts, at most `max_elements` each of at most 8 bytes.
             let max_bytes = service.limits.max_elements.saturating_mul(24);
-            let parts: Vec<Vec<u8>> = requests
-                .try_fold((Vec::new(), 0usize), |(mut parts, total), part| async move {
-                    let total = total.saturating_add(part.len());
-                    if total > max_bytes {
-                        return Err(Error::new(ErrorKind::Protocol, "rpc_backward_stream request too large"));
-                    }
-                    parts.push(part);
-                    Ok((parts, total))
-                })
-                .await?
-                .0;
-            blocking(move || service.reply_stream(&parts)).await
+            let parts = collect_parts(requests, max_bytes, "rpc_backward_stream").await?;
+            blocking("backward", move || service.reply_stream(&parts)).await
         }))
-        .flat_map(|replies| match replies {
-            Ok(parts) => futures::stream::iter(parts.into_iter().map(Ok).collect::<Vec<_>>()),
-            Err(e) => futures::stream::iter(vec![Err(e)]),
-        })
+        .flat_map(reply_parts)
     })
-}
-
-/// Runs `f` on a blocking thread.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::with_source(ErrorKind::Internal, "the backward task failed", e))?
 }
 
 /// `call`, failing past [`BACKWARD_TIMEOUT`] as Petals' handler does: with `asyncio.TimeoutError`,

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use candle_core::Device;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use prost::Message;
 
 use super::schema::BlockSchema;
+use super::stream_parts::{blocking, collect_parts, reply_parts};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::BlockSpan;
 use crate::node::Node;
@@ -147,35 +148,16 @@ pub fn serve_forward(node: &Node, service: ForwardService) -> Result<()> {
     let unary = Arc::clone(&service);
     node.add_unary_handler(RPC_FORWARD, move |_peer, request| {
         let service = Arc::clone(&unary);
-        async move { blocking(move || service.reply(&request)).await }
+        async move { blocking("forward", move || service.reply(&request)).await }
     })?;
     node.add_stream_handler(RPC_FORWARD_STREAM, move |_peer, requests| {
         let service = Arc::clone(&service);
         futures::stream::once(async move {
             // Hidden states and prompts, at most `max_elements` each of at most 8 bytes.
             let max_bytes = service.limits.max_elements.saturating_mul(16);
-            let parts: Vec<Vec<u8>> = requests
-                .try_fold((Vec::new(), 0usize), |(mut parts, total), part| async move {
-                    let total = total.saturating_add(part.len());
-                    if total > max_bytes {
-                        return Err(Error::new(ErrorKind::Protocol, "rpc_forward_stream request too large"));
-                    }
-                    parts.push(part);
-                    Ok((parts, total))
-                })
-                .await?
-                .0;
-            blocking(move || service.reply_stream(&parts)).await
+            let parts = collect_parts(requests, max_bytes, "rpc_forward_stream").await?;
+            blocking("forward", move || service.reply_stream(&parts)).await
         })
-        .flat_map(|replies| match replies {
-            Ok(parts) => futures::stream::iter(parts.into_iter().map(Ok).collect::<Vec<_>>()),
-            Err(e) => futures::stream::iter(vec![Err(e)]),
-        })
+        .flat_map(reply_parts)
     })
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::with_source(ErrorKind::Internal, "the forward task failed", e))?
 }
