@@ -12,13 +12,21 @@ Prints one JSON line: a list with, per mode, the loss, each gradient's max abs e
 reference scale (the deep prompts' also layer by layer), and how many unary and streamed backward
 calls the client made.
 Used by kwaai-core/tests/server_backward_python.rs."""
+import faulthandler
+import gc
 import json
 import sys
 
-import torch
-import petals.client.remote_forward_backward as remote_fb
-from petals import AutoDistributedModelForCausalLM
-from transformers import AutoModelForCausalLM
+# A crash prints every thread's stack. Petals 2.2's client objects finalised by the cyclic GC on
+# hivemind's event-loop thread can deadlock or crash it (see ../shared/reference/generate_check.py):
+# the cyclic GC stays off in this short-lived script.
+faulthandler.enable()
+gc.disable()
+
+import torch  # noqa: E402
+import petals.client.remote_forward_backward as remote_fb  # noqa: E402
+from petals import AutoDistributedModelForCausalLM  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
 
 PRE_SEQ_LEN = 3
 CALLS = {"unary": 0, "stream": 0}
