@@ -11,6 +11,7 @@ warm-up, and the median tokens/s and first-token latency are reported. The serve
 they never share the 2 cores. Last stdout line: one JSON object.
 """
 import argparse
+import gc
 import json
 import os
 import re
@@ -45,6 +46,9 @@ def free_port() -> int:
 
 def measure(model_dir, initial_peers, prefix, tokens, runs):
     """Median tokens/s and first-token seconds of `runs` greedy generations (after one warm-up)."""
+    # Petals 2.2's client sessions finalised by the cyclic GC on hivemind's event-loop thread can
+    # deadlock it (see ../shared/reference/generate_check.py): collect only here, between runs.
+    gc.disable()
     model = AutoDistributedModelForCausalLM.from_pretrained(
         model_dir, initial_peers=initial_peers, dht_prefix=prefix, torch_dtype=torch.float32
     )
@@ -57,6 +61,7 @@ def measure(model_dir, initial_peers, prefix, tokens, runs):
             first = time.perf_counter() - start
             model.generate(None, max_new_tokens=tokens - 1, session=session)
             total = time.perf_counter() - start
+        gc.collect()
         if run > 0:
             speeds.append(tokens / total)
             firsts.append(first)
