@@ -174,7 +174,7 @@ impl Server {
         let cache_tokens = config.attn_cache_tokens.unwrap_or(if grouped { 16384 } else { 4096 });
         let blocks_served = u64::from(span.end - span.start);
         let budget = CacheBudget::new(
-            cache_tokens.saturating_mul(bytes_per_token).saturating_mul(blocks_served),
+            cache_budget_bytes(cache_tokens, bytes_per_token, blocks_served, dtype),
             config.max_sessions,
             config.max_alloc_timeout,
         );
@@ -374,6 +374,14 @@ fn remove_handlers(rpc: &Rpc) {
     }
 }
 
+/// The cache budget in the bytes sessions lease: Petals' `tokens * bytes_per_token * blocks`
+/// (counted in the served dtype), scaled down for dtypes narrower than the float32 the caches are
+/// held in, so that the memory really used stays what Petals would use.
+fn cache_budget_bytes(tokens: u64, bytes_per_token: u64, blocks: u64, dtype: DType) -> u64 {
+    let held_per_counted = (DType::F32.size() / dtype.size()).max(1) as u64;
+    tokens.saturating_mul(bytes_per_token).saturating_mul(blocks) / held_per_counted
+}
+
 /// The blocks to serve: `block_indices`, or `num_blocks` chosen from the swarm's announcements
 /// as Petals' block selection chooses them.
 fn block_span(node: &Node, config: &ServerConfig, dht_prefix: &str, num_layers: u32) -> Result<Span> {
@@ -441,6 +449,12 @@ mod tests {
         assert_eq!(resolve_dtype(None, Some("bfloat16")).unwrap(), DType::BF16);
         assert_eq!(resolve_dtype(Some(DType::F32), Some("bfloat16")).unwrap(), DType::F32);
         assert!(resolve_dtype(None, Some("float16")).unwrap_err().message().contains("not supported on CPU"));
+    }
+
+    #[test]
+    fn the_cache_budget_bounds_the_float32_memory_caches_really_use() {
+        assert_eq!(cache_budget_bytes(4096, 1024, 2, DType::F32), 4096 * 1024 * 2);
+        assert_eq!(cache_budget_bytes(4096, 512, 2, DType::BF16), 4096 * 512 * 2 / 2);
     }
 
     #[test]
