@@ -26,6 +26,8 @@ export interface GenerateOptions {
   seed?: number
   /** Generation ends after any of these tokens (default: the model's end-of-sequence token). */
   stopTokens?: Array<number>
+  /** Generation ends once the text ends with any of these strings (each encoded alone). */
+  stopStrings?: Array<string>
 }
 /** One generated token. */
 export interface GeneratedToken {

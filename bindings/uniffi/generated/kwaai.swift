@@ -1591,13 +1591,20 @@ public struct GenerateOptions {
      * Generation ends after any of these; none: the model's end-of-sequence token.
      */
     public var stopTokens: [UInt32]?
+    /**
+     * Generation ends once the text ends with any of these (as the tokenizer encodes each alone).
+     */
+    public var stopStrings: [String]
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
     public init(maxNewTokens: UInt32 = UInt32(32), minNewTokens: UInt32 = UInt32(0), doSample: Bool = false, temperature: Float = Float(1.0), topK: UInt32 = UInt32(0), topP: Float = Float(1.0), repetitionPenalty: Float = Float(1.0), seed: UInt64 = UInt64(0), 
         /**
          * Generation ends after any of these; none: the model's end-of-sequence token.
-         */stopTokens: [UInt32]? = nil) {
+         */stopTokens: [UInt32]? = nil, 
+        /**
+         * Generation ends once the text ends with any of these (as the tokenizer encodes each alone).
+         */stopStrings: [String] = []) {
         self.maxNewTokens = maxNewTokens
         self.minNewTokens = minNewTokens
         self.doSample = doSample
@@ -1607,6 +1614,7 @@ public struct GenerateOptions {
         self.repetitionPenalty = repetitionPenalty
         self.seed = seed
         self.stopTokens = stopTokens
+        self.stopStrings = stopStrings
     }
 }
 
@@ -1644,6 +1652,9 @@ extension GenerateOptions: Equatable, Hashable {
         if lhs.stopTokens != rhs.stopTokens {
             return false
         }
+        if lhs.stopStrings != rhs.stopStrings {
+            return false
+        }
         return true
     }
 
@@ -1657,6 +1668,7 @@ extension GenerateOptions: Equatable, Hashable {
         hasher.combine(repetitionPenalty)
         hasher.combine(seed)
         hasher.combine(stopTokens)
+        hasher.combine(stopStrings)
     }
 }
 
@@ -1677,7 +1689,8 @@ public struct FfiConverterTypeGenerateOptions: FfiConverterRustBuffer {
                 topP: FfiConverterFloat.read(from: &buf), 
                 repetitionPenalty: FfiConverterFloat.read(from: &buf), 
                 seed: FfiConverterUInt64.read(from: &buf), 
-                stopTokens: FfiConverterOptionSequenceUInt32.read(from: &buf)
+                stopTokens: FfiConverterOptionSequenceUInt32.read(from: &buf), 
+                stopStrings: FfiConverterSequenceString.read(from: &buf)
         )
     }
 
@@ -1691,6 +1704,7 @@ public struct FfiConverterTypeGenerateOptions: FfiConverterRustBuffer {
         FfiConverterFloat.write(value.repetitionPenalty, into: &buf)
         FfiConverterUInt64.write(value.seed, into: &buf)
         FfiConverterOptionSequenceUInt32.write(value.stopTokens, into: &buf)
+        FfiConverterSequenceString.write(value.stopStrings, into: &buf)
     }
 }
 

@@ -3076,7 +3076,11 @@ data class GenerateOptions (
     /**
      * Generation ends after any of these; none: the model's end-of-sequence token.
      */
-    var `stopTokens`: List<kotlin.UInt>? = null
+    var `stopTokens`: List<kotlin.UInt>? = null, 
+    /**
+     * Generation ends once the text ends with any of these (as the tokenizer encodes each alone).
+     */
+    var `stopStrings`: List<kotlin.String> = listOf()
 ) {
     
     companion object
@@ -3097,6 +3101,7 @@ public object FfiConverterTypeGenerateOptions: FfiConverterRustBuffer<GenerateOp
             FfiConverterFloat.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterOptionalSequenceUInt.read(buf),
+            FfiConverterSequenceString.read(buf),
         )
     }
 
@@ -3109,7 +3114,8 @@ public object FfiConverterTypeGenerateOptions: FfiConverterRustBuffer<GenerateOp
             FfiConverterFloat.allocationSize(value.`topP`) +
             FfiConverterFloat.allocationSize(value.`repetitionPenalty`) +
             FfiConverterULong.allocationSize(value.`seed`) +
-            FfiConverterOptionalSequenceUInt.allocationSize(value.`stopTokens`)
+            FfiConverterOptionalSequenceUInt.allocationSize(value.`stopTokens`) +
+            FfiConverterSequenceString.allocationSize(value.`stopStrings`)
     )
 
     override fun write(value: GenerateOptions, buf: ByteBuffer) {
@@ -3122,6 +3128,7 @@ public object FfiConverterTypeGenerateOptions: FfiConverterRustBuffer<GenerateOp
             FfiConverterFloat.write(value.`repetitionPenalty`, buf)
             FfiConverterULong.write(value.`seed`, buf)
             FfiConverterOptionalSequenceUInt.write(value.`stopTokens`, buf)
+            FfiConverterSequenceString.write(value.`stopStrings`, buf)
     }
 }
 
