@@ -17,13 +17,14 @@ use futures::StreamExt;
 use prost::Message;
 use rmpv::Value;
 
+use super::forward::candle_dtype;
 use super::schema::BlockSchema;
 use super::stream_parts::{blocking, collect_parts, reply_parts};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::BlockSpan;
 use crate::node::Node;
 use crate::tensor::stream::{split, StreamJoiner, PETALS_CHUNK_SIZE};
-use crate::tensor::{decode, encode, CompressionType, DType, DecodeLimits, Tensor};
+use crate::tensor::{decode, encode, CompressionType, DecodeLimits, Tensor};
 use crate::wire::msgpack;
 use crate::wire::runtime::{self, ExpertRequest, ExpertResponse};
 
@@ -442,15 +443,6 @@ fn parse_metadata(bytes: &[u8]) -> Result<Value, Failure> {
 
 fn decode_request(bytes: &[u8]) -> Result<ExpertRequest, Failure> {
     ExpertRequest::decode(bytes).map_err(|e| Failure::new(ErrorKind::Protocol, "DecodeError", e.to_string()))
-}
-
-fn candle_dtype(dtype: DType) -> Result<candle_core::DType> {
-    match dtype {
-        DType::F32 => Ok(candle_core::DType::F32),
-        DType::BF16 => Ok(candle_core::DType::BF16),
-        DType::F16 => Ok(candle_core::DType::F16),
-        other => Err(Error::invalid_argument(format!("blocks cannot compute in {}", other.name()))),
-    }
 }
 
 /// Registers `rpc_backward` and `rpc_backward_stream` on `node`, answered by `service` on

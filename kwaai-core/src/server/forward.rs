@@ -132,7 +132,8 @@ fn protocol(message: &str) -> Error {
     Error::new(ErrorKind::Protocol, message)
 }
 
-fn candle_dtype(dtype: DType) -> Result<candle_core::DType> {
+/// The candle dtype blocks compute in for a served `dtype`; other dtypes cannot be served.
+pub(super) fn candle_dtype(dtype: DType) -> Result<candle_core::DType> {
     match dtype {
         DType::F32 => Ok(candle_core::DType::F32),
         DType::BF16 => Ok(candle_core::DType::BF16),

@@ -25,6 +25,7 @@ use rmpv::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::forward::candle_dtype;
 use super::metadata::{py_repr, sequence, Metadata};
 use super::push::{check_uids, Pusher};
 use super::schema::BlockSchema;
@@ -572,13 +573,4 @@ fn short_peer(peer: &PeerId) -> String {
 
 fn session_timeout(limit: Duration) -> Error {
     Error::new(ErrorKind::Timeout, format!("rpc_inference session exceeded {} s", limit.as_secs()))
-}
-
-fn candle_dtype(dtype: DType) -> Result<candle_core::DType> {
-    match dtype {
-        DType::F32 => Ok(candle_core::DType::F32),
-        DType::BF16 => Ok(candle_core::DType::BF16),
-        DType::F16 => Ok(candle_core::DType::F16),
-        other => Err(Error::invalid_argument(format!("blocks cannot compute in {}", other.name()))),
-    }
 }
