@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use kwaai_core::server::Span;
 use kwaai_core::Multiaddr;
 use serde::{Deserialize, Serialize};
 
@@ -72,15 +73,9 @@ pub const KEYS: [&str; 11] = [
     "log_level",
 ];
 
-/// A block range `start:end`, end exclusive.
-pub fn parse_block_indices(text: &str) -> Result<(usize, usize), String> {
-    let (a, b) = text.split_once(':').ok_or_else(|| format!("block indices {text:?} must be start:end"))?;
-    let parse = |s: &str| s.trim().parse::<usize>().map_err(|_| format!("block indices {text:?} must be start:end"));
-    let (start, end) = (parse(a)?, parse(b)?);
-    if start >= end {
-        return Err(format!("block indices {text:?}: start must be below end"));
-    }
-    Ok((start, end))
+/// A block range `start:end`, end exclusive (Petals' `--block_indices`).
+pub fn parse_block_indices(text: &str) -> Result<Span, String> {
+    Span::parse(text).map_err(|e| e.message().to_owned())
 }
 
 fn check_maddr(text: &str, what: &str) -> Result<Multiaddr, String> {
@@ -319,7 +314,7 @@ mod tests {
 
     #[test]
     fn block_indices_parse() {
-        assert_eq!(parse_block_indices("2:5"), Ok((2, 5)));
+        assert_eq!(parse_block_indices("2:5"), Ok(Span::new(2, 5).unwrap()));
         assert!(parse_block_indices("5:2").is_err());
         assert!(parse_block_indices("5").is_err());
     }

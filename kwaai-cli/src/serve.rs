@@ -8,7 +8,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use kwaai_core::client::dht_prefix_for_dir;
 use kwaai_core::model::ModelConfig;
-use kwaai_core::server::{LoadProgressCallback, Server, ServerConfig, Span};
+use kwaai_core::server::{LoadProgressCallback, Server, ServerConfig};
 use kwaai_core::tensor::DType;
 use kwaai_core::Node;
 use serde::{Deserialize, Serialize};
@@ -85,8 +85,8 @@ impl ServeArgs {
         let model = ModelConfig::from_dir(dir)
             .map_err(|e| Failure::usage(format!("model {}: {}", dir.display(), e.message())))?;
         if let Some(indices) = &self.block_indices {
-            let (_, end) = parse_block_indices(indices).map_err(Failure::usage)?;
-            if end > model.num_layers {
+            let span = parse_block_indices(indices).map_err(Failure::usage)?;
+            if span.end as usize > model.num_layers {
                 return Err(Failure::usage(format!(
                     "--block-indices {indices} goes past the model's {} blocks",
                     model.num_layers
@@ -122,11 +122,7 @@ pub fn serve_model(node: &Node, serve: &ServeArgs) -> Result<(Server, ServedSpan
     serve.check_model()?;
     let model_dir = serve.model.clone().ok_or_else(|| Failure::usage("no --model given"))?;
     let block_indices = match &serve.block_indices {
-        Some(text) => {
-            let (start, end) = parse_block_indices(text).map_err(Failure::usage)?;
-            let index = |i: usize| u32::try_from(i).map_err(|_| Failure::usage(format!("block {i} is too large")));
-            Some(Span::new(index(start)?, index(end)?)?)
-        }
+        Some(text) => Some(parse_block_indices(text).map_err(Failure::usage)?),
         None => None,
     };
     let dht_prefix = match &serve.dht_prefix {

@@ -40,14 +40,7 @@ pub struct Server {
 
 fn config_of(options: &ServeOptions) -> kwaai_core::Result<ServerConfig> {
     let model_dir = PathBuf::from(&options.model_path);
-    let block_indices = match &options.block_indices {
-        Some(text) => {
-            let bad = || kwaai_core::Error::invalid_argument(format!("block indices {text:?} must be start:end"));
-            let (a, b) = text.split_once(':').ok_or_else(bad)?;
-            Some(Span::new(a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?)?)
-        }
-        None => None,
-    };
+    let block_indices = options.block_indices.as_deref().map(Span::parse).transpose()?;
     let dht_prefix = match &options.dht_prefix {
         Some(prefix) => prefix.clone(),
         None => kwaai_core::client::dht_prefix_for_dir(&model_dir)?,

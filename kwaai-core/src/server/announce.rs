@@ -30,6 +30,18 @@ impl Span {
         }
         Ok(Span { start, end })
     }
+
+    /// Parses Petals' `--block_indices` form `start:end` (end exclusive).
+    pub fn parse(text: &str) -> Result<Self> {
+        let bad = || Error::invalid_argument(format!("block indices {text:?} must be start:end"));
+        let (a, b) = text.split_once(':').ok_or_else(bad)?;
+        let parse = |s: &str| s.trim().parse::<u32>().map_err(|_| bad());
+        let (start, end) = (parse(a)?, parse(b)?);
+        if start >= end {
+            return Err(Error::invalid_argument(format!("block indices {text:?}: start must be below end")));
+        }
+        Ok(Span { start, end })
+    }
 }
 
 /// The module UID (and DHT key) of one block: `"{dht_prefix}.{block}"`.
@@ -126,6 +138,15 @@ fn check_prefix(dht_prefix: &str) -> Result<()> {
 mod tests {
     use super::*;
     use crate::server::ServerState;
+
+    #[test]
+    fn block_indices_parse_as_petals_writes_them() {
+        assert_eq!(Span::parse("2:5").unwrap(), Span { start: 2, end: 5 });
+        assert_eq!(Span::parse(" 0 : 1 ").unwrap(), Span { start: 0, end: 1 });
+        for bad in ["5:2", "3:3", "5", "a:b", "-1:2"] {
+            assert!(Span::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn block_records_cover_the_span_with_our_peer_id_as_subkey() {
