@@ -1,8 +1,11 @@
-//! Per streamed token: the C ABI's callback path (`kwaai_model_generate` + a C callback) against
-//! iterating kwaai-core's `TokenStream` in Rust, on the same loopback swarm (a bootstrap node and
-//! two nodes serving the halves of a tiny model), in alternating runs. Prints the median and best
-//! time per token of each and their difference. The model directory is `$KWAAI_TINY_MODEL`, else
-//! one is made with the reference venv's Python in a temporary directory.
+//! Per streamed token: the C ABI's callback path against iterating kwaai-core's `TokenStream` in
+//! Rust, in alternating runs; prints the median and best time per token of each and their
+//! difference. Two token sources:
+//! - a replayed stream (`TokenStream::replay`, no model, no network), which isolates what the
+//!   callback path adds per token;
+//! - a real generation (`kwaai_model_generate`) on a loopback swarm (a bootstrap node and two nodes
+//!   serving the halves of a tiny model). The model directory is `$KWAAI_TINY_MODEL`, else one is
+//!   made with the reference venv's Python in a temporary directory.
 
 use std::ffi::CString;
 use std::os::raw::{c_char, c_void};
@@ -13,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use kwaai::*;
-use kwaai_core::client::DistributedModel;
+use kwaai_core::client::{DistributedModel, GeneratedToken, TokenStream};
 use kwaai_core::model::GenerationConfig;
 use kwaai_core::server::{Server, ServerConfig, Span};
 use kwaai_core::tensor::DType;
@@ -62,7 +65,53 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Tokens of a replayed stream: short text pieces, as a tokenizer gives them.
+fn replayed_tokens(n: usize) -> Vec<GeneratedToken> {
+    (0..n as u32).map(|id| GeneratedToken { id, text: format!(" w{}", id % 1000) }).collect()
+}
+
+fn report(what: &str, rust: &[f64], c: &[f64]) {
+    let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    println!("per token, {what}:");
+    println!("  Rust TokenStream iteration : median {:8.3} µs, best {:8.3} µs", median(rust.to_vec()), best(rust));
+    println!("  C ABI token callback       : median {:8.3} µs, best {:8.3} µs", median(c.to_vec()), best(c));
+    println!(
+        "  difference (C - Rust)      : median {:+8.3} µs, best {:+8.3} µs",
+        median(c.to_vec()) - median(rust.to_vec()),
+        best(c) - best(rust)
+    );
+}
+
+/// The callback path alone: the same replayed tokens iterated in Rust and delivered to a C callback.
+fn replayed() {
+    const REPLAYED: usize = 100_000;
+    let (mut rust, mut c) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS + 1 {
+        let stream = TokenStream::replay(replayed_tokens(REPLAYED)).unwrap();
+        let start = Instant::now();
+        let mut n = 0;
+        for token in stream {
+            std::hint::black_box(token.unwrap());
+            n += 1;
+        }
+        assert_eq!(n, REPLAYED);
+        rust.push(start.elapsed().as_secs_f64() * 1e6 / REPLAYED as f64);
+
+        let stream = TokenStream::replay(replayed_tokens(REPLAYED)).unwrap();
+        let count = AtomicUsize::new(0);
+        let start = Instant::now();
+        let user_data = &count as *const AtomicUsize as *mut c_void;
+        let generation = start_generation(stream, Some(count_token), user_data).unwrap();
+        assert_eq!(kwaai_generation_wait(generation), kwaai_status::Ok);
+        c.push(start.elapsed().as_secs_f64() * 1e6 / REPLAYED as f64);
+        kwaai_generation_free(generation);
+        assert_eq!(count.load(Ordering::Relaxed), REPLAYED);
+    }
+    report(&format!("{RUNS} alternating runs of {REPLAYED} replayed tokens"), &rust[1..], &c[1..]);
+}
+
 fn main() {
+    replayed();
     let scratch = tempfile::tempdir().unwrap();
     let dir = model_dir(scratch.path());
     let prefix = "tiny-bench";
@@ -136,15 +185,10 @@ fn main() {
         assert_eq!(count.load(Ordering::Relaxed), TOKENS);
     }
     // The first pair warms connections and routes up.
-    let (rust, c) = (rust[1..].to_vec(), c[1..].to_vec());
-    let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
-    println!("per token, {RUNS} alternating runs of {TOKENS} tokens on a loopback swarm of two servers:");
-    println!("  Rust TokenStream iteration : median {:8.1} µs, best {:8.1} µs", median(rust.clone()), best(&rust));
-    println!("  C ABI token callback       : median {:8.1} µs, best {:8.1} µs", median(c.clone()), best(&c));
-    println!(
-        "  difference (C - Rust)      : median {:+8.1} µs, best {:+8.1} µs",
-        median(c.clone()) - median(rust.clone()),
-        best(&c) - best(&rust)
+    report(
+        &format!("{RUNS} alternating runs of {TOKENS} tokens on a loopback swarm of two servers"),
+        &rust[1..],
+        &c[1..],
     );
 
     kwaai_generation_config_free(gen_config);

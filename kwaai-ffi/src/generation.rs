@@ -286,8 +286,10 @@ fn text_of(token: GeneratedToken) -> CString {
     CString::new(text).unwrap_or_default()
 }
 
-/// Starts delivering `stream` to `callback` on a new thread and returns the generation's handle.
-pub(crate) fn start_generation(
+/// Starts delivering `stream` to `callback` on a new thread and returns the generation's handle,
+/// as `kwaai_model_generate` does once its stream started: for Rust code that hands any token
+/// stream (e.g. [`TokenStream::replay`]) to a C callback.
+pub fn start_generation(
     stream: TokenStream,
     callback: kwaai_token_callback,
     user_data: *mut c_void,

@@ -4,6 +4,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
+use kwaai_core::client::GeneratedToken;
 use kwaai_core::model::SamplingConfig;
 use pyo3::prelude::*;
 
@@ -34,13 +35,15 @@ pub struct GenerationConfig {
     pub seed: u64,
     /// Generation ends after any of these (included in the output).
     pub stop_tokens: Vec<u32>,
+    /// Generation ends once the ids end with any of these sequences (included in the output).
+    pub stop_sequences: Vec<Vec<u32>>,
 }
 
 #[pymethods]
 impl GenerationConfig {
     #[new]
     #[pyo3(signature = (max_new_tokens = 32, min_new_tokens = 0, do_sample = false, temperature = 1.0, top_k = 0,
-        top_p = 1.0, repetition_penalty = 1.0, seed = 0, stop_tokens = Vec::new()))]
+        top_p = 1.0, repetition_penalty = 1.0, seed = 0, stop_tokens = Vec::new(), stop_sequences = Vec::new()))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         max_new_tokens: usize,
@@ -52,6 +55,7 @@ impl GenerationConfig {
         repetition_penalty: f32,
         seed: u64,
         stop_tokens: Vec<u32>,
+        stop_sequences: Vec<Vec<u32>>,
     ) -> Self {
         GenerationConfig {
             max_new_tokens,
@@ -63,13 +67,14 @@ impl GenerationConfig {
             repetition_penalty,
             seed,
             stop_tokens,
+            stop_sequences,
         }
     }
 
     fn __repr__(&self) -> String {
         format!(
             "GenerationConfig(max_new_tokens={}, min_new_tokens={}, do_sample={}, temperature={}, top_k={}, \
-             top_p={}, repetition_penalty={}, seed={}, stop_tokens={:?})",
+             top_p={}, repetition_penalty={}, seed={}, stop_tokens={:?}, stop_sequences={:?})",
             self.max_new_tokens,
             self.min_new_tokens,
             if self.do_sample { "True" } else { "False" },
@@ -78,7 +83,8 @@ impl GenerationConfig {
             self.top_p,
             self.repetition_penalty,
             self.seed,
-            self.stop_tokens
+            self.stop_tokens,
+            self.stop_sequences
         )
     }
 }
@@ -98,7 +104,7 @@ impl GenerationConfig {
                 seed: self.seed,
             },
             stop_tokens: self.stop_tokens.clone(),
-            stop_sequences: Vec::new(),
+            stop_sequences: self.stop_sequences.clone(),
         }
     }
 }
@@ -137,6 +143,14 @@ impl TokenStream {
 
 #[pymethods]
 impl TokenStream {
+    /// A stream that yields the given `(id, text)` tokens as a generation would, then ends: to test
+    /// or benchmark token handling without a swarm.
+    #[staticmethod]
+    fn replay(tokens: Vec<(u32, String)>) -> PyResult<TokenStream> {
+        let tokens = tokens.into_iter().map(|(id, text)| GeneratedToken { id, text }).collect();
+        Ok(TokenStream::new(kwaai_core::client::TokenStream::replay(tokens).map_err(to_py)?))
+    }
+
     fn __iter__(slf: Py<Self>) -> Py<Self> {
         slf
     }

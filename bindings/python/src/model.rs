@@ -117,9 +117,15 @@ impl DistributedModel {
         self.inner.encode(text).map_err(to_py)
     }
 
-    /// Text of `ids`, special tokens skipped.
-    fn decode(&self, ids: Vec<u32>) -> PyResult<String> {
-        self.inner.decode(&ids).map_err(to_py)
+    /// Text of `ids`; special tokens are left out unless `skip_special_tokens` is false.
+    #[pyo3(signature = (ids, skip_special_tokens = true))]
+    fn decode(&self, ids: Vec<u32>, skip_special_tokens: bool) -> PyResult<String> {
+        self.inner.decode_with(&ids, skip_special_tokens).map_err(to_py)
+    }
+
+    /// The ids of a stop string, encoded alone without special tokens.
+    fn stop_sequence(&self, text: &str) -> PyResult<Vec<u32>> {
+        self.inner.stop_sequence(text).map_err(to_py)
     }
 
     /// Starts generating after `prompt` on a worker thread; returns the token stream.

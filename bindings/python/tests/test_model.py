@@ -111,6 +111,51 @@ def test_text_helpers_and_streamed_text(model):
     assert decoded.startswith(text) and set(decoded[len(text):]) <= {"\ufffd"}
 
 
+def test_decode_keeps_special_tokens_when_asked_as_transformers_does(model, tiny_model):
+    ids = model.encode(PROMPT)
+    script = (
+        "import json, sys\n"
+        "from transformers import AutoTokenizer\n"
+        "tok = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "ids = json.loads(sys.argv[2])\n"
+        "print(json.dumps([tok.decode(ids, skip_special_tokens=s) for s in (True, False)]))\n"
+    )
+    skipped, kept = json.loads(run_reference(["-c", script, str(tiny_model), json.dumps(ids)]).splitlines()[-1])
+    assert skipped != kept, "the prompt should start with a special token"
+    assert model.decode(ids) == skipped
+    assert model.decode(ids, skip_special_tokens=False) == kept
+    assert model.tokenizer.decode([ids], skip_special_tokens=False) == kept
+
+
+def test_stop_strings_end_the_generation_after_their_tokens(model):
+    ids, full = greedy(model, 16)
+    stopped_early = 0
+    for k in range(2, 12):
+        text = model.decode(full[k : k + 2])
+        sequence = model._native.stop_sequence(text)
+        # Where the stop sequence first ends in the full greedy output, if anywhere.
+        ends = [i + 1 for i in range(len(full)) if full[: i + 1][-len(sequence) :] == sequence]
+        expected = full[: ends[0]] if ends else full
+        # min_new_tokens holds back the end-of-sequence token only, as in transformers.
+        out = model.generate(ids, max_new_tokens=16, min_new_tokens=16, stop_strings=[text], tokenizer=None)
+        assert out[len(ids) :] == expected, (k, text, sequence)
+        streamed = [t.id for t in model.stream(ids, max_new_tokens=16, min_new_tokens=16, stop_strings=text)]
+        assert streamed == expected
+        stopped_early += len(expected) < len(full)
+    assert stopped_early > 0, "no stop string ended a generation early"
+    with pytest.raises(kwaai.InvalidArgumentError, match="has no tokens"):
+        model.generate(ids, max_new_tokens=4, stop_strings=[""])
+
+
+def test_a_replayed_stream_yields_its_tokens_and_can_be_cancelled():
+    tokens = [(i, f" t{i}") for i in range(300)]
+    assert list(kwaai.TokenStream.replay(tokens)) == tokens
+    stream = kwaai.TokenStream.replay(tokens)
+    assert next(stream) == tokens[0]
+    stream.cancel()
+    assert stream.closed and list(stream) == []
+
+
 def test_leaving_a_stream_early_cancels_it(model):
     ids = model.encode(PROMPT)
     stream = model.stream(ids, max_new_tokens=50)

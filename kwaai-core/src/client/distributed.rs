@@ -110,9 +110,14 @@ impl DistributedModel {
 
     /// Text of token ids (special tokens skipped).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.decode_with(ids, true)
+    }
+
+    /// Text of token ids, with special tokens (`<s>`, `</s>`, ...) left out or kept.
+    pub fn decode_with(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         self.tokenizer()
             .ok_or_else(|| Error::invalid_argument("this model directory has no tokenizer.json"))?
-            .decode(ids, true)
+            .decode(ids, skip_special_tokens)
     }
 
     /// A step-by-step session over hidden states, for hosts that drive their own loop (embed

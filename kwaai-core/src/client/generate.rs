@@ -94,6 +94,24 @@ impl TokenStream {
         Ok(TokenStream { tokens, cancel, worker: Some(worker) })
     }
 
+    /// A stream that yields `tokens` from a thread of its own, as a generation delivers its tokens,
+    /// then ends: lets a host test or benchmark its token handling without a swarm.
+    pub fn replay(tokens: Vec<GeneratedToken>) -> Result<TokenStream> {
+        let (sender, receiver) = mpsc::channel(TOKEN_BUFFER);
+        let (cancel, cancelled) = watch::channel(false);
+        let worker = std::thread::Builder::new()
+            .name("kwaai-replay".into())
+            .spawn(move || {
+                for token in tokens {
+                    if *cancelled.borrow() || sender.blocking_send(Ok(token)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::with_source(ErrorKind::Internal, "starting the replay thread", e))?;
+        Ok(TokenStream { tokens: receiver, cancel, worker: Some(worker) })
+    }
+
     /// Stops the generation and waits until every server stream is closed.
     pub fn cancel(&mut self) {
         let _ = self.cancel.send(true);
@@ -130,5 +148,29 @@ impl Drop for TokenStream {
         // The worker sees the flag (or the closed channel) and closes the server streams itself.
         let _ = self.cancel.send(true);
         self.tokens.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(n: u32) -> Vec<GeneratedToken> {
+        (0..n).map(|id| GeneratedToken { id, text: format!("<{id}>") }).collect()
+    }
+
+    #[test]
+    fn a_replay_yields_every_token_in_order_then_ends() {
+        let stream = TokenStream::replay(tokens(200)).unwrap();
+        let got: Vec<GeneratedToken> = stream.map(|t| t.unwrap()).collect();
+        assert_eq!(got, tokens(200));
+    }
+
+    #[test]
+    fn cancelling_a_replay_stops_it_and_drains_the_buffer() {
+        let mut stream = TokenStream::replay(tokens(10_000)).unwrap();
+        assert_eq!(stream.next_token().unwrap().unwrap().id, 0);
+        stream.cancel();
+        assert!(stream.next_token().is_none());
     }
 }

@@ -41,11 +41,12 @@ class Tokenizer:
         return self._model.encode(text)
 
     def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
-        """Text of token ids (special tokens skipped)."""
+        """Text of token ids; special tokens (`<s>`, `</s>`, ...) are left out unless
+        `skip_special_tokens` is False."""
         rows, two_d = _tensors.token_rows(ids)
         if two_d and len(rows) != 1:
             raise InvalidArgumentError("decode takes one row of token ids")
-        return self._model.decode(rows[0])
+        return self._model.decode(rows[0], skip_special_tokens)
 
     def __call__(self, text: str, return_tensors: Optional[str] = None) -> Dict[str, Any]:
         """`{"input_ids": ...}`: a list, or `[1, tokens]` as "pt" (torch) or "np" (numpy)."""
@@ -185,9 +186,9 @@ class DistributedModelForCausalLM:
         """Token ids of `text`, special tokens added."""
         return self._native.encode(text)
 
-    def decode(self, ids: Any) -> str:
-        """Text of token ids, special tokens skipped."""
-        return self.tokenizer.decode(ids)
+    def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
+        """Text of token ids, special tokens skipped unless `skip_special_tokens` is False."""
+        return self.tokenizer.decode(ids, skip_special_tokens)
 
     def inference_session(self, max_length: int) -> InferenceSession:
         """A session for up to `max_length` tokens; servers reserve attention caches for them."""
@@ -224,6 +225,7 @@ class DistributedModelForCausalLM:
         repetition_penalty: float,
         seed: Optional[int],
         eos_token_id: Optional[Union[int, Sequence[int]]],
+        stop_strings: Optional[Union[str, Sequence[str]]],
     ) -> GenerationConfig:
         if max_new_tokens is None:
             if max_length is None:
@@ -232,6 +234,9 @@ class DistributedModelForCausalLM:
         if eos_token_id is None:
             eos_token_id = self._native.eos_token_id
         stop = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        if isinstance(stop_strings, str):
+            stop_strings = [stop_strings]
+        stop_sequences = [self._native.stop_sequence(text) for text in stop_strings or []]
         return GenerationConfig(
             max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens or 0,
@@ -242,6 +247,7 @@ class DistributedModelForCausalLM:
             repetition_penalty=repetition_penalty,
             seed=random.getrandbits(64) if seed is None else seed,
             stop_tokens=stop,
+            stop_sequences=stop_sequences,
         )
 
     def generate(
@@ -258,6 +264,7 @@ class DistributedModelForCausalLM:
         repetition_penalty: float = 1.0,
         seed: Optional[int] = None,
         eos_token_id: Optional[Union[int, Sequence[int]]] = None,
+        stop_strings: Optional[Union[str, Sequence[str]]] = None,
         session: Optional[InferenceSession] = None,
         input_ids: Any = None,
         **kwargs: Any,
@@ -266,11 +273,14 @@ class DistributedModelForCausalLM:
         the new tokens, in the input's kind (torch tensor, numpy array or list) and rank. Inside a
         session (given, or entered with `with model.inference_session(...)`), continues it as
         Petals does: the result holds this call's inputs and new tokens, and `inputs` may be None.
+        `stop_strings` end the generation once its tokens end with one of them, each encoded alone
+        by the model's tokenizer (transformers' `tokenizer=` argument is accepted and not needed).
         Ctrl-C stops the generation (KeyboardInterrupt)."""
         for name in ("num_beams", "num_return_sequences"):
             if kwargs.pop(name, 1) != 1:
                 raise InvalidArgumentError(f"{name} > 1 is not supported")
         kwargs.pop("pad_token_id", None)
+        kwargs.pop("tokenizer", None)
         if kwargs:
             warnings.warn(f"kwaai ignores these generate options: {sorted(kwargs)}", stacklevel=2)
         if inputs is None:
@@ -290,7 +300,7 @@ class DistributedModelForCausalLM:
         previous = session.output_ids if session is not None else []
         config = self._config(
             max_new_tokens, max_length, len(previous) + len(prompt), min_new_tokens, do_sample, temperature,
-            top_k, top_p, repetition_penalty, seed, eos_token_id,
+            top_k, top_p, repetition_penalty, seed, eos_token_id, stop_strings,
         )
         if session is None:
             new = [token for token, _ in self._native.generate(prompt, config)]
@@ -309,7 +319,7 @@ class DistributedModelForCausalLM:
             max_new_tokens, options.pop("max_length", None), len(rows[0]), options.pop("min_new_tokens", None),
             options.pop("do_sample", False), options.pop("temperature", 1.0), options.pop("top_k", None),
             options.pop("top_p", 1.0), options.pop("repetition_penalty", 1.0), options.pop("seed", None),
-            options.pop("eos_token_id", None),
+            options.pop("eos_token_id", None), options.pop("stop_strings", None),
         )
         if options:
             raise InvalidArgumentError(f"unknown stream options: {sorted(options)}")
