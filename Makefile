@@ -12,13 +12,16 @@ export PYO3_PYTHON ?= $(shell command -v python3)
 # numpy: the tests pass numpy arrays too (it is optional for users of the package).
 PYTHON_TOOLS := maturin==1.16.0 pytest==8.3.4 mypy==1.13.0 numpy==2.4.6
 FFI_LIB := target/debug
+# The model the examples generate with, and the one-server swarm on 127.0.0.1 they join.
+DEMO_MODEL := target/demo-model
+WITH_SWARM := examples/with_swarm.sh $(DEMO_MODEL)
 C_FLAGS := -std=c11 -Wall -Wextra -Werror -Iinclude -Itests/c
 C_LINK := -L$(FFI_LIB) -lkwaai -Wl,-rpath,$(CURDIR)/$(FFI_LIB)
 VALGRIND := valgrind -q --leak-check=full --show-leak-kinds=definite,indirect \
 	--errors-for-leak-kinds=definite,indirect --error-exitcode=1
 
 .PHONY: help demo test deps reference tools build lint test-rust test-c test-python test-node check-generated \
-	header uniffi-bindings wheel fuzz pkgconfig test-kotlin bench-ffi
+	header uniffi-bindings wheel fuzz pkgconfig test-kotlin bench-ffi demo-model bench-bindings
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -56,9 +59,10 @@ lint: ## formatting and clippy, warnings are errors
 	cargo fmt --all --check
 	cargo clippy $(CARGO_SET) -- -D warnings
 
-test-rust: build ## Rust unit, interop and header tests, and the Rust examples
+test-rust: build demo-model ## Rust unit, interop and header tests, and the Rust examples
 	cargo test --workspace
 	./target/debug/examples/start_node
+	$(WITH_SWARM) ./target/debug/examples/generate $(DEMO_MODEL)
 
 C_TESTS := node_lifecycle dht_store_get tensor_exchange generate
 CPP_TESTS := node_roundtrip model_generate
@@ -66,7 +70,7 @@ CPP_TESTS := node_roundtrip model_generate
 TINY_MODEL := target/c/tiny-llama
 CPP_FLAGS := -std=c++17 -Wall -Wextra -Werror -Iinclude
 
-test-c: build ## the C ABI from C: each test plain, under valgrind, and with AddressSanitizer
+test-c: build demo-model ## the C ABI from C: each test plain, under valgrind, and with AddressSanitizer
 	mkdir -p target/c
 	[ -f $(TINY_MODEL)/model.safetensors ] || $(KWAAI_REFERENCE_PYTHON) $(SHARED)/reference/make_tiny_model.py \
 		$(TINY_MODEL) --family llama --layers 4 --hidden 64 >/dev/null
@@ -87,9 +91,12 @@ test-c: build ## the C ABI from C: each test plain, under valgrind, and with Add
 		./target/c/$$t-asan $(TINY_MODEL) > target/c/$$t-asan.log 2>&1 || { cat target/c/$$t-asan.log; exit 1; }; \
 	done
 	gcc $(C_FLAGS) examples/c/start_node.c $(C_LINK) -o target/c/start_node && ./target/c/start_node
+	gcc $(C_FLAGS) examples/c/generate.c $(C_LINK) -o target/c/generate
 	$(MAKE) --no-print-directory pkgconfig
+	$(WITH_SWARM) ./target/c/generate $(DEMO_MODEL)
 	PKG_CONFIG_PATH=$(CURDIR)/target/pkgconfig cmake -S examples/cpp -B target/cpp-example -DCMAKE_BUILD_TYPE=Debug >/dev/null
 	cmake --build target/cpp-example >/dev/null && ./target/cpp-example/exchange_tensor
+	$(WITH_SWARM) ./target/cpp-example/generate $(DEMO_MODEL)
 	@echo "C ABI: C and C++ clean under valgrind and AddressSanitizer; the CMake example runs"
 
 bench-ffi: ## cost per C ABI call from C (release library) and per streamed token, against the same in Rust
@@ -103,42 +110,58 @@ bench-ffi: ## cost per C ABI call from C (release library) and per streamed toke
 		$(TINY_MODEL) --family llama --layers 4 --hidden 64 >/dev/null
 	KWAAI_TINY_MODEL=$(CURDIR)/$(TINY_MODEL) cargo bench -p kwaai-ffi --bench tokens
 
+demo-model: build ## write the demo model (a small random Llama with a tokenizer) to target/demo-model
+	[ -f $(DEMO_MODEL)/model.safetensors ] || ./target/debug/kwaainet demo --make-model $(DEMO_MODEL) >/dev/null
+
+bench-bindings: ## per streamed token through each binding (a replayed stream), against the same in Rust
+	cargo build --release -p kwaai-python -p kwaai-uniffi
+	cargo bench -p kwaai-ffi --bench tokens -- --replay-only
+	cp target/release/lib_kwaai.so bindings/python/python/kwaai/_kwaai.abi3.so
+	$(PY_RUN) bindings/python/benches/tokens.py
+	cp target/debug/lib_kwaai.so bindings/python/python/kwaai/_kwaai.abi3.so
+	cd bindings/node && npx napi build --platform --release --js index.js --dts index.d.ts --cargo-flags="-p kwaai-node"
+	node bindings/node/benches/tokens.mjs
+	rm -rf target/kotlin-bench
+	$(KOTLIN_HOME)/bin/kotlinc -nowarn bindings/uniffi/generated/uniffi/kwaai/kwaai.kt bindings/uniffi/benches/TokensBench.kt \
+		-cp $(JNA_JAR) -d target/kotlin-bench
+	java -Djna.library.path=target/release -cp target/kotlin-bench:$(JNA_JAR):$(KOTLIN_HOME)/lib/kotlin-stdlib.jar TokensBenchKt
+
 pkgconfig: ## write target/pkgconfig/kwaai.pc for this checkout's header and library
 	mkdir -p target/pkgconfig
 	sed -e 's|@PREFIX@|$(CURDIR)|' -e 's|@LIBDIR@|$(CURDIR)/$(FFI_LIB)|' \
 		-e "s|@VERSION@|$$(sed -n 's/^version = \"\(.*\)\"/\1/p' Cargo.toml | head -1)|" \
 		kwaai-ffi/kwaai.pc.in > target/pkgconfig/kwaai.pc
 
-test-kotlin: build ## the Kotlin bindings (UniFFI) on the JVM, compiled with kotlinc
+KOTLIN_RUN = java -Djna.library.path=$(FFI_LIB) -cp target/kotlin/classes:$(JNA_JAR):$(KOTLIN_HOME)/lib/kotlin-stdlib.jar
+
+test-kotlin: build demo-model ## the Kotlin bindings (UniFFI) on the JVM, compiled with kotlinc, and the example
 	rm -rf target/kotlin
 	$(KOTLIN_HOME)/bin/kotlinc -nowarn bindings/uniffi/generated/uniffi/kwaai/kwaai.kt bindings/uniffi/tests/kotlin/*.kt \
-		-cp $(JNA_JAR) -d target/kotlin/classes
-	./target/debug/kwaainet demo --make-model target/demo-model >/dev/null
-	for main in NodeTestKt "GenerateTestKt target/demo-model"; do \
-		java -Djna.library.path=$(FFI_LIB) -cp target/kotlin/classes:$(JNA_JAR):$(KOTLIN_HOME)/lib/kotlin-stdlib.jar \
-			$$main; \
-	done
+		examples/kotlin/*.kt -cp $(JNA_JAR) -d target/kotlin/classes
+	$(KOTLIN_RUN) NodeTestKt
+	$(KOTLIN_RUN) GenerateTestKt $(DEMO_MODEL)
+	$(WITH_SWARM) $(KOTLIN_RUN) GenerateKt $(DEMO_MODEL)
 
 # The tests import the package from its source tree with the extension built by `make build`
 # (what `maturin develop` does, without a second cargo build); `make wheel` builds the wheel.
 PY_RUN := PYTHONPATH=$(CURDIR)/bindings/python/python $(VENV)/bin/python
 
-test-python: build ## the Python package: pytest, type stubs checked against the module, the example
+test-python: build demo-model ## the Python package: pytest, type stubs checked against the module, the example
 	cp target/debug/lib_kwaai.so bindings/python/python/kwaai/_kwaai.abi3.so
 	$(PY_RUN) -m mypy.stubtest kwaai._kwaai
 	cd bindings/python && $(PY_RUN) -m mypy
 	cd bindings/python && $(PY_RUN) -m pytest -q tests
 	$(PY_RUN) examples/python/start_node.py
+	$(WITH_SWARM) $(PY_RUN) examples/python/generate.py $(DEMO_MODEL)
 
 wheel: ## build the Python wheel (release) into target/wheels
 	cd bindings/python && $(VENV)/bin/maturin build --release -o $(CURDIR)/target/wheels
 
-test-node: build ## build the Node addon and run node's test runner
+test-node: build demo-model ## build the Node addon and run node's test runner, and the examples
 	cd bindings/node && npx napi build --platform --js index.js --dts index.d.ts --cargo-flags="$(CARGO_SET)"
 	cd bindings/node && node --test __test__/
 	node examples/node/start_node.mjs
-	./target/debug/kwaainet demo --make-model target/demo-model >/dev/null
-	node examples/node/generate.mjs target/demo-model
+	$(WITH_SWARM) node examples/node/generate.mjs $(DEMO_MODEL)
 
 check-generated: build ## generated sources (header, index.d.ts, UniFFI) are committed and current
 	rm -rf target/uniffi-check

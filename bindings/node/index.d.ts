@@ -76,8 +76,8 @@ export declare class DistributedModel {
   static load(node: Node, path: string, dhtPrefix?: string | undefined | null): Promise<DistributedModel>
   /** Token ids of `text` (special tokens added, as the model's tokenizer does). */
   encode(text: string): Array<number>
-  /** Text of token ids (special tokens skipped). */
-  decode(ids: Array<number>): string
+  /** Text of token ids; special tokens are left out unless `skipSpecialTokens` is false. */
+  decode(ids: Array<number>, skipSpecialTokens?: boolean | undefined | null): string
   /**
    * Generates after `prompt` (text, or token ids): an async iterator of `{ id, text }`.
    * Breaking out of `for await` (or `cancel()`) stops the generation and the servers' sessions.
@@ -89,6 +89,11 @@ export declare class DistributedModel {
  * `return()`, which `for await` calls on `break`) stops it and frees the servers' caches.
  */
 export declare class TokenStream {
+  /**
+   * A stream that yields the given tokens as a generation would, then ends: to test or
+   * benchmark token handling without a swarm.
+   */
+  static replay(tokens: Array<GeneratedToken>): TokenStream & AsyncIterable<GeneratedToken>
   /** The next token; `{ done: true }` once the generation is over or cancelled. */
   next(): Promise<{ done: boolean, value?: GeneratedToken }>
   /** Stops the generation; a pending `next()` resolves to `{ done: true }`. */

@@ -1,20 +1,21 @@
-// Serve a model from one node and stream a generation through it from another, on 127.0.0.1.
-// Usage: node examples/node/generate.mjs MODEL_DIR  (e.g. a model from `kwaainet demo --make-model DIR`)
+// Start a node, join a swarm, stream a generation.
+// Usage: node examples/node/generate.mjs MODEL_DIR INITIAL_PEER  (a multiaddr ending in /p2p/<peer id> of a
+// swarm serving MODEL_DIR; examples/with_swarm.sh runs one on 127.0.0.1)
 import { createRequire } from 'node:module'
 const require = createRequire(import.meta.url)
-const { Node, Server, DistributedModel } = require('../../bindings/node/index.js')
+const { Node, DistributedModel } = require('../../bindings/node/index.js')
 
-const modelPath = process.argv[2]
-const server = await Node.start()
-const served = await Server.start(server, { modelPath, blockIndices: '0:4', throughput: 1 })
-const client = await Node.start({ initialPeers: server.listenAddrs, clientMode: true })
-const model = await DistributedModel.load(client, modelPath)
+const [modelPath, initialPeer] = process.argv.slice(2)
+const node = await Node.start({ initialPeers: [initialPeer], clientMode: true })
+// The model's embeddings and head load here; its blocks are found on the swarm.
+const model = await DistributedModel.load(node, modelPath)
 
 process.stdout.write('the old river ')
+let tokens = 0
 for await (const token of model.generate('the old river', { maxNewTokens: 12 })) {
   process.stdout.write(token.text)
+  tokens += 1
 }
-process.stdout.write('\n')
-await served.shutdown()
-await client.shutdown()
-await server.shutdown()
+process.stdout.write(`\n${tokens} tokens streamed\n`)
+await node.shutdown()
+process.exitCode = tokens > 0 ? 0 : 1

@@ -5,7 +5,7 @@
 //!   callback path adds per token;
 //! - a real generation (`kwaai_model_generate`) on a loopback swarm (a bootstrap node and two nodes
 //!   serving the halves of a tiny model). The model directory is `$KWAAI_TINY_MODEL`, else one is
-//!   made with the reference venv's Python in a temporary directory.
+//!   made with the reference venv's Python in a temporary directory. `-- --replay-only` skips it.
 
 use std::ffi::CString;
 use std::os::raw::{c_char, c_void};
@@ -112,6 +112,9 @@ fn replayed() {
 
 fn main() {
     replayed();
+    if std::env::args().any(|a| a == "--replay-only") {
+        return;
+    }
     let scratch = tempfile::tempdir().unwrap();
     let dir = model_dir(scratch.path());
     let prefix = "tiny-bench";

@@ -10,7 +10,7 @@ import { execFileSync } from 'node:child_process'
 import { createRequire } from 'node:module'
 
 const require = createRequire(import.meta.url)
-const { Node, Server, DistributedModel } = require('../index.js')
+const { Node, Server, DistributedModel, TokenStream } = require('../index.js')
 
 const python = process.env.KWAAI_REFERENCE_PYTHON ?? `${process.env.HOME}/.cache/kwaai/reference-venv/bin/python`
 const shared = process.env.KWAAI_SHARED ?? join(import.meta.dirname, '../../../../shared')
@@ -82,4 +82,22 @@ test('bad requests reject with their kind', async () => {
   const node = nodes[0]
   await assert.rejects(Server.start(node, { modelPath, blockIndices: '3:9', throughput: 1 }), { code: 'invalid_argument' })
   await assert.rejects(DistributedModel.load(node, join(modelPath, 'missing')), { code: 'io' })
+})
+
+test('decode keeps special tokens when asked', () => {
+  const ids = model.encode('hello kwaai')
+  const kept = model.decode(ids, false)
+  assert.equal(model.decode(ids), 'hello kwaai')
+  assert.notEqual(kept, 'hello kwaai')
+  assert.ok(kept.endsWith('hello kwaai'), kept)
+  assert.equal(model.decode(ids, true), 'hello kwaai')
+})
+
+test('a replayed stream yields its tokens and stops on break', async () => {
+  const tokens = Array.from({ length: 300 }, (_, id) => ({ id, text: ` t${id}` }))
+  assert.deepEqual(await collect(TokenStream.replay(tokens)), tokens)
+  let seen = 0
+  const stream = TokenStream.replay(tokens)
+  for await (const _ of stream) if (++seen === 2) break
+  assert.equal((await stream.next()).done, true)
 })

@@ -60,10 +60,10 @@ impl DistributedModel {
         self.inner.encode(&text).map_err(|e| to_js(&env, &e))
     }
 
-    /// Text of token ids (special tokens skipped).
+    /// Text of token ids; special tokens are left out unless `skipSpecialTokens` is false.
     #[napi]
-    pub fn decode(&self, env: Env, ids: Vec<u32>) -> napi::Result<String> {
-        self.inner.decode(&ids).map_err(|e| to_js(&env, &e))
+    pub fn decode(&self, env: Env, ids: Vec<u32>, skip_special_tokens: Option<bool>) -> napi::Result<String> {
+        self.inner.decode_with(&ids, skip_special_tokens.unwrap_or(true)).map_err(|e| to_js(&env, &e))
     }
 
     /// Generates after `prompt` (text, or token ids): an async iterator of `{ id, text }`.
@@ -84,13 +84,7 @@ impl DistributedModel {
             JsEither::B(ids) => self.inner.generate(&ids, config),
         }
         .map_err(|e| to_js(&env, &e))?;
-        let stream = TokenStream {
-            inner: Arc::new(Mutex::new(Some(stream))),
-            cancel: Arc::new(Cancel { flag: AtomicBool::new(false), wake: Notify::new() }),
-        };
-        let mut object = stream.into_instance(env)?.as_object(env);
-        make_async_iterable(&env, &mut object)?;
-        Ok(object)
+        TokenStream::into_iterable(env, stream)
     }
 }
 
@@ -171,8 +165,30 @@ pub struct TokenStream {
     cancel: Arc<Cancel>,
 }
 
+impl TokenStream {
+    /// A JS object for `stream` that `for await` iterates.
+    fn into_iterable(env: Env, stream: CoreStream) -> napi::Result<JsObject> {
+        let stream = TokenStream {
+            inner: Arc::new(Mutex::new(Some(stream))),
+            cancel: Arc::new(Cancel { flag: AtomicBool::new(false), wake: Notify::new() }),
+        };
+        let mut object = stream.into_instance(env)?.as_object(env);
+        make_async_iterable(&env, &mut object)?;
+        Ok(object)
+    }
+}
+
 #[napi]
 impl TokenStream {
+    /// A stream that yields the given tokens as a generation would, then ends: to test or
+    /// benchmark token handling without a swarm.
+    #[napi(ts_return_type = "TokenStream & AsyncIterable<GeneratedToken>")]
+    pub fn replay(env: Env, tokens: Vec<GeneratedTokenJs>) -> napi::Result<JsObject> {
+        let tokens = tokens.into_iter().map(|t| GeneratedToken { id: t.id, text: t.text }).collect();
+        let stream = CoreStream::replay(tokens).map_err(|e| to_js(&env, &e))?;
+        TokenStream::into_iterable(env, stream)
+    }
+
     /// The next token; `{ done: true }` once the generation is over or cancelled.
     #[napi(ts_return_type = "Promise<{ done: boolean, value?: GeneratedToken }>")]
     pub fn next(&self) -> AsyncTask<NextTask> {

@@ -559,9 +559,9 @@ fileprivate struct FfiConverterData: FfiConverterRustBuffer {
 public protocol DistributedModelProtocol: AnyObject, Sendable {
     
     /**
-     * Text of token ids.
+     * Text of token ids; special tokens are left out unless `skip_special_tokens` is false.
      */
-    func decode(ids: [UInt32]) throws  -> String
+    func decode(ids: [UInt32], skipSpecialTokens: Bool) throws  -> String
     
     /**
      * Token ids of `text`.
@@ -644,12 +644,13 @@ public static func load(node: Node, path: String, dhtPrefix: String? = nil)throw
 
     
     /**
-     * Text of token ids.
+     * Text of token ids; special tokens are left out unless `skip_special_tokens` is false.
      */
-open func decode(ids: [UInt32])throws  -> String  {
+open func decode(ids: [UInt32], skipSpecialTokens: Bool = true)throws  -> String  {
     return try  FfiConverterString.lift(try rustCallWithError(FfiConverterTypeKwaaiError_lift) {
     uniffi_kwaai_uniffi_fn_method_distributedmodel_decode(self.uniffiClonePointer(),
-        FfiConverterSequenceUInt32.lower(ids),$0
+        FfiConverterSequenceUInt32.lower(ids),
+        FfiConverterBool.lower(skipSpecialTokens),$0
     )
 })
 }
@@ -1725,6 +1726,79 @@ public func FfiConverterTypeGenerateOptions_lower(_ value: GenerateOptions) -> R
 
 
 /**
+ * One token of a generation: its id and the text it adds.
+ */
+public struct GeneratedToken {
+    public var id: UInt32
+    public var text: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(id: UInt32, text: String) {
+        self.id = id
+        self.text = text
+    }
+}
+
+#if compiler(>=6)
+extension GeneratedToken: Sendable {}
+#endif
+
+
+extension GeneratedToken: Equatable, Hashable {
+    public static func ==(lhs: GeneratedToken, rhs: GeneratedToken) -> Bool {
+        if lhs.id != rhs.id {
+            return false
+        }
+        if lhs.text != rhs.text {
+            return false
+        }
+        return true
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(id)
+        hasher.combine(text)
+    }
+}
+
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeGeneratedToken: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> GeneratedToken {
+        return
+            try GeneratedToken(
+                id: FfiConverterUInt32.read(from: &buf), 
+                text: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: GeneratedToken, into buf: inout [UInt8]) {
+        FfiConverterUInt32.write(value.id, into: &buf)
+        FfiConverterString.write(value.text, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGeneratedToken_lift(_ buf: RustBuffer) throws -> GeneratedToken {
+    return try FfiConverterTypeGeneratedToken.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGeneratedToken_lower(_ value: GeneratedToken) -> RustBuffer {
+    return FfiConverterTypeGeneratedToken.lower(value)
+}
+
+
+/**
  * How to start a node.
  */
 public struct NodeConfig {
@@ -2283,6 +2357,43 @@ fileprivate struct FfiConverterSequenceString: FfiConverterRustBuffer {
     }
 }
 
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeGeneratedToken: FfiConverterRustBuffer {
+    typealias SwiftType = [GeneratedToken]
+
+    public static func write(_ value: [GeneratedToken], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeGeneratedToken.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [GeneratedToken] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [GeneratedToken]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeGeneratedToken.read(from: &buf))
+        }
+        return seq
+    }
+}
+/**
+ * Delivers the given tokens to `listener` as a generation would: to test or benchmark token
+ * handling without a swarm.
+ */
+public func replayTokens(tokens: [GeneratedToken], listener: TokenListener)throws  -> Generation  {
+    return try  FfiConverterTypeGeneration_lift(try rustCallWithError(FfiConverterTypeKwaaiError_lift) {
+    uniffi_kwaai_uniffi_fn_func_replay_tokens(
+        FfiConverterSequenceTypeGeneratedToken.lower(tokens),
+        FfiConverterTypeTokenListener_lower(listener),$0
+    )
+})
+}
+
 private enum InitializationResult {
     case ok
     case contractVersionMismatch
@@ -2298,7 +2409,10 @@ private let initializationResult: InitializationResult = {
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
     }
-    if (uniffi_kwaai_uniffi_checksum_method_distributedmodel_decode() != 63817) {
+    if (uniffi_kwaai_uniffi_checksum_func_replay_tokens() != 40882) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_kwaai_uniffi_checksum_method_distributedmodel_decode() != 64536) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_kwaai_uniffi_checksum_method_distributedmodel_encode() != 11383) {

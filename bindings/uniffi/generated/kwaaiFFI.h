@@ -283,7 +283,7 @@ void*_Nonnull uniffi_kwaai_uniffi_fn_constructor_distributedmodel_load(void*_Non
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_DISTRIBUTEDMODEL_DECODE
 #define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_DISTRIBUTEDMODEL_DECODE
-RustBuffer uniffi_kwaai_uniffi_fn_method_distributedmodel_decode(void*_Nonnull ptr, RustBuffer ids, RustCallStatus *_Nonnull out_status
+RustBuffer uniffi_kwaai_uniffi_fn_method_distributedmodel_decode(void*_Nonnull ptr, RustBuffer ids, int8_t skip_special_tokens, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_DISTRIBUTEDMODEL_ENCODE
@@ -409,6 +409,11 @@ void uniffi_kwaai_uniffi_fn_init_callback_vtable_tokenlistener(const UniffiVTabl
 #ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_TOKENLISTENER_ON_TOKEN
 #define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_METHOD_TOKENLISTENER_ON_TOKEN
 int8_t uniffi_kwaai_uniffi_fn_method_tokenlistener_on_token(void*_Nonnull ptr, uint32_t id, RustBuffer text, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_FUNC_REPLAY_TOKENS
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_FN_FUNC_REPLAY_TOKENS
+void*_Nonnull uniffi_kwaai_uniffi_fn_func_replay_tokens(RustBuffer tokens, void*_Nonnull listener, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_FFI_KWAAI_UNIFFI_RUSTBUFFER_ALLOC
@@ -689,6 +694,12 @@ void ffi_kwaai_uniffi_rust_future_free_void(uint64_t handle
 #ifndef UNIFFI_FFIDEF_FFI_KWAAI_UNIFFI_RUST_FUTURE_COMPLETE_VOID
 #define UNIFFI_FFIDEF_FFI_KWAAI_UNIFFI_RUST_FUTURE_COMPLETE_VOID
 void ffi_kwaai_uniffi_rust_future_complete_void(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_FUNC_REPLAY_TOKENS
+#define UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_FUNC_REPLAY_TOKENS
+uint16_t uniffi_kwaai_uniffi_checksum_func_replay_tokens(void
+    
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_KWAAI_UNIFFI_CHECKSUM_METHOD_DISTRIBUTEDMODEL_DECODE

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use kwaai_core::client::DistributedModel as CoreModel;
+use kwaai_core::client::{DistributedModel as CoreModel, GeneratedToken as CoreToken, TokenStream};
 use kwaai_core::model::{GenerationConfig, SamplingConfig};
 use kwaai_core::server::{Server as CoreServer, ServerConfig, Span};
 use kwaai_core::tensor::DType;
@@ -133,9 +133,10 @@ impl DistributedModel {
         Ok(self.inner.encode(&text)?)
     }
 
-    /// Text of token ids.
-    pub fn decode(&self, ids: Vec<u32>) -> Result<String, KwaaiError> {
-        Ok(self.inner.decode(&ids)?)
+    /// Text of token ids; special tokens are left out unless `skip_special_tokens` is false.
+    #[uniffi::method(default(skip_special_tokens = true))]
+    pub fn decode(&self, ids: Vec<u32>, skip_special_tokens: bool) -> Result<String, KwaaiError> {
+        Ok(self.inner.decode_with(&ids, skip_special_tokens)?)
     }
 
     /// Starts generating after `prompt` on a library thread; `listener` gets each token.
@@ -165,7 +166,41 @@ impl DistributedModel {
                 .map(|s| self.inner.stop_sequence(s))
                 .collect::<Result<_, _>>()?,
         };
-        let mut stream = self.inner.generate_text(&prompt, config)?;
+        Generation::start(self.inner.generate_text(&prompt, config)?, listener)
+    }
+}
+
+/// One token of a generation: its id and the text it adds.
+#[derive(uniffi::Record)]
+pub struct GeneratedToken {
+    pub id: u32,
+    pub text: String,
+}
+
+/// Delivers the given tokens to `listener` as a generation would: to test or benchmark token
+/// handling without a swarm.
+#[uniffi::export]
+pub fn replay_tokens(
+    tokens: Vec<GeneratedToken>,
+    listener: Arc<dyn TokenListener>,
+) -> Result<Arc<Generation>, KwaaiError> {
+    let tokens = tokens.into_iter().map(|t| CoreToken { id: t.id, text: t.text }).collect();
+    Generation::start(TokenStream::replay(tokens)?, listener)
+}
+
+/// A generation in progress.
+#[derive(uniffi::Object)]
+pub struct Generation {
+    cancelled: Arc<AtomicBool>,
+    worker: Mutex<Option<Worker>>,
+}
+
+/// The thread that runs a generation; it returns the generated ids.
+type Worker = JoinHandle<Result<Vec<u32>, KwaaiError>>;
+
+impl Generation {
+    /// Delivers `stream` to `listener` on a thread of its own.
+    fn start(mut stream: TokenStream, listener: Arc<dyn TokenListener>) -> Result<Arc<Generation>, KwaaiError> {
         let cancelled = Arc::new(AtomicBool::new(false));
         let stop = Arc::clone(&cancelled);
         let worker = std::thread::Builder::new()
@@ -191,16 +226,6 @@ impl DistributedModel {
         Ok(Arc::new(Generation { cancelled, worker: Mutex::new(Some(worker)) }))
     }
 }
-
-/// A generation in progress.
-#[derive(uniffi::Object)]
-pub struct Generation {
-    cancelled: Arc<AtomicBool>,
-    worker: Mutex<Option<Worker>>,
-}
-
-/// The thread that runs a generation; it returns the generated ids.
-type Worker = JoinHandle<Result<Vec<u32>, KwaaiError>>;
 
 #[uniffi::export]
 impl Generation {

@@ -3,6 +3,7 @@
 // stopping from the listener frees the servers' sessions.
 // Usage: GenerateTestKt MODEL_DIR (a 4-block model, e.g. from `kwaainet demo --make-model`).
 import uniffi.kwaai.DistributedModel
+import uniffi.kwaai.GeneratedToken
 import uniffi.kwaai.GenerateOptions
 import uniffi.kwaai.KwaaiException
 import uniffi.kwaai.Node
@@ -10,6 +11,7 @@ import uniffi.kwaai.NodeConfig
 import uniffi.kwaai.ServeOptions
 import uniffi.kwaai.Server
 import uniffi.kwaai.TokenListener
+import uniffi.kwaai.replayTokens
 import java.util.Collections
 import kotlin.system.exitProcess
 
@@ -57,6 +59,17 @@ fun main(args: Array<String>) {
     var waited = 0
     while (servers.any { it.activeSessions() != 0u } && waited < 100) { Thread.sleep(50); waited++ }
     checkGen(servers.all { it.activeSessions() == 0u }, "stopping frees the servers' sessions")
+
+    val prompt = model.encode("the old river")
+    val kept = model.decode(prompt, skipSpecialTokens = false)
+    checkGen(model.decode(prompt) == "the old river" && kept != "the old river" && kept.endsWith("the old river"),
+        "decode leaves special tokens out unless asked to keep them")
+
+    val replayed = (0u until 300u).map { GeneratedToken(it, " t$it") }
+    val all = Collect()
+    checkGen(replayTokens(replayed, all).wait() == replayed.map { it.id } && all.text.toString() == replayed.joinToString("") { it.text },
+        "a replayed stream reaches the listener in order")
+    checkGen(replayTokens(replayed, Collect(stopAfter = 2)).wait().size == 2, "the listener stops a replayed stream")
 
     try {
         Server.start(client, ServeOptions(modelPath = modelPath, startBlock = 3u, endBlock = 9u))

@@ -778,6 +778,8 @@ internal open class UniffiVTableCallbackInterfaceTokenListener(
 
 
 
+
+
 // For large crates we prevent `MethodTooLargeException` (see #2340)
 // N.B. the name of the extension is very misleading, since it is 
 // rather `InterfaceTooLargeException`, caused by too many methods 
@@ -793,7 +795,9 @@ internal open class UniffiVTableCallbackInterfaceTokenListener(
 // when the library is loaded.
 internal interface IntegrityCheckingUniffiLib : Library {
     // Integrity check functions only
-    fun uniffi_kwaai_uniffi_checksum_method_distributedmodel_decode(
+    fun uniffi_kwaai_uniffi_checksum_func_replay_tokens(
+): Short
+fun uniffi_kwaai_uniffi_checksum_method_distributedmodel_decode(
 ): Short
 fun uniffi_kwaai_uniffi_checksum_method_distributedmodel_encode(
 ): Short
@@ -885,7 +889,7 @@ fun uniffi_kwaai_uniffi_fn_free_distributedmodel(`ptr`: Pointer,uniffi_out_err: 
 ): Unit
 fun uniffi_kwaai_uniffi_fn_constructor_distributedmodel_load(`node`: Pointer,`path`: RustBuffer.ByValue,`dhtPrefix`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): Pointer
-fun uniffi_kwaai_uniffi_fn_method_distributedmodel_decode(`ptr`: Pointer,`ids`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+fun uniffi_kwaai_uniffi_fn_method_distributedmodel_decode(`ptr`: Pointer,`ids`: RustBuffer.ByValue,`skipSpecialTokens`: Byte,uniffi_out_err: UniffiRustCallStatus, 
 ): RustBuffer.ByValue
 fun uniffi_kwaai_uniffi_fn_method_distributedmodel_encode(`ptr`: Pointer,`text`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): RustBuffer.ByValue
@@ -937,6 +941,8 @@ fun uniffi_kwaai_uniffi_fn_init_callback_vtable_tokenlistener(`vtable`: UniffiVT
 ): Unit
 fun uniffi_kwaai_uniffi_fn_method_tokenlistener_on_token(`ptr`: Pointer,`id`: Int,`text`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
 ): Byte
+fun uniffi_kwaai_uniffi_fn_func_replay_tokens(`tokens`: RustBuffer.ByValue,`listener`: Pointer,uniffi_out_err: UniffiRustCallStatus, 
+): Pointer
 fun ffi_kwaai_uniffi_rustbuffer_alloc(`size`: Long,uniffi_out_err: UniffiRustCallStatus, 
 ): RustBuffer.ByValue
 fun ffi_kwaai_uniffi_rustbuffer_from_bytes(`bytes`: ForeignBytes.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -1063,7 +1069,10 @@ private fun uniffiCheckContractApiVersion(lib: IntegrityCheckingUniffiLib) {
 }
 @Suppress("UNUSED_PARAMETER")
 private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
-    if (lib.uniffi_kwaai_uniffi_checksum_method_distributedmodel_decode() != 63817.toShort()) {
+    if (lib.uniffi_kwaai_uniffi_checksum_func_replay_tokens() != 40882.toShort()) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if (lib.uniffi_kwaai_uniffi_checksum_method_distributedmodel_decode() != 64536.toShort()) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if (lib.uniffi_kwaai_uniffi_checksum_method_distributedmodel_encode() != 11383.toShort()) {
@@ -1587,9 +1596,9 @@ public object FfiConverterByteArray: FfiConverterRustBuffer<ByteArray> {
 public interface DistributedModelInterface {
     
     /**
-     * Text of token ids.
+     * Text of token ids; special tokens are left out unless `skip_special_tokens` is false.
      */
-    fun `decode`(`ids`: List<kotlin.UInt>): kotlin.String
+    fun `decode`(`ids`: List<kotlin.UInt>, `skipSpecialTokens`: kotlin.Boolean = true): kotlin.String
     
     /**
      * Token ids of `text`.
@@ -1691,14 +1700,14 @@ open class DistributedModel: Disposable, AutoCloseable, DistributedModelInterfac
 
     
     /**
-     * Text of token ids.
+     * Text of token ids; special tokens are left out unless `skip_special_tokens` is false.
      */
-    @Throws(KwaaiException::class)override fun `decode`(`ids`: List<kotlin.UInt>): kotlin.String {
+    @Throws(KwaaiException::class)override fun `decode`(`ids`: List<kotlin.UInt>, `skipSpecialTokens`: kotlin.Boolean): kotlin.String {
             return FfiConverterString.lift(
     callWithPointer {
     uniffiRustCallWithError(KwaaiException) { _status ->
     UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_method_distributedmodel_decode(
-        it, FfiConverterSequenceUInt.lower(`ids`),_status)
+        it, FfiConverterSequenceUInt.lower(`ids`),FfiConverterBoolean.lower(`skipSpecialTokens`),_status)
 }
     }
     )
@@ -3135,6 +3144,41 @@ public object FfiConverterTypeGenerateOptions: FfiConverterRustBuffer<GenerateOp
 
 
 /**
+ * One token of a generation: its id and the text it adds.
+ */
+data class GeneratedToken (
+    var `id`: kotlin.UInt, 
+    var `text`: kotlin.String
+) {
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeGeneratedToken: FfiConverterRustBuffer<GeneratedToken> {
+    override fun read(buf: ByteBuffer): GeneratedToken {
+        return GeneratedToken(
+            FfiConverterUInt.read(buf),
+            FfiConverterString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: GeneratedToken) = (
+            FfiConverterUInt.allocationSize(value.`id`) +
+            FfiConverterString.allocationSize(value.`text`)
+    )
+
+    override fun write(value: GeneratedToken, buf: ByteBuffer) {
+            FfiConverterUInt.write(value.`id`, buf)
+            FfiConverterString.write(value.`text`, buf)
+    }
+}
+
+
+
+/**
  * How to start a node.
  */
 data class NodeConfig (
@@ -3558,4 +3602,46 @@ public object FfiConverterSequenceString: FfiConverterRustBuffer<List<kotlin.Str
         }
     }
 }
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeGeneratedToken: FfiConverterRustBuffer<List<GeneratedToken>> {
+    override fun read(buf: ByteBuffer): List<GeneratedToken> {
+        val len = buf.getInt()
+        return List<GeneratedToken>(len) {
+            FfiConverterTypeGeneratedToken.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<GeneratedToken>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeGeneratedToken.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<GeneratedToken>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeGeneratedToken.write(it, buf)
+        }
+    }
+}
+        /**
+         * Delivers the given tokens to `listener` as a generation would: to test or benchmark token
+         * handling without a swarm.
+         */
+    @Throws(KwaaiException::class) fun `replayTokens`(`tokens`: List<GeneratedToken>, `listener`: TokenListener): Generation {
+            return FfiConverterTypeGeneration.lift(
+    uniffiRustCallWithError(KwaaiException) { _status ->
+    UniffiLib.INSTANCE.uniffi_kwaai_uniffi_fn_func_replay_tokens(
+        FfiConverterSequenceTypeGeneratedToken.lower(`tokens`),FfiConverterTypeTokenListener.lower(`listener`),_status)
+}
+    )
+    }
+    
+
 
