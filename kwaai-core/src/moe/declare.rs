@@ -64,15 +64,33 @@ pub fn declaration_items(uids: &[String], peer: &PeerId, expiration: DhtTime) ->
         .collect())
 }
 
-/// Declares `uids` as served by this DHT's node until `expiration`; one flag per stored item
+/// Declares `uids` as served by `node` until `expiration` (blocking); one flag per stored item
 /// (see [`declaration_items`]), `true` where a replica accepted it.
-pub async fn declare_experts(dht: &Dht, peer: &PeerId, uids: &[String], expiration: DhtTime) -> Result<Vec<bool>> {
+pub fn declare_experts(node: &Node, uids: &[String], expiration: DhtTime) -> Result<Vec<bool>> {
+    let dht = node.dht()?;
+    node.runtime_handle()?.block_on(declare_experts_async(&dht, &node.peer_id(), uids, expiration))
+}
+
+/// [`declare_experts`] on a node's DHT, for async callers (`peer`: the node's peer ID).
+pub async fn declare_experts_async(
+    dht: &Dht,
+    peer: &PeerId,
+    uids: &[String],
+    expiration: DhtTime,
+) -> Result<Vec<bool>> {
     let items = declaration_items(uids, peer, expiration)?;
     dht.store_many(items).await
 }
 
-/// Finds who serves each of `uids`: `None` where the DHT has no live declaration.
-pub async fn get_experts(dht: &Dht, uids: &[String]) -> Result<Vec<Option<ExpertInfo>>> {
+/// Finds who serves each of `uids` through `node`'s DHT (blocking): `None` where the DHT has no
+/// live declaration.
+pub fn get_experts(node: &Node, uids: &[String]) -> Result<Vec<Option<ExpertInfo>>> {
+    let dht = node.dht()?;
+    node.runtime_handle()?.block_on(get_experts_async(&dht, uids))
+}
+
+/// [`get_experts`] for async callers.
+pub async fn get_experts_async(dht: &Dht, uids: &[String]) -> Result<Vec<Option<ExpertInfo>>> {
     let found = dht.get_many(uids.iter().map(|u| Value::from(u.as_str())).collect(), false).await?;
     Ok(uids
         .iter()
@@ -103,7 +121,7 @@ impl ExpertDeclarer {
         let peer = node.peer_id();
         let runtime = node.runtime_handle()?;
         let expiration = default_expiration(update_period);
-        let stored = runtime.block_on(declare_experts(&dht, &peer, &uids, dht_time() + expiration))?;
+        let stored = runtime.block_on(declare_experts_async(&dht, &peer, &uids, dht_time() + expiration))?;
         if !stored.iter().any(|ok| *ok) {
             tracing::warn!(experts = uids.len(), "no DHT peer accepted the expert declarations yet");
         }
@@ -112,7 +130,7 @@ impl ExpertDeclarer {
             ticks.tick().await; // the first tick is immediate: we just declared
             loop {
                 ticks.tick().await;
-                match declare_experts(&dht, &peer, &uids, dht_time() + expiration).await {
+                match declare_experts_async(&dht, &peer, &uids, dht_time() + expiration).await {
                     Ok(flags) => tracing::debug!(
                         experts = uids.len(),
                         stored = flags.iter().filter(|ok| **ok).count(),
