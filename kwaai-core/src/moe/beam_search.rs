@@ -87,7 +87,8 @@ impl MoeBeamSearcher {
         }
         let mut beam = self.initial_beam(&grid_scores[0], beam_size).await?;
         let mut best = BestExperts::new(beam_size);
-        for dim_scores in &grid_scores[1..grid_scores.len() - 1] {
+        // The middle dimensions (none for 1-D and 2-D grids); the last one is scored at the end.
+        for dim_scores in grid_scores.iter().take(grid_scores.len() - 1).skip(1) {
             best.add_matching(&beam, grid_scores);
             let mut candidates: Vec<(f64, String)> = beam
                 .iter()
