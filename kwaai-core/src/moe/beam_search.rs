@@ -182,7 +182,7 @@ impl MoeBeamSearcher {
         }
         let dht = self.dht.clone();
         let expiration = dht_time() + self.cache_expiration;
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             tracing::debug!(%prefix, "negative caching: no experts under this prefix");
             let _ = dht.store(Value::from(prefix), Some(Value::from(FLAT_EXPERT)), Value::Nil, expiration).await;
         });

@@ -177,21 +177,26 @@ impl RemoteMixtureOfExperts {
         Ok((weight.map_err(candle)?, bias.map_err(candle)?))
     }
 
-    /// The per-dimension gate scores of one input row.
-    fn grid_scores(&self, row: &[f32]) -> Vec<Vec<f32>> {
-        let logits: Vec<f32> = (0..self.gate_bias.len())
+    /// The gate logits of one input row, `[sum(grid_size)]`.
+    fn gate_logits(&self, row: &[f32]) -> Vec<f32> {
+        (0..self.gate_bias.len())
             .map(|t| {
                 let w = &self.gate_weight[t * self.in_features..(t + 1) * self.in_features];
                 self.gate_bias[t] + w.iter().zip(row).map(|(a, b)| a * b).sum::<f32>()
             })
-            .collect();
-        let mut offset = 0;
+            .collect()
+    }
+
+    /// Gate logits split into one score list per grid dimension.
+    fn split_by_dimension(&self, logits: &[f32]) -> Vec<Vec<f32>> {
+        let mut rest = logits;
         self.config
             .grid_size
             .iter()
             .map(|&n| {
-                offset += n;
-                logits[offset - n..offset].to_vec()
+                let (dimension, tail) = rest.split_at(n);
+                rest = tail;
+                dimension.to_vec()
             })
             .collect()
     }
@@ -247,7 +252,8 @@ impl RemoteMixtureOfExperts {
         }
         let input = input.to_dtype(candle_core::DType::F32).map_err(candle)?;
         let rows = input.to_vec2::<f32>().map_err(candle)?;
-        let scores: Vec<Vec<Vec<f32>>> = rows.iter().map(|row| self.grid_scores(row)).collect();
+        let logits: Vec<Vec<f32>> = rows.iter().map(|row| self.gate_logits(row)).collect();
+        let scores: Vec<Vec<Vec<f32>>> = logits.iter().map(|l| self.split_by_dimension(l)).collect();
         let experts = self.searcher.batch_find_best_experts_async(&scores, self.config.k_best).await?;
         let first = experts.iter().flatten().next().ok_or_else(|| {
             Error::new(
@@ -302,21 +308,16 @@ impl RemoteMixtureOfExperts {
         let mut weights = Vec::with_capacity(batch);
         let mut rows_out = Vec::with_capacity(batch);
         for (i, chosen) in experts.iter().enumerate() {
-            let logits = chosen
+            // An expert's logit is the sum of its coordinates' gate logits.
+            let expert_logits = chosen
                 .iter()
                 .zip(&expert_outputs[i])
                 .map(|(info, output)| match output {
-                    Some(_) => Ok(Some(
-                        self.logit_positions(&info.uid)?
-                            .iter()
-                            .enumerate()
-                            .map(|(d, &p)| scores[i][d][p - offset_of(&self.config.grid_size, d)])
-                            .sum::<f32>(),
-                    )),
+                    Some(_) => Ok(Some(self.logit_positions(&info.uid)?.iter().map(|&p| logits[i][p]).sum::<f32>())),
                     None => Ok(None),
                 })
                 .collect::<Result<Vec<Option<f32>>>>()?;
-            let w = softmax(&logits);
+            let w = softmax(&expert_logits);
             let mut row = CTensor::zeros(out_dims.as_slice(), candle_core::DType::F32, &Device::Cpu).map_err(candle)?;
             for (weight, output) in w.iter().zip(&expert_outputs[i]) {
                 if let Some(output) = output {
@@ -455,11 +456,6 @@ impl RemoteMixtureOfExperts {
 
 /// One pending expert call: (sample, expert slot) and the call.
 type ExpertCall<'a, T> = ((usize, usize), BoxFuture<'a, Result<T>>);
-
-/// Where dimension `d`'s logits start in the gate output.
-fn offset_of(grid_size: &[usize], d: usize) -> usize {
-    grid_size[..d].iter().sum()
-}
 
 /// Softmax over the present logits; absent ones get weight 0 (all absent: all 0).
 fn softmax(logits: &[Option<f32>]) -> Vec<f32> {
