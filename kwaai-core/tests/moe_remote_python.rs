@@ -1,7 +1,8 @@
 //! hivemind's own client against experts served by kwaai: a Python peer finds the experts that a
 //! kwaai node declared (get_experts and MoEBeamSearcher), reads their rpc_info, and runs forward
 //! and backward through `RemoteExpert`, unary and streamed; outputs and input gradients match the
-//! same `ffn` expert run locally in torch.
+//! same `ffn` expert run locally in torch, and the rpc_info reply is byte for byte what hivemind's
+//! own server sends for its `ffn` expert.
 
 mod common;
 
@@ -48,6 +49,7 @@ fn python_remote_experts_match_local_torch_through_a_kwaai_server() {
 
     assert_eq!(result["found"], json!(uids), "hivemind's get_experts reads our declarations");
     assert_eq!(result["beam_search"], json!(["ffn.1.2", "ffn.0.0"]), "MoEBeamSearcher walks our prefixes");
+    assert_eq!(result["info_hex"], result["hivemind_info_hex"], "rpc_info bytes equal hivemind's for its ffn expert");
     let schema = &result["schema"];
     assert_eq!(schema["args"], json!([{"shape": [null, HIDDEN], "dtype": "torch.float32", "compression": 0}]));
     assert_eq!(schema["outputs"], json!({"shape": [null, HIDDEN], "dtype": "torch.float32", "compression": 0}));

@@ -6,7 +6,8 @@ score list per grid dimension, "beam": beam size}. Joins the DHT through the kwa
 experts with hivemind's get_experts and MoEBeamSearcher, runs forward and backward through
 RemoteExpert for a small batch (unary calls) and a large one (streamed calls), and the same
 computation locally in torch. Prints one JSON line: the uids found, the beam search result, the
-rpc_info schema it read, and per expert and batch the largest output and gradient differences.
+rpc_info schema it read, the raw rpc_info bytes next to those hivemind's own ffn expert would
+send, and per expert and batch the largest output and gradient differences.
 Used by kwaai-core/tests/moe_remote_python.rs."""
 import faulthandler
 import gc
@@ -16,13 +17,26 @@ import sys
 import hivemind
 import torch
 from hivemind.moe.client.beam_search import MoEBeamSearcher
+from hivemind.moe.client.remote_expert_worker import RemoteExpertWorker
 from hivemind.moe.server.dht_handler import get_experts
 from hivemind.moe.server.layers.common import FeedforwardBlock
+from hivemind.proto import runtime_pb2
+from hivemind.utils import MSGPackSerializer
+from hivemind.utils.tensor_descr import DUMMY_BATCH_SIZE, BatchTensorDescriptor
 from safetensors.torch import load_file
 
 
 def describe(descriptor):
     return {"shape": list(descriptor.shape), "dtype": str(descriptor.dtype), "compression": int(descriptor.compression)}
+
+
+def hivemind_ffn_info(hidden):
+    """The rpc_info bytes a hivemind.moe.Server sends for an ffn expert (ModuleBackend.get_info)."""
+    sample = torch.empty(DUMMY_BATCH_SIZE, hidden)
+    args_schema = (BatchTensorDescriptor.from_tensor(sample),)
+    outputs_schema = BatchTensorDescriptor.from_tensor(FeedforwardBlock(hidden)(sample))
+    info = dict(forward_schema=(args_schema, {}), outputs_schema=outputs_schema, keyword_names=())
+    return MSGPackSerializer.dumps(info)
 
 
 def main():
@@ -38,7 +52,11 @@ def main():
         searcher = MoEBeamSearcher(dht, "ffn.", request["grid"], negative_caching=False)
         best = [e.uid for e in searcher.find_best_experts(request["scores"], beam_size=request["beam"])]
         results = {"found": found, "beam_search": best, "cases": []}
-        info = next(e for e in experts if e is not None).info
+        first = next(e for e in experts if e is not None)
+        raw = RemoteExpertWorker.run_coroutine(first.stub.rpc_info(runtime_pb2.ExpertUID(uid=first.uid)))
+        results["info_hex"] = raw.serialized_info.hex()
+        results["hivemind_info_hex"] = hivemind_ffn_info(request["hidden"]).hex()
+        info = first.info
         args, kwargs = info["forward_schema"]
         results["schema"] = {
             "args": [describe(a) for a in args],
