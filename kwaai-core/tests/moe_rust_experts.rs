@@ -115,3 +115,42 @@ fn a_mixture_over_two_nodes_survives_one_shutting_down() {
     let err = mixture.forward(&x).unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Network), "{err}");
 }
+
+/// An `ffn` expert that answers only after a long pause.
+struct StalledExpert(FeedForwardExpert);
+
+impl ExpertModule for StalledExpert {
+    fn schema(&self) -> &kwaai_core::moe::ExpertSchema {
+        self.0.schema()
+    }
+
+    fn forward(&self, inputs: &[Tensor]) -> kwaai_core::Result<Vec<Tensor>> {
+        std::thread::sleep(Duration::from_secs(20));
+        self.0.forward(inputs)
+    }
+}
+
+#[test]
+fn a_mixture_skips_an_expert_that_misses_the_grace_period_after_k_min() {
+    let node = Node::start(loopback(vec![])).unwrap();
+    let fast = FeedForwardExpert::from_seed(HIDDEN, 41).unwrap();
+    let mut server = ExpertServer::new(DecodeLimits::default());
+    server.add("lag.0", Arc::new(fast.clone())).unwrap();
+    server.add("lag.1", Arc::new(StalledExpert(FeedForwardExpert::from_seed(HIDDEN, 42).unwrap()))).unwrap();
+    server.serve(&node).unwrap();
+    let _declarer = ExpertDeclarer::start(&node, vec!["lag.0".into(), "lag.1".into()], T).unwrap();
+    let client = Node::start(loopback(vec![node.listen_addrs()[0].to_string()])).unwrap();
+
+    let mut config = MixtureConfig::new("lag.", vec![2], 2);
+    config.forward_timeout = Some(Duration::from_secs(60));
+    config.timeout_after_k_min = Some(Duration::from_secs(1));
+    let mixture = RemoteMixtureOfExperts::with_seeded_gate(&client, config, HIDDEN, 5).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (1, HIDDEN), &Device::Cpu).unwrap();
+    let forward = mixture.forward(&x).expect("the fast expert's answer is enough");
+    let answered: Vec<(&str, bool)> =
+        forward.experts[0].iter().zip(&forward.responded[0]).map(|(e, r)| (e.uid.as_str(), *r)).collect();
+    assert_eq!(answered.len(), 2, "both experts were chosen: {answered:?}");
+    assert!(answered.contains(&("lag.0", true)) && answered.contains(&("lag.1", false)), "{answered:?}");
+    let alone = fast.forward(std::slice::from_ref(&x)).unwrap().remove(0);
+    assert!(max_diff(&forward.output, &alone) < 1e-6, "the output is the fast expert's alone");
+}
