@@ -11,6 +11,7 @@ mod error;
 mod exchange;
 mod identity;
 pub mod model;
+pub mod moe;
 mod node;
 pub mod p2p;
 pub mod server;

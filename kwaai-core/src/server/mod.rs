@@ -27,7 +27,7 @@ mod schema;
 mod selection;
 mod serve;
 mod sessions;
-mod stream_parts;
+pub(crate) mod stream_parts;
 mod throughput;
 
 pub use announce::{announce, announcement_expiration, block_records, block_uid, model_record, Span, MODELS_KEY};

@@ -8,7 +8,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::p2p::RequestStream;
 
 /// Every part of a streamed request, refused past `max_bytes` in all (`what` names the call).
-pub(super) async fn collect_parts(requests: RequestStream, max_bytes: usize, what: &str) -> Result<Vec<Vec<u8>>> {
+pub(crate) async fn collect_parts(requests: RequestStream, max_bytes: usize, what: &str) -> Result<Vec<Vec<u8>>> {
     let (parts, _) = requests
         .try_fold((Vec::new(), 0usize), |(mut parts, total), part| async move {
             let total = total.saturating_add(part.len());
@@ -23,7 +23,7 @@ pub(super) async fn collect_parts(requests: RequestStream, max_bytes: usize, wha
 }
 
 /// Runs `f` on a blocking thread (`what` names the work in a failure).
-pub(super) async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     what: &'static str,
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
@@ -33,7 +33,7 @@ pub(super) async fn blocking<T: Send + 'static>(
 }
 
 /// The reply parts of a streamed call, or its error as the only item.
-pub(super) fn reply_parts(replies: Result<Vec<Vec<u8>>>) -> BoxStream<'static, Result<Vec<u8>>> {
+pub(crate) fn reply_parts(replies: Result<Vec<Vec<u8>>>) -> BoxStream<'static, Result<Vec<u8>>> {
     match replies {
         Ok(parts) => futures::stream::iter(parts.into_iter().map(Ok)).boxed(),
         Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
