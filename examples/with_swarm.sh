@@ -14,11 +14,13 @@ kwaainet=${KWAAINET:-$(dirname "$0")/../target/debug/kwaainet}
 layers=$(sed -n 's/.*"num_hidden_layers": *\([0-9][0-9]*\).*/\1/p' "$model/config.json")
 [ -n "$layers" ] || { echo "$model/config.json has no num_hidden_layers" >&2; exit 2; }
 
-log=$(mktemp)
-"$kwaainet" start --model "$model" --block-indices "0:$layers" --host-maddrs /ip4/127.0.0.1/tcp/0 \
+# A home of its own, so that a kwaainet node the user runs is neither reused nor in the way.
+home=$(mktemp -d)
+log=$home/server.log
+KWAAINET_HOME=$home "$kwaainet" start --model "$model" --block-indices "0:$layers" --host-maddrs /ip4/127.0.0.1/tcp/0 \
     --throughput 1 --torch-dtype float32 >"$log" 2>&1 &
 server=$!
-trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -f "$log"' EXIT
+trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -rf "$home"' EXIT
 
 # The server prints its address once its blocks are served.
 peer=

@@ -1,5 +1,6 @@
-//! Kademlia peer routing with Python hivemind peers (Go p2pd, kad server mode) on 127.0.0.1: a
-//! peer that knows only the other's peer ID reaches it through a third peer, in both directions.
+//! Kademlia peer routing with Python hivemind peers (Go p2pd) on 127.0.0.1: a peer that knows only
+//! the other's peer ID reaches it through a third peer, in both directions, whether the third peer
+//! is a Python peer or a kwaai node.
 
 mod common;
 
@@ -63,4 +64,48 @@ fn peers_that_know_only_a_peer_id_find_each_other_through_a_third_peer_and_stran
     let nobody = kwaai_core::Identity::generate().peer_id();
     let err: Error = node.dial_peer(nobody, T).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Network, "{err}");
+}
+
+fn kwaai_node(initial_peers: Vec<String>) -> Node {
+    Node::start(NodeConfig {
+        listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        initial_peers,
+        ..NodeConfig::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn python_peers_and_kwaai_nodes_find_each_other_through_a_kwaai_node() {
+    // The only peer everyone knows is a kwaai node.
+    let hub = kwaai_node(vec![]);
+    let hub_addr = hub.listen_addrs()[0].to_string();
+    let target = kwaai_node(vec![hub_addr.clone()]);
+    target
+        .add_unary_handler("Rust.echo", |caller: PeerId, _| async move {
+            Ok(ExpertResponse { metadata: caller.to_bytes() }.encode_to_vec())
+        })
+        .unwrap();
+    let mut python = common::ReferenceProcess::start("p2p_peer.py", &[&hub_addr]);
+    let (python_id, _) = ready(&mut python);
+    // A Kademlia client (as a hivemind DHT in client mode runs p2pd): in no routing table.
+    let mut python_client = common::ReferenceProcess::start("p2p_peer.py", &["--dht-client", &hub_addr]);
+    let (client_id, _) = ready(&mut python_client);
+
+    // The Python peer knows only the target's peer ID: its p2pd asks the hub, whose answer must
+    // carry addresses go-libp2p can dial.
+    let command =
+        json!({"op": "unary", "peer": target.peer_id().to_base58(), "name": "Rust.echo", "uid": "", "metadata": ""});
+    python.send_line(&command.to_string());
+    let answer: Value = python.read_json();
+    assert_eq!(answer["ok"], true, "{answer}");
+    let expected: String = python_id.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(answer["metadata"], expected, "{answer}");
+
+    // The target knows only the Python peers' IDs: the hub names the server-mode peer from its
+    // routing table, and the client-mode one because it is connected to it (as p2pd does).
+    for peer in [python_id, client_id] {
+        let reply = target.call_unary(peer, "Py.echo", &[], T).unwrap_or_else(|e| panic!("reaching {peer}: {e}"));
+        assert!(reply.is_empty(), "{reply:?}");
+    }
 }

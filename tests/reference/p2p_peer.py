@@ -1,6 +1,7 @@
 """A hivemind.P2P peer (with its Go p2pd) for kwaai's RPC and peer-routing interop tests.
 
-Usage: p2p_peer.py [INITIAL_PEER_MULTIADDR ...]
+Usage: p2p_peer.py [--dht-client] [INITIAL_PEER_MULTIADDR ...]
+(--dht-client runs p2pd's Kademlia in client mode, as a hivemind DHT in client mode does.)
 
 Listens on 127.0.0.1 and serves (ExpertRequest -> ExpertResponse, hivemind's runtime.proto):
   "Py.echo"   unary: metadata reversed; uid "fail" raises ValueError("python says no"); uid "whoami"
@@ -80,7 +81,12 @@ async def run_command(p2p: P2P, command: dict) -> dict:
 
 
 async def main():
-    p2p = await P2P.create(initial_peers=sys.argv[1:], host_maddrs=["/ip4/127.0.0.1/tcp/0"], nat_port_map=False)
+    args = sys.argv[1:]
+    dht_mode = "client" if "--dht-client" in args else "server"
+    initial_peers = [a for a in args if a != "--dht-client"]
+    p2p = await P2P.create(
+        initial_peers=initial_peers, host_maddrs=["/ip4/127.0.0.1/tcp/0"], nat_port_map=False, dht_mode=dht_mode
+    )
     try:
         await p2p.add_protobuf_handler("Py.echo", echo, ExpertRequest)
         await p2p.add_protobuf_handler("Py.stream", stream, ExpertRequest, stream_input=True, stream_output=True)

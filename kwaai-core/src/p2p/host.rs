@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::behaviour::{Behaviour, BehaviourEvent};
+use super::kad_responder::KnownPeer;
 use super::muxer::RpcMuxer;
 use super::rpc::{Rpc, RpcShared};
 use crate::error::{Error, ErrorKind, Result};
@@ -45,6 +46,8 @@ pub(crate) enum Command {
     Connect { addr: Multiaddr, reply: oneshot::Sender<Result<PeerInfo>> },
     /// Make sure we have a connection to `peer`, finding its addresses through Kademlia if needed.
     Dial { peer: PeerId, reply: oneshot::Sender<Result<()>> },
+    /// The peers we know closest to a Kademlia `key`, for a kad request from `requester`.
+    ClosestPeers { key: Vec<u8>, requester: PeerId, reply: oneshot::Sender<Vec<KnownPeer>> },
 }
 
 /// A cheap, cloneable handle to the running swarm task.
@@ -112,6 +115,7 @@ pub(crate) async fn start_host(
         connecting: HashMap::new(),
         dialing: HashMap::new(),
         lookups: HashMap::new(),
+        identified: HashMap::new(),
     };
     let wait_for_listeners = async {
         while !waiting.is_empty() {
@@ -181,6 +185,8 @@ struct EventLoop {
     dialing: HashMap<PeerId, Vec<oneshot::Sender<Result<()>>>>,
     /// Kademlia lookups of peers' addresses, by query.
     lookups: HashMap<kad::QueryId, PeerId>,
+    /// Where each connected peer said (through identify) that it listens.
+    identified: HashMap<PeerId, Vec<Multiaddr>>,
 }
 
 impl EventLoop {
@@ -242,7 +248,39 @@ impl EventLoop {
                     self.dial_peer(peer);
                 }
             }
+            Command::ClosestPeers { key, requester, reply } => {
+                let _ = reply.send(self.closest_peers(key, requester));
+            }
         }
+    }
+
+    /// The `K_VALUE` peers of kad's routing table closest to `key`, leaving out `requester`, with
+    /// bare addresses; as go-libp2p-kad-dht answers, a connected peer whose ID is `key` is named
+    /// too even when it is no Kademlia server.
+    fn closest_peers(&mut self, key: Vec<u8>, requester: PeerId) -> Vec<KnownPeer> {
+        let target = PeerId::from_bytes(&key).ok().filter(|p| *p != requester);
+        let target_key = kad::KBucketKey::new(key);
+        let mut found: Vec<(kad::KBucketDistance, PeerId, Vec<Multiaddr>)> = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            for entry in bucket.iter() {
+                let peer = *entry.node.key.preimage();
+                if peer != requester {
+                    let addrs = entry.node.value.iter().map(without_peer_id).collect();
+                    found.push((entry.node.key.distance(&target_key), peer, addrs));
+                }
+            }
+        }
+        if let Some(target) = target.filter(|t| self.swarm.is_connected(t) && !found.iter().any(|f| f.1 == *t)) {
+            if let Some(addrs) = self.identified.get(&target) {
+                found.push((kad::KBucketDistance::default(), target, addrs.iter().map(without_peer_id).collect()));
+            }
+        }
+        found.sort_by_key(|f| f.0);
+        found.truncate(kad::K_VALUE.get());
+        found
+            .into_iter()
+            .map(|(_, peer, addrs)| KnownPeer { peer, addrs, connected: self.swarm.is_connected(&peer) })
+            .collect()
     }
 
     /// Dials `peer` at the addresses the behaviours know; with none, asks Kademlia first.
@@ -322,7 +360,10 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad_event(event),
-            SwarmEvent::ConnectionClosed { connection_id, cause, .. } => {
+            SwarmEvent::ConnectionClosed { connection_id, peer_id, cause, num_established, .. } => {
+                if num_established == 0 {
+                    self.identified.remove(&peer_id);
+                }
                 if let Some(reply) = self.connecting.remove(&connection_id) {
                     let why = cause.map(|c| c.to_string()).unwrap_or_else(|| "closed".into());
                     let _ = reply
@@ -334,6 +375,7 @@ impl EventLoop {
                 peer_id,
                 info,
             })) => {
+                self.identified.insert(peer_id, info.listen_addrs.clone());
                 // Remember where a Kademlia peer listens, so that we can dial it by ID later.
                 if info.protocols.iter().any(|p| p == &kad::PROTOCOL_NAME) {
                     for addr in &info.listen_addrs {
@@ -363,4 +405,9 @@ impl EventLoop {
             other => tracing::trace!(?other, "swarm event"),
         }
     }
+}
+
+/// `addr` without its `/p2p/<peer id>` suffix: go-libp2p dials only bare addresses.
+fn without_peer_id(addr: &Multiaddr) -> Multiaddr {
+    addr.iter().filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_))).collect()
 }

@@ -4,11 +4,13 @@
 //! The swarm runs as one task on the node's runtime; the rest of the library talks to it through
 //! `HostHandle` commands. RPC streams bypass the swarm: the `muxer` module negotiates hivemind's
 //! slash-less handler names itself, `framing` reads and writes the messages and `rpc` runs the
-//! calls and handlers.
+//! calls and handlers. Inbound Kademlia requests are answered by `kad_responder` (go-libp2p cannot
+//! dial the addresses rust-libp2p's kad would send).
 
 mod behaviour;
 mod framing;
 mod host;
+mod kad_responder;
 mod keep_alive;
 pub mod multistream;
 mod muxer;

@@ -8,8 +8,9 @@
 //!   multistream-select 1.0, [`super::multistream`]) until the dialer's first proposal arrives.
 //!   A slash-less name with a registered handler is accepted (header + echo) and the stream goes
 //!   straight to [`super::rpc`]; a slash-less name without one is refused with `na` and the next
-//!   proposal is read. Anything else (`/ipfs/id/1.0.0`, `/ipfs/kad/1.0.0`, ...) is handed to the
-//!   swarm untouched: the bytes read so far are replayed before the rest of the stream, so
+//!   proposal is read. `/ipfs/kad/1.0.0` is accepted the same way and answered by
+//!   [`super::kad_responder`]. Anything else (`/ipfs/id/1.0.0`, `/ipfs/ping/1.0.0`, ...) is handed
+//!   to the swarm untouched: the bytes read so far are replayed before the rest of the stream, so
 //!   identify, ping and kad negotiate as usual. If we already sent our header (after an `na`), the
 //!   swarm's own header is swallowed so that the dialer sees exactly one.
 //! * **Outbound**: [`Connections::open`] opens a raw substream on the connection's muxer, which
@@ -33,6 +34,7 @@ use libp2p::core::muxing::{StreamMuxer, StreamMuxerBox, StreamMuxerEvent, Stream
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 
+use super::kad_responder::{self, KAD_PROTOCOL};
 use super::multistream::{decode_message, encode_message, HEADER, MAX_MESSAGE_LEN, NOT_AVAILABLE};
 use super::rpc::RpcShared;
 use crate::error::{Error, ErrorKind, Result};
@@ -235,6 +237,11 @@ impl StreamMuxer for RpcMuxer {
             this.rpc.runtime.spawn(async move {
                 let listened = tokio::time::timeout(INBOUND_NEGOTIATION_TIMEOUT, listen(stream, &rpc)).await;
                 match listened {
+                    Ok(Ok(Listened::Handler { name, stream })) if name == KAD_PROTOCOL => {
+                        // Kad streams stay open between requests: they do not hold the connection.
+                        drop(guard);
+                        kad_responder::serve(peer, stream, rpc.commands()).await;
+                    }
                     Ok(Ok(Listened::Handler { name, stream })) => {
                         let stream = RpcStream { _active: Some(guard), ..stream };
                         rpc.serve(peer, name, stream).await;
@@ -265,7 +272,8 @@ impl StreamMuxer for RpcMuxer {
 }
 
 enum Listened {
-    /// A registered handler name was accepted; the stream holds any bytes read past the proposal.
+    /// A registered handler name (or the kad protocol) was accepted; the stream holds any bytes
+    /// read past the proposal.
     Handler { name: String, stream: RpcStream },
     /// Not ours: the swarm negotiates it from the replayed bytes.
     Swarm(RpcStream),
@@ -303,7 +311,7 @@ async fn listen(mut inner: SubstreamBox, rpc: &RpcShared) -> Result<Listened> {
         let start = consumed;
         consumed += used;
         let name = match std::str::from_utf8(line) {
-            Ok(name) if !name.starts_with('/') && name != "ls" => name.to_owned(),
+            Ok(name) if name == KAD_PROTOCOL || (!name.starts_with('/') && name != "ls") => name.to_owned(),
             _ => {
                 // Not a hivemind name: the swarm sees the header and everything from this proposal on.
                 let mut prefix = Vec::with_capacity(HEADER_MESSAGE_LEN + buf.len() - start);
@@ -318,7 +326,7 @@ async fn listen(mut inner: SubstreamBox, rpc: &RpcShared) -> Result<Listened> {
             encode_message(HEADER, &mut answer);
             sent_header = true;
         }
-        let accepted = rpc.has_handler(&name);
+        let accepted = name == KAD_PROTOCOL || rpc.has_handler(&name);
         encode_message(if accepted { name.as_bytes() } else { NOT_AVAILABLE }, &mut answer);
         if accepted && consumed < buf.len() {
             // A lazy dialer already sent its request: answer together with the first reply.

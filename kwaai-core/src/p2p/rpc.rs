@@ -107,6 +107,11 @@ impl RpcShared {
         }
     }
 
+    /// The swarm task's command queue (weak: it does not keep the task alive).
+    pub(crate) fn commands(&self) -> mpsc::WeakSender<Command> {
+        self.commands.clone()
+    }
+
     pub(crate) fn has_handler(&self, name: &str) -> bool {
         self.handlers.read().is_ok_and(|h| h.contains_key(name))
     }

@@ -5,6 +5,7 @@
 //! reference `.proto` file named in each module's doc (proto2 `required` fields keep `required`).
 
 pub mod dht;
+pub mod kad;
 pub mod msgpack;
 pub mod p2pd;
 pub mod runtime;
