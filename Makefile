@@ -144,7 +144,7 @@ test-kotlin: build demo-model ## the Kotlin bindings (UniFFI) on the JVM, compil
 
 # The tests import the package from its source tree with the extension built by `make build`
 # (what `maturin develop` does, without a second cargo build); `make wheel` builds the wheel.
-PY_RUN := PYTHONPATH=$(CURDIR)/bindings/python/python $(VENV)/bin/python
+PY_RUN := env PYTHONPATH=$(CURDIR)/bindings/python/python $(VENV)/bin/python
 
 test-python: build demo-model ## the Python package: pytest, type stubs checked against the module, the example
 	cp target/debug/lib_kwaai.so bindings/python/python/kwaai/_kwaai.abi3.so
