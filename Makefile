@@ -6,6 +6,9 @@ SHELL := /bin/bash
 SHARED ?= $(abspath $(CURDIR)/../shared)
 REFERENCE_VENV ?= $(HOME)/.cache/kwaai/reference-venv
 export KWAAI_REFERENCE_PYTHON ?= $(REFERENCE_VENV)/bin/python
+# transformers 4.46 for the families Petals 2.2's transformers 4.33 lacks (Mixtral), put first on the
+# reference venv's PYTHONPATH by the tests that need it.
+export KWAAI_NEWER_TRANSFORMERS ?= $(HOME)/.cache/kwaai/transformers-4.46
 VENV := $(CURDIR)/target/venv
 # pyo3 finds Python through PATH unless told; pinning it keeps npx's PATH from forcing rebuilds.
 export PYO3_PYTHON ?= $(shell command -v python3)
@@ -34,8 +37,10 @@ test: deps lint build test-rust test-c test-python test-node test-kotlin check-g
 
 deps: reference tools ## the reference peer, Python and Node test tools, valgrind
 
-reference: ## install the Python reference peer (hivemind + petals) into $(REFERENCE_VENV), once
+reference: ## install the Python reference peer (hivemind + petals) into $(REFERENCE_VENV), and transformers 4.46 beside it, once
 	bash $(SHARED)/reference/install.sh $(REFERENCE_VENV)
+	[ -d $(KWAAI_NEWER_TRANSFORMERS)/transformers ] || $(KWAAI_REFERENCE_PYTHON) -m pip install -q --no-deps \
+		--target $(KWAAI_NEWER_TRANSFORMERS) transformers==4.46.3 tokenizers==0.20.3 huggingface_hub==0.26.5
 
 tools:
 	command -v valgrind >/dev/null && command -v cmake >/dev/null && command -v java >/dev/null && \

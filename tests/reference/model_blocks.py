@@ -31,7 +31,7 @@ from safetensors.torch import save_file  # noqa: E402
 def span_model(model, start, end):
     """The base model with only blocks [start, end) and no final norm / embedding norm: maps hidden -> hidden."""
     mt = model.config.model_type
-    if mt == "llama":
+    if mt in ("llama", "mixtral"):
         base = model.model
         base.layers = torch.nn.ModuleList(list(base.layers)[start:end])
         base.norm = torch.nn.Identity()

@@ -80,6 +80,15 @@ pub struct ModelConfig {
     pub pad_token_id: Option<u32>,
     /// The checkpoint's `torch_dtype`, if named.
     pub torch_dtype: Option<String>,
+    /// Mixtral: the MLP is a sparse mixture of experts.
+    pub experts: Option<SparseExperts>,
+}
+
+/// A Mixtral block's sparse MLP: `num_experts` SwiGLU experts, `top_k` of them per token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SparseExperts {
+    pub num_experts: usize,
+    pub top_k: usize,
 }
 
 impl ModelConfig {
@@ -102,12 +111,12 @@ impl ModelConfig {
             .map_err(|e| Error::with_source(ErrorKind::InvalidArgument, "config.json is not JSON", e))?;
         let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or_default();
         let family = match model_type {
-            "llama" | "mistral" => Family::Llama,
+            "llama" | "mistral" | "mixtral" => Family::Llama,
             "bloom" => Family::Bloom,
             "falcon" | "RefinedWeb" | "RefinedWebModel" => Family::Falcon,
             other => {
                 return Err(Error::invalid_argument(format!(
-                    "unsupported architecture {other:?}: only llama, mistral, bloom and falcon are served"
+                    "unsupported architecture {other:?}: only llama, mistral, mixtral, bloom and falcon are served"
                 )))
             }
         };
@@ -167,6 +176,19 @@ impl ModelConfig {
                 }
             }
         };
+        let experts = match model_type {
+            "mixtral" => {
+                let num_experts = need("num_local_experts", usize_of(&["num_local_experts"]))?;
+                let top_k = need("num_experts_per_tok", usize_of(&["num_experts_per_tok"]))?;
+                if top_k > num_experts {
+                    return Err(Error::invalid_argument(format!(
+                        "config.json: num_experts_per_tok {top_k} exceeds num_local_experts {num_experts}"
+                    )));
+                }
+                Some(SparseExperts { num_experts, top_k })
+            }
+            _ => None,
+        };
         let default_tie = family != Family::Llama;
         Ok(ModelConfig {
             family,
@@ -187,6 +209,7 @@ impl ModelConfig {
             eos_token_id: id_of("eos_token_id"),
             pad_token_id: id_of("pad_token_id"),
             torch_dtype: v.get("torch_dtype").and_then(Value::as_str).map(str::to_owned),
+            experts,
         })
     }
 }
@@ -243,6 +266,16 @@ mod tests {
                 r#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1,
                     "num_attention_heads": 4, "vocab_size": 9, "rope_scaling": {"type": "yarn", "factor": 2}}"#,
                 "rope_scaling",
+            ),
+            (
+                r#"{"model_type": "mixtral", "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1,
+                    "num_attention_heads": 4, "vocab_size": 9, "num_local_experts": 2, "num_experts_per_tok": 3}"#,
+                "exceeds num_local_experts",
+            ),
+            (
+                r#"{"model_type": "mixtral", "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1,
+                    "num_attention_heads": 4, "vocab_size": 9}"#,
+                "num_local_experts",
             ),
             ("not json", "not JSON"),
         ] {

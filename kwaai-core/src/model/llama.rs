@@ -1,14 +1,38 @@
-//! Llama decoder blocks (also Mistral-architecture checkpoints), as transformers 4.33 computes them.
+//! Llama decoder blocks (also Mistral-architecture checkpoints), as transformers 4.33 computes them,
+//! and Mixtral's (the same block with a sparse mixture of SwiGLU experts as its MLP), as transformers
+//! 4.46 computes them.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use super::cache::LayerCache;
-use super::config::{ModelConfig, RopeScaling};
-use super::ops::{apply_rotary, attention, rms_norm, Linear, Rounding};
+use super::config::{ModelConfig, RopeScaling, SparseExperts};
+use super::ops::{apply_rotary, attention, rms_norm, softmax_last, Linear, Rounding};
 use super::weights::Loader;
 use crate::Result;
 
-/// One Llama block: RMSNorm, rotary grouped-query attention, RMSNorm, SwiGLU MLP.
+/// A SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+struct SwiGlu {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl SwiGlu {
+    fn forward(&self, h: &Tensor, r: Rounding) -> Result<Tensor> {
+        let gate = r.r(self.gate.forward_r(h, r)?.silu()?)?;
+        self.down.forward_r(&r.r((gate * self.up.forward_r(h, r)?)?)?, r)
+    }
+}
+
+/// A block's MLP: one SwiGLU (Llama), or a router over SwiGLU experts (Mixtral).
+#[derive(Debug, Clone)]
+enum Mlp {
+    Dense(SwiGlu),
+    Sparse { router: Linear, experts: Vec<SwiGlu>, top_k: usize },
+}
+
+/// One Llama block: RMSNorm, rotary grouped-query attention, RMSNorm, SwiGLU MLP (or experts).
 #[derive(Debug, Clone)]
 pub struct LlamaBlock {
     input_norm: Tensor,
@@ -17,9 +41,7 @@ pub struct LlamaBlock {
     k: Linear,
     v: Linear,
     o: Linear,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+    mlp: Mlp,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -32,7 +54,12 @@ pub struct LlamaBlock {
 
 impl LlamaBlock {
     /// Tensors one block reads.
-    pub const TENSORS: usize = 9;
+    pub fn tensors(c: &ModelConfig) -> usize {
+        match c.experts {
+            None => 9,
+            Some(e) => 7 + 3 * e.num_experts,
+        }
+    }
 
     pub(crate) fn load(l: &mut Loader<'_, '_>, p: &str, c: &ModelConfig, round: Rounding) -> Result<Self> {
         let (h, d, i) = (c.hidden_size, c.head_dim(), c.intermediate_size);
@@ -42,9 +69,24 @@ impl LlamaBlock {
         let k = lin("self_attn.k_proj", kv, h)?;
         let v = lin("self_attn.v_proj", kv, h)?;
         let o = lin("self_attn.o_proj", h, h)?;
-        let gate = lin("mlp.gate_proj", i, h)?;
-        let up = lin("mlp.up_proj", i, h)?;
-        let down = lin("mlp.down_proj", h, i)?;
+        let mlp = match c.experts {
+            None => Mlp::Dense(SwiGlu {
+                gate: lin("mlp.gate_proj", i, h)?,
+                up: lin("mlp.up_proj", i, h)?,
+                down: lin("mlp.down_proj", h, i)?,
+            }),
+            Some(SparseExperts { num_experts, top_k }) => Mlp::Sparse {
+                router: lin("block_sparse_moe.gate", num_experts, h)?,
+                experts: (0..num_experts)
+                    .map(|e| {
+                        let mut expert =
+                            |w: &str, out, inp| lin(&format!("block_sparse_moe.experts.{e}.{w}"), out, inp);
+                        Ok(SwiGlu { gate: expert("w1", i, h)?, up: expert("w3", i, h)?, down: expert("w2", h, i)? })
+                    })
+                    .collect::<Result<_>>()?,
+                top_k,
+            },
+        };
         Ok(LlamaBlock {
             input_norm: l.get(&format!("{p}input_layernorm.weight"), &[h])?,
             post_norm: l.get(&format!("{p}post_attention_layernorm.weight"), &[h])?,
@@ -52,9 +94,7 @@ impl LlamaBlock {
             k,
             v,
             o,
-            gate,
-            up,
-            down,
+            mlp,
             heads: c.num_heads,
             kv_heads: c.num_kv_heads,
             head_dim: d,
@@ -94,8 +134,47 @@ impl LlamaBlock {
         let a = a.transpose(1, 2)?.reshape((b, t, hidden))?;
         let x = r.r((x + self.o.forward_r(&a, r)?)?)?;
         let h = rms_norm(&x, &self.post_norm, self.eps, r)?;
-        let gate = r.r(self.gate.forward_r(&h, r)?.silu()?)?;
-        let mlp = self.down.forward_r(&r.r((gate * self.up.forward_r(&h, r)?)?)?, r)?;
+        let mlp = match &self.mlp {
+            Mlp::Dense(mlp) => mlp.forward(&h, r)?,
+            Mlp::Sparse { router, experts, top_k } => sparse_mlp(&h, router, experts, *top_k, r)?,
+        };
         r.r((x + mlp)?)
     }
+}
+
+/// Mixtral's sparse MLP: each token goes to the `top_k` experts its router scores highest
+/// (softmax in float32), weighted by those probabilities renormalised to sum to one. The weights stay
+/// tensors so that gradients reach the router's input too.
+fn sparse_mlp(h: &Tensor, router: &Linear, experts: &[SwiGlu], top_k: usize, r: Rounding) -> Result<Tensor> {
+    let (b, t, hidden) = h.dims3()?;
+    let tokens = h.reshape((b * t, hidden))?;
+    let probs = softmax_last(&router.forward_r(&tokens, r)?.to_dtype(DType::F32)?)?;
+    // Which experts each token goes to, and per expert the tokens routed to it.
+    let mut chosen = vec![0f32; b * t * experts.len()];
+    let mut routed: Vec<Vec<u32>> = vec![Vec::new(); experts.len()];
+    for (token, row) in probs.to_vec2::<f32>()?.into_iter().enumerate() {
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        // Highest first; ties go to the lower index, as torch.topk does on CPU.
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        for &e in &order[..top_k] {
+            chosen[token * experts.len() + e] = 1.0;
+            routed[e].push(token as u32);
+        }
+    }
+    let chosen = Tensor::from_vec(chosen, (b * t, experts.len()), tokens.device())?;
+    let kept = (&probs * &chosen)?;
+    // (experts, tokens): one contiguous row of weights per expert.
+    let weights = kept.broadcast_div(&kept.sum_keepdim(1)?)?.to_dtype(tokens.dtype())?.t()?.contiguous()?;
+    let mut out = tokens.zeros_like()?;
+    for (e, (expert, ids)) in experts.iter().zip(routed).enumerate() {
+        if ids.is_empty() {
+            continue;
+        }
+        let n = ids.len();
+        let ids = Tensor::from_vec(ids, n, tokens.device())?;
+        let y = expert.forward(&tokens.index_select(&ids, 0)?, r)?;
+        let w = weights.get(e)?.index_select(&ids, 0)?.unsqueeze(1)?;
+        out = out.index_add(&ids, &r.r(y.broadcast_mul(&w)?)?, 0)?;
+    }
+    Ok(out.reshape((b, t, hidden))?)
 }

@@ -80,7 +80,7 @@ impl BlockSpan {
         }
         let ckpt = Checkpoint::open(dir)?;
         let per_block = match config.family {
-            Family::Llama => LlamaBlock::TENSORS,
+            Family::Llama => LlamaBlock::tensors(&config),
             Family::Bloom => BloomBlock::TENSORS,
             Family::Falcon => FalconBlock::tensors(&config),
         };

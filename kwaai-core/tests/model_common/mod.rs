@@ -18,8 +18,23 @@ pub fn python() -> PathBuf {
     path
 }
 
-fn run_python(script: &Path, args: &[&str]) {
-    let out = Command::new(python())
+/// A newer transformers (4.46, `make reference` installs it beside the reference venv) for the
+/// families Petals 2.2's transformers 4.33 lacks (Mixtral); put first on `PYTHONPATH`.
+pub fn newer_transformers() -> PathBuf {
+    let path = std::env::var_os("KWAAI_NEWER_TRANSFORMERS").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+        home.join(".cache/kwaai/transformers-4.46")
+    });
+    assert!(path.join("transformers").exists(), "no newer transformers at {}: run `make reference`", path.display());
+    path
+}
+
+fn run_python(script: &Path, args: &[&str], python_path: Option<&Path>) {
+    let mut command = Command::new(python());
+    if let Some(path) = python_path {
+        command.env("PYTHONPATH", path);
+    }
+    let out = command
         .arg(script)
         .args(args)
         .env("HF_HUB_OFFLINE", "1")
@@ -49,6 +64,15 @@ impl Fixture {
     /// Makes a model with `make_tiny_model.py <model_args>` and runs `tests/reference/model_blocks.py` on it (one
     /// Python process for both).
     pub fn new(model_args: &[&str], reference_args: &[&str]) -> Fixture {
+        Self::make(model_args, reference_args, None)
+    }
+
+    /// [`Fixture::new`] with transformers 4.46 ([`newer_transformers`]) instead of the reference's.
+    pub fn on_newer_transformers(model_args: &[&str], reference_args: &[&str]) -> Fixture {
+        Self::make(model_args, reference_args, Some(&newer_transformers()))
+    }
+
+    fn make(model_args: &[&str], reference_args: &[&str], python_path: Option<&Path>) -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let model = dir.path().join("model");
         let model_s = model.to_str().expect("utf-8 temp path");
@@ -61,7 +85,7 @@ impl Fixture {
         args.push(maker.to_str().expect("utf-8 path"));
         args.extend_from_slice(model_args);
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/model_blocks.py");
-        run_python(&script, &args);
+        run_python(&script, &args, python_path);
         let reference = candle_core::safetensors::load(&out, &Device::Cpu).expect("reading the reference outputs");
         Fixture { dir, reference }
     }
