@@ -17,13 +17,16 @@ pub enum Family {
     Falcon,
 }
 
-/// Rotary position embedding scaling, as transformers 4.33 reads `rope_scaling`.
+/// Rotary position embedding scaling, as transformers reads `rope_scaling` (4.33's types, and
+/// Llama 3.1's `llama3` from 4.43 on).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RopeScaling {
     /// Positions divided by `factor`.
     Linear(f64),
     /// Dynamic NTK: the base grows once the sequence exceeds `max_position_embeddings`.
     Dynamic(f64),
+    /// Llama 3.1: low frequencies divided by `factor`, high ones kept, the band between blended.
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_positions: usize },
 }
 
 /// Falcon's decoder layout switches.
@@ -169,9 +172,21 @@ impl ModelConfig {
             None | Some(Value::Null) => None,
             Some(s) => {
                 let factor = s.get("factor").and_then(Value::as_f64).unwrap_or(1.0);
+                let field = |name: &str| {
+                    s.get(name)
+                        .and_then(Value::as_f64)
+                        .ok_or_else(|| Error::invalid_argument(format!("config.json: rope_scaling needs {name}")))
+                };
                 match s.get("type").or_else(|| s.get("rope_type")).and_then(Value::as_str) {
+                    Some("default") => None,
                     Some("linear") => Some(RopeScaling::Linear(factor)),
                     Some("dynamic") => Some(RopeScaling::Dynamic(factor)),
+                    Some("llama3") => Some(RopeScaling::Llama3 {
+                        factor: field("factor")?,
+                        low_freq_factor: field("low_freq_factor")?,
+                        high_freq_factor: field("high_freq_factor")?,
+                        original_max_positions: field("original_max_position_embeddings")? as usize,
+                    }),
                     other => return Err(Error::invalid_argument(format!("unsupported rope_scaling type {other:?}"))),
                 }
             }
@@ -266,6 +281,11 @@ mod tests {
                 r#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1,
                     "num_attention_heads": 4, "vocab_size": 9, "rope_scaling": {"type": "yarn", "factor": 2}}"#,
                 "rope_scaling",
+            ),
+            (
+                r#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1,
+                    "num_attention_heads": 4, "vocab_size": 9, "rope_scaling": {"rope_type": "llama3", "factor": 8}}"#,
+                "rope_scaling needs low_freq_factor",
             ),
             (
                 r#"{"model_type": "mixtral", "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1,

@@ -160,15 +160,44 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 /// `cos` and `sin` tables of shape (len, head_dim) for positions `start..start + len`, computed in float32 the
 /// way transformers does (`inv_freq = 1 / base^(2i/d)`, `freqs = t * inv_freq`, `emb = cat(freqs, freqs)`).
 pub fn rotary_tables(head_dim: usize, base: f64, pos_scale: f32, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
-    let half = head_dim / 2;
+    tables_of(&inverse_frequencies(head_dim, base), pos_scale, start, len)
+}
+
+/// `1 / base^(2i/d)` for `i < d/2`, in float32.
+fn inverse_frequencies(head_dim: usize, base: f64) -> Vec<f32> {
     let base = base as f32;
-    let inv: Vec<f32> = (0..half).map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32)).collect();
+    (0..head_dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32)).collect()
+}
+
+/// Llama 3.1's frequencies (transformers' `_compute_llama3_parameters`, in float32): wavelengths
+/// longer than `original / low` are divided by `factor`, shorter than `original / high` kept, and
+/// the band between blended linearly in `original / wavelength`.
+fn llama3_frequencies(inv: Vec<f32>, factor: f64, low: f64, high: f64, original: usize) -> Vec<f32> {
+    let (factor, low, high, original) = (factor as f32, low as f32, high as f32, original as f32);
+    let (low_wavelen, high_wavelen) = (original / low, original / high);
+    inv.into_iter()
+        .map(|f| {
+            let wavelen = 2.0 * std::f32::consts::PI / f;
+            if wavelen < high_wavelen {
+                f
+            } else if wavelen > low_wavelen {
+                f / factor
+            } else {
+                let smooth = (original / wavelen - low) / (high - low);
+                (1.0 - smooth) * f / factor + smooth * f
+            }
+        })
+        .collect()
+}
+
+fn tables_of(inv: &[f32], pos_scale: f32, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
+    let head_dim = 2 * inv.len();
     let mut cos = Vec::with_capacity(len * head_dim);
     let mut sin = Vec::with_capacity(len * head_dim);
     for p in start..start + len {
         let t = p as f32 / pos_scale;
         for _ in 0..2 {
-            for f in &inv {
+            for f in inv {
                 let a = t * f;
                 cos.push(a.cos());
                 sin.push(a.sin());
@@ -179,7 +208,7 @@ pub fn rotary_tables(head_dim: usize, base: f64, pos_scale: f32, start: usize, l
 }
 
 /// Rotary tables with transformers' scaling: linear divides positions by the factor; dynamic NTK grows the base
-/// once `start + len` exceeds `max_positions`.
+/// once `start + len` exceeds `max_positions`; llama3 rescales the frequencies by wavelength.
 pub fn scaled_rotary_tables(
     head_dim: usize,
     theta: f64,
@@ -199,6 +228,11 @@ pub fn scaled_rotary_tables(
                 base *= (f * total as f64 / max_positions as f64 - (f - 1.0)).powf(d / (d - 2.0));
             }
             rotary_tables(head_dim, base, 1.0, start, len)
+        }
+        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_positions }) => {
+            let inv = inverse_frequencies(head_dim, theta);
+            let inv = llama3_frequencies(inv, factor, low_freq_factor, high_freq_factor, original_max_positions);
+            tables_of(&inv, 1.0, start, len)
         }
     }
 }
