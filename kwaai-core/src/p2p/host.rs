@@ -407,7 +407,7 @@ impl EventLoop {
     }
 }
 
-/// `addr` without its `/p2p/<peer id>` suffix: go-libp2p dials only bare addresses.
+/// `addr` without its `/p2p/<peer id>` suffix, which the go-libp2p inside p2pd refuses to dial.
 fn without_peer_id(addr: &Multiaddr) -> Multiaddr {
     addr.iter().filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_))).collect()
 }
