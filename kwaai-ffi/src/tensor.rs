@@ -5,7 +5,7 @@ use std::os::raw::{c_char, c_void};
 use std::time::Duration;
 
 use kwaai_core::tensor::{DType, DecodeLimits, Tensor};
-use kwaai_core::{Error, ErrorKind, PeerId};
+use kwaai_core::{Compression, Error, ErrorKind, PeerId};
 
 use crate::callbacks::UserData;
 use crate::error::{ffi_call, kwaai_status};
@@ -203,7 +203,7 @@ pub unsafe extern "C" fn kwaai_node_push_tensor(
             .map_err(|e| Error::invalid_argument(format!("`peer_id` is not a peer ID: {e}")))?;
         let name = str_arg(name, "name")?;
         let tensor = TENSORS.with(tensor, |t| t.tensor.clone())?;
-        node_of(node)?.push_tensor(peer, name, &tensor, Duration::from_millis(timeout_ms))
+        node_of(node)?.push_tensor(peer, name, &tensor, Compression::default(), Duration::from_millis(timeout_ms))
     })
 }
 
