@@ -1,8 +1,10 @@
 """Tensors pushed between nodes from Python: lists and numpy arrays in, arrays out, per-call
 compression, and the errors a sender sees."""
+import json
 import queue
 
 import pytest
+from conftest import run_reference
 
 import kwaai
 
@@ -71,3 +73,26 @@ def test_errors_reach_the_sender():
         assert receiver.clear_tensor_handler()
         with pytest.raises(kwaai.ProtocolError):
             sender.push_tensor(receiver.peer_id, "x", [1.0])
+
+
+TORCH_SCRIPT = """
+import json, queue, torch
+import kwaai
+inbox = queue.Queue()
+receiver = kwaai.Node.start(listen_addrs=["/ip4/127.0.0.1/tcp/0"])
+sender = kwaai.Node.start(listen_addrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=receiver.listen_addrs)
+receiver.set_tensor_handler(lambda peer, name, t: inbox.put((name, t)), kind="torch")
+x = torch.linspace(-1, 1, 12, dtype=torch.float64).reshape(3, 4)
+sender.push_tensor(receiver.peer_id, "t", x)
+name, got = inbox.get(timeout=30)
+print(json.dumps(dict(name=name, type=type(got).__name__, dtype=str(got.dtype), shape=list(got.shape),
+                      equal=bool(torch.equal(got, x.float())))))
+sender.shutdown()
+receiver.shutdown()
+"""
+
+
+def test_torch_tensors_in_and_out():
+    """Run by the reference venv's python, which has torch."""
+    result = json.loads(run_reference(["-c", TORCH_SCRIPT]).splitlines()[-1])
+    assert result == {"name": "t", "type": "Tensor", "dtype": "torch.float32", "shape": [3, 4], "equal": True}
