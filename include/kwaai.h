@@ -90,6 +90,28 @@ typedef enum {
   KWAAI_DTYPE_BOOL = 9,
 } kwaai_dtype;
 
+// How `kwaai_node_push_tensor_compressed` compresses a tensor. Values 0 to 5 are hivemind's
+// CompressionType codecs; the last two keep an error-feedback residual per (peer, name) in the
+// sending node. The numeric values are stable.
+typedef enum {
+  // No compression.
+  KWAAI_COMPRESSION_NONE = 0,
+  // hivemind MEANSTD_16BIT.
+  KWAAI_COMPRESSION_MEANSTD16BIT = 1,
+  // hivemind FLOAT16.
+  KWAAI_COMPRESSION_FLOAT16 = 2,
+  // hivemind QUANTILE_8BIT.
+  KWAAI_COMPRESSION_QUANTILE8BIT = 3,
+  // hivemind UNIFORM_8BIT.
+  KWAAI_COMPRESSION_UNIFORM8BIT = 4,
+  // hivemind BLOCKWISE_8BIT.
+  KWAAI_COMPRESSION_BLOCKWISE8BIT = 5,
+  // BLOCKWISE_8BIT with error feedback (float tensors).
+  KWAAI_COMPRESSION_BLOCKWISE8BIT_FEEDBACK = 100,
+  // The `k` largest entries, with error feedback (float tensors).
+  KWAAI_COMPRESSION_TOP_K = 101,
+} kwaai_compression;
+
 // Node settings, built with `kwaai_config_*` calls and passed to `kwaai_node_start`.
 typedef struct kwaai_config kwaai_config;
 
@@ -619,6 +641,20 @@ kwaai_status kwaai_node_push_tensor(kwaai_node *node,
                                     const char *name,
                                     kwaai_tensor *tensor,
                                     uint64_t timeout_ms);
+
+// Like `kwaai_node_push_tensor`, compressed as `compression` says (`k`: entries sent by
+// KWAAI_COMPRESSION_TOP_K, ignored otherwise). Error feedback on a non-float tensor, or on a
+// tensor whose element count changed under the same name, gives KWAAI_STATUS_INVALID_ARGUMENT.
+//
+// # Safety
+// `peer_id` and `name` must be NULL or NUL-terminated strings.
+kwaai_status kwaai_node_push_tensor_compressed(kwaai_node *node,
+                                               const char *peer_id,
+                                               const char *name,
+                                               kwaai_tensor *tensor,
+                                               kwaai_compression compression,
+                                               size_t k,
+                                               uint64_t timeout_ms);
 
 // Calls `callback(user_data, ...)` for every tensor a peer pushes to this node, replacing an
 // earlier handler; tensors over 2^30 elements are refused. `user_data` must stay valid until

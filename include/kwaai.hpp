@@ -205,6 +205,12 @@ public:
                      uint64_t timeout_ms = 20000) {
         detail::check(kwaai_node_push_tensor(handle_, peer_id.c_str(), name.c_str(), tensor.handle(), timeout_ms));
     }
+    /// Pushes `tensor` compressed as `compression` says (`k`: entries sent by KWAAI_COMPRESSION_TOP_K).
+    void push_tensor(const std::string &peer_id, const std::string &name, const Tensor &tensor,
+                     kwaai_compression compression, size_t k = 0, uint64_t timeout_ms = 20000) {
+        detail::check(kwaai_node_push_tensor_compressed(handle_, peer_id.c_str(), name.c_str(), tensor.handle(),
+                                                        compression, k, timeout_ms));
+    }
     /// Calls `handler` (on a library thread) for every tensor pushed to this node.
     void set_tensor_handler(TensorHandler handler) {
         auto owned = std::make_unique<TensorHandler>(std::move(handler));

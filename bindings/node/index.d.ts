@@ -10,6 +10,19 @@ export interface ErrorKindInfo {
 }
 /** Every error kind the core defines. */
 export declare function errorKinds(): Array<ErrorKindInfo>
+/** How a pushed tensor is compressed. */
+export interface PushOptions {
+  /**
+   * "none" (default), "float16", "meanstd_16bit", "quantile_8bit", "uniform_8bit",
+   * "blockwise_8bit", or with error feedback per (peer, name) "blockwise_8bit_feedback" and
+   * "topk" (sends the `k` largest entries).
+   */
+  compression?: string
+  /** Entries per "topk" push. */
+  k?: number
+  /** How long to wait for the receiver, in milliseconds (default 60000). */
+  timeoutMs?: number
+}
 /** How to generate (transformers' names); every field is optional. */
 export interface GenerateOptions {
   /** Tokens to generate at most (default 32). */
@@ -103,6 +116,19 @@ export declare class TokenStream {
 }
 /** A running kwaai node. Call `shutdown()` when done. */
 export declare class Node {
+  /**
+   * Pushes the float32 tensor `data` of `shape` under `name` to the peer `peerId`; resolves
+   * once its handler took it.
+   */
+  pushTensor(peerId: string, name: string, data: Float32Array, shape: Array<number>, options?: PushOptions | undefined | null): Promise<void>
+  /**
+   * Calls `handler(peerId, name, data, shape)` on the event loop for each tensor pushed to this
+   * node (`data` as a `Float32Array`). The push succeeds once the tensor is queued for the
+   * handler. Replaces an earlier handler.
+   */
+  setTensorHandler(handler: (peerId: string, name: string, data: Float32Array, shape: number[]) => void): void
+  /** Stops receiving pushed tensors; true if a handler was set. */
+  clearTensorHandler(): boolean
   /** Starts a node; resolves once it listens. */
   static start(config?: NodeConfig | undefined | null): Promise<Node>
   /** The node's peer ID in base58. */

@@ -21,10 +21,13 @@ pub mod wire;
 pub use client::{Client, ClientConfig};
 pub use config::NodeConfig;
 pub use error::{Error, ErrorKind, Result};
-pub use exchange::{ReceivedTensor, MAX_TENSOR_NAME, TENSOR_PUSH};
+pub use exchange::{
+    ReceivedTensor, MAX_TENSOR_NAME, PUSH_CHUNK_SIZE, STREAM_THRESHOLD, TENSOR_PUSH, TENSOR_PUSH_STREAM,
+};
 pub use identity::Identity;
 pub use node::Node;
 pub use p2p::PeerInfo;
+pub use tensor::training::Compression;
 pub use tensor::Tensor;
 
 /// Peer IDs and multiaddrs as libp2p defines them.

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use kwaai_core::tensor::{DType, DecodeLimits, Tensor};
-use kwaai_core::{Error, ErrorKind, Node, NodeConfig, PeerId, ReceivedTensor};
+use kwaai_core::{Compression, Error, ErrorKind, Node, NodeConfig, PeerId, ReceivedTensor};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(20);
@@ -38,7 +38,7 @@ fn a_tensor_pushed_between_kwaai_nodes_arrives_whole_and_named() {
     let received = collect(&b, DecodeLimits::default());
     a.connect(&b.listen_addrs()[0].to_string(), T).unwrap();
     let tensor = f32_tensor(vec![2, 3], &[1.0, -2.5, 3.25, 0.0, 1e-3, 7.0]);
-    a.push_tensor(b.peer_id(), "layer.0.grad", &tensor, T).unwrap();
+    a.push_tensor(b.peer_id(), "layer.0.grad", &tensor, Compression::default(), T).unwrap();
     let got = received.recv_timeout(T).unwrap();
     assert_eq!(got, ReceivedTensor { peer: a.peer_id(), name: "layer.0.grad".into(), tensor });
 }
@@ -48,22 +48,34 @@ fn pushes_are_refused_without_a_handler_on_handler_errors_and_over_limits() {
     let (a, b) = (node(), node());
     a.connect(&b.listen_addrs()[0].to_string(), T).unwrap();
     let small = f32_tensor(vec![1], &[1.0]);
-    assert_eq!(a.push_tensor(b.peer_id(), "x", &small, T).unwrap_err().kind(), ErrorKind::Protocol);
+    assert_eq!(
+        a.push_tensor(b.peer_id(), "x", &small, Compression::default(), T).unwrap_err().kind(),
+        ErrorKind::Protocol
+    );
 
     b.set_tensor_handler(DecodeLimits::default(), |r| Err(Error::invalid_argument(format!("no thanks, {}", r.name))))
         .unwrap();
-    let err = a.push_tensor(b.peer_id(), "x", &small, T).unwrap_err();
+    let err = a.push_tensor(b.peer_id(), "x", &small, Compression::default(), T).unwrap_err();
     assert!(err.message().contains("no thanks, x"), "{err}");
 
     let received = collect(&b, DecodeLimits { max_elements: 4, ..DecodeLimits::default() });
     let big = f32_tensor(vec![5], &[0.0; 5]);
-    assert_eq!(a.push_tensor(b.peer_id(), "big", &big, T).unwrap_err().kind(), ErrorKind::Protocol);
-    a.push_tensor(b.peer_id(), "ok", &small, T).unwrap();
+    assert_eq!(
+        a.push_tensor(b.peer_id(), "big", &big, Compression::default(), T).unwrap_err().kind(),
+        ErrorKind::Protocol
+    );
+    a.push_tensor(b.peer_id(), "ok", &small, Compression::default(), T).unwrap();
     assert_eq!(received.recv_timeout(T).unwrap().name, "ok");
 
-    assert_eq!(a.push_tensor(b.peer_id(), "", &small, T).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(
+        a.push_tensor(b.peer_id(), "", &small, Compression::default(), T).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
     assert!(b.clear_tensor_handler().unwrap());
-    assert_eq!(a.push_tensor(b.peer_id(), "x", &small, T).unwrap_err().kind(), ErrorKind::Protocol);
+    assert_eq!(
+        a.push_tensor(b.peer_id(), "x", &small, Compression::default(), T).unwrap_err().kind(),
+        ErrorKind::Protocol
+    );
 }
 
 #[test]
@@ -76,17 +88,19 @@ fn tensors_cross_between_kwaai_and_a_python_hivemind_peer_both_ways() {
     node.connect(ready["maddrs"][0].as_str().unwrap(), T).unwrap();
 
     let tensor = f32_tensor(vec![3, 1], &[0.5, -1.0, 2.0]);
-    node.push_tensor(python_peer, "to-python", &tensor, T).unwrap();
+    node.push_tensor(python_peer, "to-python", &tensor, Compression::default(), T).unwrap();
     python.send_line(r#"{"op": "received"}"#);
     let got = python.read_json();
-    let expected = json!([{"peer": node.peer_id().to_base58(), "name": "to-python", "dtype": "float32",
-                           "shape": [3, 1], "values": [0.5, -1.0, 2.0]}]);
-    assert_eq!(got["tensors"], expected);
+    let expected = json!({"peer": node.peer_id().to_base58(), "name": "to-python", "dtype": "float32",
+                          "shape": [3, 1], "values": [0.5, -1.0, 2.0], "streamed": false});
+    let mut entry = got["tensors"][0].clone();
+    entry.as_object_mut().unwrap().remove("sha256");
+    assert_eq!((got["tensors"].as_array().unwrap().len(), entry), (1, expected));
 
     let command = json!({"op": "push", "peer": node.peer_id().to_base58(), "name": "from-python",
                          "dtype": "int64", "shape": [2, 2], "values": [1, -2, 3, 1i64 << 40]});
     python.send_line(&command.to_string());
-    assert_eq!(python.read_json(), json!({"ok": true}));
+    assert_eq!(python.read_json(), json!({"ok": true, "streamed": false}));
     let got = received.recv_timeout(T).unwrap();
     assert_eq!((got.peer, got.name.as_str()), (python_peer, "from-python"));
     assert_eq!((got.tensor.dtype(), got.tensor.shape()), (DType::I64, &[2usize, 2][..]));

@@ -5,7 +5,7 @@ use std::os::raw::{c_char, c_void};
 use std::time::Duration;
 
 use kwaai_core::tensor::{DType, DecodeLimits, Tensor};
-use kwaai_core::{Error, ErrorKind, PeerId};
+use kwaai_core::{Compression, Error, ErrorKind, PeerId};
 
 use crate::callbacks::UserData;
 use crate::error::{ffi_call, kwaai_status};
@@ -197,14 +197,81 @@ pub unsafe extern "C" fn kwaai_node_push_tensor(
     tensor: *mut kwaai_tensor,
     timeout_ms: u64,
 ) -> kwaai_status {
-    ffi_call(|| {
-        let peer: PeerId = str_arg(peer_id, "peer_id")?
-            .parse()
-            .map_err(|e| Error::invalid_argument(format!("`peer_id` is not a peer ID: {e}")))?;
-        let name = str_arg(name, "name")?;
-        let tensor = TENSORS.with(tensor, |t| t.tensor.clone())?;
-        node_of(node)?.push_tensor(peer, name, &tensor, Duration::from_millis(timeout_ms))
-    })
+    ffi_call(|| push(node, peer_id, name, tensor, Compression::default(), timeout_ms))
+}
+
+/// How `kwaai_node_push_tensor_compressed` compresses a tensor. Values 0 to 5 are hivemind's
+/// CompressionType codecs; the last two keep an error-feedback residual per (peer, name) in the
+/// sending node. The numeric values are stable.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum kwaai_compression {
+    /// No compression.
+    None = 0,
+    /// hivemind MEANSTD_16BIT.
+    Meanstd16bit = 1,
+    /// hivemind FLOAT16.
+    Float16 = 2,
+    /// hivemind QUANTILE_8BIT.
+    Quantile8bit = 3,
+    /// hivemind UNIFORM_8BIT.
+    Uniform8bit = 4,
+    /// hivemind BLOCKWISE_8BIT.
+    Blockwise8bit = 5,
+    /// BLOCKWISE_8BIT with error feedback (float tensors).
+    Blockwise8bitFeedback = 100,
+    /// The `k` largest entries, with error feedback (float tensors).
+    TopK = 101,
+}
+
+fn compression_of(compression: kwaai_compression, k: usize) -> Compression {
+    use kwaai_core::tensor::CompressionType as C;
+    let codec = match compression {
+        kwaai_compression::None => C::None,
+        kwaai_compression::Meanstd16bit => C::Meanstd16bit,
+        kwaai_compression::Float16 => C::Float16,
+        kwaai_compression::Quantile8bit => C::Quantile8bit,
+        kwaai_compression::Uniform8bit => C::Uniform8bit,
+        kwaai_compression::Blockwise8bit => C::Blockwise8bit,
+        kwaai_compression::Blockwise8bitFeedback => return Compression::Blockwise8bitFeedback,
+        kwaai_compression::TopK => return Compression::TopK { k },
+    };
+    Compression::Codec(codec)
+}
+
+/// Like `kwaai_node_push_tensor`, compressed as `compression` says (`k`: entries sent by
+/// KWAAI_COMPRESSION_TOP_K, ignored otherwise). Error feedback on a non-float tensor, or on a
+/// tensor whose element count changed under the same name, gives KWAAI_STATUS_INVALID_ARGUMENT.
+///
+/// # Safety
+/// `peer_id` and `name` must be NULL or NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn kwaai_node_push_tensor_compressed(
+    node: *mut kwaai_node,
+    peer_id: *const c_char,
+    name: *const c_char,
+    tensor: *mut kwaai_tensor,
+    compression: kwaai_compression,
+    k: usize,
+    timeout_ms: u64,
+) -> kwaai_status {
+    ffi_call(|| push(node, peer_id, name, tensor, compression_of(compression, k), timeout_ms))
+}
+
+unsafe fn push(
+    node: *mut kwaai_node,
+    peer_id: *const c_char,
+    name: *const c_char,
+    tensor: *mut kwaai_tensor,
+    compression: Compression,
+    timeout_ms: u64,
+) -> kwaai_core::Result<()> {
+    let peer: PeerId = str_arg(peer_id, "peer_id")?
+        .parse()
+        .map_err(|e| Error::invalid_argument(format!("`peer_id` is not a peer ID: {e}")))?;
+    let name = str_arg(name, "name")?;
+    let tensor = TENSORS.with(tensor, |t| t.tensor.clone())?;
+    node_of(node)?.push_tensor(peer, name, &tensor, compression, Duration::from_millis(timeout_ms))
 }
 
 /// Receives a pushed tensor. Runs on one of the node's threads; it must return quickly and must

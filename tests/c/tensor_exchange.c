@@ -1,6 +1,7 @@
 /* Tensors and logging through the C ABI: tensors are created, read and freed; one node pushes a
- * tensor to another whose callback receives it; a refusing callback, a missing handler and misuse
- * (wrong sizes, NULLs, freed handles) give error codes; log lines reach a log callback.
+ * tensor to another whose callback receives it (plain and top-k compressed); a refusing callback, a
+ * missing handler and misuse (wrong sizes, NULLs, freed handles, error feedback on integers) give
+ * error codes; log lines reach a log callback.
  * Prints one line per check and a final "N passed, N failed" line. */
 #include <pthread.h>
 #include <stdio.h>
@@ -107,6 +108,29 @@ int main(void) {
     check(kwaai_tensor_free(got) == KWAAI_STATUS_OK, "received tensor freed");
     check(kwaai_tensor_free(got) == KWAAI_STATUS_INVALID_ARGUMENT, "double free refused");
     check(kwaai_tensor_ndim(got, &ndim) == KWAAI_STATUS_INVALID_ARGUMENT, "freed tensor refused");
+
+    pthread_mutex_lock(&inbox.lock);
+    inbox.accept = true;
+    pthread_mutex_unlock(&inbox.lock);
+    check(kwaai_node_push_tensor_compressed(a, b_id, "sparse", tensor, KWAAI_COMPRESSION_TOP_K, 2, TIMEOUT_MS) ==
+              KWAAI_STATUS_OK, "top-k push");
+    pthread_mutex_lock(&inbox.lock);
+    got = inbox.tensor;
+    inbox.tensor = NULL;
+    inbox.accept = false;
+    pthread_mutex_unlock(&inbox.lock);
+    const float sparse[6] = {0.0f, 0.0f, 3.25f, 0.0f, 0.0f, 7.0f};
+    check(got != NULL && kwaai_tensor_data(got, &data, &len) == KWAAI_STATUS_OK && len == sizeof sparse &&
+              memcmp(data, sparse, len) == 0, "top-k push arrives as the two largest entries");
+    kwaai_tensor_free(got);
+    const int64_t ints[2] = {1, 2};
+    const size_t int_shape[1] = {2};
+    kwaai_tensor *int_tensor = NULL;
+    check(kwaai_tensor_new(KWAAI_DTYPE_I64, int_shape, 1, ints, sizeof ints, &int_tensor) == KWAAI_STATUS_OK,
+          "int tensor made");
+    check(kwaai_node_push_tensor_compressed(a, b_id, "i", int_tensor, KWAAI_COMPRESSION_TOP_K, 1, TIMEOUT_MS) ==
+              KWAAI_STATUS_INVALID_ARGUMENT, "error feedback on integers refused");
+    kwaai_tensor_free(int_tensor);
 
     check(kwaai_node_push_tensor(a, b_id, "no", tensor, TIMEOUT_MS) == KWAAI_STATUS_PROTOCOL,
           "a refusing callback fails the push");

@@ -3,12 +3,14 @@
 //! One file per core concept: `node.rs` for `kwaai_core::Node`, `dht.rs` for its DHT, `error.rs`
 //! for its errors, `value.rs` for Python objects as msgpack values, `model.rs` for the client's
 //! `DistributedModel` and inference sessions, `generation.rs` for generation settings and token
-//! streams, `server.rs` for `kwaai_core::server::Server`, `tensor.rs` for float tensors as bytes.
+//! streams, `server.rs` for `kwaai_core::server::Server`, `tensor.rs` for float tensors as bytes,
+//! `exchange.rs` for tensors pushed between nodes.
 
 use pyo3::prelude::*;
 
 mod dht;
 mod error;
+mod exchange;
 mod generation;
 mod model;
 mod node;

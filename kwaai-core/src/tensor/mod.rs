@@ -1,7 +1,7 @@
 //! hivemind's tensor wire format: an owned [`Tensor`] or a borrowed [`TensorView`], the six
 //! codecs ([`encode`], [`decode`], and [`encode_into`] / [`decode_into`] that reuse memory),
 //! splitting into stream parts and joining them ([`stream`]), gradient compression
-//! ([`gradient`]), and candle conversion ([`Tensor::into_candle`] moves the storage;
+//! ([`gradient`]), per-call compression for pushed tensors ([`training`]), and candle conversion ([`Tensor::into_candle`] moves the storage;
 //! [`Tensor::with_candle_view`] encodes straight from a candle tensor's memory).
 //!
 //! Pure data: no I/O, no async. Every decoder is bounded by [`DecodeLimits`].
@@ -15,6 +15,7 @@ mod codec;
 mod dtype;
 pub mod gradient;
 pub mod stream;
+pub mod training;
 
 pub use buffer::{checked_numel, Data, Tensor, TensorView};
 pub use codec::{

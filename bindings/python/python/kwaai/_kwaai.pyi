@@ -1,6 +1,6 @@
 # Type stubs of the native module; `make test` checks them against the built module (mypy stubtest).
 import os
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union, final
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union, final
 
 __version__: str
 ERROR_KINDS: List[Tuple[int, str]]
@@ -51,6 +51,17 @@ class Node:
     @property
     def is_running(self) -> bool: ...
     def shutdown(self) -> None: ...
+    def push_tensor(
+        self,
+        peer_id: str,
+        name: str,
+        tensor: Any,
+        compression: str = "none",
+        k: Optional[int] = None,
+        timeout: float = 60.0,
+    ) -> None: ...
+    def set_tensor_handler(self, handler: Callable[[str, str, Any], object], kind: str = "numpy") -> None: ...
+    def clear_tensor_handler(self) -> bool: ...
     def __enter__(self) -> Node: ...
     def __exit__(self, *args: object) -> bool: ...
 

@@ -1,0 +1,77 @@
+//! Pushed tensors for `kwaai.Node`: `push_tensor` and the handler of received tensors. Tensors
+//! cross as float32 (lists, numpy arrays or torch tensors, converted by `kwaai._tensors`).
+
+use std::time::Duration;
+
+use kwaai_core::tensor::{CompressionType, DType, DecodeLimits, Tensor};
+use kwaai_core::{Compression, Error, ErrorKind, PeerId};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::error::{to_py, InvalidArgumentError};
+
+/// The compression named `name` (`k`: entries per top-k push).
+pub(crate) fn compression(name: &str, k: Option<usize>) -> PyResult<Compression> {
+    let codec = match name {
+        "none" => CompressionType::None,
+        "float16" => CompressionType::Float16,
+        "meanstd_16bit" => CompressionType::Meanstd16bit,
+        "quantile_8bit" => CompressionType::Quantile8bit,
+        "uniform_8bit" => CompressionType::Uniform8bit,
+        "blockwise_8bit" => CompressionType::Blockwise8bit,
+        "blockwise_8bit_feedback" => return Ok(Compression::Blockwise8bitFeedback),
+        "topk" => {
+            let k = k.ok_or_else(|| InvalidArgumentError::new_err("compression 'topk' needs k"))?;
+            return Ok(Compression::TopK { k });
+        }
+        other => return Err(InvalidArgumentError::new_err(format!("unknown compression {other:?}"))),
+    };
+    Ok(Compression::Codec(codec))
+}
+
+/// Pushes `tensor` (anything `kwaai._tensors.to_bytes` takes) as float32.
+pub(crate) fn push(
+    py: Python<'_>,
+    node: &kwaai_core::Node,
+    peer_id: &str,
+    name: &str,
+    tensor: &Bound<'_, PyAny>,
+    compression: Compression,
+    timeout: f64,
+) -> PyResult<()> {
+    let peer: PeerId = peer_id.parse().map_err(|e| InvalidArgumentError::new_err(format!("bad peer id: {e}")))?;
+    let timeout = Duration::try_from_secs_f64(timeout).map_err(|e| InvalidArgumentError::new_err(e.to_string()))?;
+    let (data, shape): (Vec<u8>, Vec<usize>) =
+        py.import("kwaai._tensors")?.call_method1("to_bytes", (tensor,))?.extract()?;
+    let tensor = Tensor::from_bytes(DType::F32, shape, &data).map_err(to_py)?;
+    py.allow_threads(|| node.push_tensor(peer, name, &tensor, compression, timeout)).map_err(to_py)
+}
+
+/// Calls `handler(peer_id, name, array)` for each received tensor, the array in `kind` ("list",
+/// "numpy" or "torch") as float32; an exception it raises is returned to the sender.
+pub(crate) fn set_handler(py: Python<'_>, node: &kwaai_core::Node, handler: PyObject, kind: String) -> PyResult<()> {
+    if !matches!(kind.as_str(), "list" | "numpy" | "torch") {
+        return Err(InvalidArgumentError::new_err(format!("kind must be list, numpy or torch, not {kind:?}")));
+    }
+    py.allow_threads(|| {
+        node.set_tensor_handler(DecodeLimits::default(), move |received| {
+            let converted: Vec<u8>;
+            let data = if received.tensor.dtype() == DType::F32 {
+                received.tensor.as_bytes()
+            } else {
+                converted = received.tensor.view().to_f32().iter().flat_map(|v| v.to_le_bytes()).collect();
+                &converted
+            };
+            Python::with_gil(|py| {
+                let bytes = PyBytes::new(py, data);
+                let array = py
+                    .import("kwaai._tensors")?
+                    .call_method1("from_bytes", (bytes, received.tensor.shape().to_vec(), kind.as_str()))?;
+                handler.call1(py, (received.peer.to_base58(), received.name, array))?;
+                Ok::<_, PyErr>(())
+            })
+            .map_err(|e| Error::new(ErrorKind::InvalidArgument, format!("the tensor handler raised: {e}")))
+        })
+    })
+    .map_err(to_py)
+}
