@@ -24,6 +24,8 @@ use crate::p2p::{RequestStream, Rpc};
 use crate::tensor::{self, CompressionType, DType, DecodeLimits, TensorView};
 use crate::wire::averaging::{AveragingData, MessageCode};
 
+/// How long a reducer waits for a sender's end of stream after its last part.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// Waits longer than this for a peer only when a timeout says so.
 const NO_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -304,6 +306,12 @@ impl AllReduceRunner {
                 Ok(())
             }
             .await;
+            if outcome.is_ok() {
+                // Read the caller's end of stream before our replies end: closing first resets
+                // the stream under a caller still writing it (hivemind then sees a broken pipe).
+                let drain = async { while incoming.next().await.is_some() {} };
+                let _ = tokio::time::timeout(DRAIN_GRACE, drain).await;
+            }
             if let Err(e) = &outcome {
                 tracing::debug!(%sender, "leaving the sender out of this round: {e}");
                 let _ = replies.unbounded_send(Ok(reply(MessageCode::InternalError)));

@@ -1,0 +1,178 @@
+//! Two Python `hivemind.DecentralizedAverager`s and two Rust averagers (127.0.0.1, one DHT)
+//! form one group and all reach the exact weighted mean, with and without compression.
+
+mod common;
+
+use std::time::Duration;
+
+use common::ReferenceProcess;
+use kwaai_core::averaging::{AveragerConfig, DecentralizedAverager};
+use kwaai_core::tensor::{CompressionType, Data, Tensor};
+use kwaai_core::{Node, NodeConfig};
+use rmpv::Value;
+use serde_json::json;
+
+const SIZES: [usize; 3] = [3000, 3, 7000];
+
+fn start(initial_peers: Vec<String>) -> Node {
+    Node::start(NodeConfig {
+        listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        initial_peers,
+        ..NodeConfig::default()
+    })
+    .expect("node starts")
+}
+
+/// Averager `peer`'s tensor values: distinct per peer and element.
+fn values_of(peer: usize) -> Vec<Vec<f32>> {
+    SIZES
+        .iter()
+        .enumerate()
+        .map(|(t, &n)| {
+            (0..n).map(|i| ((i * 11 + t * 5 + peer * 37) % 503) as f32 / 10.0 - 25.0 + peer as f32).collect()
+        })
+        .collect()
+}
+
+fn config(prefix: &str, compression: CompressionType) -> AveragerConfig {
+    AveragerConfig {
+        prefix: prefix.into(),
+        target_group_size: Some(4),
+        min_group_size: 4,
+        min_matchmaking_time: Duration::from_secs(4),
+        request_timeout: Duration::from_secs(2),
+        part_size_bytes: 8 << 10,
+        compression,
+        ..AveragerConfig::default()
+    }
+}
+
+/// `python_leads`: the Python averagers start looking 1.5 s before the Rust ones, so one of them
+/// (the earliest to expire) leads the group; otherwise the Rust ones start first and lead.
+fn mixed_group(prefix: &str, compression: CompressionType, python_codec: &str, tolerance: f32, python_leads: bool) {
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
+    let first = start(vec![]);
+    let bootstrap = first.listen_addrs()[0].to_string();
+    let second = start(vec![bootstrap.clone()]);
+    let mut python = ReferenceProcess::start("averaging_peers.py", &[]);
+    let python_tensors: Vec<serde_json::Value> = (0..2)
+        .map(|p| {
+            let values = values_of(p);
+            json!(values.iter().map(|v| json!({"shape": [v.len()], "values": v})).collect::<Vec<_>>())
+        })
+        .collect();
+    let setup = json!({
+        "initial_peers": [bootstrap, second.listen_addrs()[0].to_string()],
+        "prefix": prefix,
+        "target_group_size": 4,
+        "min_group_size": 4,
+        "min_matchmaking_time": 4.0,
+        "request_timeout": 2.0,
+        "part_size_bytes": 8 << 10,
+        "compression": python_codec,
+        "averagers": python_tensors,
+    });
+    python.send_line(&setup.to_string());
+    let ready = python.read_json();
+    let python_peers: Vec<String> =
+        ready["peer_ids"].as_array().expect("peer ids").iter().map(|p| p.as_str().unwrap().to_string()).collect();
+    assert_eq!(python_peers.len(), 2);
+
+    let rust: Vec<DecentralizedAverager> = [&first, &second]
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let tensors =
+                values_of(2 + i).into_iter().map(|v| Tensor::new(vec![v.len()], Data::F32(v)).unwrap()).collect();
+            DecentralizedAverager::new(node, tensors, config(prefix, compression)).unwrap()
+        })
+        .collect();
+    let weights = [1.0, 2.0, 3.0, 4.0];
+    let step = json!({"op": "step", "weights": [weights[0], weights[1]], "timeout": 60.0}).to_string();
+    if python_leads {
+        python.send_line(&step);
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let groups: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = rust
+            .iter()
+            .enumerate()
+            .map(|(i, averager)| {
+                s.spawn(move || averager.step(Value::from(2 + i as u64), weights[2 + i], Duration::from_secs(60)))
+            })
+            .collect();
+        if !python_leads {
+            std::thread::sleep(Duration::from_millis(1500));
+            python.send_line(&step);
+        }
+        handles.into_iter().map(|h| h.join().unwrap().expect("Rust step succeeds")).collect()
+    });
+    let reply = python.read_json();
+    assert_eq!(reply["ok"], true, "{reply}");
+    let results = reply["results"].as_array().unwrap();
+
+    // Everyone is in the same group of four, and gathered everyone's value.
+    let mut members: Vec<String> = groups[0].peer_ids.iter().map(|p| p.to_base58()).collect();
+    members.sort();
+    let mut expected_members = python_peers.clone();
+    expected_members.extend([first.peer_id().to_base58(), second.peer_id().to_base58()]);
+    expected_members.sort();
+    assert_eq!(members, expected_members);
+    assert_eq!(groups[0], groups[1]);
+    let mut rust_gathered: Vec<u64> = groups[0].user_data().unwrap().iter().map(|(_, v)| v.as_u64().unwrap()).collect();
+    rust_gathered.sort();
+    assert_eq!(rust_gathered, vec![0, 1, 2, 3]);
+    for (i, result) in results.iter().enumerate() {
+        let gathered = result["gathered"].as_object().unwrap_or_else(|| panic!("Python averager {i}: {result}"));
+        let mut keys: Vec<String> = gathered.keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, expected_members, "Python averager {i}");
+        assert_eq!(gathered[&first.peer_id().to_base58()], 2);
+    }
+
+    let inputs: Vec<Vec<Vec<f32>>> = (0..4).map(values_of).collect();
+    let total: f64 = weights.iter().sum();
+    for (t, &n) in SIZES.iter().enumerate() {
+        let mean: Vec<f32> = (0..n)
+            .map(|i| ((0..4).map(|p| weights[p] * f64::from(inputs[p][t][i])).sum::<f64>() / total) as f32)
+            .collect();
+        let mut outputs: Vec<(String, Vec<f32>)> = results
+            .iter()
+            .enumerate()
+            .map(|(p, r)| {
+                let values = r["tensors"][t].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+                (format!("Python averager {p}"), values)
+            })
+            .collect();
+        for (p, averager) in rust.iter().enumerate() {
+            let Data::F32(values) = averager.tensors()[t].data().clone() else { panic!("float32") };
+            outputs.push((format!("Rust averager {p}"), values));
+        }
+        for (who, got) in &outputs {
+            assert_eq!(got.len(), n, "{who} tensor {t}");
+            for (i, (g, e)) in got.iter().zip(&mean).enumerate() {
+                assert!((g - e).abs() <= tolerance, "{who} tensor {t} element {i}: {g} vs mean {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn python_and_rust_averagers_reach_the_weighted_mean_under_a_python_leader() {
+    mixed_group("mixednonepy", CompressionType::None, "NONE", 1e-4, true);
+}
+
+#[test]
+fn python_and_rust_averagers_reach_the_weighted_mean_under_a_rust_leader() {
+    mixed_group("mixednonerust", CompressionType::None, "NONE", 1e-4, false);
+}
+
+#[test]
+fn python_and_rust_averagers_reach_the_mean_through_float16() {
+    mixed_group("mixedhalf", CompressionType::Float16, "FLOAT16", 0.05, false);
+}
+
+#[test]
+fn python_and_rust_averagers_reach_the_mean_through_uniform_8bit() {
+    mixed_group("mixedeight", CompressionType::Uniform8bit, "UNIFORM_8BIT", 1.0, true);
+}

@@ -1,0 +1,104 @@
+"""hivemind.DecentralizedAverager peers on 127.0.0.1 for kwaai's averaging interop tests.
+
+Reads one JSON config line from stdin:
+  {"initial_peers": [MADDR], "prefix": P, "target_group_size": N, "min_group_size": N,
+   "min_matchmaking_time": S, "request_timeout": S, "part_size_bytes": B,
+   "compression": "NONE" | "FLOAT16" | "UNIFORM_8BIT",
+   "averagers": [[{"shape": [...], "values": [...]}, ...], ...]}   (float32 tensors per averager)
+starts one hivemind.DHT (joined to the initial peers and to the DHTs started before it) and one DecentralizedAverager per entry of
+"averagers", and prints {"peer_ids": [B58, ...]}. Then answers one JSON command per line:
+  {"op": "step", "weights": [W, ...], "timeout": S}
+      -> {"ok": true, "results": [{"gathered": {B58: VALUE}, "tensors": [[...], ...]} | {"error": TEXT}]}
+Exits (shutting every averager and DHT down) when stdin closes.
+"""
+import faulthandler
+import gc
+import json
+import os
+import sys
+import threading
+
+# p2pd dials the stream-handler socket by a path that this venv's multiaddr makes relative:
+# running from "/" makes that path right (see ../shared/reference/bench/_common.py).
+os.chdir("/")
+gc.disable()
+faulthandler.enable()
+
+import torch  # noqa: E402
+import hivemind  # noqa: E402
+from hivemind.compression import Float16Compression, NoCompression, Uniform8BitQuantization  # noqa: E402
+
+CODECS = {"NONE": NoCompression, "FLOAT16": Float16Compression, "UNIFORM_8BIT": Uniform8BitQuantization}
+
+
+def start(config):
+    dhts, averagers = [], []
+    initial_peers = list(config["initial_peers"])
+    for tensors in config["averagers"]:
+        # Each DHT also dials the ones started before it: p2pd finds peers only through peers
+        # it is connected to.
+        dht = hivemind.DHT(initial_peers=initial_peers, host_maddrs=["/ip4/127.0.0.1/tcp/0"], start=True)
+        dhts.append(dht)
+        initial_peers += [str(m) for m in dht.get_visible_maddrs()]
+        averaged = [torch.tensor(t["values"], dtype=torch.float32).reshape(t["shape"]) for t in tensors]
+        averagers.append(
+            hivemind.DecentralizedAverager(
+                averaged,
+                dht,
+                start=True,
+                prefix=config["prefix"],
+                target_group_size=config["target_group_size"],
+                min_group_size=config["min_group_size"],
+                min_matchmaking_time=config["min_matchmaking_time"],
+                request_timeout=config["request_timeout"],
+                part_size_bytes=config["part_size_bytes"],
+                compression=CODECS[config["compression"]](),
+            )
+        )
+    return dhts, averagers
+
+
+def step_all(averagers, weights, timeout):
+    results = [None] * len(averagers)
+
+    def run(i):
+        try:
+            gathered = averagers[i].step(gather=i, weight=weights[i], timeout=timeout)
+            if gathered is None:
+                results[i] = {"error": "step returned None"}
+                return
+            with averagers[i].get_tensors() as tensors:
+                values = [t.flatten().tolist() for t in tensors]
+            results[i] = {"gathered": {p.to_base58(): v for p, v in gathered.items()}, "tensors": values}
+        except Exception as e:  # reported to the test, which asserts on it
+            results[i] = {"error": f"{type(e).__name__}: {e}"}
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(averagers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def main():
+    config = json.loads(sys.stdin.readline())
+    dhts, averagers = start(config)
+    try:
+        print(json.dumps({"peer_ids": [dht.peer_id.to_base58() for dht in dhts]}), flush=True)
+        for line in sys.stdin:
+            command = json.loads(line)
+            if command["op"] == "step":
+                results = step_all(averagers, command["weights"], command["timeout"])
+                print(json.dumps({"ok": True, "results": results}), flush=True)
+            else:
+                print(json.dumps({"ok": False, "error": f"unknown op {command['op']}"}), flush=True)
+    finally:
+        for averager in averagers:
+            averager.shutdown()
+        for dht in dhts:
+            dht.shutdown()
+
+
+if __name__ == "__main__":
+    main()
