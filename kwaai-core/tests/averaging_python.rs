@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::ReferenceProcess;
-use kwaai_core::averaging::{AveragerConfig, DecentralizedAverager};
+use kwaai_core::averaging::{AveragerConfig, AveragingStage, DecentralizedAverager};
 use kwaai_core::tensor::{CompressionType, Data, Tensor};
 use kwaai_core::{Node, NodeConfig};
 use rmpv::Value;
@@ -25,7 +25,11 @@ fn start(initial_peers: Vec<String>) -> Node {
 
 /// Averager `peer`'s tensor values: distinct per peer and element.
 fn values_of(peer: usize) -> Vec<Vec<f32>> {
-    SIZES
+    values_for(peer, &SIZES)
+}
+
+fn values_for(peer: usize, sizes: &[usize]) -> Vec<Vec<f32>> {
+    sizes
         .iter()
         .enumerate()
         .map(|(t, &n)| {
@@ -47,19 +51,30 @@ fn config(prefix: &str, compression: CompressionType) -> AveragerConfig {
     }
 }
 
-/// `python_leads`: the Python averagers start looking 1.5 s before the Rust ones, so one of them
-/// (the earliest to expire) leads the group; otherwise the Rust ones start first and lead.
-fn mixed_group(prefix: &str, compression: CompressionType, python_codec: &str, tolerance: f32, python_leads: bool) {
+/// Two Rust nodes (the second joined to the first), a Python process with two hivemind
+/// averagers whose DHTs join both, and a Rust averager on each node. Averager `p` (Python 0, 1;
+/// Rust 2, 3) holds `values(p)`.
+struct Mixed {
+    nodes: [Node; 2],
+    python: ReferenceProcess,
+    python_peers: Vec<String>,
+    rust: Vec<DecentralizedAverager>,
+}
+
+fn start_mixed(
+    prefix: &str,
+    compression: CompressionType,
+    python_codec: &str,
+    values: fn(usize) -> Vec<Vec<f32>>,
+    chunk_timeout: Option<Duration>,
+) -> Mixed {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
     let first = start(vec![]);
     let bootstrap = first.listen_addrs()[0].to_string();
     let second = start(vec![bootstrap.clone()]);
     let mut python = ReferenceProcess::start("averaging_peers.py", &[]);
     let python_tensors: Vec<serde_json::Value> = (0..2)
-        .map(|p| {
-            let values = values_of(p);
-            json!(values.iter().map(|v| json!({"shape": [v.len()], "values": v})).collect::<Vec<_>>())
-        })
+        .map(|p| json!(values(p).iter().map(|v| json!({"shape": [v.len()], "values": v})).collect::<Vec<_>>()))
         .collect();
     let setup = json!({
         "initial_peers": [bootstrap, second.listen_addrs()[0].to_string()],
@@ -70,6 +85,7 @@ fn mixed_group(prefix: &str, compression: CompressionType, python_codec: &str, t
         "request_timeout": 2.0,
         "part_size_bytes": 8 << 10,
         "compression": python_codec,
+        "next_chunk_timeout": chunk_timeout.map(|t| t.as_secs_f64()),
         "averagers": python_tensors,
     });
     python.send_line(&setup.to_string());
@@ -77,16 +93,28 @@ fn mixed_group(prefix: &str, compression: CompressionType, python_codec: &str, t
     let python_peers: Vec<String> =
         ready["peer_ids"].as_array().expect("peer ids").iter().map(|p| p.as_str().unwrap().to_string()).collect();
     assert_eq!(python_peers.len(), 2);
-
-    let rust: Vec<DecentralizedAverager> = [&first, &second]
+    let rust = [&first, &second]
         .iter()
         .enumerate()
         .map(|(i, node)| {
             let tensors =
-                values_of(2 + i).into_iter().map(|v| Tensor::new(vec![v.len()], Data::F32(v)).unwrap()).collect();
-            DecentralizedAverager::new(node, tensors, config(prefix, compression)).unwrap()
+                values(2 + i).into_iter().map(|v| Tensor::new(vec![v.len()], Data::F32(v)).unwrap()).collect();
+            let config = AveragerConfig {
+                sender_timeout: chunk_timeout,
+                reducer_timeout: chunk_timeout.map(|t| t * 2),
+                ..config(prefix, compression)
+            };
+            DecentralizedAverager::new(node, tensors, config).unwrap()
         })
         .collect();
+    Mixed { nodes: [first, second], python, python_peers, rust }
+}
+
+/// `python_leads`: the Python averagers start looking 1.5 s before the Rust ones, so one of them
+/// (the earliest to expire) leads the group; otherwise the Rust ones start first and lead.
+fn mixed_group(prefix: &str, compression: CompressionType, python_codec: &str, tolerance: f32, python_leads: bool) {
+    let Mixed { nodes: [first, second], mut python, python_peers, rust } =
+        start_mixed(prefix, compression, python_codec, values_of, None);
     let weights = [1.0, 2.0, 3.0, 4.0];
     let step = json!({"op": "step", "weights": [weights[0], weights[1]], "timeout": 60.0}).to_string();
     if python_leads {
@@ -175,4 +203,64 @@ fn python_and_rust_averagers_reach_the_mean_through_float16() {
 #[test]
 fn python_and_rust_averagers_reach_the_mean_through_uniform_8bit() {
     mixed_group("mixedeight", CompressionType::Uniform8bit, "UNIFORM_8BIT", 1.0, true);
+}
+
+#[test]
+fn python_and_rust_averagers_finish_when_a_rust_averager_drops_mid_round() {
+    fn large(peer: usize) -> Vec<Vec<f32>> {
+        values_for(peer, &[120_000])
+    }
+    let Mixed { nodes, mut python, rust, .. } =
+        start_mixed("mixeddrop", CompressionType::None, "NONE", large, Some(Duration::from_secs(3)));
+    // The Python averagers lead, so the dropping Rust follower leaves after the group formed.
+    python.send_line(&json!({"op": "step", "weights": [1.0, 1.0], "timeout": 60.0}).to_string());
+    std::thread::sleep(Duration::from_millis(1500));
+    let rust_results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = rust
+            .iter()
+            .map(|averager| s.spawn(move || averager.step(Value::Nil, 1.0, Duration::from_secs(60))))
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while rust[1].stage() != AveragingStage::RunningAllreduce {
+            assert!(std::time::Instant::now() < deadline, "the group never formed");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        nodes[1].shutdown();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let reply = python.read_json();
+    let results = reply["results"].as_array().unwrap();
+    let mut survivors: Vec<(String, Vec<f32>)> = results
+        .iter()
+        .enumerate()
+        .map(|(p, r)| {
+            assert!(r["gathered"].as_object().is_some_and(|g| g.len() == 4), "Python averager {p}: {r}");
+            let values = r["tensors"][0].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            (format!("Python averager {p}"), values)
+        })
+        .collect();
+    let group = rust_results[0].as_ref().unwrap_or_else(|e| panic!("the surviving Rust averager failed: {e}"));
+    assert_eq!(group.size(), 4);
+    let Data::F32(values) = rust[0].tensors()[0].data().clone() else { panic!("float32") };
+    survivors.push(("Rust averager 0".into(), values));
+
+    let initial: Vec<Vec<f32>> = (0..4).map(|p| large(p).remove(0)).collect();
+    let mut agreed = 0usize;
+    for i in 0..initial[0].len() {
+        let low = (0..4).map(|p| initial[p][i]).fold(f32::INFINITY, f32::min);
+        let high = (0..4).map(|p| initial[p][i]).fold(f32::NEG_INFINITY, f32::max);
+        for (who, got) in &survivors {
+            assert!(
+                got[i] >= low - 1e-3 && got[i] <= high + 1e-3,
+                "{who} element {i}: {} outside [{low}, {high}]",
+                got[i]
+            );
+        }
+        if survivors.iter().all(|(_, got)| (got[i] - survivors[0].1[i]).abs() < 1e-4) {
+            agreed += 1;
+        }
+    }
+    // The three surviving reducers average about three quarters of the vector for everyone.
+    assert!(agreed >= initial[0].len() / 2, "survivors agree on only {agreed} of {} elements", initial[0].len());
 }

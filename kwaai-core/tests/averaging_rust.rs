@@ -158,6 +158,8 @@ fn an_averager_that_drops_mid_round_does_not_stop_the_others() {
             assert!(std::time::Instant::now() < deadline, "the group never formed");
             std::thread::sleep(Duration::from_millis(2));
         }
+        // A leader's BEGIN_ALLREDUCE messages are queued by now; let them leave first.
+        std::thread::sleep(Duration::from_millis(20));
         nodes[3].shutdown();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });

@@ -3,7 +3,7 @@
 Reads one JSON config line from stdin:
   {"initial_peers": [MADDR], "prefix": P, "target_group_size": N, "min_group_size": N,
    "min_matchmaking_time": S, "request_timeout": S, "part_size_bytes": B,
-   "compression": "NONE" | "FLOAT16" | "UNIFORM_8BIT",
+   "compression": "NONE" | "FLOAT16" | "UNIFORM_8BIT", "next_chunk_timeout": S | null,
    "averagers": [[{"shape": [...], "values": [...]}, ...], ...]}   (float32 tensors per averager)
 starts one hivemind.DHT (joined to the initial peers and to the DHTs started before it) and one DecentralizedAverager per entry of
 "averagers", and prints {"peer_ids": [B58, ...]}. Then answers one JSON command per line:
@@ -53,6 +53,7 @@ def start(config):
                 request_timeout=config["request_timeout"],
                 part_size_bytes=config["part_size_bytes"],
                 compression=CODECS[config["compression"]](),
+                next_chunk_timeout=config.get("next_chunk_timeout"),
             )
         )
     return dhts, averagers
