@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::ReferenceProcess;
+use kwaai_core::averaging::keys::next_group_bits;
 use kwaai_core::averaging::{AveragerConfig, AveragingStage, DecentralizedAverager};
 use kwaai_core::tensor::{CompressionType, Data, Tensor};
 use kwaai_core::{Node, NodeConfig};
@@ -13,6 +14,9 @@ use rmpv::Value;
 use serde_json::json;
 
 const SIZES: [usize; 3] = [3000, 3, 7000];
+/// The initial group bits of the averagers that reach the mean; every member moves to new bits
+/// after the round.
+const GROUP_BITS: &str = "0110";
 
 fn start(initial_peers: Vec<String>) -> Node {
     Node::start(NodeConfig {
@@ -67,6 +71,7 @@ fn start_mixed(
     python_codec: &str,
     values: fn(usize) -> Vec<Vec<f32>>,
     chunk_timeout: Option<Duration>,
+    group_bits: &str,
 ) -> Mixed {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
     let first = start(vec![]);
@@ -86,6 +91,7 @@ fn start_mixed(
         "part_size_bytes": 8 << 10,
         "compression": python_codec,
         "next_chunk_timeout": chunk_timeout.map(|t| t.as_secs_f64()),
+        "initial_group_bits": group_bits,
         "averagers": python_tensors,
     });
     python.send_line(&setup.to_string());
@@ -102,6 +108,7 @@ fn start_mixed(
             let config = AveragerConfig {
                 sender_timeout: chunk_timeout,
                 reducer_timeout: chunk_timeout.map(|t| t * 2),
+                initial_group_bits: group_bits.into(),
                 ..config(prefix, compression)
             };
             DecentralizedAverager::new(node, tensors, config).unwrap()
@@ -114,7 +121,7 @@ fn start_mixed(
 /// (the earliest to expire) leads the group; otherwise the Rust ones start first and lead.
 fn mixed_group(prefix: &str, compression: CompressionType, python_codec: &str, tolerance: f32, python_leads: bool) {
     let Mixed { nodes: [first, second], mut python, python_peers, rust } =
-        start_mixed(prefix, compression, python_codec, values_of, None);
+        start_mixed(prefix, compression, python_codec, values_of, Some(Duration::from_secs(15)), GROUP_BITS);
     let weights = [1.0, 2.0, 3.0, 4.0];
     let step = json!({"op": "step", "weights": [weights[0], weights[1]], "timeout": 60.0}).to_string();
     if python_leads {
@@ -156,6 +163,19 @@ fn mixed_group(prefix: &str, compression: CompressionType, python_codec: &str, t
         keys.sort();
         assert_eq!(keys, expected_members, "Python averager {i}");
         assert_eq!(gathered[&first.peer_id().to_base58()], 2);
+    }
+
+    // Every member moved to the bits the group assigned it, computed alike in Python and Rust.
+    let group = &groups[0];
+    let bits_of = |peer: &str| {
+        let index = group.peer_ids.iter().position(|p| p.to_base58() == peer).unwrap();
+        next_group_bits(GROUP_BITS, &group.group_id, 4, index, Some(4)).unwrap()
+    };
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(result["group_bits"], bits_of(&python_peers[i]).as_str(), "Python averager {i}");
+    }
+    for (averager, node) in rust.iter().zip([&first, &second]) {
+        assert_eq!(averager.group_bits(), bits_of(&node.peer_id().to_base58()));
     }
 
     let inputs: Vec<Vec<Vec<f32>>> = (0..4).map(values_of).collect();
@@ -211,7 +231,7 @@ fn python_and_rust_averagers_finish_when_a_rust_averager_drops_mid_round() {
         values_for(peer, &[120_000])
     }
     let Mixed { nodes, mut python, rust, .. } =
-        start_mixed("mixeddrop", CompressionType::None, "NONE", large, Some(Duration::from_secs(3)));
+        start_mixed("mixeddrop", CompressionType::None, "NONE", large, Some(Duration::from_secs(3)), "");
     // The Python averagers lead, so the dropping Rust follower leaves after the group formed.
     python.send_line(&json!({"op": "step", "weights": [1.0, 1.0], "timeout": 60.0}).to_string());
     std::thread::sleep(Duration::from_millis(1500));

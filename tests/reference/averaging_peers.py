@@ -4,11 +4,13 @@ Reads one JSON config line from stdin:
   {"initial_peers": [MADDR], "prefix": P, "target_group_size": N, "min_group_size": N,
    "min_matchmaking_time": S, "request_timeout": S, "part_size_bytes": B,
    "compression": "NONE" | "FLOAT16" | "UNIFORM_8BIT", "next_chunk_timeout": S | null,
+   "initial_group_bits": BITS,
    "averagers": [[{"shape": [...], "values": [...]}, ...], ...]}   (float32 tensors per averager)
 starts one hivemind.DHT (joined to the initial peers and to the DHTs started before it) and one DecentralizedAverager per entry of
 "averagers", and prints {"peer_ids": [B58, ...]}. Then answers one JSON command per line:
   {"op": "step", "weights": [W, ...], "timeout": S}
-      -> {"ok": true, "results": [{"gathered": {B58: VALUE}, "tensors": [[...], ...]} | {"error": TEXT}]}
+      -> {"ok": true, "results": [{"gathered": {B58: VALUE}, "tensors": [[...], ...], "group_bits": BITS}
+                                  | {"error": TEXT}]}
 Exits (shutting every averager and DHT down) when stdin closes.
 """
 import faulthandler
@@ -54,6 +56,7 @@ def start(config):
                 part_size_bytes=config["part_size_bytes"],
                 compression=CODECS[config["compression"]](),
                 next_chunk_timeout=config.get("next_chunk_timeout"),
+                initial_group_bits=config.get("initial_group_bits", ""),
             )
         )
     return dhts, averagers
@@ -70,7 +73,11 @@ def step_all(averagers, weights, timeout):
                 return
             with averagers[i].get_tensors() as tensors:
                 values = [t.flatten().tolist() for t in tensors]
-            results[i] = {"gathered": {p.to_base58(): v for p, v in gathered.items()}, "tensors": values}
+            results[i] = {
+                "gathered": {p.to_base58(): v for p, v in gathered.items()},
+                "tensors": values,
+                "group_bits": averagers[i].get_group_bits(),
+            }
         except Exception as e:  # reported to the test, which asserts on it
             results[i] = {"error": f"{type(e).__name__}: {e}"}
 

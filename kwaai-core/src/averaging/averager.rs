@@ -42,8 +42,8 @@ pub struct AveragerConfig {
     pub target_group_size: Option<usize>,
     /// The smallest group a leader starts all-reduce with.
     pub min_group_size: usize,
-    /// The bits of the initial group key (`prefix.0b<bits>`). Only `""` is supported across
-    /// rounds: hivemind moves peers to new bits after each round, which is not done here.
+    /// The bits of the initial group key (`prefix.0b<bits>`); after each round every member moves
+    /// to the bits its group assigns it, as hivemind does.
     pub initial_group_bits: String,
     /// How long each declaration waits for followers before its leader decides.
     pub min_matchmaking_time: Duration,
@@ -164,7 +164,7 @@ impl DecentralizedAverager {
             join_name.clone(),
             MatchmakingSettings {
                 prefix: config.prefix.clone(),
-                group_bits: config.initial_group_bits.clone(),
+                initial_group_bits: config.initial_group_bits.clone(),
                 target_group_size: config.target_group_size,
                 min_group_size: config.min_group_size,
                 min_matchmaking_time: config.min_matchmaking_time,
@@ -203,6 +203,11 @@ impl DecentralizedAverager {
             .map(|(shape, _)| TensorSchema { shape: shape.clone(), dtype: DType::F32, requires_grad: false })
             .collect();
         schema_hash(&schema)
+    }
+
+    /// The current group bits (the group key is `{prefix}.0b{bits}`).
+    pub fn group_bits(&self) -> String {
+        self.inner.matchmaker.group_bits()
     }
 
     /// What the averager is doing now.

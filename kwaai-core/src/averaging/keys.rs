@@ -3,6 +3,7 @@
 
 use rmpv::Value;
 
+use super::python_random::PythonRandom;
 use crate::dht::DhtId;
 use crate::error::{Error, ErrorKind, Result};
 use crate::tensor::DType;
@@ -39,6 +40,33 @@ pub fn is_valid_group_key(key: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// The group bits after a round, as every member of the group computes them (hivemind's
+/// `update_key_on_group_assembled`): member `index` of `group_size` takes bucket
+/// `Random(group_id).sample(range(buckets), group_size)[index]`, where `buckets` is the target
+/// group size (else the group size rounded up to a power of two), and appends its bits, keeping
+/// the length. Empty bits stay empty.
+pub fn next_group_bits(
+    bits: &str,
+    group_id: &[u8],
+    group_size: usize,
+    index: usize,
+    target_group_size: Option<usize>,
+) -> Result<String> {
+    if bits.is_empty() {
+        return Ok(String::new());
+    }
+    let buckets = target_group_size.unwrap_or_else(|| group_size.next_power_of_two());
+    if index >= group_size || group_size > buckets || buckets > u32::MAX as usize {
+        return Err(Error::invalid_argument(format!(
+            "member {index} of a group of {group_size} cannot take one of {buckets} buckets"
+        )));
+    }
+    let bucket = PythonRandom::from_bytes(group_id).sample_range(buckets as u32, group_size)[index];
+    let width = (buckets as f64).log2().ceil() as usize;
+    let combined = format!("{bits}{bucket:0width$b}");
+    Ok(combined[combined.len() - bits.len()..].to_string())
 }
 
 /// What one averaged tensor looks like, for the schema hash.
@@ -191,6 +219,16 @@ mod tests {
         for blob in [&b"\x92\xc0\x00"[..], b"\x93\xc0\x07\xc4\x00", b"\x93\xa1x\x00\xc4\x00", b"\xc1"] {
             assert_eq!(GatherInfo::decode(blob).unwrap_err().kind(), ErrorKind::Protocol, "{blob:?}");
         }
+    }
+
+    // Expected bits: hivemind's GroupKeyManager.update_key_on_group_assembled for the same group.
+    #[test]
+    fn next_group_bits_match_hivemind() {
+        let ids: Vec<u8> = (0..20).collect();
+        assert_eq!(next_group_bits("0110", &ids, 3, 1, None).unwrap(), "1001");
+        assert_eq!(next_group_bits("01", &[0xff; 20], 3, 2, Some(8)).unwrap(), "01");
+        assert_eq!(next_group_bits("", b"abc", 2, 0, None).unwrap(), "");
+        assert!(next_group_bits("1", b"abc", 2, 0, Some(1)).is_err());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use rand::seq::SliceRandom;
 use rmpv::Value;
 use tokio::sync::{watch, Mutex};
 
-use super::keys::group_key;
+use super::keys::{group_key, next_group_bits};
 use super::GroupInfo;
 use crate::dht::{dht_time, Dht, DhtId, DhtTime, DhtValue};
 use crate::error::{Error, ErrorKind, Result};
@@ -36,7 +36,7 @@ const MAX_REDIRECTS: usize = 4;
 #[derive(Clone, Debug)]
 pub(crate) struct MatchmakingSettings {
     pub prefix: String,
-    pub group_bits: String,
+    pub initial_group_bits: String,
     pub target_group_size: Option<usize>,
     pub min_group_size: usize,
     pub min_matchmaking_time: Duration,
@@ -62,6 +62,7 @@ pub(crate) struct Matchmaker {
     schema_hash: Vec<u8>,
     join_name: String,
     settings: MatchmakingSettings,
+    group_bits: std::sync::Mutex<String>,
     state: Mutex<State>,
     changed: watch::Sender<u64>,
 }
@@ -77,11 +78,31 @@ impl Matchmaker {
     ) -> Matchmaker {
         let state = State { declared_expiration: f64::INFINITY, ..State::default() };
         let (changed, _) = watch::channel(0);
-        Matchmaker { rpc, dht, me, schema_hash, join_name, settings, state: Mutex::new(state), changed }
+        let group_bits = std::sync::Mutex::new(settings.initial_group_bits.clone());
+        Matchmaker { rpc, dht, me, schema_hash, join_name, settings, group_bits, state: Mutex::new(state), changed }
+    }
+
+    fn lock_bits(&self) -> std::sync::MutexGuard<'_, String> {
+        self.group_bits.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn current_key(&self) -> String {
-        group_key(&self.settings.prefix, &self.settings.group_bits)
+        group_key(&self.settings.prefix, &self.lock_bits())
+    }
+
+    /// The current group bits (`prefix.0b<bits>` is the group key).
+    pub fn group_bits(&self) -> String {
+        self.lock_bits().clone()
+    }
+
+    /// Moves to the bucket that `group` assigns us, as every hivemind member does.
+    fn update_bits(&self, group: &GroupInfo) {
+        let Some(index) = group.peer_ids.iter().position(|p| *p == self.me) else { return };
+        let mut bits = self.lock_bits();
+        match next_group_bits(&bits, &group.group_id, group.size(), index, self.settings.target_group_size) {
+            Ok(next) => *bits = next,
+            Err(e) => tracing::warn!("keeping group bits {bits:?}: {e}"),
+        }
     }
 
     fn bump(&self) {
@@ -284,6 +305,7 @@ impl Matchmaker {
                     return Err(Error::new(ErrorKind::Protocol, "the leader's group does not contain us"));
                 }
                 let mut state = self.state.lock().await;
+                self.update_bits(&group);
                 state.assembled = Some(group.clone());
                 Ok(Joined::Group(group))
             }
@@ -311,6 +333,7 @@ impl Matchmaker {
             gathered: members.into_iter().map(|(_, g)| g).collect(),
         };
         tracing::debug!(size = group.peer_ids.len(), "assembled a group as its leader");
+        self.update_bits(&group);
         state.assembled = Some(group.clone());
         group
     }

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod load_balancing;
 mod matchmaking;
 pub mod partition;
+mod python_random;
 
 use libp2p::PeerId;
 
