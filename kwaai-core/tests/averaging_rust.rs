@@ -189,3 +189,41 @@ fn an_averager_that_drops_mid_round_does_not_stop_the_others() {
     // The three surviving reducers average about three quarters of the vector for everyone.
     assert!(agreed >= sizes[0] / 2, "survivors agree on only {agreed} of {} elements", sizes[0]);
 }
+
+#[test]
+fn bad_settings_and_tensors_are_invalid_arguments() {
+    use kwaai_core::ErrorKind;
+    let node = start(vec![]);
+    let f32_tensors = || tensors_of(0, &[4]);
+    let bad_configs = [
+        AveragerConfig { prefix: "has.dot".into(), ..AveragerConfig::default() },
+        AveragerConfig { initial_group_bits: "012".into(), ..AveragerConfig::default() },
+        AveragerConfig { class_name: "Bad Name".into(), ..AveragerConfig::default() },
+        AveragerConfig { min_group_size: 0, ..AveragerConfig::default() },
+        AveragerConfig { bandwidth: Some(-1.0), ..AveragerConfig::default() },
+        AveragerConfig {
+            sender_timeout: Some(Duration::from_secs(2)),
+            reducer_timeout: Some(Duration::from_secs(1)),
+            ..AveragerConfig::default()
+        },
+    ];
+    for config in bad_configs {
+        let err = DecentralizedAverager::new(&node, f32_tensors(), config.clone()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{config:?}: {err}");
+    }
+    let ints = vec![Tensor::new(vec![2], Data::I64(vec![1, 2])).unwrap()];
+    let err = DecentralizedAverager::new(&node, ints, AveragerConfig::default()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    let averager = DecentralizedAverager::new(&node, f32_tensors(), AveragerConfig::default()).unwrap();
+    assert_eq!(averager.step(Value::Nil, -1.0, Duration::from_secs(1)).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(averager.set_tensors(tensors_of(0, &[5])).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    // Alone, no group forms: the step times out.
+    let config = AveragerConfig {
+        prefix: "alone".into(),
+        min_matchmaking_time: Duration::from_millis(300),
+        ..AveragerConfig::default()
+    };
+    let lonely = DecentralizedAverager::new(&node, f32_tensors(), config).unwrap();
+    assert_eq!(lonely.step(Value::Nil, 1.0, Duration::from_secs(1)).unwrap_err().kind(), ErrorKind::Timeout);
+    assert_eq!(lonely.tensors(), f32_tensors());
+}

@@ -25,8 +25,8 @@ use crate::wire::averaging::{AveragingData, MessageCode};
 use crate::wire::msgpack;
 use crate::Node;
 
-/// The class name in the handler names; Python peers must run this class (not a subclass) for
-/// the names to match.
+/// hivemind's averager class, whose name is part of the handler names
+/// (`{prefix}::DecentralizedAverager.rpc_join_group`); the default [`AveragerConfig::class_name`].
 pub const AVERAGER_CLASS: &str = "DecentralizedAverager";
 
 /// How long an `rpc_aggregate_part` call waits for its group to be registered here (the leader's
@@ -38,6 +38,9 @@ const REGISTRATION_WAIT: Duration = Duration::from_secs(15);
 pub struct AveragerConfig {
     /// The shared prefix of group keys and handler names (no `.`).
     pub prefix: String,
+    /// The Python class name in the handler names: peers running a subclass of hivemind's
+    /// averager (e.g. `TrainingAverager`) serve under their own class name.
+    pub class_name: String,
     /// Start all-reduce as soon as a group has this many peers.
     pub target_group_size: Option<usize>,
     /// The smallest group a leader starts all-reduce with.
@@ -71,6 +74,7 @@ impl Default for AveragerConfig {
     fn default() -> Self {
         AveragerConfig {
             prefix: "averaging".into(),
+            class_name: AVERAGER_CLASS.into(),
             target_group_size: None,
             min_group_size: 2,
             initial_group_bits: String::new(),
@@ -154,7 +158,10 @@ impl DecentralizedAverager {
         let dht = node.dht()?;
         let runtime = node.runtime_handle()?;
         let me = node.peer_id();
-        let handle = |method: &str| format!("{}::{AVERAGER_CLASS}.{method}", config.prefix);
+        if config.class_name.is_empty() || !config.class_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(Error::invalid_argument(format!("bad averager class name {:?}", config.class_name)));
+        }
+        let handle = |method: &str| format!("{}::{}.{method}", config.prefix, config.class_name);
         let (join_name, aggregate_name) = (handle("rpc_join_group"), handle("rpc_aggregate_part"));
         let matchmaker = Arc::new(Matchmaker::new(
             rpc.clone(),
