@@ -72,6 +72,7 @@ fn start_mixed(
     values: fn(usize) -> Vec<Vec<f32>>,
     chunk_timeout: Option<Duration>,
     group_bits: &str,
+    priorities: [f64; 4],
 ) -> Mixed {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
     let first = start(vec![]);
@@ -92,6 +93,7 @@ fn start_mixed(
         "compression": python_codec,
         "next_chunk_timeout": chunk_timeout.map(|t| t.as_secs_f64()),
         "initial_group_bits": group_bits,
+        "state_sharing_priority": [priorities[0], priorities[1]],
         "averagers": python_tensors,
     });
     python.send_line(&setup.to_string());
@@ -109,6 +111,7 @@ fn start_mixed(
                 sender_timeout: chunk_timeout,
                 reducer_timeout: chunk_timeout.map(|t| t * 2),
                 initial_group_bits: group_bits.into(),
+                state_sharing_priority: priorities[2 + i],
                 ..config(prefix, compression)
             };
             DecentralizedAverager::new(node, tensors, config).unwrap()
@@ -121,7 +124,7 @@ fn start_mixed(
 /// (the earliest to expire) leads the group; otherwise the Rust ones start first and lead.
 fn mixed_group(prefix: &str, compression: CompressionType, python_codec: &str, tolerance: f32, python_leads: bool) {
     let Mixed { nodes: [first, second], mut python, python_peers, rust } =
-        start_mixed(prefix, compression, python_codec, values_of, Some(Duration::from_secs(15)), GROUP_BITS);
+        start_mixed(prefix, compression, python_codec, values_of, Some(Duration::from_secs(15)), GROUP_BITS, [0.0; 4]);
     let weights = [1.0, 2.0, 3.0, 4.0];
     let step = json!({"op": "step", "weights": [weights[0], weights[1]], "timeout": 60.0}).to_string();
     if python_leads {
@@ -231,7 +234,7 @@ fn python_and_rust_averagers_finish_when_a_rust_averager_drops_mid_round() {
         values_for(peer, &[120_000])
     }
     let Mixed { nodes, mut python, rust, .. } =
-        start_mixed("mixeddrop", CompressionType::None, "NONE", large, Some(Duration::from_secs(3)), "");
+        start_mixed("mixeddrop", CompressionType::None, "NONE", large, Some(Duration::from_secs(3)), "", [0.0; 4]);
     // The Python averagers lead, so the dropping Rust follower leaves after the group formed.
     python.send_line(&json!({"op": "step", "weights": [1.0, 1.0], "timeout": 60.0}).to_string());
     std::thread::sleep(Duration::from_millis(1500));
@@ -283,4 +286,36 @@ fn python_and_rust_averagers_finish_when_a_rust_averager_drops_mid_round() {
     }
     // The three surviving reducers average about three quarters of the vector for everyone.
     assert!(agreed >= initial[0].len() / 2, "survivors agree on only {agreed} of {} elements", initial[0].len());
+}
+
+#[test]
+fn python_and_rust_averagers_download_each_others_state() {
+    // Priorities: Rust averager 1 (30) first, then Python averager 0 (20).
+    let Mixed { nodes: _nodes, mut python, rust, .. } =
+        start_mixed("mixedstate", CompressionType::None, "NONE", values_of, None, "0110", [20.0, 0.0, 0.0, 30.0]);
+    // A Rust donor's state reaches a Python averager.
+    python.send_line(&json!({"op": "load_state", "averager": 0, "timeout": 20.0}).to_string());
+    let reply = python.read_json();
+    let state = &reply["state"];
+    assert_eq!(state["metadata"], json!({"group_key": "0110"}), "{reply}");
+    let expected = values_of(3);
+    let tensors = state["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), expected.len());
+    for (got, want) in tensors.iter().zip(&expected) {
+        let got: Vec<f32> = got.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        assert_eq!(&got, want);
+    }
+
+    // A Python donor's state reaches the Rust averager (which skips itself).
+    let (metadata, tensors) = rust[1].load_state_from_peers(Duration::from_secs(20)).unwrap().expect("a donor");
+    assert_eq!(metadata, Value::Map(vec![(Value::from("group_key"), Value::from("0110"))]));
+    let got: Vec<Vec<f32>> = tensors
+        .iter()
+        .map(|t| match t.data() {
+            Data::F32(v) => v.clone(),
+            other => panic!("expected float32, got {:?}", other.dtype()),
+        })
+        .collect();
+    assert_eq!(got, values_of(0));
+    assert_eq!(tensors[0].shape(), &[SIZES[0]]);
 }

@@ -4,13 +4,15 @@ Reads one JSON config line from stdin:
   {"initial_peers": [MADDR], "prefix": P, "target_group_size": N, "min_group_size": N,
    "min_matchmaking_time": S, "request_timeout": S, "part_size_bytes": B,
    "compression": "NONE" | "FLOAT16" | "UNIFORM_8BIT", "next_chunk_timeout": S | null,
-   "initial_group_bits": BITS,
+   "initial_group_bits": BITS, "state_sharing_priority": [P, ...] (optional),
    "averagers": [[{"shape": [...], "values": [...]}, ...], ...]}   (float32 tensors per averager)
 starts one hivemind.DHT (joined to the initial peers and to the DHTs started before it) and one DecentralizedAverager per entry of
-"averagers", and prints {"peer_ids": [B58, ...]}. Then answers one JSON command per line:
+"averagers", and prints {"peer_ids": [B58, ...], "maddrs": [[MADDR, ...], ...]}. Then answers one JSON command per line:
   {"op": "step", "weights": [W, ...], "timeout": S}
       -> {"ok": true, "results": [{"gathered": {B58: VALUE}, "tensors": [[...], ...], "group_bits": BITS}
                                   | {"error": TEXT}]}
+  {"op": "load_state", "averager": I, "timeout": S}
+      -> {"ok": true, "state": {"metadata": VALUE, "tensors": [[...], ...]} | null}
 Exits (shutting every averager and DHT down) when stdin closes.
 """
 import faulthandler
@@ -19,6 +21,7 @@ import json
 import os
 import sys
 import threading
+import time
 
 # p2pd dials the stream-handler socket by a path that this venv's multiaddr makes relative:
 # running from "/" makes that path right (see ../shared/reference/bench/_common.py).
@@ -59,6 +62,10 @@ def start(config):
                 initial_group_bits=config.get("initial_group_bits", ""),
             )
         )
+    for averager, priority in zip(averagers, config.get("state_sharing_priority", [])):
+        averager.state_sharing_priority = priority
+    if config.get("state_sharing_priority"):
+        time.sleep(1.0)  # the new priorities are declared in the background
     return dhts, averagers
 
 
@@ -93,12 +100,22 @@ def main():
     config = json.loads(sys.stdin.readline())
     dhts, averagers = start(config)
     try:
-        print(json.dumps({"peer_ids": [dht.peer_id.to_base58() for dht in dhts]}), flush=True)
+        peer_ids = [dht.peer_id.to_base58() for dht in dhts]
+        maddrs = [[str(m) for m in dht.get_visible_maddrs()] for dht in dhts]
+        print(json.dumps({"peer_ids": peer_ids, "maddrs": maddrs}), flush=True)
         for line in sys.stdin:
             command = json.loads(line)
             if command["op"] == "step":
                 results = step_all(averagers, command["weights"], command["timeout"])
                 print(json.dumps({"ok": True, "results": results}), flush=True)
+            elif command["op"] == "load_state":
+                state = averagers[command["averager"]].load_state_from_peers(timeout=command["timeout"])
+                if state is None:
+                    print(json.dumps({"ok": True, "state": None}), flush=True)
+                else:
+                    metadata, tensors = state
+                    values = [t.flatten().tolist() for t in tensors]
+                    print(json.dumps({"ok": True, "state": {"metadata": metadata, "tensors": values}}), flush=True)
             else:
                 print(json.dumps({"ok": False, "error": f"unknown op {command['op']}"}), flush=True)
     finally:

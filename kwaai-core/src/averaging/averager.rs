@@ -68,6 +68,15 @@ pub struct AveragerConfig {
     pub allreduce_timeout: Option<Duration>,
     /// Local tensors move this fraction of the way to the average (1.0: to the average).
     pub averaging_alpha: f32,
+    /// Whether peers may download this averager's state (declared in the DHT under
+    /// `{prefix}.all_averagers`).
+    pub allow_state_sharing: bool,
+    /// Downloaders try peers with a higher priority first.
+    pub state_sharing_priority: f64,
+    /// How often the state-sharing declaration is renewed (it expires after this long).
+    pub declare_state_period: Duration,
+    /// The codec of the shared state's tensors.
+    pub state_compression: CompressionType,
 }
 
 impl Default for AveragerConfig {
@@ -88,6 +97,10 @@ impl Default for AveragerConfig {
             reducer_timeout: None,
             allreduce_timeout: None,
             averaging_alpha: 1.0,
+            allow_state_sharing: true,
+            state_sharing_priority: 0.0,
+            declare_state_period: Duration::from_secs(30),
+            state_compression: CompressionType::None,
         }
     }
 }
@@ -109,6 +122,7 @@ pub enum AveragingStage {
 pub struct DecentralizedAverager {
     inner: Arc<Inner>,
     runtime: tokio::runtime::Handle,
+    declare_state: Option<tokio::task::JoinHandle<()>>,
 }
 
 struct Inner {
@@ -117,6 +131,8 @@ struct Inner {
     config: AveragerConfig,
     aggregate_name: String,
     join_name: String,
+    download_name: String,
+    dht: crate::dht::Dht,
     matchmaker: Arc<Matchmaker>,
     tensors: Mutex<Vec<(Vec<usize>, Vec<f32>)>>,
     running: Mutex<HashMap<Vec<u8>, Arc<AllReduceRunner>>>,
@@ -163,9 +179,10 @@ impl DecentralizedAverager {
         }
         let handle = |method: &str| format!("{}::{}.{method}", config.prefix, config.class_name);
         let (join_name, aggregate_name) = (handle("rpc_join_group"), handle("rpc_aggregate_part"));
+        let download_name = handle("rpc_download_state");
         let matchmaker = Arc::new(Matchmaker::new(
             rpc.clone(),
-            dht,
+            dht.clone(),
             me,
             schema_hash(&schema),
             join_name.clone(),
@@ -185,6 +202,8 @@ impl DecentralizedAverager {
             config,
             aggregate_name,
             join_name,
+            download_name,
+            dht,
             matchmaker,
             tensors: Mutex::new(stored),
             running: Mutex::new(HashMap::new()),
@@ -198,8 +217,21 @@ impl DecentralizedAverager {
         rpc.add_stream_handler(&inner.aggregate_name, move |peer, requests| {
             serve_aggregate(weak.clone(), peer, requests)
         })?;
+        let weak = Arc::downgrade(&inner);
+        rpc.add_stream_handler(&inner.download_name, move |_peer, requests| serve_download(weak.clone(), requests))?;
+        let declare_state = if inner.config.allow_state_sharing {
+            // The first declaration is done when `new` returns, so that peers can find us at once.
+            if tokio::runtime::Handle::try_current().is_err() {
+                runtime.block_on(declare_state_once(&inner));
+            } else {
+                runtime.spawn(declare_state_once_owned(inner.clone()));
+            }
+            Some(runtime.spawn(declare_state(inner.clone())))
+        } else {
+            None
+        };
         tracing::info!(prefix = inner.config.prefix, peer = %me, "averager started");
-        Ok(DecentralizedAverager { inner, runtime })
+        Ok(DecentralizedAverager { inner, runtime, declare_state })
     }
 
     /// The hash of the averaged tensors' descriptors; peers group only with equal hashes.
@@ -210,6 +242,17 @@ impl DecentralizedAverager {
             .map(|(shape, _)| TensorSchema { shape: shape.clone(), dtype: DType::F32, requires_grad: false })
             .collect();
         schema_hash(&schema)
+    }
+
+    /// Downloads the state of the peer with the highest priority that shares it: its metadata
+    /// (hivemind sends `{"group_key": bits}`) and its tensors. `None` if no peer shares its state.
+    /// `timeout` bounds each wait for a peer.
+    pub fn load_state_from_peers(&self, timeout: Duration) -> Result<Option<(Value, Vec<Tensor>)>> {
+        let inner = self.inner.clone();
+        let task = self.runtime.spawn(async move { inner.load_state(timeout).await });
+        self.runtime
+            .block_on(task)
+            .map_err(|e| Error::new(ErrorKind::Closed, format!("state download stopped: {e}")))?
     }
 
     /// The current group bits (the group key is `{prefix}.0b{bits}`).
@@ -280,6 +323,10 @@ impl DecentralizedAverager {
 
 impl Drop for DecentralizedAverager {
     fn drop(&mut self) {
+        if let Some(task) = self.declare_state.take() {
+            task.abort();
+        }
+        self.inner.rpc.remove_handler(&self.inner.download_name);
         self.inner.rpc.remove_handler(&self.inner.join_name);
         self.inner.rpc.remove_handler(&self.inner.aggregate_name);
     }
@@ -372,6 +419,30 @@ impl Inner {
         Ok(())
     }
 
+    fn state_messages(&self) -> Result<Vec<Vec<u8>>> {
+        let metadata = msgpack::pack(&Value::Map(vec![(
+            Value::String("group_key".into()),
+            Value::String(self.matchmaker.group_bits().into()),
+        )]));
+        let tensors = self.lock_tensors().clone();
+        super::state::download_messages(&metadata, &tensors, self.config.state_compression)
+    }
+
+    async fn load_state(&self, timeout: Duration) -> Result<Option<(Value, Vec<Tensor>)>> {
+        let key = super::keys::all_averagers_key(&self.config.prefix);
+        for peer in super::state::state_donors(&self.dht, &key, self.me).await {
+            match super::state::download_state(&self.rpc, peer, &self.download_name, timeout).await {
+                Ok(Some(state)) => {
+                    tracing::info!(%peer, "downloaded the averaged state");
+                    return Ok(Some(state));
+                }
+                Ok(None) => tracing::debug!(%peer, "peer did not send its state"),
+                Err(e) => tracing::warn!(%peer, "downloading state failed: {e}"),
+            }
+        }
+        Ok(None)
+    }
+
     /// The running group with this id, waiting a while for it to be registered.
     async fn running_group(&self, group_id: &[u8]) -> Option<Arc<AllReduceRunner>> {
         let mut changes = self.registered.subscribe();
@@ -386,6 +457,51 @@ impl Inner {
             }
         };
         tokio::time::timeout(REGISTRATION_WAIT, lookup).await.ok()
+    }
+}
+
+/// Serves one `rpc_download_state` call: the state, or nothing when sharing is off.
+fn serve_download(
+    inner: std::sync::Weak<Inner>,
+    requests: RequestStream,
+) -> impl Stream<Item = Result<Vec<u8>>> + Send + 'static {
+    let served = async move {
+        // Read the request and the caller's end of stream first: closing our side while the
+        // caller still writes makes hivemind fail with a broken pipe.
+        let _ = tokio::time::timeout(REGISTRATION_WAIT, requests.collect::<Vec<_>>()).await;
+        let messages = match inner.upgrade() {
+            Some(inner) if inner.config.allow_state_sharing => inner.state_messages().unwrap_or_else(|e| {
+                tracing::warn!("cannot share the state: {e}");
+                Vec::new()
+            }),
+            _ => Vec::new(),
+        };
+        futures::stream::iter(messages.into_iter().map(Ok))
+    };
+    futures::stream::once(served).flatten()
+}
+
+/// Declares this averager as a state donor every `declare_state_period`, as hivemind does.
+async fn declare_state(inner: Arc<Inner>) {
+    let period = inner.config.declare_state_period.max(Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(period).await;
+        declare_state_once(&inner).await;
+    }
+}
+
+async fn declare_state_once_owned(inner: Arc<Inner>) {
+    declare_state_once(&inner).await
+}
+
+async fn declare_state_once(inner: &Inner) {
+    let key = super::keys::all_averagers_key(&inner.config.prefix);
+    let period = inner.config.declare_state_period.max(Duration::from_secs(1));
+    let expiration = dht_time() + period.as_secs_f64();
+    let subkey = Some(Value::Binary(inner.me.to_bytes()));
+    let priority = Value::F64(inner.config.state_sharing_priority);
+    if let Err(e) = inner.dht.store(Value::String(key.into()), subkey, priority, expiration).await {
+        tracing::debug!("declaring the state donor failed: {e}");
     }
 }
 

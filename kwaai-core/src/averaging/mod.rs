@@ -12,6 +12,7 @@ pub mod load_balancing;
 mod matchmaking;
 pub mod partition;
 mod python_random;
+mod state;
 
 use libp2p::PeerId;
 
