@@ -185,7 +185,7 @@ impl AllReduceRunner {
     }
 
     /// Sends our parts for `peer` to it (or to our own reducer) and returns the deltas.
-    async fn communicate(&self, peer: usize) -> Result<Vec<Vec<f32>>> {
+    async fn communicate(self: &Arc<Self>, peer: usize) -> Result<Vec<Vec<f32>>> {
         let range = self.plan.by_peer[peer].clone();
         if peer == self.my_index {
             let mut out = Vec::with_capacity(range.len());
@@ -197,11 +197,10 @@ impl AllReduceRunner {
             }
             return Ok(out);
         }
-        let messages = self.encode_parts(range.clone())?;
+        let messages = self.encode_parts(range.clone());
         let timeout = self.settings.reducer_timeout.unwrap_or(NO_TIMEOUT);
         let peer_id = self.group.peer_ids[peer];
-        let mut replies =
-            self.rpc.call_stream(peer_id, &self.handle_name, futures::stream::iter(messages), timeout).await?;
+        let mut replies = self.rpc.call_stream(peer_id, &self.handle_name, messages, timeout).await?;
         let mut out = Vec::with_capacity(range.len());
         for index in range.clone() {
             let reply = replies.next().await.ok_or_else(|| {
@@ -221,25 +220,32 @@ impl AllReduceRunner {
         Ok(out)
     }
 
-    fn encode_parts(&self, range: std::ops::Range<usize>) -> Result<Vec<Vec<u8>>> {
-        range
-            .enumerate()
-            .map(|(k, index)| {
-                let part = encode_part(self.part_values(index), self.settings.compression)?;
-                let message = if k == 0 {
-                    AveragingData {
-                        code: MessageCode::PartForAveraging as i32,
-                        group_id: self.group.group_id.clone(),
-                        tensor_part: Some(part),
-                        weight: self.weight,
-                        ..Default::default()
-                    }
-                } else {
-                    AveragingData { tensor_part: Some(part), weight: self.weight, ..Default::default() }
-                };
-                Ok(message.encode_to_vec())
-            })
-            .collect()
+    /// The messages carrying our parts `range` to their reducer, encoded as they are sent.
+    fn encode_parts(self: &Arc<Self>, range: std::ops::Range<usize>) -> impl Stream<Item = Vec<u8>> + Send + 'static {
+        let this = self.clone();
+        let messages = futures::stream::iter(range.enumerate()).map(move |(k, index)| {
+            let part = match encode_part(this.part_values(index), this.settings.compression) {
+                Ok(part) => part,
+                Err(e) => {
+                    // The reducer sees too few parts and leaves us out; the round goes on.
+                    tracing::warn!("cannot encode part {index}: {e}");
+                    return None;
+                }
+            };
+            let message = if k == 0 {
+                AveragingData {
+                    code: MessageCode::PartForAveraging as i32,
+                    group_id: this.group.group_id.clone(),
+                    tensor_part: Some(part),
+                    weight: this.weight,
+                    ..Default::default()
+                }
+            } else {
+                AveragingData { tensor_part: Some(part), weight: this.weight, ..Default::default() }
+            };
+            Some(message.encode_to_vec())
+        });
+        messages.take_while(|m| futures::future::ready(m.is_some())).filter_map(futures::future::ready)
     }
 
     /// Serves one sender's `rpc_aggregate_part` stream whose first message is `first`.
