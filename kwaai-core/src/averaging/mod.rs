@@ -1,9 +1,12 @@
 //! Decentralized averaging, compatible with hivemind's `DecentralizedAverager`
 //! (hivemind 1.1.10.post2: hivemind/averaging/): peers find groups through the DHT, then
-//! average their tensors with butterfly all-reduce, with weights and tensor codecs.
+//! average their tensors with butterfly all-reduce, with weights and tensor codecs, and share
+//! their state with peers that join late.
 //!
-//! [`DecentralizedAverager`] is the entry point. The other modules are its parts, public so that
-//! their wire-level behaviour can be tested on its own.
+//! [`DecentralizedAverager`] is the entry point; it averages float32 tensors and takes part as a
+//! full node (it neither runs in client mode nor as an auxiliary peer, but groups with Python
+//! peers that do). The other modules are its parts, public where their hivemind-compatible
+//! arithmetic is useful on its own.
 
 mod allreduce;
 mod averager;
