@@ -319,3 +319,55 @@ fn python_and_rust_averagers_download_each_others_state() {
     assert_eq!(got, values_of(0));
     assert_eq!(tensors[0].shape(), &[SIZES[0]]);
 }
+
+#[test]
+fn python_and_rust_averagers_finish_when_a_python_averager_is_killed_mid_round() {
+    fn large(peer: usize) -> Vec<Vec<f32>> {
+        values_for(peer, &[120_000])
+    }
+    let Mixed { nodes: _nodes, mut python, rust, .. } =
+        start_mixed("mixedkill", CompressionType::None, "NONE", large, Some(Duration::from_secs(3)), "", [0.0; 4]);
+    // The Rust averagers lead, so the killed Python follower leaves after the group formed.
+    let step = json!({"op": "step", "weights": [1.0, 1.0], "timeout": 60.0, "kill": 1}).to_string();
+    let rust_results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = rust
+            .iter()
+            .map(|averager| s.spawn(move || averager.step(Value::Nil, 1.0, Duration::from_secs(60))))
+            .collect();
+        std::thread::sleep(Duration::from_millis(1500));
+        python.send_line(&step);
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let reply = python.read_json();
+    let results = reply["results"].as_array().unwrap();
+    assert_eq!(results[1]["error"], "killed");
+    let survivor = &results[0];
+    assert!(survivor["gathered"].as_object().is_some_and(|g| g.len() == 4), "Python averager 0: {survivor}");
+    let mut survivors: Vec<(String, Vec<f32>)> = vec![(
+        "Python averager 0".into(),
+        survivor["tensors"][0].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect(),
+    )];
+    for (p, (averager, result)) in rust.iter().zip(&rust_results).enumerate() {
+        let group = result.as_ref().unwrap_or_else(|e| panic!("Rust averager {p} failed: {e}"));
+        assert_eq!(group.size(), 4);
+        let Data::F32(values) = averager.tensors()[0].data().clone() else { panic!("float32") };
+        survivors.push((format!("Rust averager {p}"), values));
+    }
+    let initial: Vec<Vec<f32>> = (0..4).map(|p| large(p).remove(0)).collect();
+    let mut agreed = 0usize;
+    for i in 0..initial[0].len() {
+        let low = (0..4).map(|p| initial[p][i]).fold(f32::INFINITY, f32::min);
+        let high = (0..4).map(|p| initial[p][i]).fold(f32::NEG_INFINITY, f32::max);
+        for (who, got) in &survivors {
+            assert!(
+                got[i] >= low - 1e-3 && got[i] <= high + 1e-3,
+                "{who} element {i}: {} outside [{low}, {high}]",
+                got[i]
+            );
+        }
+        if survivors.iter().all(|(_, got)| (got[i] - survivors[0].1[i]).abs() < 1e-4) {
+            agreed += 1;
+        }
+    }
+    assert!(agreed >= initial[0].len() / 2, "survivors agree on only {agreed} of {} elements", initial[0].len());
+}

@@ -8,7 +8,8 @@ Reads one JSON config line from stdin:
    "averagers": [[{"shape": [...], "values": [...]}, ...], ...]}   (float32 tensors per averager)
 starts one hivemind.DHT (joined to the initial peers and to the DHTs started before it) and one DecentralizedAverager per entry of
 "averagers", and prints {"peer_ids": [B58, ...], "maddrs": [[MADDR, ...], ...]}. Then answers one JSON command per line:
-  {"op": "step", "weights": [W, ...], "timeout": S}
+  {"op": "step", "weights": [W, ...], "timeout": S, "kill": I (optional: terminate averager I
+   as soon as its all-reduce begins)}
       -> {"ok": true, "results": [{"gathered": {B58: VALUE}, "tensors": [[...], ...], "group_bits": BITS}
                                   | {"error": TEXT}]}
   {"op": "load_state", "averager": I, "timeout": S}
@@ -20,7 +21,6 @@ import gc
 import json
 import os
 import sys
-import threading
 import time
 
 # p2pd dials the stream-handler socket by a path that this venv's multiaddr makes relative:
@@ -31,6 +31,7 @@ faulthandler.enable()
 
 import torch  # noqa: E402
 import hivemind  # noqa: E402
+from hivemind.averaging.control import AveragingStage  # noqa: E402
 from hivemind.compression import Float16Compression, NoCompression, Uniform8BitQuantization  # noqa: E402
 
 CODECS = {"NONE": NoCompression, "FLOAT16": Float16Compression, "UNIFORM_8BIT": Uniform8BitQuantization}
@@ -69,30 +70,39 @@ def start(config):
     return dhts, averagers
 
 
-def step_all(averagers, weights, timeout):
-    results = [None] * len(averagers)
-
-    def run(i):
+def step_all(averagers, weights, timeout, kill=None):
+    """Steps every averager at once; with `kill`, terminates that averager's process as soon
+    as its all-reduce begins."""
+    controls = [
+        averager.step(gather=i, weight=weights[i], timeout=timeout, wait=False) for i, averager in enumerate(averagers)
+    ]
+    if kill is not None:
+        deadline = time.monotonic() + timeout
+        while controls[kill].stage != AveragingStage.RUNNING_ALLREDUCE and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(0.02)
+        averagers[kill].terminate()
+    results = []
+    for i, (averager, control) in enumerate(zip(averagers, controls)):
+        if i == kill:
+            results.append({"error": "killed"})
+            continue
         try:
-            gathered = averagers[i].step(gather=i, weight=weights[i], timeout=timeout)
+            gathered = control.result()
             if gathered is None:
-                results[i] = {"error": "step returned None"}
-                return
-            with averagers[i].get_tensors() as tensors:
+                results.append({"error": "step returned None"})
+                continue
+            with averager.get_tensors() as tensors:
                 values = [t.flatten().tolist() for t in tensors]
-            results[i] = {
-                "gathered": {p.to_base58(): v for p, v in gathered.items()},
-                "tensors": values,
-                "group_bits": averagers[i].get_group_bits(),
-            }
+            results.append(
+                {
+                    "gathered": {p.to_base58(): v for p, v in gathered.items()},
+                    "tensors": values,
+                    "group_bits": averager.get_group_bits(),
+                }
+            )
         except Exception as e:  # reported to the test, which asserts on it
-            results[i] = {"error": f"{type(e).__name__}: {e}"}
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(averagers))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+            results.append({"error": f"{type(e).__name__}: {e}"})
     return results
 
 
@@ -106,7 +116,7 @@ def main():
         for line in sys.stdin:
             command = json.loads(line)
             if command["op"] == "step":
-                results = step_all(averagers, command["weights"], command["timeout"])
+                results = step_all(averagers, command["weights"], command["timeout"], command.get("kill"))
                 print(json.dumps({"ok": True, "results": results}), flush=True)
             elif command["op"] == "load_state":
                 state = averagers[command["averager"]].load_state_from_peers(timeout=command["timeout"])
@@ -120,7 +130,8 @@ def main():
                 print(json.dumps({"ok": False, "error": f"unknown op {command['op']}"}), flush=True)
     finally:
         for averager in averagers:
-            averager.shutdown()
+            if averager.is_alive():
+                averager.shutdown()
         for dht in dhts:
             dht.shutdown()
 
