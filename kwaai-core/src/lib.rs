@@ -4,6 +4,7 @@
 //! wire as Python hivemind peers. Every fallible call returns [`Error`], whose [`ErrorKind`] is the
 //! stable, coarse classification shared by the C ABI and every language binding.
 
+pub mod averaging;
 pub mod client;
 mod config;
 pub mod dht;

@@ -4,6 +4,7 @@
 //! Protobuf messages are hand-written `prost::Message` structs whose tags and labels follow the
 //! reference `.proto` file named in each module's doc (proto2 `required` fields keep `required`).
 
+pub mod averaging;
 pub mod dht;
 pub mod kad;
 pub mod msgpack;
