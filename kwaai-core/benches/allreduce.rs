@@ -41,8 +41,12 @@ fn values(tensor: &Tensor) -> &[f32] {
 /// Seconds per round and the largest sampled error of the kwaai group.
 fn rust_rounds(params: usize, peers: usize, rounds: usize) -> (Vec<f64>, f64) {
     let start = |initial_peers: Vec<String>| {
-        Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], initial_peers, ..Default::default() })
-            .expect("node starts")
+        Node::start(NodeConfig {
+            listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            initial_peers,
+            ..Default::default()
+        })
+        .expect("node starts")
     };
     let first = start(vec![]);
     let bootstrap = vec![first.listen_addrs()[0].to_string()];
@@ -77,10 +81,8 @@ fn rust_rounds(params: usize, peers: usize, rounds: usize) -> (Vec<f64>, f64) {
             .collect();
         let start = Instant::now();
         std::thread::scope(|s| {
-            let steps: Vec<_> = averagers
-                .iter()
-                .map(|a| s.spawn(move || a.step(Value::Nil, 1.0, Duration::from_secs(600))))
-                .collect();
+            let steps: Vec<_> =
+                averagers.iter().map(|a| s.spawn(move || a.step(Value::Nil, 1.0, Duration::from_secs(600)))).collect();
             for step in steps {
                 let group = step.join().expect("step thread").expect("the round completes");
                 assert_eq!(group.size(), peers);
