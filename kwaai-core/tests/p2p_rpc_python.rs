@@ -106,6 +106,15 @@ fn rust_node() -> Node {
         })
     })
     .unwrap();
+    // Answers the first request only and ends, without reading the caller's other requests.
+    node.add_stream_handler("Rust.first", |_caller, mut requests| {
+        futures::stream::once(async move {
+            let request = ExpertRequest::decode(&requests.next().await.expect("a request")?[..])
+                .map_err(|e| Error::new(ErrorKind::Protocol, format!("bad ExpertRequest: {e}")))?;
+            Ok(ExpertResponse { metadata: reversed(&request.metadata) }.encode_to_vec())
+        })
+    })
+    .unwrap();
     node
 }
 
@@ -190,6 +199,16 @@ fn python_calls_rust_unary_and_streaming_handlers() {
     let answer = python.stream(me, "Rust.stream", &[("", b"x"), ("fail", b"")]);
     assert_eq!(answer["ok"], false, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("rust stream says no"), "{answer}");
+
+    // A handler that ends before the caller finished sending: the caller still gets its reply
+    // rather than a broken pipe.
+    let big = vec![7u8; 1 << 20];
+    for _ in 0..3 {
+        let requests: Vec<(&str, &[u8])> = vec![("", b"first"), ("", &big), ("", &big), ("", &big), ("", &big)];
+        let answer = python.stream(me, "Rust.first", &requests);
+        assert_eq!(answer["ok"], true, "{answer}");
+        assert_eq!(answer["replies"], json!([hex(b"tsrif")]), "{answer}");
+    }
 
     let answer = python.unary(me, "Rust.missing", "", b"");
     assert_eq!(answer["ok"], false, "{answer}");

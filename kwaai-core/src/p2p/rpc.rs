@@ -429,11 +429,13 @@ async fn serve_stream(peer: PeerId, mut stream: RpcStream, handler: Arc<StreamFn
     let (requests_tx, requests_rx) = mpsc::channel::<Result<Vec<u8>>>(STREAM_PREFETCH);
     let read_requests = async move {
         let mut reader = BufReader::new(reader);
+        // Once the handler stops reading, the caller's remaining requests are read and dropped.
+        let mut forwarding = true;
         loop {
             match read_frame(&mut reader, limits.max_frame_len, limits.read_timeout).await {
                 Ok(Some(Frame::Message(bytes))) => {
-                    if requests_tx.send(Ok(bytes)).await.is_err() {
-                        break;
+                    if forwarding && requests_tx.send(Ok(bytes)).await.is_err() {
+                        forwarding = false;
                     }
                 }
                 // Any error frame (the empty one included) ends the caller's input; so does EOF.
@@ -482,11 +484,12 @@ async fn serve_stream(peer: PeerId, mut stream: RpcStream, handler: Arc<StreamFn
         futures::pin_mut!(read_requests, write_replies);
         match futures::future::select(read_requests, write_replies).await {
             futures::future::Either::Left(((), write_replies)) => write_replies.await,
-            futures::future::Either::Right((Ok(true), read_requests)) => {
-                // Before closing (which makes p2pd drop the caller's socket), let the caller read our
-                // error and stop sending, so that it reports the error rather than a broken pipe.
+            futures::future::Either::Right((Ok(ended_with_error), read_requests)) => {
+                // Before closing (which makes p2pd drop the caller's socket), let the caller finish
+                // sending (or read our error and stop), so that it gets our replies or our error
+                // rather than a broken pipe.
                 let _ = tokio::time::timeout(DRAIN_GRACE, read_requests).await;
-                Ok(true)
+                Ok(ended_with_error)
             }
             futures::future::Either::Right((outcome, _)) => outcome,
         }
