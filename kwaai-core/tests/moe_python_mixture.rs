@@ -52,9 +52,8 @@ fn python_mixture_of_kwaai_experts_matches_torch_and_survives_a_stopped_node() {
     let second_declarer = ExpertDeclarer::start(&second, own(&second_uids), Duration::from_secs(30)).expect("declare");
 
     let mut python = ReferenceProcess::start("moe_python_mixture.py", &[]);
-    // Python dials both nodes: its p2pd does not find a kwaai node's address through another
-    // kwaai node ("routing: not found"), a peer-routing gap outside this test's subject.
-    let maddrs = [first_addr, second.listen_addrs()[0].to_string()];
+    // Python knows only the first node: its p2pd finds the second through it (Kademlia).
+    let maddrs = [first_addr];
     let config = json!({"maddrs": maddrs, "experts": weights, "hidden": HIDDEN, "grid": [3, 3], "k_best": 4});
     python.send_line(&config.to_string());
     assert_eq!(python.read_json()["ready"], true);
