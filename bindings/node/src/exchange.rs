@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kwaai_core::tensor::{CompressionType, DType, DecodeLimits, Tensor};
+use kwaai_core::tensor::{DType, DecodeLimits, Tensor};
 use kwaai_core::{Compression, Error, PeerId, ReceivedTensor};
 use napi::bindgen_prelude::{AsyncTask, Float32Array};
 use napi::threadsafe_function::{ErrorStrategy, ThreadSafeCallContext, ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -28,24 +28,6 @@ pub struct PushOptions {
     pub timeout_ms: Option<u32>,
 }
 
-fn compression(name: &str, k: Option<u32>) -> Result<Compression, Error> {
-    let codec = match name {
-        "none" => CompressionType::None,
-        "float16" => CompressionType::Float16,
-        "meanstd_16bit" => CompressionType::Meanstd16bit,
-        "quantile_8bit" => CompressionType::Quantile8bit,
-        "uniform_8bit" => CompressionType::Uniform8bit,
-        "blockwise_8bit" => CompressionType::Blockwise8bit,
-        "blockwise_8bit_feedback" => return Ok(Compression::Blockwise8bitFeedback),
-        "topk" => {
-            let k = k.ok_or_else(|| Error::invalid_argument("compression \"topk\" needs k"))?;
-            return Ok(Compression::TopK { k: k as usize });
-        }
-        other => return Err(Error::invalid_argument(format!("unknown compression {other:?}"))),
-    };
-    Ok(Compression::Codec(codec))
-}
-
 #[napi]
 impl Node {
     /// Pushes the float32 tensor `data` of `shape` under `name` to the peer `peerId`; resolves
@@ -62,7 +44,8 @@ impl Node {
         let options = options.unwrap_or_default();
         let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
         let shape: Vec<usize> = shape.into_iter().map(|d| d as usize).collect();
-        let request = compression(options.compression.as_deref().unwrap_or("none"), options.k).and_then(|c| {
+        let codec = options.compression.as_deref().unwrap_or("none");
+        let request = Compression::from_name(codec, options.k.map(|k| k as usize)).and_then(|c| {
             let peer: PeerId =
                 peer_id.parse().map_err(|e| Error::invalid_argument(format!("bad peer id {peer_id:?}: {e}")))?;
             Ok((peer, Tensor::from_bytes(DType::F32, shape, &bytes)?, c))

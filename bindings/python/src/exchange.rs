@@ -3,31 +3,12 @@
 
 use std::time::Duration;
 
-use kwaai_core::tensor::{CompressionType, DType, DecodeLimits, Tensor};
+use kwaai_core::tensor::{DType, DecodeLimits, Tensor};
 use kwaai_core::{Compression, Error, ErrorKind, PeerId};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::error::{to_py, InvalidArgumentError};
-
-/// The compression named `name` (`k`: entries per top-k push).
-pub(crate) fn compression(name: &str, k: Option<usize>) -> PyResult<Compression> {
-    let codec = match name {
-        "none" => CompressionType::None,
-        "float16" => CompressionType::Float16,
-        "meanstd_16bit" => CompressionType::Meanstd16bit,
-        "quantile_8bit" => CompressionType::Quantile8bit,
-        "uniform_8bit" => CompressionType::Uniform8bit,
-        "blockwise_8bit" => CompressionType::Blockwise8bit,
-        "blockwise_8bit_feedback" => return Ok(Compression::Blockwise8bitFeedback),
-        "topk" => {
-            let k = k.ok_or_else(|| InvalidArgumentError::new_err("compression 'topk' needs k"))?;
-            return Ok(Compression::TopK { k });
-        }
-        other => return Err(InvalidArgumentError::new_err(format!("unknown compression {other:?}"))),
-    };
-    Ok(Compression::Codec(codec))
-}
 
 /// Pushes `tensor` (anything `kwaai._tensors.to_bytes` takes) as float32.
 pub(crate) fn push(

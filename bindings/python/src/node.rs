@@ -75,7 +75,7 @@ impl Node {
         k: Option<usize>,
         timeout: f64,
     ) -> PyResult<()> {
-        let compression = crate::exchange::compression(compression, k)?;
+        let compression = kwaai_core::Compression::from_name(compression, k).map_err(to_py)?;
         crate::exchange::push(py, &self.inner, peer_id, name, tensor, compression, timeout)
     }
 

@@ -58,6 +58,27 @@ impl From<CompressionType> for Compression {
 }
 
 impl Compression {
+    /// The compression the bindings name: `none`, `float16`, `meanstd_16bit`, `quantile_8bit`,
+    /// `uniform_8bit`, `blockwise_8bit`, and with error feedback `blockwise_8bit_feedback` and
+    /// `topk` (which needs `k`, the entries per push).
+    pub fn from_name(name: &str, k: Option<usize>) -> Result<Compression> {
+        let codec = match name {
+            "none" => CompressionType::None,
+            "float16" => CompressionType::Float16,
+            "meanstd_16bit" => CompressionType::Meanstd16bit,
+            "quantile_8bit" => CompressionType::Quantile8bit,
+            "uniform_8bit" => CompressionType::Uniform8bit,
+            "blockwise_8bit" => CompressionType::Blockwise8bit,
+            "blockwise_8bit_feedback" => return Ok(Compression::Blockwise8bitFeedback),
+            "topk" => {
+                let k = k.ok_or_else(|| Error::invalid_argument("compression \"topk\" needs k"))?;
+                return Ok(Compression::TopK { k });
+            }
+            other => return Err(Error::invalid_argument(format!("unknown compression {other:?}"))),
+        };
+        Ok(Compression::Codec(codec))
+    }
+
     /// Whether calls keep a residual between them.
     pub fn uses_feedback(&self) -> bool {
         !matches!(self, Compression::Codec(_))
@@ -210,6 +231,21 @@ mod tests {
 
     fn f32_tensor(shape: Vec<usize>, values: &[f32]) -> Tensor {
         Tensor::new(shape, Data::F32(values.to_vec())).unwrap()
+    }
+
+    #[test]
+    fn compressions_are_named_as_the_bindings_name_them() {
+        assert_eq!(Compression::from_name("none", None).unwrap(), Compression::default());
+        assert_eq!(Compression::from_name("uniform_8bit", None).unwrap(), CompressionType::Uniform8bit.into());
+        assert_eq!(
+            Compression::from_name("blockwise_8bit_feedback", None).unwrap(),
+            Compression::Blockwise8bitFeedback
+        );
+        assert_eq!(Compression::from_name("topk", Some(3)).unwrap(), Compression::TopK { k: 3 });
+        for (name, k) in [("topk", None), ("zip", Some(1))] {
+            let err = Compression::from_name(name, k).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{name}: {err}");
+        }
     }
 
     fn roundtrip(encoded: &Encoded) -> Tensor {
