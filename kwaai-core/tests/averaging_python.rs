@@ -17,6 +17,12 @@ const SIZES: [usize; 3] = [3000, 3, 7000];
 /// The initial group bits of the averagers that reach the mean; every member moves to new bits
 /// after the round.
 const GROUP_BITS: &str = "0110";
+/// Bounds every all-reduce, Python's and Rust's: a round here takes a few seconds, so a peer that
+/// waits longer than this on a gone peer fails the test instead of hanging it.
+const ALLREDUCE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the test waits for the Python process's answer to a step: its 60 s search, then the
+/// all-reduce, with room to spare.
+const PYTHON_REPLY: Duration = Duration::from_secs(150);
 
 fn start(initial_peers: Vec<String>) -> Node {
     Node::start(NodeConfig {
@@ -92,12 +98,13 @@ fn start_mixed(
         "part_size_bytes": 8 << 10,
         "compression": python_codec,
         "next_chunk_timeout": chunk_timeout.map(|t| t.as_secs_f64()),
+        "allreduce_timeout": ALLREDUCE_TIMEOUT.as_secs_f64(),
         "initial_group_bits": group_bits,
         "state_sharing_priority": [priorities[0], priorities[1]],
         "averagers": python_tensors,
     });
     python.send_line(&setup.to_string());
-    let ready = python.read_json();
+    let ready = python.read_json_within(PYTHON_REPLY);
     let python_peers: Vec<String> =
         ready["peer_ids"].as_array().expect("peer ids").iter().map(|p| p.as_str().unwrap().to_string()).collect();
     assert_eq!(python_peers.len(), 2);
@@ -110,6 +117,7 @@ fn start_mixed(
             let config = AveragerConfig {
                 sender_timeout: chunk_timeout,
                 reducer_timeout: chunk_timeout.map(|t| t * 2),
+                allreduce_timeout: Some(ALLREDUCE_TIMEOUT),
                 initial_group_bits: group_bits.into(),
                 state_sharing_priority: priorities[2 + i],
                 ..config(prefix, compression)
@@ -145,7 +153,7 @@ fn mixed_group(prefix: &str, compression: CompressionType, python_codec: &str, t
         }
         handles.into_iter().map(|h| h.join().unwrap().expect("Rust step succeeds")).collect()
     });
-    let reply = python.read_json();
+    let reply = python.read_json_within(PYTHON_REPLY);
     assert_eq!(reply["ok"], true, "{reply}");
     let results = reply["results"].as_array().unwrap();
 
@@ -252,7 +260,7 @@ fn python_and_rust_averagers_finish_when_a_rust_averager_drops_mid_round() {
         nodes[1].shutdown();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let reply = python.read_json();
+    let reply = python.read_json_within(PYTHON_REPLY);
     let results = reply["results"].as_array().unwrap();
     let mut survivors: Vec<(String, Vec<f32>)> = results
         .iter()
@@ -295,7 +303,7 @@ fn python_and_rust_averagers_download_each_others_state() {
         start_mixed("mixedstate", CompressionType::None, "NONE", values_of, None, "0110", [20.0, 0.0, 0.0, 30.0]);
     // A Rust donor's state reaches a Python averager.
     python.send_line(&json!({"op": "load_state", "averager": 0, "timeout": 20.0}).to_string());
-    let reply = python.read_json();
+    let reply = python.read_json_within(PYTHON_REPLY);
     let state = &reply["state"];
     assert_eq!(state["metadata"], json!({"group_key": "0110"}), "{reply}");
     let expected = values_of(3);
@@ -338,7 +346,7 @@ fn python_and_rust_averagers_finish_when_a_python_averager_is_killed_mid_round()
         python.send_line(&step);
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let reply = python.read_json();
+    let reply = python.read_json_within(PYTHON_REPLY);
     let results = reply["results"].as_array().unwrap();
     assert_eq!(results[1]["error"], "killed");
     let survivor = &results[0];

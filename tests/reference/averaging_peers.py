@@ -4,6 +4,7 @@ Reads one JSON config line from stdin:
   {"initial_peers": [MADDR], "prefix": P, "target_group_size": N, "min_group_size": N,
    "min_matchmaking_time": S, "request_timeout": S, "part_size_bytes": B,
    "compression": "NONE" | "FLOAT16" | "UNIFORM_8BIT", "next_chunk_timeout": S | null,
+   "allreduce_timeout": S | null (optional),
    "initial_group_bits": BITS, "state_sharing_priority": [P, ...] (optional),
    "averagers": [[{"shape": [...], "values": [...]}, ...], ...]}   (float32 tensors per averager)
 starts one hivemind.DHT (joined to the initial peers and to the DHTs started before it) and one DecentralizedAverager per entry of
@@ -20,6 +21,7 @@ import faulthandler
 import gc
 import json
 import os
+import signal
 import sys
 import time
 
@@ -28,6 +30,7 @@ import time
 os.chdir("/")
 gc.disable()
 faulthandler.enable()
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 import torch  # noqa: E402
 import hivemind  # noqa: E402
@@ -60,6 +63,7 @@ def start(config):
                 part_size_bytes=config["part_size_bytes"],
                 compression=CODECS[config["compression"]](),
                 next_chunk_timeout=config.get("next_chunk_timeout"),
+                allreduce_timeout=config.get("allreduce_timeout"),
                 initial_group_bits=config.get("initial_group_bits", ""),
             )
         )

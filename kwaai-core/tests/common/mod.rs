@@ -5,8 +5,10 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The repository root.
@@ -33,7 +35,8 @@ pub fn reference_python() -> PathBuf {
 pub struct ReferenceProcess {
     child: Child,
     stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    /// The script's stdout lines, read by a thread so that a wait for one can be bounded.
+    lines: mpsc::Receiver<String>,
 }
 
 impl ReferenceProcess {
@@ -48,19 +51,52 @@ impl ReferenceProcess {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            // Its own process group, so that the daemons and worker processes it starts stop with it.
+            .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start the reference peer {}: {e}", path.display()));
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        ReferenceProcess { child, stdin, stdout }
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { return };
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        ReferenceProcess { child, stdin, lines }
     }
 
     /// Reads the next JSON line the script prints (panics if it exits first).
     pub fn read_json(&mut self) -> serde_json::Value {
-        let mut line = String::new();
-        let n = self.stdout.read_line(&mut line).expect("reading the reference peer's stdout");
-        assert!(n > 0, "the reference peer exited before printing its JSON line (see its stderr above)");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON from the reference peer: {e}: {line}"))
+        let line = self.lines.recv().unwrap_or_else(|_| {
+            panic!("the reference peer exited before printing its JSON line (see its stderr above)")
+        });
+        parse_json_line(&line)
+    }
+
+    /// [`read_json`](Self::read_json), panicking if no line comes within `limit`.
+    pub fn read_json_within(&mut self, limit: Duration) -> serde_json::Value {
+        match self.lines.recv_timeout(limit) {
+            Ok(line) => parse_json_line(&line),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Scripts that register faulthandler for SIGUSR1 print every thread's stack.
+                self.signal_group("USR1");
+                std::thread::sleep(Duration::from_secs(1));
+                panic!("the reference peer printed nothing within {limit:?}")
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("the reference peer exited before printing its JSON line (see its stderr above)")
+            }
+        }
+    }
+
+    /// Sends `signal` (a name such as `KILL`) to the script and every process it started.
+    fn signal_group(&self, signal: &str) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-s", signal, "--", &group]).stderr(Stdio::null()).status();
     }
 
     /// Sends one line to the script's stdin.
@@ -74,15 +110,18 @@ impl Drop for ReferenceProcess {
     fn drop(&mut self) {
         drop(self.stdin.take());
         let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
+        while Instant::now() < deadline && !matches!(self.child.try_wait(), Ok(Some(_))) {
             std::thread::sleep(Duration::from_millis(50));
         }
+        // Whatever the script left running (or the script itself, if it did not exit) stops now.
+        self.signal_group("KILL");
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn parse_json_line(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON from the reference peer: {e}: {line}"))
 }
 
 /// Runs `tests/reference/<script>` to completion with `stdin` as input and returns its stdout;
