@@ -5,11 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::ReferenceProcess;
+use common::{loopback_node, ReferenceProcess};
 use kwaai_core::averaging::keys::next_group_bits;
 use kwaai_core::averaging::{AveragerConfig, AveragingStage, DecentralizedAverager};
 use kwaai_core::tensor::{CompressionType, Data, Tensor};
-use kwaai_core::{Node, NodeConfig};
+use kwaai_core::Node;
 use rmpv::Value;
 use serde_json::json;
 
@@ -24,15 +24,6 @@ const ALLREDUCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// all-reduce, with room to spare.
 const PYTHON_REPLY: Duration = Duration::from_secs(150);
 
-fn start(initial_peers: Vec<String>) -> Node {
-    Node::start(NodeConfig {
-        listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
-        initial_peers,
-        ..NodeConfig::default()
-    })
-    .expect("node starts")
-}
-
 /// Averager `peer`'s tensor values: distinct per peer and element.
 fn values_of(peer: usize) -> Vec<Vec<f32>> {
     values_for(peer, &SIZES)
@@ -46,6 +37,34 @@ fn values_for(peer: usize, sizes: &[usize]) -> Vec<Vec<f32>> {
             (0..n).map(|i| ((i * 11 + t * 5 + peer * 37) % 503) as f32 / 10.0 - 25.0 + peer as f32).collect()
         })
         .collect()
+}
+
+/// One large tensor per averager, for the rounds that lose a peer midway.
+fn large_values(peer: usize) -> Vec<Vec<f32>> {
+    values_for(peer, &[120_000])
+}
+
+/// After a round that lost one of four peers midway, every survivor holds values within the
+/// range of the four inputs, and the survivors agree on the parts the surviving reducers
+/// averaged: about three quarters of the vector, so at least half.
+fn assert_survivors_averaged(survivors: &[(String, Vec<f32>)]) {
+    let initial: Vec<Vec<f32>> = (0..4).map(|p| large_values(p).remove(0)).collect();
+    let mut agreed = 0usize;
+    for i in 0..initial[0].len() {
+        let low = (0..4).map(|p| initial[p][i]).fold(f32::INFINITY, f32::min);
+        let high = (0..4).map(|p| initial[p][i]).fold(f32::NEG_INFINITY, f32::max);
+        for (who, got) in survivors {
+            assert!(
+                got[i] >= low - 1e-3 && got[i] <= high + 1e-3,
+                "{who} element {i}: {} outside [{low}, {high}]",
+                got[i]
+            );
+        }
+        if survivors.iter().all(|(_, got)| (got[i] - survivors[0].1[i]).abs() < 1e-4) {
+            agreed += 1;
+        }
+    }
+    assert!(agreed >= initial[0].len() / 2, "survivors agree on only {agreed} of {} elements", initial[0].len());
 }
 
 fn config(prefix: &str, compression: CompressionType) -> AveragerConfig {
@@ -81,9 +100,9 @@ fn start_mixed(
     priorities: [f64; 4],
 ) -> Mixed {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
-    let first = start(vec![]);
+    let first = loopback_node(&[]);
     let bootstrap = first.listen_addrs()[0].to_string();
-    let second = start(vec![bootstrap.clone()]);
+    let second = loopback_node(std::slice::from_ref(&bootstrap));
     let mut python = ReferenceProcess::start("averaging_peers.py", &[]);
     let python_tensors: Vec<serde_json::Value> = (0..2)
         .map(|p| json!(values(p).iter().map(|v| json!({"shape": [v.len()], "values": v})).collect::<Vec<_>>()))
@@ -238,11 +257,15 @@ fn python_and_rust_averagers_reach_the_mean_through_uniform_8bit() {
 
 #[test]
 fn python_and_rust_averagers_finish_when_a_rust_averager_drops_mid_round() {
-    fn large(peer: usize) -> Vec<Vec<f32>> {
-        values_for(peer, &[120_000])
-    }
-    let Mixed { nodes, mut python, rust, .. } =
-        start_mixed("mixeddrop", CompressionType::None, "NONE", large, Some(Duration::from_secs(3)), "", [0.0; 4]);
+    let Mixed { nodes, mut python, rust, .. } = start_mixed(
+        "mixeddrop",
+        CompressionType::None,
+        "NONE",
+        large_values,
+        Some(Duration::from_secs(3)),
+        "",
+        [0.0; 4],
+    );
     // The Python averagers lead, so the dropping Rust follower leaves after the group formed.
     python.send_line(&json!({"op": "step", "weights": [1.0, 1.0], "timeout": 60.0}).to_string());
     std::thread::sleep(Duration::from_millis(1500));
@@ -276,24 +299,7 @@ fn python_and_rust_averagers_finish_when_a_rust_averager_drops_mid_round() {
     let Data::F32(values) = rust[0].tensors()[0].data().clone() else { panic!("float32") };
     survivors.push(("Rust averager 0".into(), values));
 
-    let initial: Vec<Vec<f32>> = (0..4).map(|p| large(p).remove(0)).collect();
-    let mut agreed = 0usize;
-    for i in 0..initial[0].len() {
-        let low = (0..4).map(|p| initial[p][i]).fold(f32::INFINITY, f32::min);
-        let high = (0..4).map(|p| initial[p][i]).fold(f32::NEG_INFINITY, f32::max);
-        for (who, got) in &survivors {
-            assert!(
-                got[i] >= low - 1e-3 && got[i] <= high + 1e-3,
-                "{who} element {i}: {} outside [{low}, {high}]",
-                got[i]
-            );
-        }
-        if survivors.iter().all(|(_, got)| (got[i] - survivors[0].1[i]).abs() < 1e-4) {
-            agreed += 1;
-        }
-    }
-    // The three surviving reducers average about three quarters of the vector for everyone.
-    assert!(agreed >= initial[0].len() / 2, "survivors agree on only {agreed} of {} elements", initial[0].len());
+    assert_survivors_averaged(&survivors);
 }
 
 #[test]
@@ -330,11 +336,15 @@ fn python_and_rust_averagers_download_each_others_state() {
 
 #[test]
 fn python_and_rust_averagers_finish_when_a_python_averager_is_killed_mid_round() {
-    fn large(peer: usize) -> Vec<Vec<f32>> {
-        values_for(peer, &[120_000])
-    }
-    let Mixed { nodes: _nodes, mut python, rust, .. } =
-        start_mixed("mixedkill", CompressionType::None, "NONE", large, Some(Duration::from_secs(3)), "", [0.0; 4]);
+    let Mixed { nodes: _nodes, mut python, rust, .. } = start_mixed(
+        "mixedkill",
+        CompressionType::None,
+        "NONE",
+        large_values,
+        Some(Duration::from_secs(3)),
+        "",
+        [0.0; 4],
+    );
     // The Rust averagers lead, so the killed Python follower leaves after the group formed.
     let step = json!({"op": "step", "weights": [1.0, 1.0], "timeout": 60.0, "kill": 1}).to_string();
     let rust_results: Vec<_> = std::thread::scope(|s| {
@@ -361,21 +371,5 @@ fn python_and_rust_averagers_finish_when_a_python_averager_is_killed_mid_round()
         let Data::F32(values) = averager.tensors()[0].data().clone() else { panic!("float32") };
         survivors.push((format!("Rust averager {p}"), values));
     }
-    let initial: Vec<Vec<f32>> = (0..4).map(|p| large(p).remove(0)).collect();
-    let mut agreed = 0usize;
-    for i in 0..initial[0].len() {
-        let low = (0..4).map(|p| initial[p][i]).fold(f32::INFINITY, f32::min);
-        let high = (0..4).map(|p| initial[p][i]).fold(f32::NEG_INFINITY, f32::max);
-        for (who, got) in &survivors {
-            assert!(
-                got[i] >= low - 1e-3 && got[i] <= high + 1e-3,
-                "{who} element {i}: {} outside [{low}, {high}]",
-                got[i]
-            );
-        }
-        if survivors.iter().all(|(_, got)| (got[i] - survivors[0].1[i]).abs() < 1e-4) {
-            agreed += 1;
-        }
-    }
-    assert!(agreed >= initial[0].len() / 2, "survivors agree on only {agreed} of {} elements", initial[0].len());
+    assert_survivors_averaged(&survivors);
 }

@@ -2,31 +2,14 @@
 //! weighted mean, with and without compression; an averager that drops mid-round does not stop
 //! the others.
 
+mod common;
+
 use std::time::Duration;
 
+use common::{loopback_node, loopback_swarm};
 use kwaai_core::averaging::{AveragerConfig, AveragingStage, DecentralizedAverager};
 use kwaai_core::tensor::{CompressionType, Data, Tensor};
-use kwaai_core::{Node, NodeConfig};
 use rmpv::Value;
-
-fn start(initial_peers: Vec<String>) -> Node {
-    Node::start(NodeConfig {
-        listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
-        initial_peers,
-        ..NodeConfig::default()
-    })
-    .expect("node starts")
-}
-
-fn swarm(n: usize) -> Vec<Node> {
-    let first = start(vec![]);
-    let bootstrap = first.listen_addrs()[0].to_string();
-    let mut nodes = vec![first];
-    for _ in 1..n {
-        nodes.push(start(vec![bootstrap.clone()]));
-    }
-    nodes
-}
 
 /// Peer `peer`'s tensors: distinct values per peer and element.
 fn tensors_of(peer: usize, sizes: &[usize]) -> Vec<Tensor> {
@@ -64,7 +47,7 @@ fn run_group(compression: CompressionType, tolerance: f32) {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
     let sizes = [10_000, 3, 40_000];
     let weights = [1.0, 2.0, 3.0, 4.0];
-    let nodes = swarm(4);
+    let nodes = loopback_swarm(4);
     let averagers: Vec<DecentralizedAverager> = nodes
         .iter()
         .enumerate()
@@ -133,7 +116,7 @@ fn four_rust_averagers_reach_the_mean_through_uniform_8bit() {
 fn an_averager_that_drops_mid_round_does_not_stop_the_others() {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
     let sizes = [400_000];
-    let nodes = swarm(4);
+    let nodes = loopback_swarm(4);
     let averagers: Vec<DecentralizedAverager> = nodes
         .iter()
         .enumerate()
@@ -193,7 +176,7 @@ fn an_averager_that_drops_mid_round_does_not_stop_the_others() {
 #[test]
 fn bad_settings_and_tensors_are_invalid_arguments() {
     use kwaai_core::ErrorKind;
-    let node = start(vec![]);
+    let node = loopback_node(&[]);
     let f32_tensors = || tensors_of(0, &[4]);
     let bad_configs = [
         AveragerConfig { prefix: "has.dot".into(), ..AveragerConfig::default() },

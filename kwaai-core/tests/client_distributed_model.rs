@@ -8,11 +8,11 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
+use common::loopback_node;
 use kwaai_core::client::{dht_prefix_for_dir, DistributedModel};
 use kwaai_core::model::{generate, BlockSpan, ClientModel, GenerationConfig, LoadOptions, TextTokenizer};
 use kwaai_core::server::{LoadProgressCallback, Server, ServerConfig, Span};
 use kwaai_core::tensor::DType;
-use kwaai_core::{Node, NodeConfig};
 
 fn make_tiny_llama(dir: &Path) {
     let script = common::repo_root().join("../shared/reference/make_tiny_model.py");
@@ -27,15 +27,6 @@ fn make_tiny_llama(dir: &Path) {
     assert!(out.status.success(), "make_tiny_model.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn node(initial_peers: Vec<String>) -> Node {
-    Node::start(NodeConfig {
-        listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
-        initial_peers,
-        ..NodeConfig::default()
-    })
-    .expect("node starts")
-}
-
 #[test]
 fn a_distributed_model_generates_what_the_local_model_does() {
     let root = tempfile::tempdir().unwrap();
@@ -44,13 +35,13 @@ fn a_distributed_model_generates_what_the_local_model_does() {
     let prefix = dht_prefix_for_dir(&dir).unwrap();
     assert_eq!(prefix, "tiny-llama-v1");
 
-    let bootstrap = node(vec![]);
+    let bootstrap = loopback_node(&[]);
     let peers = vec![bootstrap.listen_addrs()[0].to_string()];
     // Two servers of two blocks each, their blocks chosen where the swarm lacks them and their
     // throughput measured, as Petals servers started with --num_blocks do.
     let progress = Arc::new(Mutex::new(Vec::new()));
     let serve = || {
-        let host = node(peers.clone());
+        let host = loopback_node(&peers);
         let seen = Arc::clone(&progress);
         let config = ServerConfig {
             on_load_progress: Some(LoadProgressCallback(Arc::new(move |loaded, total| {

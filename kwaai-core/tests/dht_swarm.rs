@@ -1,34 +1,18 @@
 //! A swarm of kwaai nodes on loopback: values stored anywhere are read everywhere, dictionaries
 //! merge subkeys from several writers, and expired values disappear.
 
+mod common;
+
 use std::time::Duration;
 
+use common::{loopback_node, loopback_swarm};
 use kwaai_core::dht::{dht_time, DhtValue};
 use kwaai_core::{Node, NodeConfig};
 use rmpv::Value;
 
-fn start(initial_peers: Vec<String>) -> Node {
-    Node::start(NodeConfig {
-        listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
-        initial_peers,
-        ..NodeConfig::default()
-    })
-    .expect("node starts")
-}
-
-fn swarm(n: usize) -> Vec<Node> {
-    let first = start(vec![]);
-    let bootstrap = first.listen_addrs()[0].to_string();
-    let mut nodes = vec![first];
-    for _ in 1..n {
-        nodes.push(start(vec![bootstrap.clone()]));
-    }
-    nodes
-}
-
 #[test]
 fn a_value_stored_on_any_node_is_read_from_every_node() {
-    let nodes = swarm(4);
+    let nodes = loopback_swarm(4);
     let expiration = dht_time() + 60.0;
     for (i, node) in nodes.iter().enumerate() {
         let key = Value::from(format!("key-{i}"));
@@ -51,7 +35,7 @@ fn a_value_stored_on_any_node_is_read_from_every_node() {
 
 #[test]
 fn subkeys_from_different_writers_merge() {
-    let nodes = swarm(3);
+    let nodes = loopback_swarm(3);
     let expiration = dht_time() + 60.0;
     for (i, node) in nodes.iter().enumerate() {
         let subkey = Value::from(node.peer_id().to_base58());
@@ -76,7 +60,7 @@ fn subkeys_from_different_writers_merge() {
 
 #[test]
 fn newer_values_win_and_expired_values_disappear() {
-    let nodes = swarm(3);
+    let nodes = loopback_swarm(3);
     let now = dht_time();
     assert!(nodes[0].dht_store(Value::from("k"), None, Value::from("old"), now + 30.0).unwrap());
     assert!(nodes[1].dht_store(Value::from("k"), None, Value::from("new"), now + 40.0).unwrap());
@@ -94,7 +78,7 @@ fn newer_values_win_and_expired_values_disappear() {
 
 #[test]
 fn a_bootstrap_peer_that_does_not_answer_fails_the_start() {
-    let gone = start(vec![]);
+    let gone = loopback_node(&[]);
     let addr = gone.listen_addrs()[0].to_string();
     gone.shutdown();
     let err = Node::start(NodeConfig { initial_peers: vec![addr], ..NodeConfig::default() }).unwrap_err();
@@ -107,7 +91,7 @@ fn a_bootstrap_peer_that_does_not_answer_fails_the_start() {
 #[test]
 fn a_node_restarted_with_its_identity_rejoins_and_its_records_are_found_after_re_store() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = swarm(3);
+    let nodes = loopback_swarm(3);
     let bootstrap = nodes[0].listen_addrs()[0].to_string();
     let config = || NodeConfig {
         listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
@@ -144,7 +128,7 @@ fn malformed_dht_requests_get_errors_and_lose_nothing() {
     use kwaai_core::wire::dht::{NodeInfo, StoreRequest, StoreResponse};
     use prost::Message;
 
-    let nodes = swarm(2);
+    let nodes = loopback_swarm(2);
     let (victim, attacker) = (&nodes[0], &nodes[1]);
     let expiration = dht_time() + 60.0;
     assert!(victim.dht_store(Value::from("precious"), None, Value::from("intact"), expiration).unwrap());
@@ -194,7 +178,7 @@ fn malformed_dht_requests_get_errors_and_lose_nothing() {
 #[test]
 fn a_refresh_timeout_looks_up_stale_buckets_and_finds_nodes_that_joined_later() {
     use kwaai_core::dht::DhtConfig;
-    let first = start(vec![]);
+    let first = loopback_node(&[]);
     let bootstrap = first.listen_addrs()[0].to_string();
     // Client-mode nodes are never contacted, so they learn of new nodes only by asking.
     let client = |refresh_timeout| {
@@ -209,7 +193,7 @@ fn a_refresh_timeout_looks_up_stale_buckets_and_finds_nodes_that_joined_later() 
     let refreshing = client(Some(Duration::from_millis(500)));
     let idle = client(None);
     assert_eq!(refreshing.dht().unwrap().routing_table_len(), 1);
-    let later: Vec<Node> = (0..3).map(|_| start(vec![bootstrap.clone()])).collect();
+    let later: Vec<Node> = (0..3).map(|_| loopback_node(std::slice::from_ref(&bootstrap))).collect();
 
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while refreshing.dht().unwrap().routing_table_len() < 1 + later.len() && std::time::Instant::now() < deadline {
@@ -225,7 +209,7 @@ fn a_store_leaves_the_value_in_the_writers_cache_even_when_it_is_no_replica() {
     use kwaai_core::wire::dht::{FindRequest, FindResponse, ResultType};
     use prost::Message;
 
-    let nodes = swarm(10);
+    let nodes = loopback_swarm(10);
     let bootstrap = nodes[0].listen_addrs()[0].to_string();
     let writer = |cache_on_store| {
         Node::start(NodeConfig {
@@ -269,7 +253,7 @@ fn a_store_leaves_the_value_in_the_writers_cache_even_when_it_is_no_replica() {
 /// once: its first store and get, right after `Node::start` returns, reach the swarm.
 #[test]
 fn the_first_store_and_get_right_after_joining_reach_the_swarm() {
-    let nodes = swarm(3);
+    let nodes = loopback_swarm(3);
     let bootstrap = nodes[0].listen_addrs()[0].to_string();
     let expiration = dht_time() + 60.0;
     assert!(nodes[1].dht_store(Value::from("early"), None, Value::from(7), expiration).unwrap());

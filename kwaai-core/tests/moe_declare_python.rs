@@ -5,11 +5,11 @@
 
 mod common;
 
-use common::ReferenceProcess;
+use common::{loopback_node, ReferenceProcess};
 use kwaai_core::dht::{dht_time, DhtValue};
 use kwaai_core::moe::{declaration_items, declare_experts, get_experts, MoeBeamSearcher};
 use kwaai_core::wire::msgpack;
-use kwaai_core::{Node, NodeConfig, PeerId};
+use kwaai_core::PeerId;
 use rmpv::Value;
 use serde_json::{json, Value as Json};
 
@@ -53,8 +53,7 @@ fn strings(items: &[&str]) -> Vec<String> {
 
 #[test]
 fn declarations_written_by_either_side_are_read_and_searched_by_the_other() {
-    let node = Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() })
-        .expect("node");
+    let node = loopback_node(&[]);
     let mut python = ReferenceProcess::start("moe_declare.py", &[&node.listen_addrs()[0].to_string()]);
     let python_peer: PeerId = python.read_json()["peer_id"].as_str().expect("peer id").parse().expect("peer id");
 

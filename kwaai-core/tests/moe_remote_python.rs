@@ -9,17 +9,16 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::loopback_node;
 use kwaai_core::moe::{ExpertDeclarer, ExpertServer, FeedForwardExpert};
 use kwaai_core::tensor::DecodeLimits;
-use kwaai_core::{Node, NodeConfig};
 use serde_json::json;
 
 const HIDDEN: usize = 64;
 
 #[test]
 fn python_remote_experts_match_local_torch_through_a_kwaai_server() {
-    let node = Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() })
-        .expect("node");
+    let node = loopback_node(&[]);
     let dir = tempfile::tempdir().expect("tempdir");
     let uids = ["ffn.0.0", "ffn.0.1", "ffn.1.2"];
     let mut server = ExpertServer::new(DecodeLimits::default());

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use kwaai_core::{Node, NodeConfig};
+use common::loopback_node;
 
 #[test]
 fn kwaai_connects_to_a_python_hivemind_dht_and_identifies_p2pd() {
@@ -22,8 +22,7 @@ fn kwaai_connects_to_a_python_hivemind_dht_and_identifies_p2pd() {
         assert!(maddr.ends_with(&format!("/p2p/{peer_id}")), "{maddr}");
     }
 
-    let node = Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() })
-        .expect("kwaai node starts");
+    let node = loopback_node(&[]);
     let info = node.connect(&maddrs[0], Duration::from_secs(20)).expect("kwaai connects to p2pd");
     assert_eq!(info.peer_id.to_base58(), peer_id);
     assert_eq!(info.agent_version, "p2pd/0.1", "{info:?}");

@@ -7,9 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::loopback_node;
 use kwaai_core::dht::DhtValue;
 use kwaai_core::server::{block_uid, Announcement, Announcer, ServerInfo, ServerState, Span};
-use kwaai_core::{Node, NodeConfig};
+use kwaai_core::Node;
 use serde_json::Value as Json;
 
 const PREFIX: &str = "tiny-kwaai-hf";
@@ -32,8 +33,7 @@ fn our_record(node: &Node) -> (ServerInfo, f64) {
 
 #[test]
 fn petals_client_sees_our_span_online_with_every_field_then_offline() {
-    let node = Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() })
-        .expect("node starts");
+    let node = loopback_node(&[]);
     let peer = node.peer_id().to_base58();
     let span = Span::new(1, 3).expect("span");
     let info = ServerInfo {

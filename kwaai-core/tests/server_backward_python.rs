@@ -11,6 +11,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
+use common::loopback_node;
 use kwaai_core::model::{BlockSpan, LoadOptions};
 use kwaai_core::server::{
     announce, block_uid, serve_backward, serve_forward, serve_info, BackwardService, BlockSchema, ForwardService,
@@ -118,8 +119,7 @@ fn prompt_tuning_step(initial_peer: &str, model: &std::path::Path, modes: &[&str
 fn petals_prompt_tuning_step_through_rust_server_matches_transformers() {
     let dir = tempfile::tempdir().expect("temp dir");
     make_tiny_llama(dir.path());
-    let node = Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() })
-        .expect("node starts");
+    let node = loopback_node(&[]);
     serve_and_announce(&node, dir.path(), 0..4);
 
     let maddr = node.listen_addrs()[0].to_string();
@@ -238,8 +238,7 @@ fn bad_backward_requests_fail_in_the_petals_client_as_with_a_petals_server() {
     make_tiny_llama(&model);
     let (blocks, uids) = load_blocks(&model);
     let schema = BlockSchema { hidden_size: HIDDEN as u64, dtype: DType::F32, compression: 0 };
-    let node = Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() })
-        .expect("node starts");
+    let node = loopback_node(&[]);
     let service = BackwardService::new(blocks[..2].to_vec(), uids[..2].to_vec(), schema, DecodeLimits::default())
         .expect("service");
     serve_backward(&node, service).expect("rpc_backward");

@@ -8,6 +8,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
+use common::loopback_node;
 use kwaai_core::model::{BlockSpan, LoadOptions};
 use kwaai_core::server::{
     announce, block_uid, serve_forward, serve_info, BlockSchema, ForwardService, InfoService, ServerInfo,
@@ -15,7 +16,7 @@ use kwaai_core::server::{
 };
 use kwaai_core::tensor::{DType, DecodeLimits};
 use kwaai_core::wire::runtime::ExpertRequest;
-use kwaai_core::{ErrorKind, Node, NodeConfig};
+use kwaai_core::ErrorKind;
 use prost::Message;
 use serde_json::Value as Json;
 
@@ -44,8 +45,7 @@ fn petals_forward_requests_match_transformers() {
     let schema = BlockSchema { hidden_size: 64, dtype: DType::F32, compression: 0 };
     let server = ServerRpcInfo { dht_client_mode: false, cache_tokens_available: 1024 };
 
-    let node = Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() })
-        .expect("node starts");
+    let node = loopback_node(&[]);
     serve_info(&node, InfoService::new(uids.clone(), schema, server)).expect("rpc_info");
     let forward = ForwardService::new(blocks, uids.clone(), schema, DecodeLimits::default()).expect("service");
     serve_forward(&node, forward.clone()).expect("rpc_forward");

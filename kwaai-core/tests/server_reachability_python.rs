@@ -4,14 +4,13 @@
 
 mod common;
 
+use common::loopback_node;
 use kwaai_core::server::serve_reachability;
-use kwaai_core::{Node, NodeConfig};
 use serde_json::json;
 
 #[test]
 fn petals_reachability_checks_are_answered_by_dialing_back() {
-    let node = Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() })
-        .expect("node starts");
+    let node = loopback_node(&[]);
     let reachability = serve_reachability(&node).expect("rpc_check served");
     let maddr = node.listen_addrs()[0].to_string();
     let peer = node.peer_id().to_base58();

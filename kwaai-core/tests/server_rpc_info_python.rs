@@ -4,15 +4,14 @@
 
 mod common;
 
+use common::loopback_node;
 use kwaai_core::server::{serve_info, BlockSchema, InfoService, ServerRpcInfo};
 use kwaai_core::tensor::DType;
-use kwaai_core::{Node, NodeConfig};
 use serde_json::{json, Value as Json};
 
 #[test]
 fn python_stub_reads_server_info_and_block_schemas() {
-    let node = Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() })
-        .expect("node starts");
+    let node = loopback_node(&[]);
     let schema = BlockSchema { hidden_size: 64, dtype: DType::BF16, compression: 0 };
     let server = ServerRpcInfo { dht_client_mode: false, cache_tokens_available: 1234 };
     serve_info(&node, InfoService::new(["tiny-hf.0".to_owned(), "tiny-hf.1".to_owned()], schema, server))

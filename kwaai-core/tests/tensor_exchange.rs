@@ -3,39 +3,24 @@
 
 mod common;
 
-use std::sync::mpsc;
 use std::time::Duration;
 
+use common::{collect_tensors, loopback_node};
 use kwaai_core::tensor::{DType, DecodeLimits, Tensor};
-use kwaai_core::{Compression, Error, ErrorKind, Node, NodeConfig, PeerId, ReceivedTensor};
+use kwaai_core::{Compression, Error, ErrorKind, PeerId, ReceivedTensor};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(20);
-
-fn node() -> Node {
-    Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() })
-        .expect("node starts")
-}
 
 fn f32_tensor(shape: Vec<usize>, values: &[f32]) -> Tensor {
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     Tensor::from_bytes(DType::F32, shape, &bytes).unwrap()
 }
 
-/// Sets a handler on `node` that forwards what it receives to the returned channel.
-fn collect(node: &Node, limits: DecodeLimits) -> mpsc::Receiver<ReceivedTensor> {
-    let (tx, rx) = mpsc::channel();
-    node.set_tensor_handler(limits, move |received| {
-        tx.send(received).map_err(|_| Error::new(ErrorKind::Closed, "test receiver gone"))
-    })
-    .unwrap();
-    rx
-}
-
 #[test]
 fn a_tensor_pushed_between_kwaai_nodes_arrives_whole_and_named() {
-    let (a, b) = (node(), node());
-    let received = collect(&b, DecodeLimits::default());
+    let (a, b) = (loopback_node(&[]), loopback_node(&[]));
+    let received = collect_tensors(&b, DecodeLimits::default());
     a.connect(&b.listen_addrs()[0].to_string(), T).unwrap();
     let tensor = f32_tensor(vec![2, 3], &[1.0, -2.5, 3.25, 0.0, 1e-3, 7.0]);
     a.push_tensor(b.peer_id(), "layer.0.grad", &tensor, Compression::default(), T).unwrap();
@@ -45,7 +30,7 @@ fn a_tensor_pushed_between_kwaai_nodes_arrives_whole_and_named() {
 
 #[test]
 fn pushes_are_refused_without_a_handler_on_handler_errors_and_over_limits() {
-    let (a, b) = (node(), node());
+    let (a, b) = (loopback_node(&[]), loopback_node(&[]));
     a.connect(&b.listen_addrs()[0].to_string(), T).unwrap();
     let small = f32_tensor(vec![1], &[1.0]);
     assert_eq!(
@@ -58,7 +43,7 @@ fn pushes_are_refused_without_a_handler_on_handler_errors_and_over_limits() {
     let err = a.push_tensor(b.peer_id(), "x", &small, Compression::default(), T).unwrap_err();
     assert!(err.message().contains("no thanks, x"), "{err}");
 
-    let received = collect(&b, DecodeLimits { max_elements: 4, ..DecodeLimits::default() });
+    let received = collect_tensors(&b, DecodeLimits { max_elements: 4, ..DecodeLimits::default() });
     let big = f32_tensor(vec![5], &[0.0; 5]);
     assert_eq!(
         a.push_tensor(b.peer_id(), "big", &big, Compression::default(), T).unwrap_err().kind(),
@@ -83,8 +68,8 @@ fn tensors_cross_between_kwaai_and_a_python_hivemind_peer_both_ways() {
     let mut python = common::ReferenceProcess::start("tensor_exchange.py", &[]);
     let ready = python.read_json();
     let python_peer: PeerId = ready["peer_id"].as_str().unwrap().parse().unwrap();
-    let node = node();
-    let received = collect(&node, DecodeLimits::default());
+    let node = loopback_node(&[]);
+    let received = collect_tensors(&node, DecodeLimits::default());
     node.connect(ready["maddrs"][0].as_str().unwrap(), T).unwrap();
 
     let tensor = f32_tensor(vec![3, 1], &[0.5, -1.0, 2.0]);

@@ -7,24 +7,16 @@ mod common;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use common::{collect_tensors, loopback_node};
 use kwaai_core::tensor::{CompressionType, DType, Data, DecodeLimits, Tensor};
-use kwaai_core::{Compression, Error, ErrorKind, Node, NodeConfig, PeerId, ReceivedTensor};
+use kwaai_core::{Compression, Error, ErrorKind, Node, PeerId, ReceivedTensor};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(30);
 
-fn node() -> Node {
-    Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() })
-        .expect("node starts")
-}
-
 fn pair() -> (Node, Node, mpsc::Receiver<ReceivedTensor>) {
-    let (a, b) = (node(), node());
-    let (tx, rx) = mpsc::channel();
-    b.set_tensor_handler(DecodeLimits::default(), move |r| {
-        tx.send(r).map_err(|_| Error::new(ErrorKind::Closed, "test receiver gone"))
-    })
-    .unwrap();
+    let (a, b) = (loopback_node(&[]), loopback_node(&[]));
+    let rx = collect_tensors(&b, DecodeLimits::default());
     a.connect(&b.listen_addrs()[0].to_string(), T).unwrap();
     (a, b, rx)
 }
@@ -131,7 +123,7 @@ fn bad_feedback_input_is_refused_and_leaves_the_residual() {
 
 #[test]
 fn a_python_hivemind_peer_reads_a_top_k_push() {
-    let node = node();
+    let node = loopback_node(&[]);
     let addr = node.listen_addrs()[0].to_string();
     let mut python = common::ReferenceProcess::start("tensor_exchange.py", &[&addr]);
     let ready = python.read_json();

@@ -4,22 +4,17 @@
 
 mod common;
 
-use std::sync::mpsc;
 use std::time::Duration;
 
+use common::{collect_tensors, loopback_node};
 use kwaai_core::tensor::{DType, DecodeLimits, Tensor};
-use kwaai_core::{Compression, Error, ErrorKind, Node, NodeConfig, PeerId, ReceivedTensor, STREAM_THRESHOLD};
+use kwaai_core::{Compression, ErrorKind, PeerId, STREAM_THRESHOLD};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 const T: Duration = Duration::from_secs(120);
 /// 64 Mi float32 elements: 256 MiB.
 const SHAPE: [usize; 2] = [8192, 8192];
-
-fn node() -> Node {
-    Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() })
-        .expect("node starts")
-}
 
 /// The float32 tensor whose bit patterns are 0, 1, 2, ...: every element differs.
 fn pattern() -> Tensor {
@@ -28,19 +23,10 @@ fn pattern() -> Tensor {
     Tensor::from_bytes(DType::F32, SHAPE.to_vec(), &bytes).unwrap()
 }
 
-fn collect(node: &Node, limits: DecodeLimits) -> mpsc::Receiver<ReceivedTensor> {
-    let (tx, rx) = mpsc::channel();
-    node.set_tensor_handler(limits, move |received| {
-        tx.send(received).map_err(|_| Error::new(ErrorKind::Closed, "test receiver gone"))
-    })
-    .unwrap();
-    rx
-}
-
 #[test]
 fn a_256_mib_tensor_streams_intact_between_kwaai_nodes() {
-    let (a, b) = (node(), node());
-    let received = collect(&b, DecodeLimits::default());
+    let (a, b) = (loopback_node(&[]), loopback_node(&[]));
+    let received = collect_tensors(&b, DecodeLimits::default());
     a.connect(&b.listen_addrs()[0].to_string(), T).unwrap();
     let tensor = pattern();
     assert!(tensor.as_bytes().len() > STREAM_THRESHOLD);
@@ -53,8 +39,8 @@ fn a_256_mib_tensor_streams_intact_between_kwaai_nodes() {
 
 #[test]
 fn a_stream_over_the_receivers_limits_is_refused() {
-    let (a, b) = (node(), node());
-    let received = collect(&b, DecodeLimits { max_elements: 1 << 20, ..DecodeLimits::default() });
+    let (a, b) = (loopback_node(&[]), loopback_node(&[]));
+    let received = collect_tensors(&b, DecodeLimits { max_elements: 1 << 20, ..DecodeLimits::default() });
     a.connect(&b.listen_addrs()[0].to_string(), T).unwrap();
     let bytes = vec![0u8; 4 << 20];
     let big = Tensor::from_bytes(DType::F32, vec![1 << 20, 1], &bytes).unwrap();
@@ -69,8 +55,8 @@ fn a_stream_over_the_receivers_limits_is_refused() {
 
 #[test]
 fn a_256_mib_tensor_streams_intact_between_kwaai_and_python_both_ways() {
-    let node = node();
-    let received = collect(&node, DecodeLimits::default());
+    let node = loopback_node(&[]);
+    let received = collect_tensors(&node, DecodeLimits::default());
     let addr = node.listen_addrs()[0].to_string();
     let mut python = common::ReferenceProcess::start("tensor_exchange.py", &[&addr]);
     let ready = python.read_json();

@@ -170,3 +170,39 @@ pub fn add_stalling_handler(node: &kwaai_core::Node, name: &str) -> std::sync::m
     .expect("registering the stalling handler");
     dropped
 }
+
+/// The config of a node listening on a free 127.0.0.1 port that joins `initial_peers`.
+pub fn loopback_config(initial_peers: &[String]) -> kwaai_core::NodeConfig {
+    kwaai_core::NodeConfig {
+        listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        initial_peers: initial_peers.to_vec(),
+        ..kwaai_core::NodeConfig::default()
+    }
+}
+
+/// A node started with [`loopback_config`].
+pub fn loopback_node(initial_peers: &[String]) -> kwaai_core::Node {
+    kwaai_core::Node::start(loopback_config(initial_peers)).expect("a loopback node starts")
+}
+
+/// `n` loopback nodes, every one after the first joined to the first.
+pub fn loopback_swarm(n: usize) -> Vec<kwaai_core::Node> {
+    let first = loopback_node(&[]);
+    let bootstrap = vec![first.listen_addrs()[0].to_string()];
+    let mut nodes = vec![first];
+    nodes.extend((1..n).map(|_| loopback_node(&bootstrap)));
+    nodes
+}
+
+/// Sets a tensor handler on `node` that forwards every tensor it receives to the returned channel.
+pub fn collect_tensors(
+    node: &kwaai_core::Node,
+    limits: kwaai_core::tensor::DecodeLimits,
+) -> mpsc::Receiver<kwaai_core::ReceivedTensor> {
+    let (tx, rx) = mpsc::channel();
+    node.set_tensor_handler(limits, move |received| {
+        tx.send(received).map_err(|_| kwaai_core::Error::new(kwaai_core::ErrorKind::Closed, "test receiver gone"))
+    })
+    .expect("the tensor handler is set");
+    rx
+}
