@@ -59,10 +59,11 @@ impl Node {
         self.inner.is_running()
     }
 
-    /// Pushes `tensor` (a list, numpy array or torch tensor, sent as float32) under `name` to
-    /// the peer `peer_id` and waits until its handler took it. `compression`: "none", "float16",
-    /// "meanstd_16bit", "quantile_8bit", "uniform_8bit", "blockwise_8bit", or with error feedback
-    /// per (peer, name) "blockwise_8bit_feedback" and "topk" (sends the `k` largest entries).
+    /// Pushes `tensor` (a numpy array or torch tensor in its own dtype, or a list as float32)
+    /// under `name` to the peer `peer_id` and waits until its handler took it. `compression`:
+    /// "none", "float16", "meanstd_16bit", "quantile_8bit", "uniform_8bit", "blockwise_8bit", or
+    /// with error feedback per (peer, name) "blockwise_8bit_feedback" and "topk" (sends the `k`
+    /// largest entries).
     #[pyo3(signature = (peer_id, name, tensor, compression = "none", k = None, timeout = 60.0))]
     #[allow(clippy::too_many_arguments)] // the Python signature, keywords with defaults
     fn push_tensor(
@@ -80,8 +81,9 @@ impl Node {
     }
 
     /// Calls `handler(peer_id, name, array)` on a library thread for each tensor pushed to this
-    /// node, the array as float32 of `kind` ("numpy", "torch" or "list"); an exception it raises
-    /// is returned to the sender. Replaces an earlier handler.
+    /// node, the array of `kind` ("numpy", "torch" or "list") in the dtype it was sent in
+    /// (bfloat16 becomes float32 outside torch); an exception it raises is returned to the sender.
+    /// Replaces an earlier handler.
     #[pyo3(signature = (handler, kind = "numpy"))]
     fn set_tensor_handler(&self, py: Python<'_>, handler: PyObject, kind: &str) -> PyResult<()> {
         crate::exchange::set_handler(py, &self.inner, handler, kind.to_owned())

@@ -75,24 +75,80 @@ def test_errors_reach_the_sender():
             sender.push_tensor(receiver.peer_id, "x", [1.0])
 
 
+def test_numpy_arrays_keep_their_dtype():
+    numpy = pytest.importorskip("numpy")
+    sender, receiver, inbox = pair("numpy")
+    with sender, receiver:
+        for x in [
+            numpy.array([[1.5, -2.25], [1e4, 0.0]], dtype=numpy.float16),
+            numpy.array([1.0 / 3.0, -7.25], dtype=numpy.float64),
+            numpy.array([[-(2**40), 7]], dtype=numpy.int64),
+            numpy.arange(256, dtype=numpy.uint8).reshape(16, 16),
+            numpy.array([True, False, True]),
+        ]:
+            sender.push_tensor(receiver.peer_id, str(x.dtype), x)
+            _, name, got = inbox.get(timeout=TIMEOUT)
+            assert name == str(x.dtype) and got.dtype == x.dtype and got.shape == x.shape
+            numpy.testing.assert_array_equal(got, x)
+        with pytest.raises(kwaai.InvalidArgumentError, match="complex"):
+            sender.push_tensor(receiver.peer_id, "c", numpy.zeros(2, dtype=numpy.complex64))
+        # Integers cannot be quantized: the sender gets the codec's error.
+        with pytest.raises(kwaai.KwaaiError):
+            sender.push_tensor(receiver.peer_id, "q", numpy.arange(4), compression="uniform_8bit")
+
+
+def test_lists_read_every_dtype():
+    numpy = pytest.importorskip("numpy")
+    sender, receiver, inbox = pair("list")
+    with sender, receiver:
+        sender.push_tensor(receiver.peer_id, "i", numpy.array([[1, -2], [3, 4]], dtype=numpy.int32))
+        assert inbox.get(timeout=TIMEOUT)[2] == [[1, -2], [3, 4]]
+        sender.push_tensor(receiver.peer_id, "h", numpy.array([0.5, -8.0], dtype=numpy.float16))
+        assert inbox.get(timeout=TIMEOUT)[2] == [0.5, -8.0]
+        sender.push_tensor(receiver.peer_id, "b", numpy.array([True, False]))
+        assert inbox.get(timeout=TIMEOUT)[2] == [True, False]
+
+
 TORCH_SCRIPT = """
 import json, queue, torch
 import kwaai
 inbox = queue.Queue()
 receiver = kwaai.Node.start(listen_addrs=["/ip4/127.0.0.1/tcp/0"])
 sender = kwaai.Node.start(listen_addrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=receiver.listen_addrs)
-receiver.set_tensor_handler(lambda peer, name, t: inbox.put((name, t)), kind="torch")
-x = torch.linspace(-1, 1, 12, dtype=torch.float64).reshape(3, 4)
-sender.push_tensor(receiver.peer_id, "t", x)
-name, got = inbox.get(timeout=30)
-print(json.dumps(dict(name=name, type=type(got).__name__, dtype=str(got.dtype), shape=list(got.shape),
-                      equal=bool(torch.equal(got, x.float())))))
+results = {}
+for kind in ["torch", "numpy", "list"]:
+    receiver.set_tensor_handler(lambda peer, name, t: inbox.put((name, t)), kind=kind)
+    for x in [torch.linspace(-1, 1, 12, dtype=torch.float64).reshape(3, 4),
+              torch.tensor([[1.5, -0.375], [3e38, 1e-3]], dtype=torch.bfloat16),
+              torch.tensor([-(2**40), 5], dtype=torch.int64)]:
+        sender.push_tensor(receiver.peer_id, str(x.dtype), x)
+        name, got = inbox.get(timeout=30)
+        if kind == "list":
+            equal = got == x.float().tolist() if x.dtype == torch.bfloat16 else got == x.tolist()
+            results[f"{kind} {name}"] = dict(type=type(got).__name__, equal=equal)
+            continue
+        got = torch.as_tensor(got)
+        results[f"{kind} {name}"] = dict(type=type(got).__name__, dtype=str(got.dtype), shape=list(got.shape),
+                                         equal=bool(torch.equal(got, x.float() if str(got.dtype) == "torch.float32" else x)))
+print(json.dumps(results))
 sender.shutdown()
 receiver.shutdown()
 """
 
 
-def test_torch_tensors_in_and_out():
-    """Run by the reference venv's python, which has torch."""
+def test_torch_tensors_in_and_out_in_their_own_dtype():
+    """Run by the reference venv's python, which has torch: bfloat16 stays bfloat16 in torch and
+    arrives as float32 in numpy and lists."""
     result = json.loads(run_reference(["-c", TORCH_SCRIPT]).splitlines()[-1])
-    assert result == {"name": "t", "type": "Tensor", "dtype": "torch.float32", "shape": [3, 4], "equal": True}
+    tensor = lambda dtype, shape: {"type": "Tensor", "dtype": dtype, "shape": shape, "equal": True}  # noqa: E731
+    assert result == {
+        "torch torch.float64": tensor("torch.float64", [3, 4]),
+        "torch torch.bfloat16": tensor("torch.bfloat16", [2, 2]),
+        "torch torch.int64": tensor("torch.int64", [2]),
+        "numpy torch.float64": tensor("torch.float64", [3, 4]),
+        "numpy torch.bfloat16": tensor("torch.float32", [2, 2]),
+        "numpy torch.int64": tensor("torch.int64", [2]),
+        "list torch.float64": {"type": "list", "equal": True},
+        "list torch.bfloat16": {"type": "list", "equal": True},
+        "list torch.int64": {"type": "list", "equal": True},
+    }
