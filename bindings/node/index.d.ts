@@ -22,6 +22,11 @@ export interface PushOptions {
   k?: number
   /** How long to wait for the receiver, in milliseconds (default 60000). */
   timeoutMs?: number
+  /**
+   * The wire dtype where the typed array allows more than one: "float16" or "bfloat16" for a
+   * `Uint16Array` (required), "uint8" (default) or "bool" for a `Uint8Array`.
+   */
+  dtype?: string
 }
 /** How to generate (transformers' names); every field is optional. */
 export interface GenerateOptions {
@@ -117,16 +122,19 @@ export declare class TokenStream {
 /** A running kwaai node. Call `shutdown()` when done. */
 export declare class Node {
   /**
-   * Pushes the float32 tensor `data` of `shape` under `name` to the peer `peerId`; resolves
-   * once its handler took it.
+   * Pushes the tensor `data` of `shape` under `name` to the peer `peerId`; resolves once its
+   * handler took it. The typed array sets the dtype: `Float32Array` float32, `Float64Array`
+   * float64, `BigInt64Array` int64, `Int32Array` int32, `Int16Array` int16, `Int8Array` int8,
+   * `Uint8Array` uint8 (or bool), `Uint16Array` the bits of float16 or bfloat16 (`options.dtype`).
    */
-  pushTensor(peerId: string, name: string, data: Float32Array, shape: Array<number>, options?: PushOptions | undefined | null): Promise<void>
+  pushTensor(peerId: string, name: string, data: Float32Array | Float64Array | BigInt64Array | Int32Array | Int16Array | Int8Array | Uint8Array | Uint16Array, shape: Array<number>, options?: PushOptions | undefined | null): Promise<void>
   /**
-   * Calls `handler(peerId, name, data, shape)` on the event loop for each tensor pushed to this
-   * node (`data` as a `Float32Array`). The push succeeds once the tensor is queued for the
-   * handler. Replaces an earlier handler.
+   * Calls `handler(peerId, name, data, shape, dtype)` on the event loop for each tensor pushed
+   * to this node: `data` in the typed array of its dtype as `pushTensor` takes them, except
+   * float16 and bfloat16 as `Float32Array` and bool as `Uint8Array`. The push succeeds once the
+   * tensor is queued for the handler. Replaces an earlier handler.
    */
-  setTensorHandler(handler: (peerId: string, name: string, data: Float32Array, shape: number[]) => void): void
+  setTensorHandler(handler: (peerId: string, name: string, data: Float32Array | Float64Array | BigInt64Array | Int32Array | Int16Array | Int8Array | Uint8Array, shape: number[], dtype: string) => void): void
   /** Stops receiving pushed tensors; true if a handler was set. */
   clearTensorHandler(): boolean
   /** Starts a node; resolves once it listens. */
