@@ -99,7 +99,10 @@ fn start_mixed(
     group_bits: &str,
     priorities: [f64; 4],
 ) -> Mixed {
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
+    // The averagers' debug log, shown with a failing test's output (RUST_LOG overrides it).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kwaai_core::averaging=debug"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     let first = loopback_node(&[]);
     let bootstrap = first.listen_addrs()[0].to_string();
     let second = loopback_node(std::slice::from_ref(&bootstrap));

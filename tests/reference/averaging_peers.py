@@ -34,8 +34,45 @@ faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 import torch  # noqa: E402
 import hivemind  # noqa: E402
+from hivemind.averaging.allreduce import AllReduceRunner  # noqa: E402
 from hivemind.averaging.control import AveragingStage  # noqa: E402
+from hivemind.averaging.partition import TensorPartReducer  # noqa: E402
 from hivemind.compression import Float16Compression, NoCompression, Uniform8BitQuantization  # noqa: E402
+
+
+
+def report_incomplete_rounds():
+    """Prints (to stderr) the state of an all-reduce that ends unfinished, to tell which peer held
+    it up; hivemind's own warnings give only percentages. Behaviour is unchanged."""
+    finalize_runner, finalize_reducer = AllReduceRunner.finalize, TensorPartReducer.finalize
+
+    def runner_finalize(self, *, cancel=False, exception=None):
+        if (cancel or exception is not None) and not self._future.done():
+            senders = [p.to_base58()[-6:] for p in self.sender_peer_ids]
+            print(
+                f"all-reduce of {self.peer_id.to_base58()[-6:]} ended by {exception!r} (cancel={cancel}): "
+                f"senders {senders}, active {sorted(p.to_base58()[-6:] for p in self.active_senders)}, "
+                f"banned {sorted(p.to_base58()[-6:] for p in self.banned_senders)}",
+                file=sys.stderr,
+                flush=True,
+            )
+        finalize_runner(self, cancel=cancel, exception=exception)
+
+    def reducer_finalize(self):
+        if not self.finished.is_set() and sum(self.num_parts_received) != self.num_parts * self.num_senders:
+            print(
+                f"reducer at part {self.current_part_index} of {self.num_parts}: received per sender "
+                f"{self.num_parts_received}, failed after {self.sender_failed_after}, current part from "
+                f"{self.current_part_accumulated_from} of {self.num_current_senders} senders",
+                file=sys.stderr,
+                flush=True,
+            )
+        finalize_reducer(self)
+
+    AllReduceRunner.finalize, TensorPartReducer.finalize = runner_finalize, reducer_finalize
+
+
+report_incomplete_rounds()
 
 CODECS = {"NONE": NoCompression, "FLOAT16": Float16Compression, "UNIFORM_8BIT": Uniform8BitQuantization}
 
