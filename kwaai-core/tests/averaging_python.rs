@@ -6,10 +6,11 @@ mod common;
 use std::time::Duration;
 
 use common::{loopback_node, ReferenceProcess};
-use kwaai_core::averaging::keys::next_group_bits;
+use kwaai_core::averaging::keys::{group_key, next_group_bits};
 use kwaai_core::averaging::{AveragerConfig, AveragingStage, DecentralizedAverager};
+use kwaai_core::dht::DhtValue;
 use kwaai_core::tensor::{CompressionType, Data, Tensor};
-use kwaai_core::Node;
+use kwaai_core::{Node, PeerId};
 use rmpv::Value;
 use serde_json::json;
 
@@ -150,8 +151,31 @@ fn start_mixed(
     Mixed { nodes: [first, second], python, python_peers, rust }
 }
 
-/// `python_leads`: the Python averagers start looking 1.5 s before the Rust ones, so one of them
-/// (the earliest to expire) leads the group; otherwise the Rust ones start first and lead.
+/// Waits until each of `peers` (base58) is declared in the DHT as looking for a group under `key`.
+fn wait_until_looking(node: &Node, key: &str, peers: &[String]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let looking: Vec<String> = match node.dht_get(Value::from(key), true).unwrap() {
+            Some(DhtValue::Dictionary { entries, .. }) => entries
+                .into_iter()
+                .filter(|e| e.value == Value::Boolean(true))
+                .filter_map(|e| match e.subkey {
+                    Value::Binary(id) => PeerId::from_bytes(&id).ok().map(|p| p.to_base58()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        if peers.iter().all(|p| looking.contains(p)) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the Python averagers never declared under {key}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `python_leads`: the Rust averagers start looking once both Python ones have declared, so one of
+/// those (the earliest to expire) leads the group; otherwise the Rust ones start 1.5 s first and lead.
 fn mixed_group(prefix: &str, compression: CompressionType, python_codec: &str, tolerance: f32, python_leads: bool) {
     let Mixed { nodes: [first, second], mut python, python_peers, rust } =
         start_mixed(prefix, compression, python_codec, values_of, Some(Duration::from_secs(15)), GROUP_BITS, [0.0; 4]);
@@ -159,7 +183,7 @@ fn mixed_group(prefix: &str, compression: CompressionType, python_codec: &str, t
     let step = json!({"op": "step", "weights": [weights[0], weights[1]], "timeout": 60.0}).to_string();
     if python_leads {
         python.send_line(&step);
-        std::thread::sleep(Duration::from_millis(1500));
+        wait_until_looking(&first, &group_key(prefix, GROUP_BITS), &python_peers);
     }
     let groups: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = rust
@@ -260,7 +284,7 @@ fn python_and_rust_averagers_reach_the_mean_through_uniform_8bit() {
 
 #[test]
 fn python_and_rust_averagers_finish_when_a_rust_averager_drops_mid_round() {
-    let Mixed { nodes, mut python, rust, .. } = start_mixed(
+    let Mixed { nodes, mut python, python_peers, rust } = start_mixed(
         "mixeddrop",
         CompressionType::None,
         "NONE",
@@ -269,9 +293,10 @@ fn python_and_rust_averagers_finish_when_a_rust_averager_drops_mid_round() {
         "",
         [0.0; 4],
     );
-    // The Python averagers lead, so the dropping Rust follower leaves after the group formed.
+    // The Python averagers lead (they declare first, so their windows end first), so the dropping
+    // Rust follower leaves after the group formed.
     python.send_line(&json!({"op": "step", "weights": [1.0, 1.0], "timeout": 60.0}).to_string());
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_until_looking(&nodes[0], &group_key("mixeddrop", ""), &python_peers);
     let rust_results: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = rust
             .iter()
