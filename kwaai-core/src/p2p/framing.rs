@@ -25,9 +25,18 @@ pub(crate) async fn write_all<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8
     writer.flush().await.map_err(io_error)
 }
 
+/// Payload bytes that go out in the same write as a frame's header.
+const FIRST_WRITE_PAYLOAD: usize = 16 << 10;
+
+/// Writes one streaming frame. The header and the start of the payload go out in one write, so
+/// that a small message travels as one yamux frame rather than a 9-byte one and the rest.
 pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, marker: u8, payload: &[u8]) -> Result<()> {
-    writer.write_all(&encode_frame_header(marker, payload.len())).await.map_err(io_error)?;
-    write_all(writer, payload).await
+    let (head, rest) = payload.split_at(payload.len().min(FIRST_WRITE_PAYLOAD));
+    let mut first = Vec::with_capacity(FRAME_HEADER_LEN + head.len());
+    first.extend_from_slice(&encode_frame_header(marker, payload.len()));
+    first.extend_from_slice(head);
+    writer.write_all(&first).await.map_err(io_error)?;
+    write_all(writer, rest).await
 }
 
 pub(crate) async fn write_error_frame<W: AsyncWrite + Unpin>(writer: &mut W, text: &str) -> Result<()> {
