@@ -9,6 +9,8 @@
 //! Measured on the client: unary echo p50/p99 for 64 B (2000 calls after 200 warm-up) and 1 MiB
 //! (100 after 10), and streaming throughput for 64 MiB in 1 MiB messages each way (one 8 MiB
 //! warm-up, then 5 runs: best and median). MB/s = 1e6 bytes/s of payload. Prints one JSON line.
+//! A filter argument (`cargo bench -p kwaai-core --bench rpc -- unary_64B`) runs only the parts
+//! whose name contains it; `KWAAI_RPC_BENCH_WORKERS=N` gives both nodes N runtime worker threads.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -20,10 +22,17 @@ use kwaai_core::{Node, NodeConfig, PeerId};
 const MIB: usize = 1 << 20;
 const T: Duration = Duration::from_secs(60);
 const SERVER_ENV: &str = "KWAAI_RPC_BENCH_SERVER";
+/// Worker threads of both nodes' runtimes (the default is `NodeConfig`'s).
+const WORKERS_ENV: &str = "KWAAI_RPC_BENCH_WORKERS";
 
 fn start_node() -> Node {
-    Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() })
-        .expect("node starts")
+    let worker_threads = std::env::var(WORKERS_ENV).ok().map(|w| w.parse().expect("a number of worker threads"));
+    Node::start(NodeConfig {
+        listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        worker_threads,
+        ..NodeConfig::default()
+    })
+    .expect("node starts")
 }
 
 fn serve() {
