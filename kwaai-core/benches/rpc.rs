@@ -9,6 +9,8 @@
 //! Measured on the client: unary echo p50/p99 for 64 B (2000 calls after 200 warm-up) and 1 MiB
 //! (100 after 10), and streaming throughput for 64 MiB in 1 MiB messages each way (one 8 MiB
 //! warm-up, then 5 runs: best and median). MB/s = 1e6 bytes/s of payload. Prints one JSON line.
+//! A filter argument (`cargo bench -p kwaai-core --bench rpc -- unary_64B`) runs only the parts
+//! whose name contains it; `KWAAI_RPC_BENCH_WORKERS=N` gives both nodes N runtime worker threads.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -20,10 +22,17 @@ use kwaai_core::{Node, NodeConfig, PeerId};
 const MIB: usize = 1 << 20;
 const T: Duration = Duration::from_secs(60);
 const SERVER_ENV: &str = "KWAAI_RPC_BENCH_SERVER";
+/// Worker threads of both nodes' runtimes (the default is `NodeConfig`'s).
+const WORKERS_ENV: &str = "KWAAI_RPC_BENCH_WORKERS";
 
 fn start_node() -> Node {
-    Node::start(NodeConfig { listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()], ..NodeConfig::default() })
-        .expect("node starts")
+    let worker_threads = std::env::var(WORKERS_ENV).ok().map(|w| w.parse().expect("a number of worker threads"));
+    Node::start(NodeConfig {
+        listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        worker_threads,
+        ..NodeConfig::default()
+    })
+    .expect("node starts")
 }
 
 fn serve() {
@@ -127,7 +136,10 @@ fn main() {
     if std::env::var_os(SERVER_ENV).is_some() {
         return serve();
     }
-    // `cargo bench` passes `--bench`; a filter argument is accepted and ignored.
+    // `cargo bench` passes `--bench`; a filter argument (e.g. `unary_64B`, to profile one part)
+    // runs only the parts whose name contains it.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with("--")).unwrap_or_default();
+    let wanted = |part: &str| part.contains(filter.as_str());
     let exe = std::env::current_exe().unwrap();
     let mut server = Command::new(exe)
         .env(SERVER_ENV, "1")
@@ -141,18 +153,19 @@ fn main() {
     let info = client.connect(addr.trim(), T).expect("client connects");
     let peer = info.peer_id;
     let started = Instant::now();
-    let small = unary(&client, peer, 64, 2000, 200);
-    eprintln!("unary_64B: {small}");
-    let large = unary(&client, peer, MIB, 100, 10);
-    eprintln!("unary_1MiB: {large}");
-    let up = throughput(|n| upload(&client, peer, n), 64, 5);
-    eprintln!("stream_upload: {up}");
-    let down = throughput(|n| download(&client, peer, n), 64, 5);
-    eprintln!("stream_download: {down}");
-    let result = serde_json::json!({
-        "bench": "rpc_rust", "mode": "separate_processes", "unary_64B": small, "unary_1MiB": large,
-        "stream_upload": up, "stream_download": down, "total_seconds": started.elapsed().as_secs_f64(),
-    });
+    let mut result = serde_json::json!({ "bench": "rpc_rust", "mode": "separate_processes" });
+    let parts: [(&str, &dyn Fn() -> serde_json::Value); 4] = [
+        ("unary_64B", &|| unary(&client, peer, 64, 2000, 200)),
+        ("unary_1MiB", &|| unary(&client, peer, MIB, 100, 10)),
+        ("stream_upload", &|| throughput(|n| upload(&client, peer, n), 64, 5)),
+        ("stream_download", &|| throughput(|n| download(&client, peer, n), 64, 5)),
+    ];
+    for (name, run) in parts.into_iter().filter(|(name, _)| wanted(name)) {
+        let figures = run();
+        eprintln!("{name}: {figures}");
+        result[name] = figures;
+    }
+    result["total_seconds"] = started.elapsed().as_secs_f64().into();
     println!("{result}");
     drop(server.stdin.take());
     let _ = server.wait();

@@ -25,9 +25,18 @@ pub(crate) async fn write_all<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8
     writer.flush().await.map_err(io_error)
 }
 
+/// Payload bytes that go out in the same write as a frame's header.
+const FIRST_WRITE_PAYLOAD: usize = 16 << 10;
+
+/// Writes one streaming frame. The header and the start of the payload go out in one write, so
+/// that a small message travels as one yamux frame rather than a 9-byte one and the rest.
 pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, marker: u8, payload: &[u8]) -> Result<()> {
-    writer.write_all(&encode_frame_header(marker, payload.len())).await.map_err(io_error)?;
-    write_all(writer, payload).await
+    let (head, rest) = payload.split_at(payload.len().min(FIRST_WRITE_PAYLOAD));
+    let mut first = Vec::with_capacity(FRAME_HEADER_LEN + head.len());
+    first.extend_from_slice(&encode_frame_header(marker, payload.len()));
+    first.extend_from_slice(head);
+    writer.write_all(&first).await.map_err(io_error)?;
+    write_all(writer, rest).await
 }
 
 pub(crate) async fn write_error_frame<W: AsyncWrite + Unpin>(writer: &mut W, text: &str) -> Result<()> {
@@ -206,5 +215,36 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Protocol);
         let err = read_negotiation_answer(&mut feed(b"\x05hello", false), "A.b").await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Protocol);
+    }
+
+    /// Records the bytes of every write call separately.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            self.get_mut().0.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_header_goes_out_with_the_start_of_its_payload() {
+        for len in [0, 5, FIRST_WRITE_PAYLOAD, FIRST_WRITE_PAYLOAD + 1, 3 * FIRST_WRITE_PAYLOAD] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut writes = Writes::default();
+            write_frame(&mut writes, FRAME_MESSAGE, &payload).await.unwrap();
+            let mut expected = encode_frame_header(FRAME_MESSAGE, len).to_vec();
+            expected.extend_from_slice(&payload);
+            assert_eq!(writes.0.concat(), expected, "{len} bytes: same bytes on the wire");
+            assert_eq!(writes.0[0].len(), FRAME_HEADER_LEN + len.min(FIRST_WRITE_PAYLOAD), "{len} bytes");
+            assert!(writes.0.len() <= 2, "{len} bytes: {} writes", writes.0.len());
+        }
     }
 }

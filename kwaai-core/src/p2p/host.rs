@@ -10,7 +10,7 @@ use libp2p::core::transport::ListenerId;
 use libp2p::core::upgrade::Version;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
-use libp2p::{identify, kad, noise, tcp, yamux, Multiaddr, PeerId, Swarm, Transport};
+use libp2p::{identify, kad, noise, tcp, Multiaddr, PeerId, Swarm, Transport};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -18,6 +18,7 @@ use super::behaviour::{Behaviour, BehaviourEvent};
 use super::kad_responder::KnownPeer;
 use super::muxer::RpcMuxer;
 use super::rpc::{Rpc, RpcShared};
+use super::yamux_muxer::YamuxUpgrade;
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::Identity;
 
@@ -158,7 +159,7 @@ fn build_swarm(identity: &Identity, rpc: Arc<RpcShared>) -> Result<Swarm<Behavio
     let transport = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
         .upgrade(Version::V1Lazy)
         .authenticate(noise)
-        .multiplex(yamux::Config::default())
+        .multiplex(YamuxUpgrade::default())
         .map({
             let rpc = rpc.clone();
             move |(peer, muxer), _| {

@@ -15,6 +15,7 @@ mod keep_alive;
 pub mod multistream;
 mod muxer;
 mod rpc;
+mod yamux_muxer;
 
 pub use host::PeerInfo;
 pub(crate) use host::{start_host, HostHandle};

@@ -54,12 +54,21 @@ pub(crate) struct RpcStream {
     skip_write: usize,
     /// Our multistream answer, when it was deferred to go out with the first reply.
     answer: Vec<u8>,
+    nudge: ConnectionNudge,
     _active: Option<ActiveGuard>,
 }
 
 impl RpcStream {
     fn plain(inner: SubstreamBox) -> Self {
-        RpcStream { inner, prefix: Vec::new(), read: 0, skip_write: 0, answer: Vec::new(), _active: None }
+        RpcStream {
+            inner,
+            prefix: Vec::new(),
+            read: 0,
+            skip_write: 0,
+            answer: Vec::new(),
+            nudge: ConnectionNudge(None),
+            _active: None,
+        }
     }
 
     /// The multistream answer the handler must send before anything else (empty if already sent).
@@ -93,7 +102,9 @@ impl AsyncWrite for RpcStream {
             this.skip_write -= n;
             return Poll::Ready(Ok(n));
         }
-        Pin::new(&mut this.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.nudge.wake();
+        written
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -101,7 +112,29 @@ impl AsyncWrite for RpcStream {
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_close(cx)
+        let this = self.get_mut();
+        let closed = Pin::new(&mut this.inner).poll_close(cx);
+        this.nudge.wake();
+        closed
+    }
+}
+
+/// Wakes a connection's task once, after the first frame of a stream opened outside that task
+/// is queued (or when the stream goes away unused): yamux only notices such a stream when its
+/// connection is polled again, and waking it before the frame is queued would cost a second run.
+struct ConnectionNudge(Option<Arc<AtomicWaker>>);
+
+impl ConnectionNudge {
+    fn wake(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.wake();
+        }
+    }
+}
+
+impl Drop for ConnectionNudge {
+    fn drop(&mut self) {
+        self.wake();
     }
 }
 
@@ -173,8 +206,11 @@ impl Connections {
             let inner = futures::future::poll_fn(|cx| lock(&muxer).poll_outbound_unpin(cx))
                 .await
                 .map_err(|e| Error::with_source(ErrorKind::Network, "opening a stream", e))?;
-            connection_task.wake();
-            Ok(RpcStream { _active: Some(ActiveGuard::new(&active)), ..RpcStream::plain(inner) })
+            Ok(RpcStream {
+                nudge: ConnectionNudge(Some(connection_task)),
+                _active: Some(ActiveGuard::new(&active)),
+                ..RpcStream::plain(inner)
+            })
         })
     }
 

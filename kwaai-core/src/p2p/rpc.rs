@@ -25,6 +25,7 @@ use futures::io::{BufReader, ReadHalf, WriteHalf};
 use futures::stream::BoxStream;
 use futures::{AsyncReadExt, AsyncWriteExt, Stream, StreamExt};
 use libp2p::PeerId;
+use prost::Message;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,8 +37,8 @@ use super::multistream::{dialer_proposal, MAX_MESSAGE_LEN};
 use super::muxer::{Connections, RpcStream};
 use crate::error::{Error, ErrorKind, Result};
 use crate::wire::p2pd::{
-    call_unary_response, encode_unary_envelope, persistent_connection_request as request, CallUnaryRequest,
-    CallUnaryResponse, PersistentConnectionRequest, END_OF_STREAM, FRAME_MESSAGE,
+    call_unary_response, persistent_connection_request as request, CallUnaryRequest, CallUnaryResponse,
+    PersistentConnectionRequest, END_OF_STREAM, FRAME_MESSAGE,
 };
 
 /// How many requests a streaming handler's input holds before the reader waits (hivemind: 5).
@@ -213,25 +214,26 @@ impl Rpc {
         check_name(name)?;
         let limits = self.shared.limits();
         let call_id = new_call_id();
-        let envelope = encode_unary_envelope(&PersistentConnectionRequest {
+        let call = PersistentConnectionRequest {
             call_id: call_id.clone(),
             message: Some(request::Message::CallUnary(CallUnaryRequest {
                 peer: peer.to_bytes(),
                 proto: name.to_owned(),
                 data: request,
             })),
-        });
-        if envelope.len() > limits.max_unary_len {
+        };
+        // The proposal and the envelope go out in one write.
+        let mut out = dialer_proposal(name);
+        let envelope_len = append_unary_envelope(&call, &mut out);
+        if envelope_len > limits.max_unary_len {
             return Err(Error::invalid_argument(format!(
-                "unary request of {} bytes exceeds the limit of {} bytes",
-                envelope.len(),
+                "unary request of {envelope_len} bytes exceeds the limit of {} bytes",
                 limits.max_unary_len
             )));
         }
+        drop(call);
         let stream = self.open(peer).await?;
         let mut stream = BufReader::new(stream);
-        let mut out = dialer_proposal(name);
-        out.extend_from_slice(&envelope);
         write_all(&mut stream, &out).await?;
         read_negotiation_answer(&mut stream, name).await?;
         let reply = read_unary_envelope(&mut stream, limits.max_unary_len).await?;
@@ -401,21 +403,26 @@ async fn serve_unary(
             format!("handler {name} took over {:?}", limits.handler_timeout).into_bytes(),
         ),
     };
-    let mut reply = encode_unary_envelope(&PersistentConnectionRequest {
-        call_id: call.call_id.clone(),
+    // A deferred multistream answer and the reply go out in one write.
+    let mut out = answer;
+    let answer_len = out.len();
+    let reply = PersistentConnectionRequest {
+        call_id: call.call_id,
         message: Some(request::Message::UnaryResponse(CallUnaryResponse { result: Some(result) })),
-    });
-    if reply.len() > limits.max_unary_len {
-        let text = format!("reply of {} bytes exceeds the limit of {} bytes", reply.len(), limits.max_unary_len);
-        reply = encode_unary_envelope(&PersistentConnectionRequest {
-            call_id: call.call_id,
+    };
+    let reply_len = append_unary_envelope(&reply, &mut out);
+    if reply_len > limits.max_unary_len {
+        out.truncate(answer_len);
+        let text = format!("reply of {reply_len} bytes exceeds the limit of {} bytes", limits.max_unary_len);
+        let refusal = PersistentConnectionRequest {
+            call_id: reply.call_id,
             message: Some(request::Message::UnaryResponse(CallUnaryResponse {
                 result: Some(call_unary_response::Result::Error(text.into_bytes())),
             })),
-        });
+        };
+        append_unary_envelope(&refusal, &mut out);
     }
-    let reply = if answer.is_empty() { reply } else { [answer, reply].concat() };
-    write_all(&mut stream, &reply).await?;
+    write_all(&mut stream, &out).await?;
     let _ = stream.close().await;
     Ok(())
 }
@@ -517,6 +524,14 @@ fn check_name(name: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Appends `message` as a unary envelope (`uvarint(len) ‖ message`) to `out`; returns its length.
+fn append_unary_envelope(message: &PersistentConnectionRequest, out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.reserve(message.encoded_len() + 10);
+    message.encode_length_delimited(out).expect("a Vec grows as needed");
+    out.len() - start
 }
 
 fn new_call_id() -> Vec<u8> {
