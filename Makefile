@@ -24,7 +24,7 @@ VALGRIND := valgrind -q --leak-check=full --show-leak-kinds=definite,indirect \
 	--errors-for-leak-kinds=definite,indirect --error-exitcode=1
 
 .PHONY: help demo test deps reference tools build lint test-rust test-c test-python test-node check-generated \
-	header uniffi-bindings wheel fuzz pkgconfig test-kotlin bench-ffi demo-model bench-bindings
+	header uniffi-bindings wheel fuzz pkgconfig test-kotlin bench-ffi demo-model bench-bindings test-wasm
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -181,6 +181,23 @@ check-generated: build ## generated sources (header, index.d.ts, UniFFI) are com
 	diff <(git show HEAD:bindings/node/index.js | sort) <(sort bindings/node/index.js) || \
 		{ echo "bindings/node/index.js changed: commit it"; exit 1; }
 	git checkout -- bindings/node/index.js
+
+# The browser build: the test runner must be the wasm-bindgen version kwaai-wasm pins.
+WASM_BINDGEN_VERSION := $(shell sed -n 's/^wasm-bindgen = "=\(.*\)"/\1/p' kwaai-wasm/Cargo.toml)
+WASM_BINDGEN_ROOT ?= $(HOME)/.cache/kwaai/wasm-bindgen-$(WASM_BINDGEN_VERSION)
+WASM_TARGET := wasm32-unknown-unknown
+
+test-wasm: ## kwaai-core without `native` on wasm32, and kwaai-wasm's tests in headless Chromium
+	rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+	[ -x $(WASM_BINDGEN_ROOT)/bin/wasm-bindgen-test-runner ] || cargo install --locked wasm-bindgen-cli \
+		--version $(WASM_BINDGEN_VERSION) --root $(WASM_BINDGEN_ROOT)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || { [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
+	cargo check -p kwaai-core --no-default-features --target $(WASM_TARGET)
+	cargo clippy -p kwaai-core --no-default-features --target $(WASM_TARGET) -- -D warnings
+	cargo clippy -p kwaai-wasm --all-targets --target $(WASM_TARGET) -- -D warnings
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_BINDGEN_ROOT)/bin/wasm-bindgen-test-runner \
+		CHROMEDRIVER=$$(command -v chromedriver) cargo test -p kwaai-wasm --target $(WASM_TARGET)
 
 FUZZ_SECONDS ?= 180
 fuzz: ## run every fuzz target for FUZZ_SECONDS each (cargo-fuzz; see fuzz/README.md)

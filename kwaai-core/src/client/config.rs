@@ -64,6 +64,14 @@ impl ClientConfig {
             events: None,
         }
     }
+
+    /// Logs `event` and hands it to the configured callback, if any.
+    pub fn emit(&self, event: ClientEvent) {
+        tracing::debug!(?event, "client event");
+        if let Some(callback) = &self.events {
+            callback(&event);
+        }
+    }
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -130,11 +138,4 @@ pub enum ClientEvent {
         /// Tokens replayed.
         tokens: usize,
     },
-}
-
-pub(crate) fn emit(config: &ClientConfig, event: ClientEvent) {
-    tracing::debug!(?event, "client event");
-    if let Some(callback) = &config.events {
-        callback(&event);
-    }
 }

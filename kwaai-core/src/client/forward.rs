@@ -13,7 +13,7 @@ use futures::StreamExt;
 use prost::Message;
 use rmpv::Value;
 
-use super::config::{emit, ClientEvent};
+use super::config::ClientEvent;
 use super::routing::{RemoteSpan, RouteMode};
 use super::sequence::SequenceManager;
 use super::session::{args_structure, encode_candle, no_prompts};
@@ -142,7 +142,7 @@ async fn backoff(
     manager.on_failure(peer);
     let Some(delay) = manager.retry_delay(attempt) else { return Err(error) };
     tracing::warn!(?peer, block, attempt, "forward/backward failed, retrying in {delay:?}: {error}");
-    emit(&manager.config, ClientEvent::Retry { peer, block, attempt: attempt + 1, delay, error: error.to_string() });
+    manager.config.emit(ClientEvent::Retry { peer, block, attempt: attempt + 1, delay, error: error.to_string() });
     tokio::time::sleep(delay).await;
     Ok(())
 }

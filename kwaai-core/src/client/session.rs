@@ -16,7 +16,7 @@ use prost::Message;
 use rmpv::Value;
 use tokio::sync::mpsc;
 
-use super::config::{emit, ClientEvent, Hop};
+use super::config::{ClientEvent, Hop};
 use super::routing::{RemoteSpan, RouteMode};
 use super::sequence::SequenceManager;
 use crate::error::{Error, ErrorKind, Result};
@@ -305,7 +305,7 @@ impl AsyncInferenceSession {
                         tracing::warn!(?peer, block, attempt, "inference step failed, retrying in {delay:?}: {error}");
                         let event =
                             ClientEvent::Retry { peer, block, attempt: attempt + 1, delay, error: error.to_string() };
-                        emit(&self.manager.config, event);
+                        self.manager.config.emit(event);
                         tokio::time::sleep(delay).await;
                         attempt += 1;
                     }
@@ -342,7 +342,7 @@ impl AsyncInferenceSession {
             tokens: hidden.dim(1).unwrap_or(0),
             seconds: started.elapsed().as_secs_f64(),
         };
-        emit(&manager.config, event);
+        manager.config.emit(event);
         Ok(out)
     }
 
@@ -395,7 +395,7 @@ impl AsyncInferenceSession {
             "route for blocks {block}..{end}: {}",
             hops.iter().map(|h| format!("{}:{} via {}", h.start, h.end, h.peer)).collect::<Vec<_>>().join(" => ")
         );
-        emit(&self.manager.config, ClientEvent::RouteChosen { hops });
+        self.manager.config.emit(ClientEvent::RouteChosen { hops });
         let mut fresh = Vec::with_capacity(route.len());
         for span in route {
             let peer = span.peer;
@@ -411,7 +411,7 @@ impl AsyncInferenceSession {
                     .step(&self.manager, &replayed, &step_id, self.max_length, Vec::new(), compression)
                     .await
                     .map_err(HopError::at(peer))?;
-                emit(&self.manager.config, ClientEvent::HistoryReplayed { hop: session.hop(), tokens });
+                self.manager.config.emit(ClientEvent::HistoryReplayed { hop: session.hop(), tokens });
             }
         }
         let replaced = usize::from(index < self.sessions.len());

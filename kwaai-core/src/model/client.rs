@@ -1,8 +1,6 @@
 //! The ends of the model that a client runs: token embeddings before the first block, and the final norm and
 //! LM head after the last.
 
-use std::path::Path;
-
 use candle_core::{DType, Tensor};
 
 use super::config::{Family, ModelConfig};
@@ -32,10 +30,9 @@ fn first_present(ckpt: &Checkpoint, names: &[&str]) -> Result<String> {
 }
 
 impl ClientModel {
-    /// Loads the embeddings, final norm and LM head from a model directory (no blocks are read).
-    pub fn load(dir: &Path) -> Result<Self> {
-        let config = ModelConfig::from_dir(dir)?;
-        let ckpt = Checkpoint::open(dir)?;
+    /// Reads the embeddings, final norm and LM head of the model `config` describes from its checkpoint (no
+    /// blocks are read).
+    pub fn from_checkpoint(config: ModelConfig, ckpt: &Checkpoint) -> Result<Self> {
         let (h, v) = (config.hidden_size, config.vocab_size);
         let (emb_names, norm_prefixes): (&[&str], &[&str]) = match config.family {
             Family::Llama => (&["model.embed_tokens.weight", "embed_tokens.weight"], &["model.norm.", "norm."]),
@@ -46,11 +43,10 @@ impl ClientModel {
                 (&["transformer.word_embeddings.weight", "word_embeddings.weight"], &["transformer.ln_f.", "ln_f."])
             }
         };
-        let emb_name = first_present(&ckpt, emb_names)?;
+        let emb_name = first_present(ckpt, emb_names)?;
         let stored = ckpt.dtype_of(&emb_name)?;
         let round = Rounding((stored == DType::BF16).then_some(DType::BF16));
-        let mut l =
-            Loader { ckpt: &ckpt, dtype: COMPUTE_DTYPE, done: 0, total: 0, bytes: 0, progress: None, quantize: false };
+        let mut l = Loader { ckpt, dtype: COMPUTE_DTYPE, done: 0, total: 0, bytes: 0, progress: None, quantize: false };
         let embeddings = l.get(&emb_name, &[v, h])?;
         let embeddings_norm = if config.family == Family::Bloom {
             let p = if emb_name.starts_with("transformer.") { "transformer." } else { "" };
@@ -62,7 +58,7 @@ impl ClientModel {
             None
         };
         let norm_w = first_present(
-            &ckpt,
+            ckpt,
             &norm_prefixes
                 .iter()
                 .map(|p| format!("{p}weight"))

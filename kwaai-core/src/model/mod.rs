@@ -3,7 +3,8 @@
 //!
 //! Families: Llama (and Mistral-architecture checkpoints), BLOOM and Falcon, computed as transformers 4.33 does.
 //! Checkpoints in float32, bfloat16 or float16 load from Hugging Face directories (safetensors, one file or
-//! sharded, memory-mapped, only the span's tensors read). Math runs in float32 on the CPU: bfloat16 weights stay
+//! sharded, memory-mapped, only the span's tensors read; with the `native` feature) or from safetensors bytes in
+//! memory ([`Checkpoint::from_bytes`]). Math runs in float32 on the CPU: bfloat16 weights stay
 //! bfloat16 in memory and are widened as they are read, and activations are rounded to bfloat16 wherever
 //! transformers rounds them, so results equal a bfloat16 transformers run; float16 weights are widened (torch
 //! cannot run float16 on the CPU). Linear layers can optionally be quantized to 8 bits.
@@ -17,6 +18,8 @@ mod cache;
 mod client;
 mod config;
 mod falcon;
+#[cfg(feature = "native")]
+mod files;
 mod generate;
 mod kernels;
 mod llama;

@@ -1,7 +1,5 @@
 //! A span [start, end) of a model's blocks: what a server holds and runs.
 
-use std::path::Path;
-
 use candle_core::{DType, Tensor, Var};
 
 use super::bloom::BloomBlock;
@@ -35,7 +33,7 @@ impl Block {
     }
 }
 
-/// Options for [`BlockSpan::load`].
+/// Options for [`BlockSpan::from_checkpoint`] and `BlockSpan::load`.
 #[derive(Default)]
 pub struct LoadOptions<'a> {
     /// Called after each tensor is read.
@@ -59,6 +57,17 @@ pub(crate) fn block_prefix(ckpt: &Checkpoint, family: Family, i: usize) -> Resul
         .ok_or_else(|| Error::invalid_argument(format!("the checkpoint has no block {i} ({family:?} layout)")))
 }
 
+/// Fails unless `start..end` is a non-empty span of the model's blocks.
+pub(super) fn check_span(config: &ModelConfig, start: usize, end: usize) -> Result<()> {
+    if start >= end || end > config.num_layers {
+        return Err(Error::invalid_argument(format!(
+            "span [{start}, {end}) is empty or past the model's {} blocks",
+            config.num_layers
+        )));
+    }
+    Ok(())
+}
+
 /// Blocks `start..end` of a model, loaded into memory and ready to run.
 #[derive(Debug, Clone)]
 pub struct BlockSpan {
@@ -69,22 +78,21 @@ pub struct BlockSpan {
 }
 
 impl BlockSpan {
-    /// Loads blocks `start..end` from a Hugging Face model directory, reading only their tensors.
-    pub fn load(dir: &Path, start: usize, end: usize, options: LoadOptions<'_>) -> Result<Self> {
-        let config = ModelConfig::from_dir(dir)?;
-        if start >= end || end > config.num_layers {
-            return Err(Error::invalid_argument(format!(
-                "span [{start}, {end}) is empty or past the model's {} blocks",
-                config.num_layers
-            )));
-        }
-        let ckpt = Checkpoint::open(dir)?;
+    /// Reads blocks `start..end` of the model `config` describes from its checkpoint, and only their tensors.
+    pub fn from_checkpoint(
+        config: ModelConfig,
+        ckpt: &Checkpoint,
+        start: usize,
+        end: usize,
+        options: LoadOptions<'_>,
+    ) -> Result<Self> {
+        check_span(&config, start, end)?;
         let per_block = match config.family {
             Family::Llama => LlamaBlock::tensors(&config),
             Family::Bloom => BloomBlock::TENSORS,
             Family::Falcon => FalconBlock::tensors(&config),
         };
-        let first = block_prefix(&ckpt, config.family, start)?;
+        let first = block_prefix(ckpt, config.family, start)?;
         let probe = ckpt
             .names()
             .find(|n| n.starts_with(&first))
@@ -92,7 +100,7 @@ impl BlockSpan {
             .to_owned();
         let stored_dtype = ckpt.dtype_of(&probe)?;
         let mut loader = Loader {
-            ckpt: &ckpt,
+            ckpt,
             dtype: COMPUTE_DTYPE,
             done: 0,
             total: per_block * (end - start),
@@ -105,7 +113,7 @@ impl BlockSpan {
         let round = Rounding((stored_dtype == DType::BF16).then_some(DType::BF16));
         let mut blocks = Vec::with_capacity(end - start);
         for i in start..end {
-            let p = block_prefix(&ckpt, config.family, i)?;
+            let p = block_prefix(ckpt, config.family, i)?;
             blocks.push(match config.family {
                 Family::Llama => Block::Llama(LlamaBlock::load(&mut loader, &p, &config, round)?),
                 Family::Bloom => Block::Bloom(BloomBlock::load(&mut loader, &p, &config, round)?),

@@ -1,4 +1,4 @@
-//! Text to token ids and back, with a model directory's `tokenizer.json`.
+//! Text to token ids and back, with a model's `tokenizer.json` (from its directory or as a string).
 
 use std::path::Path;
 
@@ -17,6 +17,13 @@ impl TextTokenizer {
         tokenizers::Tokenizer::from_file(&path)
             .map(TextTokenizer)
             .map_err(|e| Error::invalid_argument(format!("bad {}: {e}", path.display())))
+    }
+
+    /// Parses the content of a `tokenizer.json` file (e.g. fetched by a browser).
+    pub fn from_json(json: &str) -> Result<Self> {
+        json.parse::<tokenizers::Tokenizer>()
+            .map(TextTokenizer)
+            .map_err(|e| Error::invalid_argument(format!("bad tokenizer.json: {e}")))
     }
 
     /// Token ids of `text`, with the special tokens the tokenizer adds (e.g. Llama's `<s>`) if asked.

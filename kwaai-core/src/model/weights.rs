@@ -1,11 +1,8 @@
-//! Memory-mapped safetensors checkpoints (one file or a sharded index), read tensor by tensor.
+//! Safetensors checkpoints held in memory (one file or the shards of an index), read tensor by tensor.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use memmap2::Mmap;
 use safetensors::{Dtype as StDtype, SafeTensors};
 
 use super::ops::Linear;
@@ -30,28 +27,20 @@ struct Entry {
     range: std::ops::Range<usize>,
 }
 
-/// The safetensors files of a model directory, mapped into memory; headers are parsed once, tensor data is
-/// read on request.
+/// The safetensors files of a model, mapped or read into memory; headers are parsed once, tensor data is read
+/// on request.
 pub struct Checkpoint {
-    shards: Vec<(PathBuf, Mmap)>,
+    /// Each file's name (for errors) and bytes.
+    shards: Vec<(String, ShardBytes)>,
     index: HashMap<String, Entry>,
 }
 
-fn io_err(path: &Path, what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::with_source(ErrorKind::Io, format!("{what} {}", path.display()), e)
-}
+/// Bytes of one safetensors file: memory-mapped from disk, or owned.
+pub(crate) type ShardBytes = Box<dyn AsRef<[u8]> + Send + Sync>;
 
-fn map(path: &Path) -> Result<Mmap> {
-    let file = File::open(path).map_err(|e| io_err(path, "opening", e))?;
-    // SAFETY: the checkpoint is opened read-only; a file changed under a running node is outside our contract,
-    // as it is for every mmap-based loader.
-    unsafe { Mmap::map(&file) }.map_err(|e| io_err(path, "mapping", e))
-}
-
-fn parse(path: &Path, data: &[u8], shard: usize, index: &mut HashMap<String, Entry>) -> Result<()> {
-    let st = SafeTensors::deserialize(data).map_err(|e| {
-        Error::with_source(ErrorKind::InvalidArgument, format!("bad safetensors {}", path.display()), e)
-    })?;
+fn parse(name: &str, data: &[u8], shard: usize, index: &mut HashMap<String, Entry>) -> Result<()> {
+    let st = SafeTensors::deserialize(data)
+        .map_err(|e| Error::with_source(ErrorKind::InvalidArgument, format!("bad safetensors {name}"), e))?;
     let base = data.as_ptr() as usize;
     for (name, view) in st.tensors() {
         let start = view.data().as_ptr() as usize - base;
@@ -62,39 +51,18 @@ fn parse(path: &Path, data: &[u8], shard: usize, index: &mut HashMap<String, Ent
 }
 
 impl Checkpoint {
-    /// Opens `model.safetensors`, or the shards named by `model.safetensors.index.json`.
-    pub fn open(dir: &Path) -> Result<Self> {
-        let index_path = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).map_err(|e| io_err(&index_path, "reading", e))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                Error::with_source(ErrorKind::InvalidArgument, format!("bad {}", index_path.display()), e)
-            })?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| Error::invalid_argument(format!("{}: no weight_map", index_path.display())))?;
-            let mut names: Vec<&str> = map.values().filter_map(|f| f.as_str()).collect();
-            names.sort_unstable();
-            names.dedup();
-            if names.iter().any(|n| n.contains('/') || n.contains("..")) {
-                return Err(Error::invalid_argument("weight_map names a file outside the model directory"));
-            }
-            names.into_iter().map(|n| dir.join(n)).collect()
-        } else {
-            vec![dir.join("model.safetensors")]
-        };
-        let mut shards = Vec::with_capacity(files.len());
+    /// A checkpoint of safetensors files already in memory, each with the name its errors use.
+    pub(crate) fn from_shards(files: Vec<(String, ShardBytes)>) -> Result<Self> {
         let mut index = HashMap::new();
-        for (i, path) in files.into_iter().enumerate() {
-            if !path.exists() {
-                return Err(Error::new(ErrorKind::Io, format!("missing checkpoint file {}", path.display())));
-            }
-            let mmap = map(&path)?;
-            parse(&path, &mmap, i, &mut index)?;
-            shards.push((path, mmap));
+        for (i, (name, bytes)) in files.iter().enumerate() {
+            parse(name, (**bytes).as_ref(), i, &mut index)?;
         }
-        Ok(Checkpoint { shards, index })
+        Ok(Checkpoint { shards: files, index })
+    }
+
+    /// A checkpoint of one safetensors file's bytes (e.g. fetched by a browser).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
+        Checkpoint::from_shards(vec![("model.safetensors".to_owned(), Box::new(bytes))])
     }
 
     /// Whether the checkpoint holds a tensor of this name.
@@ -119,16 +87,15 @@ impl Checkpoint {
     /// Reads tensor `name`, checks its shape, and converts it to `to` on the CPU. Returns it with its stored size.
     pub fn load(&self, name: &str, shape: &[usize], to: DType) -> Result<(Tensor, u64)> {
         let e = self.entry(name)?;
-        let (path, mmap) = &self.shards[e.shard];
+        let (file, bytes) = &self.shards[e.shard];
         if e.shape != shape {
             return Err(Error::invalid_argument(format!(
-                "{name} in {} has shape {:?}, expected {shape:?}",
-                path.display(),
+                "{name} in {file} has shape {:?}, expected {shape:?}",
                 e.shape
             )));
         }
         let dt = dtype(e.dtype, name)?;
-        let data = &mmap[e.range.clone()];
+        let data = &(**bytes).as_ref()[e.range.clone()];
         let t = Tensor::from_raw_buffer(data, dt, shape, &Device::Cpu)?.to_dtype(to)?;
         Ok((t, data.len() as u64))
     }

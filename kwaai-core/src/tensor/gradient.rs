@@ -120,9 +120,11 @@ impl TopK {
             (Some(n), Some(k)) => (n, k),
             _ => return Err(protocol("top-k header is truncated".into())),
         };
-        let numel = usize::try_from(numel)
-            .ok()
-            .filter(|&n| n <= limits.max_elements && n <= u32::MAX as usize + 1)
+        // u32 indices address at most 2^32 entries (compared in u64: usize may be 32 bits wide).
+        let numel = Some(numel)
+            .filter(|&n| n <= u64::from(u32::MAX) + 1)
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n <= limits.max_elements)
             .ok_or_else(|| protocol(format!("top-k vector of {numel} entries exceeds the limit")))?;
         let k = usize::try_from(k)
             .ok()
