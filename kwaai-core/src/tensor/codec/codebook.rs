@@ -2,6 +2,8 @@
 //! Quantization): `int64 K ‖ f32 codebook[K] ‖ u8 index[numel]`, decoded as `codebook[index]`
 //! after casting the codebook to the tensor's dtype.
 
+use std::sync::Mutex;
+
 use super::parallel::par_chunks;
 use super::{protocol, read_f32s, read_i64, Header, Result};
 use crate::tensor::{Data, Tensor};
@@ -9,22 +11,24 @@ use crate::tensor::{Data, Tensor};
 /// Buckets per 8-bit codebook.
 pub(super) const BINS: usize = 256;
 
-/// The mean of the values in each bucket (0 for an empty one), summed in float64 in any order:
-/// four interleaved partial histograms per thread keep neighbouring elements from waiting on
-/// each other's read-modify-write. For codecs whose reference codebook is not reproducible
-/// anyway (UNIFORM_8BIT: hivemind's scale already comes from torch's reductions).
-pub(super) fn average_buckets_fast(values: &[f32], indices: &[u8]) -> Vec<f32> {
+/// Fills `buf` with the indices `quantize` gives each block of `values`, then the header: K = 256
+/// and the mean of the values in each bucket (0 for an empty one). The bucket sums are taken in
+/// float64, in any order, right after each block is quantized, while it is still in cache; four
+/// interleaved partial histograms keep neighbouring elements from waiting on each other's
+/// read-modify-write. For codecs whose reference codebook is not reproducible anyway
+/// (UNIFORM_8BIT: hivemind's scale already comes from torch's reductions).
+pub(super) fn encode_with_block_means(values: &[f32], buf: &mut Vec<u8>, quantize: impl Fn(&[f32], &mut [u8]) + Sync) {
+    const BLOCK: usize = 4096;
     const LANES: usize = 4;
-    let per = (1 << 20).min(values.len().max(1));
-    let pieces = values.len().div_ceil(per);
-    let mut partial = vec![([0f64; BINS], [0u64; BINS]); pieces];
-    par_chunks(values, per, &mut partial, 1, 1, |first, vals, out| {
-        for (k, (vs, (sums_out, counts_out))) in vals.chunks(per).zip(out.iter_mut()).enumerate() {
-            let start = (first + k) * per;
-            let idx = &indices[start..start + vs.len()];
-            let mut sums = [[0f64; BINS]; LANES];
-            let mut counts = [[0u32; BINS]; LANES];
-            let (v4, i4) = (vs.chunks_exact(LANES), idx.chunks_exact(LANES));
+    buf.resize(HEADER + values.len(), 0);
+    let (header, indices) = buf.split_at_mut(HEADER);
+    let totals = Mutex::new(([0f64; BINS], [0u64; BINS]));
+    par_chunks(values, BLOCK, indices, BLOCK, 64, |_, vals, idx| {
+        let mut sums = [[0f64; BINS]; LANES];
+        let mut counts = [[0u64; BINS]; LANES];
+        for (vs, is) in vals.chunks(BLOCK).zip(idx.chunks_mut(BLOCK)) {
+            quantize(vs, is);
+            let (v4, i4) = (vs.chunks_exact(LANES), is.chunks_exact(LANES));
             let (v_tail, i_tail) = (v4.remainder(), i4.remainder());
             for (v, i) in v4.zip(i4) {
                 for lane in 0..LANES {
@@ -36,38 +40,34 @@ pub(super) fn average_buckets_fast(values: &[f32], indices: &[u8]) -> Vec<f32> {
                 sums[0][i as usize] += f64::from(v);
                 counts[0][i as usize] += 1;
             }
-            for b in 0..BINS {
-                sums_out[b] = (0..LANES).map(|l| sums[l][b]).sum();
-                counts_out[b] = (0..LANES).map(|l| u64::from(counts[l][b])).sum();
-            }
+        }
+        let mut totals = totals.lock().unwrap_or_else(|p| p.into_inner());
+        for b in 0..BINS {
+            totals.0[b] += (0..LANES).map(|l| sums[l][b]).sum::<f64>();
+            totals.1[b] += (0..LANES).map(|l| counts[l][b]).sum::<u64>();
         }
     });
-    (0..BINS)
-        .map(|b| {
-            let sum: f64 = partial.iter().map(|p| p.0[b]).sum();
-            let count: u64 = partial.iter().map(|p| p.1[b]).sum();
-            (sum / count.max(1) as f64) as f32
-        })
-        .collect()
+    let (sums, counts) = totals.into_inner().unwrap_or_else(|p| p.into_inner());
+    let codebook: Vec<f32> = sums.iter().zip(&counts).map(|(&s, &c)| (s / c.max(1) as f64) as f32).collect();
+    write_header(header, &codebook);
 }
 
 /// Where the indices start in the buffer.
 pub(super) const HEADER: usize = 8 + 4 * BINS;
 
 /// Fills `buf` with `quantize`'s indices for `values` (written in place after the header),
-/// then the header: K = 256 and each bucket's mean.
-pub(super) fn encode_with(
-    values: &[f32],
-    buf: &mut Vec<u8>,
-    quantize: impl FnOnce(&[f32], &mut [u8]),
-    average: fn(&[f32], &[u8]) -> Vec<f32>,
-) {
+/// then the header: K = 256 and each bucket's mean as [`average_buckets`] takes it.
+pub(super) fn encode_with(values: &[f32], buf: &mut Vec<u8>, quantize: impl FnOnce(&[f32], &mut [u8])) {
     buf.resize(HEADER + values.len(), 0);
     let (header, indices) = buf.split_at_mut(HEADER);
     quantize(values, indices);
-    let codebook = average(values, indices);
+    let codebook = average_buckets(values, indices);
+    write_header(header, &codebook);
+}
+
+fn write_header(header: &mut [u8], codebook: &[f32]) {
     header[..8].copy_from_slice(&(BINS as i64).to_le_bytes());
-    header[8..].copy_from_slice(bytemuck::cast_slice(&codebook));
+    header[8..].copy_from_slice(bytemuck::cast_slice(codebook));
 }
 
 /// The mean of the values in each bucket (0 for an empty one), accumulated in float32 in
@@ -173,7 +173,8 @@ mod tests {
     fn split_bucket_averaging_equals_one_sequential_pass() {
         let n = (1 << 20) + 12_345;
         let values: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.618).sin() * 7.0).collect();
-        let indices: Vec<u8> = (0..n).map(|i| ((i * 2_654_435_761usize) >> 7) as u8).collect();
+        let bucket = |v: f32| (v.to_bits().wrapping_mul(2_654_435_761) >> 24) as u8;
+        let indices: Vec<u8> = values.iter().map(|&v| bucket(v)).collect();
         let mut sums = [0f32; BINS];
         let mut counts = [0u64; BINS];
         for (&v, &i) in values.iter().zip(&indices) {
@@ -182,8 +183,17 @@ mod tests {
         }
         let expected: Vec<f32> = sums.iter().zip(counts).map(|(s, c)| s / c.max(1) as f32).collect();
         assert_eq!(average_buckets(&values, &indices), expected);
-        let fast = average_buckets_fast(&values, &indices);
-        for (a, b) in fast.iter().zip(&expected) {
+
+        let mut buf = Vec::new();
+        encode_with_block_means(&values, &mut buf, |vs, out| {
+            for (o, &v) in out.iter_mut().zip(vs) {
+                *o = bucket(v);
+            }
+        });
+        assert_eq!(buf[..8], (BINS as i64).to_le_bytes());
+        assert_eq!(buf[HEADER..], indices[..]);
+        let means = buf[8..HEADER].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()));
+        for (a, b) in means.zip(&expected) {
             assert!((a - b).abs() <= 1e-4 * b.abs().max(1e-3), "{a} vs {b}");
         }
     }

@@ -6,7 +6,7 @@
 //! indices, float64 interpolation weights, float32 results); the 257 quantiles of all those
 //! (kept in float64) give 255 inner borders; `index = #borders < x`.
 
-use super::codebook::{average_buckets, encode_with, BINS};
+use super::codebook::{encode_with, BINS};
 use super::keys::{order_key, KeyCounter};
 use super::parallel::par_chunks;
 use super::{unsupported, Result};
@@ -19,7 +19,7 @@ pub(super) fn encode(view: &TensorView<'_>, buf: &mut Vec<u8>) -> Result<()> {
     if view.dtype() == DType::BF16 {
         return Err(unsupported("QUANTILE_8BIT", DType::BF16, "hivemind peers cannot decode it"));
     }
-    encode_with(&view.to_f32(), buf, quantize, average_buckets);
+    encode_with(&view.to_f32(), buf, quantize);
     Ok(())
 }
 

@@ -6,8 +6,8 @@
 //! computes it (multiplying by the float32 reciprocal of the scale); the codebook holds the
 //! mean of the original values in each bucket.
 
-use super::codebook::{average_buckets_fast, encode_with};
-use super::parallel::{par_chunks, par_sum, sum_f64, sum_sq_centered};
+use super::codebook::encode_with_block_means;
+use super::parallel::{par_sum, sum_f64, sum_sq_centered};
 use super::{unsupported, Result};
 use crate::tensor::{DType, TensorView};
 
@@ -18,29 +18,33 @@ pub(super) fn encode(view: &TensorView<'_>, buf: &mut Vec<u8>) -> Result<()> {
     if view.dtype() != DType::F32 {
         return Err(unsupported("UNIFORM_8BIT", view.dtype(), "hivemind quantizes only float32 this way"));
     }
-    encode_with(&view.to_f32(), buf, quantize, average_buckets_fast);
+    let values = view.to_f32();
+    let (mean, scale) = mean_and_scale(&values);
+    if !(scale.is_finite() && scale > 0.0) {
+        // Every value sits at the mean (or there is a single one): all go to the zero bucket.
+        encode_with_block_means(&values, buf, |_, out| out.fill(ZERO_POINT as u8));
+        return Ok(());
+    }
+    let inv = 1.0 / scale;
+    encode_with_block_means(&values, buf, |values, out| quantize(values, mean, inv, out));
     Ok(())
 }
 
-/// Writes the bucket index of each value into `out`.
-fn quantize(values: &[f32], out: &mut [u8]) {
+/// The mean and the bucket width: 6 unbiased standard deviations over 256 buckets.
+fn mean_and_scale(values: &[f32]) -> (f32, f32) {
     let n = values.len();
     let mean = (par_sum(values, sum_f64) / n as f64) as f32;
     let sq = par_sum(values, |piece| sum_sq_centered(piece, mean));
     let std = (sq.sqrt() as f32) / (((n as f64) - 1.0).sqrt() as f32);
-    let scale = RANGE_IN_SIGMAS * std / 256.0;
-    if !(scale.is_finite() && scale > 0.0) {
-        // Every value sits at the mean (or there is a single one): all go to the zero bucket.
-        out.fill(ZERO_POINT as u8);
-        return;
-    }
-    let inv = 1.0 / scale;
+    (mean, RANGE_IN_SIGMAS * std / 256.0)
+}
+
+/// Writes the bucket index of each value into `out`, given the mean and 1 / scale.
+fn quantize(values: &[f32], mean: f32, inv: f32, out: &mut [u8]) {
     // Adding and removing 1.5·2^23 rounds a float32 below 2^22 half-to-even without a libm call.
     const ROUND: f32 = 12_582_912.0;
-    par_chunks(values, 1, out, 1, 1 << 18, |_, v, o| {
-        for (q, &x) in o.iter_mut().zip(v) {
-            let r = (((x - mean) * inv).clamp(-ZERO_POINT, 127.0) + ROUND) - ROUND;
-            *q = (r as i32 as u8) ^ 0x80;
-        }
-    });
+    for (q, &x) in out.iter_mut().zip(values) {
+        let r = (((x - mean) * inv).clamp(-ZERO_POINT, 127.0) + ROUND) - ROUND;
+        *q = (r as i32 as u8) ^ 0x80;
+    }
 }
