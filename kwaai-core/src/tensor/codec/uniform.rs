@@ -41,10 +41,34 @@ fn mean_and_scale(values: &[f32]) -> (f32, f32) {
 
 /// Writes the bucket index of each value into `out`, given the mean and 1 / scale.
 fn quantize(values: &[f32], mean: f32, inv: f32, out: &mut [u8]) {
-    // Adding and removing 1.5·2^23 rounds a float32 below 2^22 half-to-even without a libm call.
+    // Adding 1.5·2^23 rounds a float32 in [-128, 127] half-to-even to an integer r, which the low
+    // byte of the sum's bits then holds in two's complement: no libm call and no float-to-int
+    // conversion, so the loop vectorizes.
     const ROUND: f32 = 12_582_912.0;
     for (q, &x) in out.iter_mut().zip(values) {
-        let r = (((x - mean) * inv).clamp(-ZERO_POINT, 127.0) + ROUND) - ROUND;
-        *q = (r as i32 as u8) ^ 0x80;
+        let d = (x - mean) * inv;
+        // NaN goes to the zero point.
+        let clamped = if d.is_nan() { 0.0 } else { d.clamp(-ZERO_POINT, 127.0) };
+        *q = ((clamped + ROUND).to_bits() as u8) ^ 0x80;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_round_half_to_even_and_clamp_like_quantize_per_tensor() {
+        let (mean, inv) = (0.25f32, 2.0f32);
+        let mut values: Vec<f32> = (-700..700).map(|i| i as f32 / 8.0 + mean).collect();
+        values.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30, mean + 0.25, mean - 0.75]);
+        let mut got = vec![0u8; values.len()];
+        quantize(&values, mean, inv, &mut got);
+        for (&x, &q) in values.iter().zip(&got) {
+            let scaled = (x - mean) * inv;
+            let expected =
+                if scaled.is_nan() { 128 } else { (scaled.round_ties_even() + 128.0).clamp(0.0, 255.0) as u8 };
+            assert_eq!(q, expected, "value {x}");
+        }
     }
 }
