@@ -144,7 +144,7 @@ fn to_arguments(ctx: ThreadSafeCallContext<ReceivedTensor>) -> napi::Result<Vec<
             (TypedArrayType::Float32, tensor.view().to_f32().iter().flat_map(|v| v.to_le_bytes()).collect())
         }
     };
-    let length = bytes.len() / element_size(kind);
+    let length = tensor.numel();
     let data = ctx.env.create_arraybuffer_with_data(bytes)?.into_raw().into_typedarray(kind, length, 0)?;
     let mut shape = ctx.env.create_array_with_length(tensor.shape().len())?;
     for (i, &d) in tensor.shape().iter().enumerate() {
@@ -157,15 +157,6 @@ fn to_arguments(ctx: ThreadSafeCallContext<ReceivedTensor>) -> napi::Result<Vec<
         shape.into_unknown(),
         ctx.env.create_string(dtype.name())?.into_unknown(),
     ])
-}
-
-fn element_size(kind: TypedArrayType) -> usize {
-    match kind {
-        TypedArrayType::Float64 | TypedArrayType::BigInt64 => 8,
-        TypedArrayType::Float32 | TypedArrayType::Int32 => 4,
-        TypedArrayType::Int16 => 2,
-        _ => 1,
-    }
 }
 
 /// A push on the thread pool.
