@@ -45,6 +45,11 @@ fn large_values(peer: usize) -> Vec<Vec<f32>> {
     values_for(peer, &[120_000])
 }
 
+/// A group for the rounds that lose a peer midway: large tensors, no codec, 3 s chunk timeouts.
+fn start_losing_a_peer(prefix: &str) -> Mixed {
+    start_mixed(prefix, CompressionType::None, "NONE", large_values, Some(Duration::from_secs(3)), "", [0.0; 4])
+}
+
 /// After a round that lost one of four peers midway, every survivor holds values within the
 /// range of the four inputs, and the survivors agree on the parts the surviving reducers
 /// averaged: about three quarters of the vector, so at least half.
@@ -284,15 +289,7 @@ fn python_and_rust_averagers_reach_the_mean_through_uniform_8bit() {
 
 #[test]
 fn python_and_rust_averagers_finish_when_a_rust_averager_drops_mid_round() {
-    let Mixed { nodes, mut python, python_peers, rust } = start_mixed(
-        "mixeddrop",
-        CompressionType::None,
-        "NONE",
-        large_values,
-        Some(Duration::from_secs(3)),
-        "",
-        [0.0; 4],
-    );
+    let Mixed { nodes, mut python, python_peers, rust } = start_losing_a_peer("mixeddrop");
     // The Python averagers lead (they declare first, so their windows end first), so the dropping
     // Rust follower leaves after the group formed.
     python.send_line(&json!({"op": "step", "weights": [1.0, 1.0], "timeout": 60.0}).to_string());
@@ -364,15 +361,7 @@ fn python_and_rust_averagers_download_each_others_state() {
 
 #[test]
 fn python_and_rust_averagers_finish_when_a_python_averager_is_killed_mid_round() {
-    let Mixed { nodes: _nodes, mut python, rust, .. } = start_mixed(
-        "mixedkill",
-        CompressionType::None,
-        "NONE",
-        large_values,
-        Some(Duration::from_secs(3)),
-        "",
-        [0.0; 4],
-    );
+    let Mixed { nodes: _nodes, mut python, rust, .. } = start_losing_a_peer("mixedkill");
     // The Rust averagers lead, so the killed Python follower leaves after the group formed.
     let step = json!({"op": "step", "weights": [1.0, 1.0], "timeout": 60.0, "kill": 1}).to_string();
     let rust_results: Vec<_> = std::thread::scope(|s| {
