@@ -5,9 +5,11 @@
 //! `HostHandle` commands. RPC streams bypass the swarm: the `muxer` module negotiates hivemind's
 //! slash-less handler names itself, `framing` reads and writes the messages and `rpc` runs the
 //! calls and handlers. Inbound Kademlia requests are answered by `kad_responder` (go-libp2p cannot
-//! dial the addresses rust-libp2p's kad would send).
+//! dial the addresses rust-libp2p's kad would send). A node that listens on WebSockets also
+//! forwards streams for peers that can reach only it (`forward`, [`crate::wire::forward`]).
 
 mod behaviour;
+mod forward;
 mod framing;
 mod host;
 mod kad_responder;
