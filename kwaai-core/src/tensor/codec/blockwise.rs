@@ -12,7 +12,7 @@
 //! kernel called through its current API, plus hand-computed bytes.
 
 use super::keys::{from_order_key, order_key, KeyCounter};
-use super::parallel::par_chunks;
+use super::parallel::{fresh_vec, par_chunks};
 use super::{protocol, read_f32s, read_i64, unsupported, Header, Result};
 use crate::tensor::{DType, Data, Tensor, TensorView};
 use std::sync::OnceLock;
@@ -162,7 +162,7 @@ pub fn quantize_blockwise(values: &[f32]) -> BlockwiseQuantized {
             *m = block.iter().fold(-f32::MAX, |m, &v| m.max(v.abs()));
         }
     });
-    let mut indices = vec![0u8; values.len()];
+    let mut indices = fresh_vec(values.len());
     let absmax_ref = &absmax;
     par_chunks(values, BLOCKWISE_BLOCK_SIZE, &mut indices, BLOCKWISE_BLOCK_SIZE, 16, |first, blocks, out| {
         let pieces = blocks.chunks(BLOCKWISE_BLOCK_SIZE).zip(out.chunks_mut(BLOCKWISE_BLOCK_SIZE));
@@ -211,7 +211,7 @@ pub(super) fn decode_reusing(header: &Header, buffer: &[u8], data: &mut Data) ->
 
 pub(super) fn decode(header: &Header, buffer: &[u8]) -> Result<Tensor> {
     let (absmax, code, indices) = parse(header, buffer)?;
-    let mut values = vec![0f32; header.numel];
+    let mut values = fresh_vec(header.numel);
     dequantize_blockwise(&absmax, &code, indices, &mut values);
     let data = match header.dtype {
         DType::F32 => Data::F32(values),

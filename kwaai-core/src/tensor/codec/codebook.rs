@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use super::parallel::par_chunks;
+use super::parallel::{fresh_vec, par_chunks, resize_advised};
 use super::{protocol, read_f32s, read_i64, Header, Result};
 use crate::tensor::{Data, Tensor};
 
@@ -20,7 +20,7 @@ pub(super) const BINS: usize = 256;
 pub(super) fn encode_with_block_means(values: &[f32], buf: &mut Vec<u8>, quantize: impl Fn(&[f32], &mut [u8]) + Sync) {
     const BLOCK: usize = 4096;
     const LANES: usize = 4;
-    buf.resize(HEADER + values.len(), 0);
+    resize_advised(buf, HEADER + values.len());
     let (header, indices) = buf.split_at_mut(HEADER);
     let totals = Mutex::new(([0f64; BINS], [0u64; BINS]));
     par_chunks(values, BLOCK, indices, BLOCK, 64, |_, vals, idx| {
@@ -58,7 +58,7 @@ pub(super) const HEADER: usize = 8 + 4 * BINS;
 /// Fills `buf` with `quantize`'s indices for `values` (written in place after the header),
 /// then the header: K = 256 and each bucket's mean as [`average_buckets`] takes it.
 pub(super) fn encode_with(values: &[f32], buf: &mut Vec<u8>, quantize: impl FnOnce(&[f32], &mut [u8])) {
-    buf.resize(HEADER + values.len(), 0);
+    resize_advised(buf, HEADER + values.len());
     let (header, indices) = buf.split_at_mut(HEADER);
     quantize(values, indices);
     let codebook = average_buckets(values, indices);
@@ -148,7 +148,7 @@ pub(super) fn decode(header: &Header, buffer: &[u8]) -> Result<Tensor> {
 
 /// `table[index]` for each index; every index is known to be in range.
 fn gather<T: Copy + Default + Send + Sync>(table: &[T], indices: &[u8]) -> Vec<T> {
-    let mut out = vec![T::default(); indices.len()];
+    let mut out = fresh_vec(indices.len());
     gather_into(table, indices, &mut out);
     out
 }

@@ -3,7 +3,7 @@
 
 use half::{f16, slice::HalfFloatSliceExt};
 
-use super::parallel::par_chunks;
+use super::parallel::{fresh_vec, par_chunks, resize_advised};
 use super::{unsupported, Header, Result};
 use crate::tensor::{DType, Data, Tensor, TensorView};
 
@@ -18,7 +18,7 @@ pub(super) fn encode(view: &TensorView<'_>, buf: &mut Vec<u8>) -> Result<()> {
         return Err(unsupported("FLOAT16", DType::BF16, "hivemind peers cannot decode it"));
     }
     let values = view.to_f32();
-    buf.resize(values.len() * 2, 0);
+    resize_advised(buf, values.len() * 2);
     f32_to_f16_bytes(&values, buf);
     Ok(())
 }
@@ -51,7 +51,7 @@ pub(super) fn f32_to_f16_serial(values: &[f32], out: &mut [u8]) {
 
 /// float16 bytes (any alignment) as float32 values.
 pub(super) fn f16_bytes_to_f32(bytes: &[u8]) -> Vec<f32> {
-    let mut out = vec![0f32; bytes.len() / 2];
+    let mut out = fresh_vec(bytes.len() / 2);
     match bytemuck::try_cast_slice::<u8, f16>(bytes) {
         Ok(halves) => par_chunks(halves, STEP, &mut out, STEP, 64, |_, h, o| h.convert_to_f32_slice(o)),
         Err(_) => bytemuck::pod_collect_to_vec::<u8, f16>(bytes).convert_to_f32_slice(&mut out),

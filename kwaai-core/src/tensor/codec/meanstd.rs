@@ -6,8 +6,8 @@
 use half::{bf16, f16};
 
 use super::float16::{f16_bytes_to_f32, f32_to_f16_serial, STEP};
-use super::parallel::{par_chunks, par_sum, sum_f64, sum_sq_centered};
-use super::{protocol, put_f32s, read_f32s, unsupported, Header, Result};
+use super::parallel::{par_chunks, par_sum, resize_advised, sum_f64, sum_sq_centered};
+use super::{protocol, read_f32s, unsupported, Header, Result};
 use crate::tensor::{DType, Data, Tensor, TensorView};
 
 /// torch.finfo(float32).eps, the floor under each std.
@@ -43,9 +43,17 @@ pub(super) fn encode(view: &TensorView<'_>, buffer: &mut Vec<u8>) -> Result<()> 
             *stat = (mean, std);
         }
     });
-    buffer.resize(values.len() * 2, 0);
+    // The float16 values, then every row's mean, then every row's std (float32), in one allocation.
+    let halves = values.len() * 2;
+    resize_advised(buffer, halves + rows * 8);
+    let (values_out, stats_out) = buffer.split_at_mut(halves);
+    let (means_out, stds_out) = stats_out.split_at_mut(rows * 4);
+    for ((mean, std), (m, s)) in stats.iter().zip(means_out.chunks_exact_mut(4).zip(stds_out.chunks_exact_mut(4))) {
+        m.copy_from_slice(&mean.to_le_bytes());
+        s.copy_from_slice(&std.to_le_bytes());
+    }
     let stats_ref = &stats;
-    par_chunks(&values, STEP, buffer, 2 * STEP, 16, |first, chunk, out| {
+    par_chunks(&values, STEP, values_out, 2 * STEP, 16, |first, chunk, out| {
         let mut scaled = [0f32; STEP];
         let start = first * STEP;
         let mut done = 0;
@@ -61,8 +69,6 @@ pub(super) fn encode(view: &TensorView<'_>, buffer: &mut Vec<u8>) -> Result<()> 
             done += run;
         }
     });
-    put_f32s(buffer, &stats.iter().map(|s| s.0).collect::<Vec<_>>());
-    put_f32s(buffer, &stats.iter().map(|s| s.1).collect::<Vec<_>>());
     Ok(())
 }
 

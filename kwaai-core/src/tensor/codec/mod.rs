@@ -177,8 +177,3 @@ pub(crate) fn read_f32s(buffer: &[u8], offset: usize, count: usize) -> Option<Ve
     let end = offset.checked_add(count.checked_mul(4)?)?;
     Some(bytemuck::pod_collect_to_vec(buffer.get(offset..end)?))
 }
-
-/// Appends `values` as little-endian bytes.
-pub(crate) fn put_f32s(out: &mut Vec<u8>, values: &[f32]) {
-    out.extend_from_slice(bytemuck::cast_slice(values));
-}

@@ -36,34 +36,55 @@ pub(super) fn par_chunks<I: Sync, O: Send>(
 
 /// Copies `src` into a new vector, several threads at once for large inputs.
 pub(super) fn copy_to_vec<T: Copy + Default + Send + Sync>(src: &[T]) -> Vec<T> {
-    let mut out: Vec<T> = Vec::with_capacity(src.len());
-    advise_huge_pages(out.spare_capacity_mut());
-    out.resize(src.len(), T::default());
+    let mut out = fresh_vec(src.len());
     par_chunks(src, 1, &mut out, 1, 1 << 20, |_, s, d| d.copy_from_slice(s));
     out
 }
 
-/// Asks Linux to back the 2 MiB-aligned part of a large fresh buffer with huge pages, so that
-/// first touching 64 MiB takes 32 page faults instead of 16,384 (where transparent huge pages
-/// are enabled for advised ranges). A hint only: elsewhere, or if it fails, nothing changes.
-fn advise_huge_pages<T>(buffer: &mut [std::mem::MaybeUninit<T>]) {
+/// A new vector of `len` default (zero) items whose pages are hinted huge ([`advise_huge_pages`]).
+/// A large one comes zeroed from the allocator without being written (fresh pages), so the
+/// caller's first write is the first touch.
+pub(super) fn fresh_vec<T: Copy + Default>(len: usize) -> Vec<T> {
+    let out = vec![T::default(); len];
+    advise_huge_pages(out.as_ptr().cast(), std::mem::size_of_val(out.as_slice()));
+    out
+}
+
+/// Resizes `buf` to `len` items (new ones default); when it must grow, the new allocation's
+/// pages are hinted huge first ([`advise_huge_pages`]).
+pub(super) fn resize_advised<T: Copy + Default>(buf: &mut Vec<T>, len: usize) {
+    if buf.capacity() == 0 {
+        *buf = fresh_vec(len);
+        return;
+    }
+    if buf.capacity() < len {
+        buf.reserve_exact(len - buf.len());
+        let spare = buf.spare_capacity_mut();
+        advise_huge_pages(spare.as_ptr().cast(), std::mem::size_of_val(spare));
+    }
+    buf.resize(len, T::default());
+}
+
+/// Asks Linux to back the 2 MiB-aligned part of a large buffer not yet touched with huge pages,
+/// so that first touching 64 MiB takes 32 page faults instead of 16,384 (where transparent huge
+/// pages are enabled for advised ranges). A hint only: elsewhere, or if it fails, nothing changes.
+fn advise_huge_pages(start: *const u8, bytes: usize) {
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;
-        let bytes = std::mem::size_of_val(buffer);
-        let start = buffer.as_mut_ptr() as usize;
+        let start = start as usize;
         let aligned = start.next_multiple_of(HUGE);
         let len = (start + bytes).saturating_sub(aligned) / HUGE * HUGE;
         if len >= 2 * HUGE {
-            // SAFETY: the range lies inside `buffer`, which this call borrows mutably;
-            // MADV_HUGEPAGE changes how the kernel backs the pages, never their contents.
+            // SAFETY: the range lies inside a live allocation of the caller's; MADV_HUGEPAGE
+            // changes how the kernel backs the pages, never their contents.
             unsafe {
                 libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
             }
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = buffer;
+    let _ = (start, bytes);
 }
 
 /// Σ values in float64, with independent partial sums so the loop vectorizes.
