@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::failure::Failure;
 
-/// Where a node listens unless told otherwise: every interface, an OS-chosen port (as Petals).
-pub const DEFAULT_HOST_MADDR: &str = "/ip4/0.0.0.0/tcp/0";
+/// Where a node listens unless told otherwise: every interface, an OS-chosen port (as Petals) for
+/// TCP, and another for WebSockets, which browsers can dial (such a node forwards their calls).
+pub const DEFAULT_HOST_MADDRS: [&str; 2] = ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/tcp/0/ws"];
 
 /// Every setting of `config.yaml`. Keys are the `kwaainet start` flags in snake_case.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,7 +45,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             initial_peers: Vec::new(),
-            host_maddrs: vec![DEFAULT_HOST_MADDR.to_owned()],
+            host_maddrs: DEFAULT_HOST_MADDRS.map(str::to_owned).to_vec(),
             identity_path: None,
             client_mode: false,
             model: None,

@@ -189,3 +189,32 @@ fn a_serving_node_is_online_with_its_blocks() {
     assert!(!process_exists(pid), "no process left");
     assert!(!home.kwaainet_dir().join("kwaainet.lock").exists());
 }
+
+#[test]
+fn a_node_listens_on_websockets_for_browsers_and_forwards_their_calls() {
+    let home = TestHome::new();
+    let run = home.run(&["start", "--daemon", "--host-maddrs", LOOPBACK, "/ip4/127.0.0.1/tcp/0/ws"]).ok();
+    let addrs: Vec<&str> = run.stdout.lines().filter_map(|l| l.strip_prefix("listening on: ")).collect();
+    let ws = addrs.iter().find(|a| a.contains("/ws/p2p/")).unwrap_or_else(|| panic!("no /ws address in {addrs:?}"));
+    let relay: kwaai_core::PeerId = ws.rsplit('/').next().unwrap().parse().unwrap();
+
+    // A peer that only the daemon knows serves a handler; a caller that reaches the daemon only over
+    // WebSockets calls it through the daemon.
+    let start = || {
+        kwaai_core::Node::start(kwaai_core::NodeConfig { listen_addrs: vec![LOOPBACK.into()], ..Default::default() })
+            .unwrap()
+    };
+    let (target, caller) = (start(), start());
+    target
+        .add_unary_handler("Test.echo", |peer, request: Vec<u8>| async move { Ok([peer.to_bytes(), request].concat()) })
+        .unwrap();
+    let timeout = std::time::Duration::from_secs(15);
+    let tcp = addrs.iter().find(|a| !a.contains("/ws/")).unwrap();
+    target.connect(tcp, timeout).unwrap();
+    assert_eq!(caller.connect(ws, timeout).unwrap().peer_id, relay);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rpc = caller.rpc().unwrap();
+    let reply = runtime.block_on(rpc.call_unary_via(relay, target.peer_id(), "Test.echo", b"hi".to_vec(), timeout));
+    assert_eq!(reply.unwrap(), [relay.to_bytes(), b"hi".to_vec()].concat());
+    home.run(&["stop"]).ok();
+}

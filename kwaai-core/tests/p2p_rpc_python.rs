@@ -245,3 +245,41 @@ fn oversized_messages_are_refused_on_our_side() {
     let answer = python.unary(node.peer_id(), "Rust.echo", "", b"ok");
     assert_eq!(answer["ok"], true, "{answer}");
 }
+
+#[test]
+fn a_websocket_caller_reaches_python_handlers_through_a_forwarding_node() {
+    let python = Python::start(&[]);
+    let relay = Node::start(NodeConfig {
+        listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into(), "/ip4/127.0.0.1/tcp/0/ws".into()],
+        ..NodeConfig::default()
+    })
+    .unwrap();
+    relay.connect(&python.maddrs[0], T).expect("the relay connects to p2pd");
+    let ws = relay.listen_addrs().into_iter().find(|a| a.to_string().contains("/ws")).expect("a /ws address");
+    let caller = rust_node();
+    caller.connect(&ws.to_string(), T).unwrap();
+    let (rpc, via, py) = (caller.rpc().unwrap(), relay.peer_id(), python.peer_id);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let reply = runtime.block_on(rpc.call_unary_via(via, py, "Py.echo", request("", &payload), T)).unwrap();
+    assert_eq!(metadata(&reply), reversed(&payload));
+    let reply = runtime.block_on(rpc.call_unary_via(via, py, "Py.echo", request("whoami", b""), T)).unwrap();
+    assert_eq!(metadata(&reply), via.to_bytes(), "p2pd sees the forwarding node as the caller");
+    let err = runtime.block_on(rpc.call_unary_via(via, py, "Py.echo", request("fail", b""), T)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+
+    let requests: Vec<Vec<u8>> = (0..10u8).map(|i| request("", &vec![i; 1 + i as usize * 5000])).collect();
+    let replies = runtime
+        .block_on(async {
+            let replies = rpc.call_stream_via(via, py, "Py.stream", futures::stream::iter(requests), T).await?;
+            replies.collect::<Vec<_>>().await.into_iter().collect::<kwaai_core::Result<Vec<_>>>()
+        })
+        .unwrap();
+    assert_eq!(replies.len(), 10);
+    for (i, reply) in replies.iter().enumerate() {
+        assert_eq!(metadata(reply), vec![i as u8; 1 + i * 5000]);
+    }
+    let err = runtime.block_on(rpc.call_unary_via(via, py, "Py.missing", request("", b""), T)).unwrap_err();
+    assert!(err.message().contains("protocol not supported"), "{err}");
+}

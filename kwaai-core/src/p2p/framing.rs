@@ -89,6 +89,13 @@ pub async fn read_unary_envelope<R: AsyncRead + Unpin>(
     reader: &mut R,
     max_len: usize,
 ) -> Result<PersistentConnectionRequest> {
+    let body = read_length_prefixed(reader, max_len).await?;
+    PersistentConnectionRequest::decode(&body[..])
+        .map_err(|e| Error::new(ErrorKind::Protocol, format!("bad PersistentConnectionRequest: {e}")))
+}
+
+/// Reads one `uvarint(len) ‖ body` message of at most `max_len` bytes, without reading past it.
+pub async fn read_length_prefixed<R: AsyncRead + Unpin>(reader: &mut R, max_len: usize) -> Result<Vec<u8>> {
     let mut prefix = Vec::with_capacity(10);
     let len = loop {
         let mut byte = [0u8; 1];
@@ -102,8 +109,7 @@ pub async fn read_unary_envelope<R: AsyncRead + Unpin>(
     };
     let mut body = vec![0u8; len];
     reader.read_exact(&mut body).await.map_err(io_error)?;
-    PersistentConnectionRequest::decode(&body[..])
-        .map_err(|e| Error::new(ErrorKind::Protocol, format!("bad PersistentConnectionRequest: {e}")))
+    Ok(body)
 }
 
 /// Reads the listener's header and its answer to our proposal of `name`.

@@ -8,9 +8,11 @@ use futures::StreamExt;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::ListenerId;
 use libp2p::core::upgrade::Version;
+use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{identify, kad, noise, tcp, Multiaddr, PeerId, Swarm, Transport};
+use libp2p_websocket as websocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -101,6 +103,10 @@ pub(crate) async fn start_host(
 ) -> Result<(HostHandle, JoinHandle<()>)> {
     let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
     let rpc = Arc::new(RpcShared::new(tokio::runtime::Handle::current(), commands_tx.downgrade()));
+    if listen.iter().any(|addr| addr.iter().any(|p| matches!(p, Protocol::Ws(_)))) {
+        // Browsers reach the swarm through WebSocket listeners: forward their calls to other peers.
+        rpc.enable_forwarding(identity.peer_id());
+    }
     let mut swarm = build_swarm(identity, rpc.clone())?;
     let mut waiting: HashSet<ListenerId> = HashSet::new();
     for addr in listen {
@@ -150,13 +156,16 @@ pub(crate) async fn start_host(
     Ok((handle, task))
 }
 
-/// TCP, then Noise, then yamux (as p2pd offers them), with every yamux connection wrapped in
-/// [`RpcMuxer`] so that hivemind's handler names reach our RPC layer.
+/// TCP or WebSocket over TCP (`/ws`, which browsers can dial), then Noise, then yamux (as p2pd
+/// offers them), with every yamux connection wrapped in [`RpcMuxer`] so that hivemind's handler
+/// names reach our RPC layer.
 fn build_swarm(identity: &Identity, rpc: Arc<RpcShared>) -> Result<Swarm<Behaviour>> {
     let keypair = identity.keypair();
     let noise = noise::Config::new(keypair)
         .map_err(|e| Error::with_source(ErrorKind::Internal, "building the noise transport", e))?;
-    let transport = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+    let tcp = || tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let transport = websocket::Config::new(tcp())
+        .or_transport(tcp())
         .upgrade(Version::V1Lazy)
         .authenticate(noise)
         .multiplex(YamuxUpgrade::default())

@@ -5,14 +5,16 @@
 //! `HostHandle` commands. RPC streams bypass the swarm: the `muxer` module negotiates hivemind's
 //! slash-less handler names itself, `framing` reads and writes the messages and `rpc` runs the
 //! calls and handlers. Inbound Kademlia requests are answered by `kad_responder` (go-libp2p cannot
-//! dial the addresses rust-libp2p's kad would send).
-
+//! dial the addresses rust-libp2p's kad would send). A node that listens on WebSockets also
+//! forwards streams for peers that can reach only it (`forward`, [`crate::wire::forward`]).
 //!
 //! Without the `native` feature only the pure parts remain: `multistream` and `framing`, which
 //! the browser client drives over its own streams.
 
 #[cfg(feature = "native")]
 mod behaviour;
+#[cfg(feature = "native")]
+mod forward;
 pub mod framing;
 #[cfg(feature = "native")]
 mod host;

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,17 +25,20 @@ use futures::io::{BufReader, ReadHalf, WriteHalf};
 use futures::stream::BoxStream;
 use futures::{AsyncReadExt, AsyncWriteExt, Stream, StreamExt};
 use libp2p::PeerId;
+use prost::Message;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
+use super::forward;
 use super::framing::{
-    append_unary_envelope, check_name, read_frame, read_negotiation_answer, read_unary_envelope, remote_error,
-    unary_call, unary_reply, write_all, write_error_frame, write_frame, Frame, CALL_ID_LEN,
+    append_unary_envelope, check_name, read_frame, read_length_prefixed, read_negotiation_answer, read_unary_envelope,
+    remote_error, unary_call, unary_reply, write_all, write_error_frame, write_frame, Frame, CALL_ID_LEN,
 };
 use super::host::Command;
 use super::multistream::dialer_proposal;
 use super::muxer::{Connections, RpcStream};
 use crate::error::{Error, ErrorKind, Result};
+use crate::wire::forward::{ForwardRequest, ForwardResponse, FORWARD_PROTOCOL, MAX_FORWARD_REQUEST};
 use crate::wire::p2pd::{
     call_unary_response, persistent_connection_request as request, CallUnaryRequest, CallUnaryResponse,
     PersistentConnectionRequest, END_OF_STREAM, FRAME_MESSAGE,
@@ -93,6 +96,8 @@ pub(crate) struct RpcShared {
     pub(crate) runtime: Handle,
     limits: RwLock<RpcLimits>,
     commands: mpsc::WeakSender<Command>,
+    /// Our peer ID, once this node forwards streams for others ([`FORWARD_PROTOCOL`]).
+    forwarding: OnceLock<PeerId>,
 }
 
 impl RpcShared {
@@ -103,6 +108,7 @@ impl RpcShared {
             runtime,
             limits: RwLock::new(RpcLimits::default()),
             commands,
+            forwarding: OnceLock::new(),
         }
     }
 
@@ -112,7 +118,13 @@ impl RpcShared {
     }
 
     pub(crate) fn has_handler(&self, name: &str) -> bool {
-        self.handlers.read().is_ok_and(|h| h.contains_key(name))
+        (name == FORWARD_PROTOCOL && self.forwarding.get().is_some())
+            || self.handlers.read().is_ok_and(|h| h.contains_key(name))
+    }
+
+    /// From now on, forward streams for peers that ask ([`FORWARD_PROTOCOL`]); `local` is our peer ID.
+    pub(crate) fn enable_forwarding(&self, local: PeerId) {
+        let _ = self.forwarding.set(local);
     }
 
     fn handler(&self, name: &str) -> Option<Handler> {
@@ -124,9 +136,13 @@ impl RpcShared {
     }
 
     /// Serves one inbound stream whose protocol `name` we accepted.
-    pub(crate) async fn serve(&self, peer: PeerId, name: String, stream: RpcStream) {
-        let Some(handler) = self.handler(&name) else { return };
+    pub(crate) async fn serve(self: &Arc<Self>, peer: PeerId, name: String, stream: RpcStream) {
         let limits = self.limits();
+        if let (FORWARD_PROTOCOL, Some(local)) = (name.as_str(), self.forwarding.get()) {
+            forward::serve(Rpc::new(self.clone()), *local, peer, stream, limits).await;
+            return;
+        }
+        let Some(handler) = self.handler(&name) else { return };
         let outcome = match handler {
             Handler::Unary(f) => serve_unary(peer, &name, stream, f, limits).await,
             Handler::Stream(f) => serve_stream(peer, stream, f, limits).await,
@@ -202,18 +218,36 @@ impl Rpc {
     /// Calls `peer`'s unary handler `name` with `request` and returns its reply. The handler's
     /// error arrives as an [`ErrorKind::Protocol`] error holding its message.
     pub async fn call_unary(&self, peer: PeerId, name: &str, request: Vec<u8>, timeout: Duration) -> Result<Vec<u8>> {
-        let work = self.unary_exchange(peer, name, request);
-        tokio::time::timeout(timeout, work)
-            .await
-            .map_err(|_| Error::new(ErrorKind::Timeout, format!("{name} on {peer} took over {timeout:?}")))?
+        self.unary_on(Route { peer, via: None }, name, request, timeout).await
     }
 
-    async fn unary_exchange(&self, peer: PeerId, name: &str, request: Vec<u8>) -> Result<Vec<u8>> {
+    /// [`Rpc::call_unary`] through the node `via`, which forwards the call's stream to `peer`
+    /// ([`FORWARD_PROTOCOL`]): for peers we cannot dial ourselves.
+    pub async fn call_unary_via(
+        &self,
+        via: PeerId,
+        peer: PeerId,
+        name: &str,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        self.unary_on(Route { peer, via: Some(via) }, name, request, timeout).await
+    }
+
+    async fn unary_on(&self, route: Route, name: &str, request: Vec<u8>, timeout: Duration) -> Result<Vec<u8>> {
+        let work = self.unary_exchange(route, name, request);
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| Error::new(ErrorKind::Timeout, format!("{name} on {} took over {timeout:?}", route.peer)))?
+    }
+
+    async fn unary_exchange(&self, route: Route, name: &str, request: Vec<u8>) -> Result<Vec<u8>> {
         check_name(name)?;
+        let peer = route.peer;
         let limits = self.shared.limits();
         let (call, call_id) = unary_call(&peer, name, request);
         // The proposal and the envelope go out in one write.
-        let mut out = dialer_proposal(name);
+        let mut out = route.preamble(name);
         let envelope_len = append_unary_envelope(&call, &mut out);
         if envelope_len > limits.max_unary_len {
             return Err(Error::invalid_argument(format!(
@@ -222,10 +256,10 @@ impl Rpc {
             )));
         }
         drop(call);
-        let stream = self.open(peer).await?;
+        let stream = self.open(route.first_hop()).await?;
         let mut stream = BufReader::new(stream);
         write_all(&mut stream, &out).await?;
-        read_negotiation_answer(&mut stream, name).await?;
+        route.read_answer(&mut stream, name).await?;
         let reply = read_unary_envelope(&mut stream, limits.max_unary_len).await?;
         let _ = stream.close().await;
         unary_reply(reply, &call_id)
@@ -241,12 +275,36 @@ impl Rpc {
         requests: impl Stream<Item = Vec<u8>> + Send + 'static,
         timeout: Duration,
     ) -> Result<ResponseStream> {
+        self.stream_on(Route { peer, via: None }, name, requests, timeout).await
+    }
+
+    /// [`Rpc::call_stream`] through the node `via`, which forwards the call's stream to `peer`
+    /// ([`FORWARD_PROTOCOL`]).
+    pub async fn call_stream_via(
+        &self,
+        via: PeerId,
+        peer: PeerId,
+        name: &str,
+        requests: impl Stream<Item = Vec<u8>> + Send + 'static,
+        timeout: Duration,
+    ) -> Result<ResponseStream> {
+        self.stream_on(Route { peer, via: Some(via) }, name, requests, timeout).await
+    }
+
+    async fn stream_on(
+        &self,
+        route: Route,
+        name: &str,
+        requests: impl Stream<Item = Vec<u8>> + Send + 'static,
+        timeout: Duration,
+    ) -> Result<ResponseStream> {
         check_name(name)?;
+        let peer = route.peer;
         let limits = self.shared.limits();
         let timed_out = || Error::new(ErrorKind::Timeout, format!("{name} on {peer}: no reply within {timeout:?}"));
-        let stream = tokio::time::timeout(timeout, self.open(peer)).await.map_err(|_| timed_out())??;
+        let stream = tokio::time::timeout(timeout, self.open(route.first_hop())).await.map_err(|_| timed_out())??;
         let (reader, mut writer) = stream.split();
-        let proposal = dialer_proposal(name);
+        let proposal = route.preamble(name);
         let sender = self.shared.runtime.spawn(async move {
             write_all(&mut writer, &proposal).await?;
             let mut requests = std::pin::pin!(requests);
@@ -265,13 +323,21 @@ impl Rpc {
             Ok::<_, Error>(writer)
         });
         let mut reader = BufReader::new(reader);
-        tokio::time::timeout(timeout, read_negotiation_answer(&mut reader, name)).await.map_err(|_| timed_out())??;
+        tokio::time::timeout(timeout, route.read_answer(&mut reader, name)).await.map_err(|_| timed_out())??;
         let state = CallState { reader: Some(reader), sender: Some(sender), limits, timeout };
         let replies = futures::stream::unfold(state, |mut state| async move {
             let item = state.next_reply().await?;
             Some((item, state))
         });
         Ok(replies.boxed())
+    }
+
+    /// Opens a stream to `peer` and negotiates the handler `name` on it.
+    pub(crate) async fn open_handler(&self, peer: PeerId, name: &str) -> Result<RpcStream> {
+        let mut stream = self.open(peer).await?;
+        write_all(&mut stream, &dialer_proposal(name)).await?;
+        read_negotiation_answer(&mut stream, name).await?;
+        Ok(stream)
     }
 
     async fn open(&self, peer: PeerId) -> Result<RpcStream> {
@@ -290,6 +356,49 @@ impl Rpc {
             .open(&peer)
             .ok_or_else(|| Error::new(ErrorKind::Network, format!("connection to {peer} closed")))?;
         opening.await
+    }
+}
+
+/// Where a call's stream goes: to `peer` directly, or through the node `via` that forwards it.
+#[derive(Debug, Clone, Copy)]
+struct Route {
+    peer: PeerId,
+    via: Option<PeerId>,
+}
+
+impl Route {
+    /// The peer the stream is opened to.
+    fn first_hop(&self) -> PeerId {
+        self.via.unwrap_or(self.peer)
+    }
+
+    /// What goes out before the call's own bytes: the proposal of `name`, or that of the forwarding
+    /// protocol and the forward request.
+    fn preamble(&self, name: &str) -> Vec<u8> {
+        if self.via.is_none() {
+            return dialer_proposal(name);
+        }
+        let mut out = dialer_proposal(FORWARD_PROTOCOL);
+        let request = ForwardRequest { peer: self.peer.to_bytes(), protocol: name.to_owned() };
+        request.encode_length_delimited(&mut out).expect("a Vec grows as needed");
+        out
+    }
+
+    /// Reads the answer to [`Route::preamble`].
+    async fn read_answer<R: futures::AsyncRead + Unpin>(&self, reader: &mut R, name: &str) -> Result<()> {
+        let Some(via) = self.via else { return read_negotiation_answer(reader, name).await };
+        read_negotiation_answer(reader, FORWARD_PROTOCOL).await?;
+        let answer = read_length_prefixed(reader, MAX_FORWARD_REQUEST).await?;
+        let answer = ForwardResponse::decode(&answer[..])
+            .map_err(|e| Error::new(ErrorKind::Protocol, format!("bad ForwardResponse: {e}")))?;
+        if answer.error.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::Network,
+                format!("{via} cannot forward {name} to {}: {}", self.peer, answer.error),
+            ))
+        }
     }
 }
 

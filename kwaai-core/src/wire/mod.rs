@@ -6,6 +6,7 @@
 
 pub mod averaging;
 pub mod dht;
+pub mod forward;
 pub mod kad;
 pub mod msgpack;
 pub mod p2pd;

@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use futures::channel::oneshot;
 use futures::future::{self, Either};
-use futures::{AsyncReadExt, FutureExt};
-use kwaai_core::p2p::framing::{io_error, read_negotiation_answer, write_all};
-use kwaai_core::p2p::multistream::{decode_uvarint, dialer_proposal};
+use futures::FutureExt;
+use kwaai_core::p2p::framing::{read_length_prefixed, read_negotiation_answer, write_all};
+use kwaai_core::p2p::multistream::dialer_proposal;
+use kwaai_core::wire::forward::{ForwardRequest, ForwardResponse, FORWARD_PROTOCOL};
 use kwaai_core::{Error, ErrorKind, Result};
 use libp2p::core::muxing::{StreamMuxerBox, StreamMuxerExt, SubstreamBox};
 use libp2p::core::transport::{DialOpts, PortUse};
@@ -25,29 +26,8 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use prost::Message;
 
-/// The handler name of the forward protocol.
-pub const FORWARD: &str = "kwaai.forward";
-/// The largest forward header or answer accepted.
-const MAX_FORWARD_MESSAGE: usize = 4 << 10;
-
-/// The header of a forwarded stream: which peer and handler the node connects it to.
-#[derive(Clone, PartialEq, Message)]
-pub struct ForwardRequest {
-    /// The target's peer ID bytes.
-    #[prost(bytes = "vec", tag = "1")]
-    pub peer: Vec<u8>,
-    /// The hivemind handler name to open on the target.
-    #[prost(string, tag = "2")]
-    pub protocol: String,
-}
-
-/// The node's answer to a forward header: empty on success.
-#[derive(Clone, PartialEq, Message)]
-pub struct ForwardResponse {
-    /// Why the stream could not be forwarded.
-    #[prost(string, tag = "1")]
-    pub error: String,
-}
+/// The largest forward answer accepted.
+const MAX_FORWARD_ANSWER: usize = 4 << 10;
 
 /// Runs `work` for at most `limit`; a timeout error naming `what` after that.
 pub async fn timeout<T>(limit: Duration, what: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
@@ -145,8 +125,8 @@ impl Connection {
         let mut message = Vec::new();
         header.encode_length_delimited(&mut message).expect("a Vec grows as needed");
         message.extend_from_slice(first);
-        let mut stream = self.open(FORWARD, &message).await?;
-        let answer = read_length_prefixed(&mut stream, MAX_FORWARD_MESSAGE).await?;
+        let mut stream = self.open(FORWARD_PROTOCOL, &message).await?;
+        let answer = read_length_prefixed(&mut stream, MAX_FORWARD_ANSWER).await?;
         let answer = ForwardResponse::decode(answer.as_slice())
             .map_err(|e| Error::with_source(ErrorKind::Protocol, "bad ForwardResponse", e))?;
         if !answer.error.is_empty() {
@@ -162,25 +142,6 @@ impl Connection {
             let _ = future::poll_fn(move |cx| muxer.borrow_mut().poll_close_unpin(cx)).await;
         });
     }
-}
-
-/// Reads one `uvarint(len) ‖ bytes` message of at most `max_len` bytes.
-async fn read_length_prefixed(stream: &mut SubstreamBox, max_len: usize) -> Result<Vec<u8>> {
-    let mut prefix = Vec::with_capacity(4);
-    let len = loop {
-        let mut byte = [0u8; 1];
-        stream.read_exact(&mut byte).await.map_err(io_error)?;
-        prefix.push(byte[0]);
-        if let Some((len, _)) = decode_uvarint(&prefix)? {
-            break len;
-        }
-    };
-    if len > max_len as u64 {
-        return Err(Error::new(ErrorKind::Protocol, format!("message of {len} bytes, the limit is {max_len}")));
-    }
-    let mut body = vec![0u8; len as usize];
-    stream.read_exact(&mut body).await.map_err(io_error)?;
-    Ok(body)
 }
 
 /// Drives the muxer until the connection fails or closes, dropping (refusing) inbound streams;
