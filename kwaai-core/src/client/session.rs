@@ -104,7 +104,7 @@ impl ServerSession {
     ) -> Result<CandleTensor> {
         let n = inputs.dim(1)?;
         let opening = (!self.stepped)
-            .then(|| StepOpening { max_length, active_adapter: manager.config.active_adapter.as_deref() });
+            .then_some(StepOpening { max_length, active_adapter: manager.config.active_adapter.as_deref() });
         let request = step_request(&self.uid, &self.session_id, step_id, opening, next_servers, inputs, compression)?;
         let sender =
             self.requests.as_ref().ok_or_else(|| Error::new(ErrorKind::Closed, "the server session is closed"))?;

@@ -395,10 +395,13 @@ async fn run_generation(
     }
 }
 
+/// The receiving end of a generation: each token's id and text, or the error that ended it.
+type Tokens = mpsc::UnboundedReceiver<Result<(u32, String)>>;
+
 /// The tokens of one generation (see [`BrowserClient::generate`]).
 #[wasm_bindgen]
 pub struct TokenStream {
-    tokens: Rc<RefCell<Option<mpsc::UnboundedReceiver<Result<(u32, String)>>>>>,
+    tokens: Rc<RefCell<Option<Tokens>>>,
     cancel: RefCell<Option<oneshot::Sender<()>>>,
 }
 

@@ -183,8 +183,8 @@ impl ServerSession {
         next_servers: Vec<Value>,
         compression: CompressionType,
     ) -> Result<CandleTensor> {
-        let opening =
-            (!self.stepped).then(|| StepOpening { max_length, active_adapter: swarm.config.active_adapter.as_deref() });
+        let opening = (!self.stepped)
+            .then_some(StepOpening { max_length, active_adapter: swarm.config.active_adapter.as_deref() });
         let request = step_request(&self.uid, &self.session_id, step_id, opening, next_servers, inputs, compression)?;
         self.call.send(&request).await?;
         self.stepped = true;
