@@ -1,13 +1,18 @@
-//! The browser client end to end: a local swarm on 127.0.0.1 (a Rust DHT node listening on TCP
-//! and WebSocket, two Rust servers of two blocks each), the example page served with the web
+//! The browser client end to end: a local swarm on 127.0.0.1, the example page served with the web
 //! package and the model, headless Chromium driven through chromedriver's WebDriver API. The page
 //! generates 16 tokens; they and their text must equal the native Rust client's greedy generation
-//! on the same swarm. A screenshot of the page is saved to `target/artifacts/browser-generation.png`.
+//! on the same swarm. Two swarms: a Rust DHT node listening on TCP and WebSocket with two Rust
+//! servers behind it; and a mixed chain, a Rust server then a Python Petals server, reached through
+//! a kwaai node that joined the Python swarm. Screenshots of the page go to `target/artifacts/`.
 //!
 //! Needs the web package (`target/browser-pkg`, or `$KWAAI_BROWSER_PKG`), chromedriver and
 //! chromium; it fails, naming the make target that provides them, when one is missing.
 #![cfg(not(target_arch = "wasm32"))]
 
+#[path = "../../kwaai-core/tests/client_common/mod.rs"]
+mod client_common;
+#[path = "../../kwaai-core/tests/common/mod.rs"]
+mod common;
 #[path = "../../kwaai-cli/src/demo_model.rs"]
 #[allow(dead_code)]
 mod demo_model;
@@ -18,15 +23,14 @@ mod web;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use kwaai_core::client::ClientConfig;
+use kwaai_core::client::{ClientConfig, Hop};
 use kwaai_core::dht::DhtConfig;
 use kwaai_core::model::{ClientModel, GenerationConfig, ModelConfig, TextTokenizer};
 use kwaai_core::server::{Server, ServerConfig, Span};
 use kwaai_core::tensor::DType;
 use kwaai_core::{Client, Node, NodeConfig};
-use web::{Browser, StaticServer};
+use web::{PageRun, PageSetup};
 
 const PREFIX: &str = "browser-demo";
 const PROMPT: &str = "the old river and the quiet stone";
@@ -63,100 +67,148 @@ fn node(listen: &[&str], initial_peers: Vec<String>, client_mode: bool) -> Node 
     .expect("a node starts")
 }
 
-#[test]
-fn the_browser_page_generates_the_native_clients_greedy_tokens() {
-    let package = browser_package();
-    let driver = web::chromedriver().unwrap_or_else(|e| panic!("{e}: install it with `{MAKE_TARGET}`"));
-    let chromium = web::chromium().unwrap_or_else(|e| panic!("{e}: install it with `{MAKE_TARGET}`"));
-
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let model_dir = dir.path().join(PREFIX);
-    demo_model::write_demo_model(&model_dir).expect("the demo model is written");
-
-    // The swarm: a DHT node on TCP and WebSocket, and two servers joined to it over TCP.
-    let bootstrap = node(&["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/tcp/0/ws"], Vec::new(), false);
+/// A kwaai node listening on TCP and WebSocket, joined to `initial_peers`: with its TCP and `/ws`
+/// multiaddrs (with its peer ID).
+fn websocket_node(initial_peers: Vec<String>) -> (Node, String, String) {
+    let node = node(&["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/tcp/0/ws"], initial_peers, false);
     let with_peer = |addr: &kwaai_core::Multiaddr| match addr.to_string() {
         text if text.contains("/p2p/") => text,
-        text => format!("{text}/p2p/{}", bootstrap.peer_id()),
+        text => format!("{text}/p2p/{}", node.peer_id()),
     };
-    let addrs = bootstrap.listen_addrs();
+    let addrs = node.listen_addrs();
     let tcp = addrs.iter().find(|a| !a.to_string().contains("/ws")).map(with_peer).expect("a TCP address");
     let ws = addrs.iter().find(|a| a.to_string().contains("/ws")).map(with_peer);
     let ws = ws.unwrap_or_else(|| panic!("no /ws address among {addrs:?}"));
-    let mut servers = Vec::new();
-    for (start, end) in [(0, 2), (2, 4)] {
-        let host = node(&["/ip4/127.0.0.1/tcp/0"], vec![tcp.clone()], false);
-        let config = ServerConfig {
-            model_dir: model_dir.clone(),
-            block_indices: Some(Span::new(start, end).expect("a span")),
-            dht_prefix: Some(PREFIX.into()),
-            throughput: Some(1.0),
-            torch_dtype: Some(DType::F32),
-            ..ServerConfig::default()
-        };
-        let server = Server::start(&host, config).expect("a Rust server starts");
-        servers.push((host, server));
-    }
+    (node, tcp, ws)
+}
 
-    eprintln!("swarm up; bootstrap {ws}");
-    // The native client's greedy generation, as the page's default options make it.
-    let client_node = node(&["/ip4/127.0.0.1/tcp/0"], vec![tcp.clone()], true);
-    let model_config = ModelConfig::from_dir(&model_dir).expect("config.json");
+/// A Rust server of blocks `start..end` on a node of its own joined to `initial_peers`.
+fn rust_server(initial_peers: Vec<String>, model_dir: &Path, prefix: &str, start: u32, end: u32) -> (Node, Server) {
+    let host = node(&["/ip4/127.0.0.1/tcp/0"], initial_peers, false);
+    let config = ServerConfig {
+        model_dir: model_dir.to_path_buf(),
+        block_indices: Some(Span::new(start, end).expect("a span")),
+        dht_prefix: Some(prefix.into()),
+        throughput: Some(1.0),
+        torch_dtype: Some(DType::F32),
+        ..ServerConfig::default()
+    };
+    let server = Server::start(&host, config).expect("a Rust server starts");
+    (host, server)
+}
+
+/// The native client's greedy generation of [`NEW_TOKENS`] after [`PROMPT`], as the page's
+/// default options make it (the model's EOS stops it): the ids and the text.
+fn native_greedy(initial_peers: Vec<String>, model_dir: &Path, prefix: &str) -> (Vec<u32>, String) {
+    let client_node = node(&["/ip4/127.0.0.1/tcp/0"], initial_peers, true);
+    let model_config = ModelConfig::from_dir(model_dir).expect("config.json");
     let eos: Vec<u32> = model_config.eos_token_id.into_iter().collect();
-    let client = Client::new(&client_node, ClientConfig::new(PREFIX, model_config.num_layers as u32)).expect("client");
-    let model = Arc::new(ClientModel::load(&model_dir).expect("the client model"));
-    let tokenizer = Arc::new(TextTokenizer::from_dir(&model_dir).expect("the tokenizer"));
+    let client = Client::new(&client_node, ClientConfig::new(prefix, model_config.num_layers as u32)).expect("client");
+    let model = Arc::new(ClientModel::load(model_dir).expect("the client model"));
+    let tokenizer = Arc::new(TextTokenizer::from_dir(model_dir).expect("the tokenizer"));
     let prompt = tokenizer.encode(PROMPT, true).expect("the prompt encodes");
     let greedy = GenerationConfig { max_new_tokens: NEW_TOKENS, stop_tokens: eos, ..GenerationConfig::default() };
     let native: Vec<(u32, String)> = client
-        .generate(Arc::clone(&model), Some(Arc::clone(&tokenizer)), &prompt, greedy)
+        .generate(model, Some(tokenizer), &prompt, greedy)
         .expect("the native generation starts")
         .map(|t| t.map(|t| (t.id, t.text)))
         .collect::<Result<_, _>>()
         .expect("the native generation");
+    client_node.shutdown();
     assert_eq!(native.len(), NEW_TOKENS, "the demo model does not stop early on this prompt");
-    let native_ids: Vec<u32> = native.iter().map(|(id, _)| *id).collect();
-    let native_text: String = native.iter().map(|(_, text)| text.as_str()).collect();
+    (native.iter().map(|(id, _)| *id).collect(), native.iter().map(|(_, text)| text.as_str()).collect())
+}
 
-    eprintln!("native tokens {native_ids:?}");
-    // The page, served with the package and the model, in headless Chromium.
-    let site = StaticServer::start(vec![
-        ("/pkg/".into(), package),
-        ("/model/".into(), model_dir.clone()),
-        ("/".into(), workspace().join("examples/browser")),
-    ]);
-    let browser = Browser::start(&driver, &chromium);
-    let query = format!("bootstrap={}&model=/model/&prefix={PREFIX}&tokens={NEW_TOKENS}", web::query_escape(&ws));
-    browser.navigate(&format!("{}/index.html?{query}", site.url()));
-    let state = browser.wait_for_state(&["ready", "error"], Duration::from_secs(120));
-    eprintln!("page state {state}: {}", browser.text("status"));
-    assert_eq!(state, "ready", "the page did not connect: {}", browser.text("status"));
-    assert!(!browser.text("status").is_empty());
-    browser.set_value("prompt", PROMPT);
-    browser.click("generate");
-    let state = browser.wait_for_state(&["done", "error"], Duration::from_secs(300));
-    let screenshot = workspace().join("target/artifacts/browser-generation.png");
-    browser.screenshot(&screenshot);
-    assert_eq!(state, "done", "the generation failed: {}", browser.text("status"));
+/// What the page needs besides the swarm, checked first: the test fails when one is missing.
+struct Tools {
+    package: PathBuf,
+    driver: PathBuf,
+    chromium: PathBuf,
+}
 
-    let ids: Vec<u32> = serde_json::from_str(&browser.text("tokens")).expect("the page's token ids");
-    assert_eq!(ids, native_ids, "the browser's greedy tokens are the native client's");
-    let output = browser.text("output");
-    assert_eq!(output, format!("{PROMPT}{native_text}"), "the page shows the prompt and the generated text");
-    let route = browser.text("route");
-    for (host, _) in &servers {
-        let peer = host.peer_id().to_base58();
-        assert!(route.contains(&peer[..6]), "the route {route:?} shows {peer}");
-    }
-    assert!(browser.text("speed").contains("tokens/s"), "the speed is shown");
-    let size = std::fs::metadata(&screenshot).expect("the screenshot").len();
-    assert!(size > 1000, "the screenshot has {size} bytes");
+fn tools() -> Tools {
+    let package = browser_package();
+    let driver = web::chromedriver().unwrap_or_else(|e| panic!("{e}: install it with `{MAKE_TARGET}`"));
+    let chromium = web::chromium().unwrap_or_else(|e| panic!("{e}: install it with `{MAKE_TARGET}`"));
+    Tools { package, driver, chromium }
+}
 
-    drop(browser);
+/// Generates in the page through the node at `ws` and checks the tokens, the text and the route
+/// against the native generation.
+/// `shot` names the screenshot in `target/artifacts/`.
+fn check_page(
+    tools: &Tools,
+    model_dir: &Path,
+    ws: &str,
+    prefix: &str,
+    native: (Vec<u32>, String),
+    route: &[Hop],
+    shot: &str,
+) {
+    let (native_ids, native_text) = native;
+    let page = PageRun::generate(&PageSetup {
+        driver: &tools.driver,
+        chromium: &tools.chromium,
+        package: &tools.package,
+        site: &workspace().join("examples/browser"),
+        model: model_dir,
+        bootstrap: ws,
+        prefix,
+        prompt: PROMPT,
+        new_tokens: NEW_TOKENS,
+        screenshot: &workspace().join("target/artifacts").join(shot),
+    });
+    assert_eq!(page.ids, native_ids, "the browser's greedy tokens are the native client's");
+    assert_eq!(page.output, format!("{PROMPT}{native_text}"), "the page shows the prompt and the generated text");
+    let hops: Vec<String> =
+        route.iter().map(|h| format!("{} [{}:{})", web::short_peer(&h.peer.to_base58()), h.start, h.end)).collect();
+    assert_eq!(page.route, hops.join(" → "), "the page shows the route");
+    assert!(page.speed.contains("tokens/s"), "the speed is shown: {:?}", page.speed);
+}
+
+#[test]
+fn the_browser_page_generates_the_native_clients_greedy_tokens() {
+    let tools = tools();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let model_dir = dir.path().join(PREFIX);
+    demo_model::write_demo_model(&model_dir).expect("the demo model is written");
+    // The swarm: a DHT node on TCP and WebSocket, and two servers joined to it over TCP.
+    let (bootstrap, tcp, ws) = websocket_node(Vec::new());
+    let servers = [(0, 2), (2, 4)].map(|(start, end)| rust_server(vec![tcp.clone()], &model_dir, PREFIX, start, end));
+    let native = native_greedy(vec![tcp.clone()], &model_dir, PREFIX);
+    let route: Vec<Hop> = servers
+        .iter()
+        .zip([(0, 2), (2, 4)])
+        .map(|((host, _), (start, end))| Hop { peer: host.peer_id(), start, end })
+        .collect();
+    check_page(&tools, &model_dir, &ws, PREFIX, native, &route, "browser-generation.png");
     for (host, mut server) in servers {
         server.shutdown();
         host.shutdown();
     }
-    client_node.shutdown();
     bootstrap.shutdown();
+}
+
+#[test]
+fn the_browser_page_generates_through_a_mixed_chain_with_a_python_server() {
+    let tools = tools();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let model_dir = dir.path().join("demo");
+    demo_model::write_demo_model(&model_dir).expect("the demo model is written");
+    // Python Petals: a bootstrap node and a server of blocks 2:4. A kwaai node on WebSocket joins
+    // that swarm, a Rust server of blocks 0:2 joins through it.
+    let prefix = client_common::PREFIX;
+    let swarm = client_common::Swarm::start(&model_dir, &dir.path().join("swarm"), &["2:4"]);
+    let (relay, tcp, ws) = websocket_node(swarm.initial_peers.clone());
+    let (host, mut server) = rust_server(vec![tcp.clone()], &model_dir, prefix, 0, 2);
+    let native = native_greedy(swarm.initial_peers.clone(), &model_dir, prefix);
+    let python = &swarm.servers[0];
+    let route = [
+        Hop { peer: host.peer_id(), start: 0, end: 2 },
+        Hop { peer: python.peer, start: python.blocks.0, end: python.blocks.1 },
+    ];
+    check_page(&tools, &model_dir, &ws, prefix, native, &route, "browser-generation-mixed.png");
+    server.shutdown();
+    host.shutdown();
+    relay.shutdown();
 }

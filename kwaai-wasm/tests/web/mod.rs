@@ -264,3 +264,79 @@ impl Drop for Browser {
         let _ = self.driver.wait();
     }
 }
+
+/// The page's way of shortening a peer ID (examples/browser/app.js).
+pub fn short_peer(peer: &str) -> String {
+    format!("{}…{}", &peer[..6], &peer[peer.len() - 4..])
+}
+
+/// What one generation in the example page needs.
+pub struct PageSetup<'a> {
+    /// chromedriver.
+    pub driver: &'a Path,
+    /// Chromium.
+    pub chromium: &'a Path,
+    /// The wasm-bindgen web package, served under `/pkg/`.
+    pub package: &'a Path,
+    /// The example page's directory, served under `/`.
+    pub site: &'a Path,
+    /// The model directory, served under `/model/`.
+    pub model: &'a Path,
+    /// The kwaai node's `/ws` multiaddr with its peer ID.
+    pub bootstrap: &'a str,
+    /// The model's DHT prefix.
+    pub prefix: &'a str,
+    /// The prompt typed into the page.
+    pub prompt: &'a str,
+    /// Tokens to generate.
+    pub new_tokens: usize,
+    /// Where the screenshot of the page after the generation goes.
+    pub screenshot: &'a Path,
+}
+
+/// What the page showed after one generation.
+pub struct PageRun {
+    /// The generated token ids.
+    pub ids: Vec<u32>,
+    /// The output box: the prompt and the generated text.
+    pub output: String,
+    /// The route line.
+    pub route: String,
+    /// The speed line.
+    pub speed: String,
+}
+
+impl PageRun {
+    /// Serves the page, opens it in headless Chromium, waits until it is connected, types the
+    /// prompt, clicks Generate and waits until the generation is done; saves a screenshot.
+    pub fn generate(setup: &PageSetup<'_>) -> PageRun {
+        let site = StaticServer::start(vec![
+            ("/pkg/".into(), setup.package.to_path_buf()),
+            ("/model/".into(), setup.model.to_path_buf()),
+            ("/".into(), setup.site.to_path_buf()),
+        ]);
+        let browser = Browser::start(setup.driver, setup.chromium);
+        let query = format!(
+            "bootstrap={}&model=/model/&prefix={}&tokens={}",
+            query_escape(setup.bootstrap),
+            query_escape(setup.prefix),
+            setup.new_tokens
+        );
+        browser.navigate(&format!("{}/index.html?{query}", site.url()));
+        let state = browser.wait_for_state(&["ready", "error"], Duration::from_secs(120));
+        assert_eq!(state, "ready", "the page did not connect: {}", browser.text("status"));
+        browser.set_value("prompt", setup.prompt);
+        browser.click("generate");
+        let state = browser.wait_for_state(&["done", "error"], Duration::from_secs(300));
+        browser.screenshot(setup.screenshot);
+        assert_eq!(state, "done", "the generation failed: {}", browser.text("status"));
+        let size = std::fs::metadata(setup.screenshot).expect("the screenshot").len();
+        assert!(size > 1000, "the screenshot has {size} bytes");
+        PageRun {
+            ids: serde_json::from_str(&browser.text("tokens")).expect("the page's token ids"),
+            output: browser.text("output"),
+            route: browser.text("route"),
+            speed: browser.text("speed"),
+        }
+    }
+}
