@@ -1,5 +1,5 @@
 // The example page: connects a BrowserClient to the swarm named in the query string
-// (?bootstrap=<multiaddr>[,<multiaddr>...]&model=<url>&prefix=<dht prefix>&tokens=<n>) and streams
+// (?bootstrap=<multiaddr>[,<multiaddr>...]&model=<url>&prefix=<dht prefix>&tokens=<n>&min=<n>) and streams
 // a generation token by token, with the route taken and the speed.
 import init, { BrowserClient } from "./pkg/kwaai_wasm.js";
 
@@ -14,7 +14,11 @@ const showRoute = (hops) => {
     : "–";
 };
 
+const events = [];
+
 function onEvent(event) {
+  events.push(event.kind);
+  $("events").textContent = JSON.stringify(events);
   switch (event.kind) {
     case "connected": status(`connected to ${short(event.peer)}`); break;
     case "disconnected": status(`lost ${short(event.peer)}: ${event.message}; reconnecting…`); break;
@@ -30,6 +34,7 @@ let stream;
 async function generate() {
   const prompt = $("prompt").value;
   const maxNewTokens = Number($("max-new-tokens").value) || 16;
+  const minNewTokens = Number(params.get("min")) || 0;
   const output = $("output");
   output.replaceChildren(Object.assign(document.createElement("span"), { className: "prompt", textContent: prompt }));
   const ids = [];
@@ -41,7 +46,7 @@ async function generate() {
   status("generating…");
   let started;
   try {
-    stream = client.generate(prompt, { maxNewTokens });
+    stream = client.generate(prompt, { maxNewTokens, minNewTokens });
     started = performance.now();
     for await (const token of stream) {
       ids.push(token.id);

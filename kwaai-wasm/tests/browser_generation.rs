@@ -21,8 +21,10 @@ mod demo_model;
 mod failure;
 mod web;
 
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use kwaai_core::client::{ClientConfig, Hop};
 use kwaai_core::dht::DhtConfig;
@@ -97,9 +99,15 @@ fn rust_server(initial_peers: Vec<String>, model_dir: &Path, prefix: &str, start
     (host, server)
 }
 
-/// The native client's greedy generation of [`NEW_TOKENS`] after [`PROMPT`], as the page's
-/// default options make it (the model's EOS stops it): the ids and the text.
-fn native_greedy(initial_peers: Vec<String>, model_dir: &Path, prefix: &str) -> (Vec<u32>, String) {
+/// The native client's greedy generation of `n` tokens (`min` of them before the model's EOS may
+/// stop it) after [`PROMPT`], as the page makes it: the ids and the text.
+fn native_greedy(
+    initial_peers: Vec<String>,
+    model_dir: &Path,
+    prefix: &str,
+    n: usize,
+    min: usize,
+) -> (Vec<u32>, String) {
     let client_node = node(&["/ip4/127.0.0.1/tcp/0"], initial_peers, true);
     let model_config = ModelConfig::from_dir(model_dir).expect("config.json");
     let eos: Vec<u32> = model_config.eos_token_id.into_iter().collect();
@@ -107,7 +115,8 @@ fn native_greedy(initial_peers: Vec<String>, model_dir: &Path, prefix: &str) -> 
     let model = Arc::new(ClientModel::load(model_dir).expect("the client model"));
     let tokenizer = Arc::new(TextTokenizer::from_dir(model_dir).expect("the tokenizer"));
     let prompt = tokenizer.encode(PROMPT, true).expect("the prompt encodes");
-    let greedy = GenerationConfig { max_new_tokens: NEW_TOKENS, stop_tokens: eos, ..GenerationConfig::default() };
+    let greedy =
+        GenerationConfig { max_new_tokens: n, min_new_tokens: min, stop_tokens: eos, ..GenerationConfig::default() };
     let native: Vec<(u32, String)> = client
         .generate(model, Some(tokenizer), &prompt, greedy)
         .expect("the native generation starts")
@@ -115,7 +124,6 @@ fn native_greedy(initial_peers: Vec<String>, model_dir: &Path, prefix: &str) -> 
         .collect::<Result<_, _>>()
         .expect("the native generation");
     client_node.shutdown();
-    assert_eq!(native.len(), NEW_TOKENS, "the demo model does not stop early on this prompt");
     (native.iter().map(|(id, _)| *id).collect(), native.iter().map(|(_, text)| text.as_str()).collect())
 }
 
@@ -146,6 +154,7 @@ fn check_page(
     shot: &str,
 ) {
     let (native_ids, native_text) = native;
+    assert_eq!(native_ids.len(), NEW_TOKENS, "the demo model does not stop early on this prompt");
     let page = PageRun::generate(&PageSetup {
         driver: &tools.driver,
         chromium: &tools.chromium,
@@ -156,6 +165,7 @@ fn check_page(
         prefix,
         prompt: PROMPT,
         new_tokens: NEW_TOKENS,
+        min_new_tokens: 0,
         screenshot: &workspace().join("target/artifacts").join(shot),
     });
     assert_eq!(page.ids, native_ids, "the browser's greedy tokens are the native client's");
@@ -175,7 +185,7 @@ fn the_browser_page_generates_the_native_clients_greedy_tokens() {
     // The swarm: a DHT node on TCP and WebSocket, and two servers joined to it over TCP.
     let (bootstrap, tcp, ws) = websocket_node(Vec::new());
     let servers = [(0, 2), (2, 4)].map(|(start, end)| rust_server(vec![tcp.clone()], &model_dir, PREFIX, start, end));
-    let native = native_greedy(vec![tcp.clone()], &model_dir, PREFIX);
+    let native = native_greedy(vec![tcp.clone()], &model_dir, PREFIX, NEW_TOKENS, 0);
     let route: Vec<Hop> = servers
         .iter()
         .zip([(0, 2), (2, 4)])
@@ -201,7 +211,7 @@ fn the_browser_page_generates_through_a_mixed_chain_with_a_python_server() {
     let swarm = client_common::Swarm::start(&model_dir, &dir.path().join("swarm"), &["2:4"]);
     let (relay, tcp, ws) = websocket_node(swarm.initial_peers.clone());
     let (host, mut server) = rust_server(vec![tcp.clone()], &model_dir, prefix, 0, 2);
-    let native = native_greedy(swarm.initial_peers.clone(), &model_dir, prefix);
+    let native = native_greedy(swarm.initial_peers.clone(), &model_dir, prefix, NEW_TOKENS, 0);
     let python = &swarm.servers[0];
     let route = [
         Hop { peer: host.peer_id(), start: 0, end: 2 },
@@ -210,5 +220,65 @@ fn the_browser_page_generates_through_a_mixed_chain_with_a_python_server() {
     check_page(&tools, &model_dir, &ws, prefix, native, &route, "browser-generation-mixed.png");
     server.shutdown();
     host.shutdown();
+    relay.shutdown();
+}
+
+#[test]
+fn the_page_fails_over_when_a_server_leaves_mid_generation() {
+    const LONG: usize = 200;
+    let tools = tools();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let model_dir = dir.path().join(PREFIX);
+    demo_model::write_demo_model(&model_dir).expect("the demo model is written");
+    // Blocks 0:2 on one server, 2:4 on two: the page's route uses one of the two, which leaves.
+    let (relay, tcp, ws) = websocket_node(Vec::new());
+    let (first_host, mut first) = rust_server(vec![tcp.clone()], &model_dir, PREFIX, 0, 2);
+    let spares = RefCell::new([0, 1].map(|_| Some(rust_server(vec![tcp.clone()], &model_dir, PREFIX, 2, 4))));
+    let (native_ids, native_text) = native_greedy(vec![tcp.clone()], &model_dir, PREFIX, LONG, LONG);
+    let left = Cell::new(None);
+    let setup = PageSetup {
+        driver: &tools.driver,
+        chromium: &tools.chromium,
+        package: &tools.package,
+        site: &workspace().join("examples/browser"),
+        model: &model_dir,
+        bootstrap: &ws,
+        prefix: PREFIX,
+        prompt: PROMPT,
+        new_tokens: LONG,
+        min_new_tokens: LONG,
+        screenshot: &workspace().join("target/artifacts/browser-generation-failover.png"),
+    };
+    let page = PageRun::generate_with(&setup, |browser| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while serde_json::from_str::<Vec<u32>>(&browser.text("tokens")).expect("ids").len() < 5 {
+            assert!(Instant::now() < deadline, "no tokens: {}", browser.text("status"));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let route = browser.text("route");
+        let mut spares = spares.borrow_mut();
+        let in_route = |s: &Option<(Node, Server)>| {
+            s.as_ref().is_some_and(|(host, _)| route.contains(&web::short_peer(&host.peer_id().to_base58())))
+        };
+        let index = spares.iter().position(in_route).unwrap_or_else(|| panic!("no 2:4 server in the route {route:?}"));
+        let (host, mut server) = spares[index].take().expect("a running server");
+        server.shutdown();
+        host.shutdown();
+        left.set(Some(index));
+    });
+    assert_eq!(page.ids, native_ids, "the tokens after the failover are the native client's");
+    assert_eq!(page.output, format!("{PROMPT}{native_text}"));
+    assert!(page.events.iter().any(|e| e == "retry"), "the page saw a retry: {:?}", page.events);
+    assert_eq!(page.events.iter().filter(|e| *e == "route").count(), 2, "a route, then the rebuilt one");
+    let spares = spares.into_inner();
+    let (other_host, _) = spares[1 - left.get().expect("a server left")].as_ref().expect("the other server runs");
+    let other = web::short_peer(&other_host.peer_id().to_base58());
+    assert!(page.route.ends_with(&format!("{other} [2:4)")), "the route {:?} ends at {other}", page.route);
+    for (host, mut server) in spares.into_iter().flatten() {
+        server.shutdown();
+        host.shutdown();
+    }
+    first.shutdown();
+    first_host.shutdown();
     relay.shutdown();
 }

@@ -290,6 +290,8 @@ pub struct PageSetup<'a> {
     pub prompt: &'a str,
     /// Tokens to generate.
     pub new_tokens: usize,
+    /// Tokens generated before the end-of-sequence token may end the generation.
+    pub min_new_tokens: usize,
     /// Where the screenshot of the page after the generation goes.
     pub screenshot: &'a Path,
 }
@@ -304,12 +306,19 @@ pub struct PageRun {
     pub route: String,
     /// The speed line.
     pub speed: String,
+    /// The kinds of the client's events, in order.
+    pub events: Vec<String>,
 }
 
 impl PageRun {
     /// Serves the page, opens it in headless Chromium, waits until it is connected, types the
     /// prompt, clicks Generate and waits until the generation is done; saves a screenshot.
     pub fn generate(setup: &PageSetup<'_>) -> PageRun {
+        Self::generate_with(setup, |_| {})
+    }
+
+    /// [`PageRun::generate`], calling `during` with the browser right after the click.
+    pub fn generate_with(setup: &PageSetup<'_>, during: impl FnOnce(&Browser)) -> PageRun {
         let site = StaticServer::start(vec![
             ("/pkg/".into(), setup.package.to_path_buf()),
             ("/model/".into(), setup.model.to_path_buf()),
@@ -317,16 +326,18 @@ impl PageRun {
         ]);
         let browser = Browser::start(setup.driver, setup.chromium);
         let query = format!(
-            "bootstrap={}&model=/model/&prefix={}&tokens={}",
+            "bootstrap={}&model=/model/&prefix={}&tokens={}&min={}",
             query_escape(setup.bootstrap),
             query_escape(setup.prefix),
-            setup.new_tokens
+            setup.new_tokens,
+            setup.min_new_tokens
         );
         browser.navigate(&format!("{}/index.html?{query}", site.url()));
         let state = browser.wait_for_state(&["ready", "error"], Duration::from_secs(120));
         assert_eq!(state, "ready", "the page did not connect: {}", browser.text("status"));
         browser.set_value("prompt", setup.prompt);
         browser.click("generate");
+        during(&browser);
         let state = browser.wait_for_state(&["done", "error"], Duration::from_secs(300));
         browser.screenshot(setup.screenshot);
         assert_eq!(state, "done", "the generation failed: {}", browser.text("status"));
@@ -337,6 +348,7 @@ impl PageRun {
             output: browser.text("output"),
             route: browser.text("route"),
             speed: browser.text("speed"),
+            events: serde_json::from_str(&browser.text("events")).expect("the page's events"),
         }
     }
 }
