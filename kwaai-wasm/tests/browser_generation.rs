@@ -282,3 +282,55 @@ fn the_page_fails_over_when_a_server_leaves_mid_generation() {
     first_host.shutdown();
     relay.shutdown();
 }
+
+#[test]
+fn the_page_reconnects_to_another_node_when_its_node_goes_away() {
+    let tools = tools();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let model_dir = dir.path().join(PREFIX);
+    demo_model::write_demo_model(&model_dir).expect("the demo model is written");
+    // Two kwaai nodes on WebSocket; the page knows both and connects to the first, which leaves.
+    let (first, tcp, first_ws) = websocket_node(Vec::new());
+    let (second, second_tcp, second_ws) = websocket_node(vec![tcp.clone()]);
+    let peers = vec![tcp.clone(), second_tcp.clone()];
+    let servers = [(0, 2), (2, 4)].map(|(start, end)| rust_server(peers.clone(), &model_dir, PREFIX, start, end));
+    let (native_ids, native_text) = native_greedy(vec![second_tcp.clone()], &model_dir, PREFIX, NEW_TOKENS, 0);
+    let bootstrap = format!("{first_ws},{second_ws}");
+    let setup = PageSetup {
+        driver: &tools.driver,
+        chromium: &tools.chromium,
+        package: &tools.package,
+        site: &workspace().join("examples/browser"),
+        model: &model_dir,
+        bootstrap: &bootstrap,
+        prefix: PREFIX,
+        prompt: PROMPT,
+        new_tokens: NEW_TOKENS,
+        min_new_tokens: 0,
+        screenshot: &workspace().join("target/artifacts/browser-generation-reconnect.png"),
+    };
+    let before = |browser: &web::Browser| {
+        assert_eq!(browser.events(), ["connected"]);
+        first.shutdown();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while browser.events() != ["connected", "disconnected", "connected"] {
+            let events = browser.events();
+            assert!(
+                Instant::now() < deadline && events.iter().filter(|e| *e == "connected").count() < 3,
+                "the page did not reconnect: events {events:?}, status {}",
+                browser.text("status")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let second = web::short_peer(&second.peer_id().to_base58());
+        assert!(browser.text("status").contains(&second), "the status names {second}: {}", browser.text("status"));
+    };
+    let page = PageRun::generate_around(&setup, before, |_| {});
+    assert_eq!(page.ids, native_ids, "the tokens through the second node are the native client's");
+    assert_eq!(page.output, format!("{PROMPT}{native_text}"));
+    for (host, mut server) in servers {
+        server.shutdown();
+        host.shutdown();
+    }
+    second.shutdown();
+}

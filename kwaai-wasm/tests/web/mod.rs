@@ -209,6 +209,11 @@ impl Browser {
         self.call("POST", "/url", Some(&json!({ "url": url })));
     }
 
+    /// The kinds of the client's events so far (the page's `events` element).
+    pub fn events(&self) -> Vec<String> {
+        serde_json::from_str(&self.text("events")).expect("the page's events")
+    }
+
     /// Waits until `document.body.dataset.state` is one of `states`, and returns it.
     pub fn wait_for_state(&self, states: &[&str], limit: Duration) -> String {
         let deadline = Instant::now() + limit;
@@ -319,6 +324,16 @@ impl PageRun {
 
     /// [`PageRun::generate`], calling `during` with the browser right after the click.
     pub fn generate_with(setup: &PageSetup<'_>, during: impl FnOnce(&Browser)) -> PageRun {
+        Self::generate_around(setup, |_| {}, during)
+    }
+
+    /// [`PageRun::generate`], calling `before` once the page is ready and `during` right after the
+    /// click.
+    pub fn generate_around(
+        setup: &PageSetup<'_>,
+        before: impl FnOnce(&Browser),
+        during: impl FnOnce(&Browser),
+    ) -> PageRun {
         let site = StaticServer::start(vec![
             ("/pkg/".into(), setup.package.to_path_buf()),
             ("/model/".into(), setup.model.to_path_buf()),
@@ -335,6 +350,7 @@ impl PageRun {
         browser.navigate(&format!("{}/index.html?{query}", site.url()));
         let state = browser.wait_for_state(&["ready", "error"], Duration::from_secs(120));
         assert_eq!(state, "ready", "the page did not connect: {}", browser.text("status"));
+        before(&browser);
         browser.set_value("prompt", setup.prompt);
         browser.click("generate");
         during(&browser);
@@ -348,7 +364,7 @@ impl PageRun {
             output: browser.text("output"),
             route: browser.text("route"),
             speed: browser.text("speed"),
-            events: serde_json::from_str(&browser.text("events")).expect("the page's events"),
+            events: browser.events(),
         }
     }
 }
