@@ -24,6 +24,7 @@ pub const RPC_FIND: &str = "DHTProtocol.rpc_find";
 pub const IS_REGULAR_VALUE: &[u8] = &[0xc0];
 /// The subkey tag of a whole dictionary value.
 pub const IS_DICTIONARY: &[u8] = b"";
+
 /// A value found at a peer, before it is merged with other answers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FoundValue {
@@ -237,4 +238,65 @@ pub fn decode_found(validators: &Validators, key: DhtId, found: FoundValue, now:
             expiration: found.expiration,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::dht::FindResponse;
+
+    #[test]
+    fn a_find_response_parses_and_dictionaries_merge_and_decode() {
+        let keys = [DhtId::of_key(&Value::from("model.0")), DhtId::of_key(&Value::from("model.1"))];
+        let now = 1000.0;
+        let (peer, node) = (PeerId::random(), DhtId::of_key(&Value::from("a node")));
+        let mut dictionary = DictionaryValue::default();
+        dictionary.store(Value::from("server-a"), msgpack::pack(&Value::from(1)), now + 10.0, now);
+        let response = FindResponse {
+            auth: None,
+            results: vec![
+                FindResult {
+                    r#type: ResultType::FoundDictionary as i32,
+                    value: msgpack::pack(&dictionary.to_msgpack(now)),
+                    expiration_time: now + 10.0,
+                    nearest_node_ids: vec![node.as_bytes().to_vec()],
+                    nearest_peer_ids: vec![peer.to_bytes()],
+                },
+                FindResult { r#type: ResultType::NotFound as i32, ..FindResult::default() },
+            ],
+            peer: Some(NodeInfo { node_id: node.as_bytes().to_vec() }),
+        };
+        let (sender, answers) =
+            parse_find_response(&Validators::default(), &keys, &response.encode_to_vec()).expect("a valid response");
+        assert_eq!(sender, Some(node));
+        assert_eq!(answers[0].nearest, [(node, peer)]);
+        assert!(answers[1].value.is_none());
+
+        // A second answer adds a subkey; the merged dictionary decodes to both entries.
+        let mut state = SearchState::new(f64::INFINITY);
+        state.add(answers[0].value.clone(), node, now);
+        let mut other = DictionaryValue::default();
+        other.store(Value::from("server-b"), msgpack::pack(&Value::from(2)), now + 20.0, now);
+        state.add(Some(FoundValue { value: StoredValue::Dictionary(other), expiration: now + 20.0 }), node, now);
+        let found = state.into_value().expect("a value");
+        assert_eq!(found.expiration, now + 20.0);
+        let Ok(DhtValue::Dictionary { entries, .. }) = decode_found(&Validators::default(), keys[0], found, now) else {
+            panic!("a dictionary");
+        };
+        let subkeys: Vec<&str> = entries.iter().filter_map(|e| e.subkey.as_str()).collect();
+        assert_eq!(subkeys.len(), 2);
+        assert!(subkeys.contains(&"server-a") && subkeys.contains(&"server-b"));
+
+        let misaligned = parse_find_response(&Validators::default(), &keys[..1], &response.encode_to_vec());
+        assert_eq!(misaligned.unwrap_err().kind(), ErrorKind::Protocol);
+        assert_eq!(
+            find_request(&keys, NodeInfo::default()),
+            FindRequest {
+                auth: None,
+                keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+                peer: Some(NodeInfo::default()),
+            }
+            .encode_to_vec()
+        );
+    }
 }
