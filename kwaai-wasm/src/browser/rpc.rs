@@ -56,9 +56,11 @@ impl StreamCall {
         self.stream.as_mut().ok_or_else(|| Error::new(ErrorKind::Closed, format!("the call to {} is over", self.peer)))
     }
 
-    /// Sends one request.
-    pub async fn send(&mut self, request: &[u8]) -> Result<()> {
-        write_frame(self.stream()?, FRAME_MESSAGE, request).await
+    /// Sends one request, waiting at most `limit` for the stream to take it.
+    pub async fn send(&mut self, request: &[u8], limit: Duration) -> Result<()> {
+        let peer = self.peer;
+        let stream = self.stream()?;
+        timeout(limit, &format!("sending a request to {peer}"), write_frame(stream, FRAME_MESSAGE, request)).await
     }
 
     /// The next reply, waiting at most `limit`; an error if the handler failed or the stream ended.

@@ -186,7 +186,7 @@ impl ServerSession {
         let opening = (!self.stepped)
             .then_some(StepOpening { max_length, active_adapter: swarm.config.active_adapter.as_deref() });
         let request = step_request(&self.uid, &self.session_id, step_id, opening, next_servers, inputs, compression)?;
-        self.call.send(&request).await?;
+        self.call.send(&request, swarm.config.request_timeout).await?;
         self.stepped = true;
         let reply = self.call.receive(swarm.config.request_timeout).await?;
         let output = decode_hidden(&reply, "rpc_inference")?;
@@ -206,7 +206,7 @@ impl ServerSession {
     /// Ends the session as Petals does: an empty request, then the end of the stream.
     async fn close(&mut self) {
         if self.stepped {
-            let _ = self.call.send(&close_request()).await;
+            let _ = self.call.send(&close_request(), CLOSE_TIMEOUT).await;
         }
         self.call.finish(CLOSE_TIMEOUT).await;
     }
