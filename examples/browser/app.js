@@ -53,7 +53,7 @@ async function generate() {
       output.append(token.text);
       $("tokens").textContent = JSON.stringify(ids);
       const seconds = (performance.now() - started) / 1000;
-      $("speed").textContent = `${ids.length} tokens in ${seconds.toFixed(2)} s: ${(ids.length / seconds).toFixed(2)} tokens/s`;
+      $("speed").textContent = `${ids.length} tokens in ${seconds.toFixed(3)} s: ${(ids.length / seconds).toFixed(2)} tokens/s`;
     }
     showRoute(client.route);
     status(`done: ${ids.length} tokens`);
