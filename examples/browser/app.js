@@ -84,7 +84,7 @@ async function main() {
     const options = { bootstrap, modelUrl, onEvent };
     if (params.get("prefix")) options.dhtPrefix = params.get("prefix");
     client = await BrowserClient.connect(options);
-    status(`ready; this page is ${short(client.peerId)}`);
+    status(`ready: connected to ${short(client.connectedPeer)}; this page is ${short(client.peerId)}`);
     $("generate").disabled = false;
     setState("ready");
   } catch (error) {

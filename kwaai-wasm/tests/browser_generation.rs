@@ -311,6 +311,9 @@ fn the_page_reconnects_to_another_node_when_its_node_goes_away() {
     };
     let before = |browser: &web::Browser| {
         assert_eq!(browser.events(), ["connected"]);
+        let first_peer = web::short_peer(&first.peer_id().to_base58());
+        let status = browser.text("status");
+        assert!(status.contains(&format!("connected to {first_peer}")), "the page uses the first node: {status}");
         first.shutdown();
         let deadline = Instant::now() + Duration::from_secs(60);
         while browser.events() != ["connected", "disconnected", "connected"] {

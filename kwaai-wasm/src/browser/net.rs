@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::channel::oneshot;
 use futures::future::{self, Either};
-use futures::FutureExt;
+use futures::StreamExt;
 use kwaai_core::p2p::framing::{read_length_prefixed, read_negotiation_answer, write_all};
 use kwaai_core::p2p::multistream::dialer_proposal;
 use kwaai_core::wire::forward::{ForwardRequest, ForwardResponse, FORWARD_PROTOCOL};
@@ -144,22 +144,30 @@ impl Connection {
     }
 }
 
+/// How often the muxer is polled even when nothing woke it: libp2p-websocket-websys 0.6 does not
+/// wake a pending read when the socket closes, so a closed connection is noticed at the next poll.
+const CLOSE_CHECK: u32 = 500;
+
 /// Drives the muxer until the connection fails or closes, dropping (refusing) inbound streams;
 /// then reports why on `ended`.
 async fn drive(muxer: Rc<RefCell<StreamMuxerBox>>, ended: oneshot::Sender<String>) {
-    let reason = future::poll_fn(|cx| loop {
-        let mut muxer = muxer.borrow_mut();
-        match muxer.poll_inbound_unpin(cx) {
-            Poll::Ready(Ok(stream)) => drop(stream),
-            Poll::Ready(Err(e)) => return Poll::Ready(e.to_string()),
-            Poll::Pending => match muxer.poll_unpin(cx) {
-                Poll::Ready(Ok(_)) => continue,
+    let mut ticks = gloo_timers::future::IntervalStream::new(CLOSE_CHECK);
+    let reason = future::poll_fn(|cx| {
+        // Only to be polled again soon (see CLOSE_CHECK); the ticks themselves mean nothing.
+        while ticks.poll_next_unpin(cx).is_ready() {}
+        loop {
+            let mut muxer = muxer.borrow_mut();
+            match muxer.poll_inbound_unpin(cx) {
+                Poll::Ready(Ok(stream)) => drop(stream),
                 Poll::Ready(Err(e)) => return Poll::Ready(e.to_string()),
-                Poll::Pending => return Poll::Pending,
-            },
+                Poll::Pending => match muxer.poll_unpin(cx) {
+                    Poll::Ready(Ok(_)) => continue,
+                    Poll::Ready(Err(e)) => return Poll::Ready(e.to_string()),
+                    Poll::Pending => return Poll::Pending,
+                },
+            }
         }
     })
-    .fuse()
     .await;
     let _ = ended.send(if reason.is_empty() { "connection closed".to_owned() } else { reason });
 }
