@@ -1,5 +1,9 @@
 //! Two Python `hivemind.DecentralizedAverager`s and two Rust averagers (127.0.0.1, one DHT)
 //! form one group and all reach the exact weighted mean, with and without compression.
+//!
+//! The Python peers run `tests/reference/averaging_peers.py`, which shields hivemind's shared
+//! per-part future from the cancellation of a vanished sender's handler (a hivemind 1.1.10 bug that
+//! stalls the surviving Python peers of any group, see the script); everything else is stock hivemind.
 
 mod common;
 

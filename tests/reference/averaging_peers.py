@@ -17,6 +17,7 @@ starts one hivemind.DHT (joined to the initial peers and to the DHTs started bef
       -> {"ok": true, "state": {"metadata": VALUE, "tensors": [[...], ...]} | null}
 Exits (shutting every averager and DHT down) when stdin closes.
 """
+import asyncio
 import faulthandler
 import gc
 import json
@@ -63,7 +64,8 @@ def report_incomplete_rounds():
             print(
                 f"reducer at part {self.current_part_index} of {self.num_parts}: received per sender "
                 f"{self.num_parts_received}, failed after {self.sender_failed_after}, current part from "
-                f"{self.current_part_accumulated_from} of {self.num_current_senders} senders",
+                f"{self.current_part_accumulated_from} of {self.num_current_senders} senders, its future "
+                f"{'cancelled' if self.current_part_future.cancelled() else 'pending'}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -73,6 +75,26 @@ def report_incomplete_rounds():
 
 
 report_incomplete_rounds()
+
+
+def keep_parts_alive_when_a_sender_vanishes():
+    """hivemind 1.1.10's TensorPartReducer hands every sender's handler the same `current_part_future`
+    and each handler awaits it bare. When a sender vanishes, hivemind's P2P cancels that sender's
+    handler task (`_handle_stream` cancels `processing_task`), and cancelling a task cancels the future
+    it awaits: the part in progress is cancelled for every other sender too, so the round stalls until
+    `allreduce_timeout` and the survivors report an error (pure Python groups included). Running each
+    `accumulate_part` shielded leaves the shared future alone; nothing else changes. The peer-loss tests
+    need this to be deterministic: without it they pass or fail depending on whether the lost peer's
+    handler happened to be waiting on a part when it went away."""
+    accumulate = TensorPartReducer.accumulate_part
+
+    async def accumulate_shielded(self, *args, **kwargs):
+        return await asyncio.shield(accumulate(self, *args, **kwargs))
+
+    TensorPartReducer.accumulate_part = accumulate_shielded
+
+
+keep_parts_alive_when_a_sender_vanishes()
 
 CODECS = {"NONE": NoCompression, "FLOAT16": Float16Compression, "UNIFORM_8BIT": Uniform8BitQuantization}
 
