@@ -24,11 +24,14 @@ use futures::future::{self, Either};
 use futures::StreamExt;
 use js_sys::{Array, Function, Object, Promise, Reflect, Symbol, Uint8Array};
 use kwaai_core::client::{ClientConfig, Hop};
+use kwaai_core::dht::RPC_PING;
 use kwaai_core::model::{
     Checkpoint, ClientModel, Generation, GenerationConfig, ModelConfig, SamplingConfig, TextDelta, TextTokenizer,
 };
+use kwaai_core::wire::dht::{NodeInfo, PingRequest};
 use kwaai_core::{Error, ErrorKind, Multiaddr, Result};
 use libp2p::identity::Keypair;
+use prost::Message;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::{future_to_promise, spawn_local, JsFuture};
@@ -42,6 +45,9 @@ use crate::js_error;
 const IDENTITY_KEY: &str = "kwaai.identity";
 /// How long dialing one node may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the client pings its node: kwaai nodes close a connection without streams after 30 s
+/// (pings every 20 s did not always prevent it; every 10 s held a connection idle for minutes).
+const KEEPALIVE: Duration = Duration::from_secs(10);
 /// Waits between reconnection attempts: doubling from the first to the last.
 const RECONNECT_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
 
@@ -156,6 +162,25 @@ async fn supervise(inner: std::rc::Weak<Inner>, mut ended: oneshot::Receiver<Str
                     client.events.error(&format!("{}: {e}", e.kind()));
                     delay = (delay * 2).min(RECONNECT_BACKOFF.1);
                 }
+            }
+        }
+    }
+}
+
+/// Pings the connected node (hivemind's `rpc_ping`) every [`KEEPALIVE`] while the client lives,
+/// so that the node does not close the connection as idle between generations.
+async fn keep_alive(inner: std::rc::Weak<Inner>) {
+    let request = PingRequest { auth: None, peer: Some(NodeInfo { node_id: Vec::new() }), validate: false };
+    loop {
+        sleep(KEEPALIVE).await;
+        let Some(client) = inner.upgrade().filter(|c| !c.closed.get()) else { return };
+        let connection = client.connection.borrow().clone();
+        drop(client);
+        if let Some(connection) = connection {
+            let peer = connection.peer();
+            let outcome = rpc::call_unary(&connection, peer, RPC_PING, request.encode_to_vec(), KEEPALIVE / 2).await;
+            if let Err(e) = outcome {
+                tracing::debug!(%peer, "keep-alive ping failed: {e}");
             }
         }
     }
@@ -298,6 +323,7 @@ impl BrowserClient {
             events,
         });
         spawn_local(supervise(Rc::downgrade(&inner), ended, peer));
+        spawn_local(keep_alive(Rc::downgrade(&inner)));
         Ok(BrowserClient { inner })
     }
 
