@@ -26,7 +26,6 @@ pub mod model;
 pub mod moe;
 #[cfg(feature = "native")]
 mod node;
-#[cfg(feature = "native")]
 pub mod p2p;
 pub mod server;
 pub mod tensor;

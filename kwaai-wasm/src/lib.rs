@@ -5,10 +5,14 @@
 //! - [`tokenizer`]: a Hugging Face `tokenizer.json`, text to token ids and back.
 //! - [`sampling`]: the next token from logits, greedy or sampled (temperature, top-k, top-p).
 //! - [`model`]: a model's client ends (embeddings, final norm, LM head) from safetensors bytes.
+//! - `browser` (wasm32 only): `BrowserClient`, a Petals client that reaches the swarm through kwaai
+//!   nodes over libp2p WebSockets and generates text in the page.
 //!
 //! Errors reach JavaScript as `Error`s whose message starts with the error kind
 //! (`invalid_argument: ...`), the same kinds every other binding uses.
 
+#[cfg(target_arch = "wasm32")]
+pub mod browser;
 pub mod dht;
 pub mod model;
 pub mod sampling;

@@ -175,3 +175,30 @@ fn client_model_embeds_and_computes_logits() {
     assert!(model.embed(&[8]).is_err(), "8 is outside the vocabulary");
     assert!(model.logits(&[1.0, 2.0, 3.0]).is_err(), "not whole rows");
 }
+
+/// `options` for `BrowserClient.connect` with these bootstrap addresses.
+fn connect_options(bootstrap: &[String]) -> wasm_bindgen::JsValue {
+    let options = js_sys::Object::new();
+    let addrs: js_sys::Array = bootstrap.iter().map(|a| wasm_bindgen::JsValue::from_str(a)).collect();
+    js_sys::Reflect::set(&options, &"bootstrap".into(), &addrs).unwrap();
+    js_sys::Reflect::set(&options, &"modelUrl".into(), &"/no-such-model/".into()).unwrap();
+    options.into()
+}
+
+/// The message of the `Error` that `BrowserClient.connect(options)` rejects with.
+async fn connect_error(options: wasm_bindgen::JsValue) -> String {
+    let error = kwaai_wasm::browser::BrowserClient::connect(options).await.err().expect("connect is refused");
+    String::from(js_sys::Error::from(wasm_bindgen::JsValue::from(error)).message())
+}
+
+#[wasm_bindgen_test]
+async fn connect_refuses_bad_options_with_the_error_kind() {
+    let peer = kwaai_core::PeerId::random();
+    let message = connect_error(connect_options(&[])).await;
+    assert!(message.starts_with("invalid_argument: ") && message.contains("bootstrap"), "{message}");
+    let message = connect_error(connect_options(&["/ip4/127.0.0.1/tcp/1/ws".into()])).await;
+    assert!(message.starts_with("invalid_argument: ") && message.contains("/p2p/"), "{message}");
+    // A well-formed address: the model's files are fetched first, and they are not there.
+    let message = connect_error(connect_options(&[format!("/ip4/127.0.0.1/tcp/1/ws/p2p/{peer}")])).await;
+    assert!(message.starts_with("network: fetching /no-such-model/"), "{message}");
+}

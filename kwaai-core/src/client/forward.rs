@@ -14,9 +14,9 @@ use prost::Message;
 use rmpv::Value;
 
 use super::config::ClientEvent;
+use super::inference_wire::{args_structure, encode_candle, no_prompts};
 use super::routing::{RemoteSpan, RouteMode};
 use super::sequence::SequenceManager;
-use super::session::{args_structure, encode_candle, no_prompts};
 use crate::error::{Error, ErrorKind, Result};
 use crate::server::{block_uid, RPC_FORWARD, RPC_FORWARD_STREAM};
 use crate::tensor::stream::{join, split, PETALS_CHUNK_SIZE};

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::session::AsyncInferenceSession;
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{generate, ClientModel, GenerationConfig, TextTokenizer};
+use crate::model::{generate, ClientModel, GenerationConfig, TextDelta, TextTokenizer};
 
 /// Tokens buffered between the worker and a slow reader.
 const TOKEN_BUFFER: usize = 64;
@@ -51,8 +51,7 @@ impl TokenStream {
         let worker = std::thread::Builder::new()
             .name("kwaai-generate".into())
             .spawn(move || {
-                let mut ids = Vec::new();
-                let mut text_len = 0usize;
+                let mut text = TextDelta::default();
                 let blocks = |hidden: &candle_core::Tensor| -> Result<candle_core::Tensor> {
                     let mut cancelled = cancelled.clone();
                     runtime.block_on(async {
@@ -64,19 +63,7 @@ impl TokenStream {
                     })
                 };
                 let on_token = |id: u32| {
-                    ids.push(id);
-                    let text = match &tokenizer {
-                        Some(t) => match t.decode(&ids, true) {
-                            // Hold text back while the last character is incomplete.
-                            Ok(full) if !full.ends_with('\u{fffd}') => {
-                                let delta = full.get(text_len..).unwrap_or_default().to_owned();
-                                text_len = full.len();
-                                delta
-                            }
-                            _ => String::new(),
-                        },
-                        None => String::new(),
-                    };
+                    let text = tokenizer.as_ref().map_or_else(String::new, |t| text.push(t, id));
                     let _ = sender.blocking_send(Ok(GeneratedToken { id, text }));
                 };
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -20,20 +20,24 @@ mod facade;
 mod forward;
 #[cfg(feature = "native")]
 mod generate;
+pub mod inference_wire;
 pub mod routing;
 #[cfg(feature = "native")]
 mod sequence;
 #[cfg(feature = "native")]
 mod session;
+pub mod swarm;
 
 pub use config::{ClientConfig, ClientEvent, EventCallback, Hop};
+pub use inference_wire::RPC_INFERENCE;
 pub use routing::{RemoteSpan, RouteMode};
+pub use swarm::RpcInfo;
 #[cfg(feature = "native")]
 pub use {
     distributed::{dht_prefix_for_dir, DistributedModel},
     facade::{Client, InferenceSession},
     forward::{ForwardPass, RPC_BACKWARD, RPC_BACKWARD_STREAM},
     generate::{GeneratedToken, TokenStream},
-    sequence::{RpcInfo, SequenceManager},
-    session::{AsyncInferenceSession, RPC_INFERENCE},
+    sequence::SequenceManager,
+    session::AsyncInferenceSession,
 };

@@ -4,10 +4,11 @@
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libp2p::PeerId;
 use rand::Rng;
+use web_time::Instant;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::server::{ServerInfo, ServerState};

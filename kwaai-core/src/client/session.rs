@@ -8,68 +8,24 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor as CandleTensor};
+use candle_core::Tensor as CandleTensor;
 use futures::stream::Fuse;
 use futures::{Stream, StreamExt};
 use libp2p::PeerId;
-use prost::Message;
 use rmpv::Value;
 use tokio::sync::mpsc;
 
 use super::config::{ClientEvent, Hop};
+use super::inference_wire::{
+    close_request, decode_hidden, next_server, span_uid, step_request, uuid4, StepOpening, RPC_INFERENCE,
+};
 use super::routing::{RemoteSpan, RouteMode};
 use super::sequence::SequenceManager;
 use crate::error::{Error, ErrorKind, Result};
 use crate::p2p::ResponseStream;
-use crate::server::block_uid;
-use crate::tensor::{decode, encode, CompressionType, Data, DecodeLimits, Tensor};
-use crate::wire::msgpack;
-use crate::wire::runtime::{ExpertRequest, ExpertResponse};
-
-/// The handle name of Petals' `rpc_inference`.
-pub const RPC_INFERENCE: &str = "TransformerConnectionHandler.rpc_inference";
+use crate::tensor::CompressionType;
 /// How long closing a server stream waits for the server to end it.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// A fresh random UUID (version 4) in its text form, as Python's `str(uuid.uuid4())`.
-pub(crate) fn uuid4() -> String {
-    let mut b: [u8; 16] = rand::random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
-}
-
-/// `((b"__T0", b"__T1", ...), {})`: where Petals' `pack_args_kwargs` put `count` positional tensors.
-pub(crate) fn args_structure(count: usize) -> Value {
-    let args = (0..count).map(|i| Value::Binary(format!("__T{i}").into_bytes())).collect();
-    msgpack::tuple(vec![msgpack::tuple(args), Value::Map(Vec::new())])
-}
-
-/// Serializes a candle tensor with `compression` (integer tensors always go uncompressed).
-pub(crate) fn encode_candle(t: &CandleTensor, compression: CompressionType) -> Result<crate::wire::runtime::Tensor> {
-    Tensor::with_candle_view(t, |view| {
-        let codec = if view.dtype().is_float() { compression } else { CompressionType::None };
-        encode(&view, codec)
-    })?
-}
-
-/// An empty float32 tensor: "no deep prompts".
-pub(crate) fn no_prompts() -> Tensor {
-    Tensor::new(vec![0], Data::F32(Vec::new())).expect("an empty tensor")
-}
-
-/// Decodes a reply's first tensor into a float32 candle tensor.
-pub(crate) fn decode_hidden(response: &[u8], what: &str) -> Result<CandleTensor> {
-    let response = ExpertResponse::decode(response)
-        .map_err(|e| Error::with_source(ErrorKind::Protocol, format!("decoding the {what} reply"), e))?;
-    let first = response
-        .tensors
-        .first()
-        .ok_or_else(|| Error::new(ErrorKind::Protocol, format!("{what} reply has no tensor")))?;
-    let tensor = decode(first, &DecodeLimits::default())?;
-    Ok(tensor.into_candle(&Device::Cpu)?.to_dtype(candle_core::DType::F32)?)
-}
 
 /// A `Stream` over a tokio mpsc receiver (the requests of one server stream).
 struct Requests(mpsc::UnboundedReceiver<Vec<u8>>);
@@ -110,7 +66,7 @@ struct ServerSession {
 impl ServerSession {
     async fn open(manager: &SequenceManager, span: RemoteSpan) -> Result<ServerSession> {
         let config = &manager.config;
-        let uid = (span.start..span.end).map(|b| block_uid(&config.dht_prefix, b)).collect::<Vec<_>>().join(" ");
+        let uid = span_uid(&config.dht_prefix, span.start, span.end);
         let (requests, receiver) = mpsc::unbounded_channel();
         let opening = manager.rpc.call_stream(span.peer, RPC_INFERENCE, Requests(receiver), config.request_timeout);
         let replies = tokio::time::timeout(config.connect_timeout, opening).await.map_err(|_| {
@@ -147,33 +103,13 @@ impl ServerSession {
         compression: CompressionType,
     ) -> Result<CandleTensor> {
         let n = inputs.dim(1)?;
-        let mut metadata =
-            vec![("session_id", Value::from(self.session_id.as_str())), ("step_id", Value::from(step_id))];
-        if !self.stepped {
-            metadata.extend([
-                ("max_length", Value::from(max_length as u64)),
-                ("points", Value::F64(0.0)),
-                ("active_adapter", manager.config.active_adapter.as_deref().map_or(Value::Nil, Value::from)),
-            ]);
-        } else if !next_servers.is_empty() {
-            metadata.push(("next_servers", Value::Array(next_servers)));
-        }
-        metadata.push(("args_structure", args_structure(3)));
-        let metadata = Value::Map(metadata.into_iter().map(|(k, v)| (Value::from(k), v)).collect());
-        let hypo_ids = Tensor::new(vec![0], Data::I64(Vec::new()))?;
-        let request = ExpertRequest {
-            uid: self.uid.clone(),
-            tensors: vec![
-                encode_candle(inputs, compression)?,
-                encode(&no_prompts().view(), compression)?,
-                encode(&hypo_ids.view(), CompressionType::None)?,
-            ],
-            metadata: msgpack::pack(&metadata),
-        };
+        let opening = (!self.stepped)
+            .then_some(StepOpening { max_length, active_adapter: manager.config.active_adapter.as_deref() });
+        let request = step_request(&self.uid, &self.session_id, step_id, opening, next_servers, inputs, compression)?;
         let sender =
             self.requests.as_ref().ok_or_else(|| Error::new(ErrorKind::Closed, "the server session is closed"))?;
         sender
-            .send(request.encode_to_vec())
+            .send(request)
             .map_err(|_| Error::new(ErrorKind::Network, format!("the stream to {} is gone", self.span.peer)))?;
         self.stepped = true;
         let replies =
@@ -203,7 +139,7 @@ impl ServerSession {
         let Some(requests) = self.requests.take() else { return };
         let replies = self.replies.take();
         if self.stepped {
-            let _ = requests.send(ExpertRequest::default().encode_to_vec());
+            let _ = requests.send(close_request());
         }
         drop(requests);
         if let Some(mut replies) = replies {
@@ -354,14 +290,7 @@ impl AsyncInferenceSession {
         self.sessions[index + 1..]
             .iter()
             .take_while(|s| s.stepped && s.requests.is_some())
-            .map(|s| {
-                msgpack::tuple(vec![
-                    Value::from(s.span.peer.to_base58()),
-                    Value::from(s.session_id.as_str()),
-                    Value::from(s.span.start),
-                    Value::from(s.span.end),
-                ])
-            })
+            .map(|s| next_server(&s.span, &s.session_id))
             .collect()
     }
 
@@ -426,30 +355,5 @@ impl AsyncInferenceSession {
             session.close().await;
         }
         self.sessions.clear();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn args_structure_packs_as_petals_pack_args_kwargs() {
-        // ((b"__T0", b"__T1", b"__T2"), {}) as hivemind's MSGPackSerializer writes it.
-        let expected = [
-            0xc7, 0x18, 0x40, 0x92, 0xc7, 0x13, 0x40, 0x93, 0xc4, 0x04, b'_', b'_', b'T', b'0', 0xc4, 0x04, b'_', b'_',
-            b'T', b'1', 0xc4, 0x04, b'_', b'_', b'T', b'2', 0x80,
-        ];
-        assert_eq!(msgpack::pack(&args_structure(3)), expected);
-    }
-
-    #[test]
-    fn session_ids_are_uuid4_strings() {
-        let id = uuid4();
-        let groups: Vec<usize> = id.split('-').map(str::len).collect();
-        assert_eq!(groups, [8, 4, 4, 4, 12]);
-        assert_eq!(&id[14..15], "4");
-        assert!("89ab".contains(&id[19..20]), "{id}");
-        assert_ne!(uuid4(), id);
     }
 }

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "native")]
 mod blacklist;
+pub mod find;
 pub mod id;
 #[cfg(feature = "native")]
 mod protocol;
@@ -15,9 +16,10 @@ mod service;
 pub mod storage;
 pub mod validation;
 
+pub use find::{DhtValue, DictionaryEntry, RPC_FIND, RPC_PING, RPC_STORE};
 pub use id::DhtId;
 #[cfg(feature = "native")]
-pub use protocol::{DhtConfig, RPC_FIND, RPC_PING, RPC_STORE};
+pub use protocol::DhtConfig;
 #[cfg(feature = "native")]
-pub use service::{Dht, DhtValue, DictionaryEntry, StoreItem};
+pub use service::{Dht, StoreItem};
 pub use storage::{dht_time, DhtTime, DictionaryValue, LocalStorage, StoredEntry, StoredValue, SubkeyEntry};

@@ -10,6 +10,7 @@ use prost::Message;
 use rmpv::Value;
 
 use super::blacklist::Blacklist;
+use super::find::{parse_find_result, sender_node_id, valid_dictionary, FindAnswer};
 use super::id::DhtId;
 use super::routing::RoutingTable;
 use super::storage::{dht_time, DhtTime, DictionaryValue, LocalStorage, StoredEntry, StoredValue};
@@ -21,17 +22,8 @@ use crate::wire::dht::{
 };
 use crate::wire::msgpack;
 
-/// Handler names, as hivemind registers them.
-pub const RPC_PING: &str = "DHTProtocol.rpc_ping";
-/// See [`RPC_PING`].
-pub const RPC_STORE: &str = "DHTProtocol.rpc_store";
-/// See [`RPC_PING`].
-pub const RPC_FIND: &str = "DHTProtocol.rpc_find";
+pub use super::find::{IS_DICTIONARY, IS_REGULAR_VALUE, RPC_FIND, RPC_PING, RPC_STORE};
 
-/// The subkey tag of a regular value: msgpack `None`.
-pub const IS_REGULAR_VALUE: &[u8] = &[0xc0];
-/// The subkey tag of a whole dictionary value.
-pub const IS_DICTIONARY: &[u8] = b"";
 /// Allowed clock difference between peers (hivemind's `MAX_DHT_TIME_DISCREPANCY_SECONDS`).
 const MAX_TIME_DISCREPANCY: f64 = 3.0;
 
@@ -98,24 +90,6 @@ impl Default for DhtConfig {
             validators: Validators::default(),
         }
     }
-}
-
-/// A value found at a peer, before it is merged with other answers.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FoundValue {
-    /// The regular value or the dictionary.
-    pub value: StoredValue,
-    /// Its expiration (the dictionary's latest one for dictionaries).
-    pub expiration: DhtTime,
-}
-
-/// What one peer answered for one key of `rpc_find`.
-#[derive(Debug, Clone, Default)]
-pub struct FindAnswer {
-    /// The value it holds, if any.
-    pub value: Option<FoundValue>,
-    /// The peers it knows nearest to the key, nearest first.
-    pub nearest: Vec<(DhtId, PeerId)>,
 }
 
 struct State {
@@ -260,7 +234,7 @@ impl Protocol {
         }
         if tag == IS_DICTIONARY {
             let dictionary = DictionaryValue::from_msgpack(&value)?;
-            if !self.valid_dictionary(key, &dictionary) {
+            if !valid_dictionary(&self.config.validators, key, &dictionary) {
                 return Ok(false);
             }
             let entries: Vec<_> = dictionary.entries(f64::NEG_INFINITY).cloned().collect();
@@ -280,20 +254,6 @@ impl Protocol {
             None => storage.store(key_id, record.value, expiration, now),
             Some(subkey) => storage.store_subkey(key_id, subkey, record.value, expiration, now),
         })
-    }
-
-    /// Whether every entry of a dictionary passes the validators.
-    fn valid_dictionary(&self, key: &[u8], dictionary: &DictionaryValue) -> bool {
-        self.config.validators.is_empty()
-            || dictionary.entries(f64::NEG_INFINITY).all(|e| {
-                let record = DhtRecord {
-                    key: key.to_vec(),
-                    subkey: msgpack::pack(&e.subkey),
-                    value: e.value.clone(),
-                    expiration: e.expiration,
-                };
-                self.config.validators.validate(&record)
-            })
     }
 
     fn rpc_find(self: Arc<Self>, sender: PeerId, request: Vec<u8>) -> Result<Vec<u8>> {
@@ -431,53 +391,14 @@ impl Protocol {
             }
         };
         self.clone().spawn_update(sender_node_id(response.peer.as_ref())?, peer, true);
-        keys.iter().zip(response.results).map(|(key, result)| self.parse_find_result(key, result)).collect()
+        keys.iter()
+            .zip(response.results)
+            .map(|(key, result)| parse_find_result(&self.config.validators, key, result))
+            .collect()
     }
 
     async fn call(&self, peer: PeerId, name: &str, request: Vec<u8>) -> Result<Vec<u8>> {
         self.rpc.call_unary(peer, name, request, self.config.wait_timeout).await
-    }
-
-    /// Decodes one `FindResult`; a value that fails validation counts as not found.
-    fn parse_find_result(&self, key: &DhtId, result: FindResult) -> Result<FindAnswer> {
-        if result.nearest_node_ids.len() != result.nearest_peer_ids.len() {
-            return Err(Error::new(ErrorKind::Protocol, "FindResult nearest lists are not aligned"));
-        }
-        let nearest = result
-            .nearest_node_ids
-            .iter()
-            .zip(&result.nearest_peer_ids)
-            .map(|(node, peer)| {
-                let peer =
-                    PeerId::from_bytes(peer).map_err(|e| Error::with_source(ErrorKind::Protocol, "bad peer ID", e))?;
-                Ok((DhtId::from_slice(node)?, peer))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let expiration = result.expiration_time;
-        let value = match ResultType::try_from(result.r#type) {
-            Ok(ResultType::NotFound) => None,
-            Ok(ResultType::FoundRegular) => {
-                let record = DhtRecord {
-                    key: key.as_bytes().to_vec(),
-                    subkey: IS_REGULAR_VALUE.to_vec(),
-                    value: result.value,
-                    expiration,
-                };
-                self.config
-                    .validators
-                    .validate(&record)
-                    .then(|| FoundValue { value: StoredValue::Regular(record.value), expiration })
-            }
-            Ok(ResultType::FoundDictionary) => {
-                let dictionary = DictionaryValue::from_msgpack(&result.value)?;
-                self.valid_dictionary(key.as_bytes(), &dictionary)
-                    .then(|| FoundValue { value: StoredValue::Dictionary(dictionary), expiration })
-            }
-            Err(_) => {
-                return Err(Error::new(ErrorKind::Protocol, format!("unknown FindResult type {}", result.r#type)))
-            }
-        };
-        Ok(FindAnswer { value, nearest })
     }
 
     // ----- local state ------------------------------------------------------------------------
@@ -593,14 +514,6 @@ where
 
 fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M> {
     M::decode(bytes).map_err(|e| Error::new(ErrorKind::Protocol, format!("bad DHT message: {e}")))
-}
-
-/// The node ID in a `NodeInfo`: `None` when absent or empty (client mode).
-fn sender_node_id(info: Option<&NodeInfo>) -> Result<Option<DhtId>> {
-    match info {
-        Some(info) if !info.node_id.is_empty() => DhtId::from_slice(&info.node_id).map(Some),
-        _ => Ok(None),
-    }
 }
 
 /// The msgpack subkey tag for a store: `c0` for a regular value, else the packed subkey.

@@ -2,10 +2,11 @@
 //! the bucket covers our own ID or its depth is not a multiple of `depth_modulo`.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use indexmap::IndexMap;
 use libp2p::PeerId;
+use web_time::Instant;
 
 use super::id::DhtId;
 

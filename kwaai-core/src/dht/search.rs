@@ -6,65 +6,9 @@ use std::sync::Arc;
 use futures::stream::{FuturesUnordered, StreamExt};
 use libp2p::PeerId;
 
+use super::find::SearchState;
 use super::id::DhtId;
-use super::protocol::{FoundValue, Protocol};
-use super::storage::{DhtTime, StoredValue};
-
-/// The best value seen so far for a key, merged the way hivemind merges answers: dictionaries
-/// from different peers are merged per subkey; otherwise the later expiration wins. The source is
-/// the node whose answer last raised the expiration (hivemind's `source_node_id`).
-#[derive(Debug, Default, Clone)]
-pub(crate) struct SearchState {
-    best: Option<FoundValue>,
-    source: Option<DhtId>,
-    /// The search may stop once a value expiring at or after this time is found.
-    sufficient_expiration: DhtTime,
-}
-
-impl SearchState {
-    pub fn new(sufficient_expiration: DhtTime) -> Self {
-        SearchState { best: None, source: None, sufficient_expiration }
-    }
-
-    /// Adds `source`'s answer.
-    pub fn add(&mut self, candidate: Option<FoundValue>, source: DhtId, now: DhtTime) {
-        let Some(candidate) = candidate else { return };
-        if self.finished() {
-            return;
-        }
-        let raises = self.best.as_ref().is_none_or(|best| candidate.expiration > best.expiration);
-        match (&mut self.best, candidate) {
-            (
-                Some(FoundValue { value: StoredValue::Dictionary(mine), expiration }),
-                FoundValue { value: StoredValue::Dictionary(theirs), expiration: their_expiration },
-            ) => {
-                for entry in theirs.entries(now) {
-                    mine.store(entry.subkey.clone(), entry.value.clone(), entry.expiration, now);
-                }
-                *expiration = expiration.max(their_expiration);
-            }
-            (Some(best), candidate) if raises => *best = candidate,
-            (Some(_), _) => {}
-            (None, candidate) => self.best = Some(candidate),
-        }
-        if raises {
-            self.source = Some(source);
-        }
-    }
-
-    pub fn finished(&self) -> bool {
-        self.best.as_ref().is_some_and(|b| b.expiration >= self.sufficient_expiration)
-    }
-
-    /// The node the value came from (ours for a local value).
-    pub fn source(&self) -> Option<DhtId> {
-        self.source
-    }
-
-    pub fn into_value(self) -> Option<FoundValue> {
-        self.best
-    }
-}
+use super::protocol::Protocol;
 
 /// Beam search for the value of `target`: keeps the `beam_size` nearest nodes that answered, asks
 /// the nearest unvisited candidates `num_workers` at a time, and stops once `state` has a

@@ -8,9 +8,10 @@ use futures::future::join_all;
 use libp2p::{Multiaddr, PeerId};
 use rmpv::Value;
 
+use super::find::{decode_found, DhtValue, FoundValue, SearchState};
 use super::id::DhtId;
-use super::protocol::{subkey_tag, DhtConfig, FoundValue, Protocol, IS_DICTIONARY, IS_REGULAR_VALUE};
-use super::search::{lookup, lookup_many, SearchState};
+use super::protocol::{subkey_tag, DhtConfig, Protocol, IS_DICTIONARY, IS_REGULAR_VALUE};
+use super::search::{lookup, lookup_many};
 use super::storage::{dht_time, DhtTime, StoredValue};
 use super::validation::DhtRecord;
 use crate::error::{Error, ErrorKind, Result};
@@ -28,36 +29,6 @@ pub struct StoreItem {
     pub value: Value,
     /// Absolute expiration in DHT time (Unix seconds).
     pub expiration: DhtTime,
-}
-
-/// One subkey of a dictionary value.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DictionaryEntry {
-    /// The subkey.
-    pub subkey: Value,
-    /// Its value.
-    pub value: Value,
-    /// Its expiration.
-    pub expiration: DhtTime,
-}
-
-/// A value read from the DHT.
-#[derive(Debug, Clone, PartialEq)]
-pub enum DhtValue {
-    /// A plain value.
-    Regular {
-        /// The value.
-        value: Value,
-        /// Its expiration.
-        expiration: DhtTime,
-    },
-    /// A dictionary: the live subkeys from every replica, merged.
-    Dictionary {
-        /// The subkeys, each with its own value and expiration.
-        entries: Vec<DictionaryEntry>,
-        /// The latest expiration among them.
-        expiration: DhtTime,
-    },
 }
 
 /// Keys asked in one `rpc_find` by the read fast path (hivemind's `chunk_size`).
@@ -334,7 +305,9 @@ impl Dht {
         ids.iter()
             .zip(found)
             .map(|(id, found)| match found {
-                Some(found) if found.expiration >= now => self.decode_found(*id, found, now).map(Some),
+                Some(found) if found.expiration >= now => {
+                    decode_found(&self.protocol.config.validators, *id, found, now).map(Some)
+                }
                 _ => Ok(None),
             })
             .collect()
@@ -501,31 +474,6 @@ impl Dht {
         tracing::debug!(keys = keys.len(), "refreshing cached DHT values");
         let sufficient = latest + self.protocol.config.cache_refresh_before_expiry + 1.0;
         self.get_many_by_id(&keys, sufficient, true).await;
-    }
-
-    /// Strips signatures (through the validators) and decodes the values.
-    fn decode_found(&self, key: DhtId, found: FoundValue, now: DhtTime) -> Result<DhtValue> {
-        let validators = &self.protocol.config.validators;
-        let strip = |subkey: Vec<u8>, value: &[u8], expiration| {
-            let record = DhtRecord { key: key.as_bytes().to_vec(), subkey, value: value.to_vec(), expiration };
-            msgpack::unpack(&validators.strip_value(&record))
-        };
-        Ok(match found.value {
-            StoredValue::Regular(bytes) => DhtValue::Regular {
-                value: strip(IS_REGULAR_VALUE.to_vec(), &bytes, found.expiration)?,
-                expiration: found.expiration,
-            },
-            StoredValue::Dictionary(d) => DhtValue::Dictionary {
-                entries: d
-                    .entries(now)
-                    .map(|e| {
-                        let value = strip(msgpack::pack(&e.subkey), &e.value, e.expiration)?;
-                        Ok(DictionaryEntry { subkey: e.subkey.clone(), value, expiration: e.expiration })
-                    })
-                    .collect::<Result<_>>()?,
-                expiration: found.expiration,
-            },
-        })
     }
 }
 

@@ -18,7 +18,7 @@ pub type DhtTime = f64;
 
 /// The current DHT time.
 pub fn dht_time() -> DhtTime {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    web_time::SystemTime::now().duration_since(web_time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// One subkey's entry in a [`DictionaryValue`].

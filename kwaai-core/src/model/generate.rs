@@ -44,34 +44,87 @@ pub fn generate(
     mut blocks: impl FnMut(&Tensor) -> Result<Tensor>,
     mut on_token: impl FnMut(u32),
 ) -> Result<Vec<u32>> {
-    if prompt.is_empty() {
-        return Err(Error::invalid_argument("the prompt is empty"));
+    let mut generation = Generation::new(prompt, config.clone())?;
+    while let Some(embedded) = generation.next_input(client)? {
+        let token = generation.accept(client, &blocks(&embedded)?)?;
+        on_token(token);
     }
-    let mut sampler = Sampler::new(config.sampling.clone())?;
-    let mut seen = prompt.to_vec();
-    let mut out = Vec::with_capacity(config.max_new_tokens);
-    let mut input = Tensor::new(prompt, &Device::Cpu)?.unsqueeze(0)?;
-    while out.len() < config.max_new_tokens {
-        let hidden = blocks(&client.embed(&input)?)?;
+    Ok(generation.into_tokens())
+}
+
+/// A generation driven one step at a time, for callers whose blocks run asynchronously (the
+/// browser): [`Generation::next_input`] gives the embedded input of the next step, the caller runs
+/// it through every block, and [`Generation::accept`] chooses the next token from the output.
+/// [`generate`] is this loop with blocking blocks, so both produce the same tokens.
+pub struct Generation {
+    config: GenerationConfig,
+    sampler: Sampler,
+    seen: Vec<u32>,
+    out: Vec<u32>,
+    input: Vec<u32>,
+    done: bool,
+}
+
+impl Generation {
+    /// A generation after `prompt` (not empty).
+    pub fn new(prompt: &[u32], config: GenerationConfig) -> Result<Self> {
+        if prompt.is_empty() {
+            return Err(Error::invalid_argument("the prompt is empty"));
+        }
+        let sampler = Sampler::new(config.sampling.clone())?;
+        let done = config.max_new_tokens == 0;
+        let out = Vec::with_capacity(config.max_new_tokens);
+        Ok(Generation { config, sampler, seen: prompt.to_vec(), out, input: prompt.to_vec(), done })
+    }
+
+    /// The embeddings `(1, T, hidden)` of the tokens the blocks have not seen yet (the prompt,
+    /// then the last token), or `None` once the generation is over.
+    pub fn next_input(&self, client: &ClientModel) -> Result<Option<Tensor>> {
+        if self.done {
+            return Ok(None);
+        }
+        let ids = Tensor::new(self.input.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+        client.embed(&ids).map(Some)
+    }
+
+    /// Chooses the next token from the last block's output `(1, T, hidden)` for the last input.
+    pub fn accept(&mut self, client: &ClientModel, hidden: &Tensor) -> Result<u32> {
+        if self.done {
+            return Err(Error::invalid_argument("the generation is over"));
+        }
         let t = hidden.dim(1)?;
         let mut logits = client.logits(&hidden.i((.., t - 1..t))?)?.flatten_all()?.to_vec1::<f32>()?;
-        if out.len() < config.min_new_tokens {
-            for &s in &config.stop_tokens {
+        if self.out.len() < self.config.min_new_tokens {
+            for &s in &self.config.stop_tokens {
                 if let Some(l) = logits.get_mut(s as usize) {
                     *l = f32::NEG_INFINITY;
                 }
             }
         }
-        let token = sampler.next(&logits, &seen)?;
-        out.push(token);
-        seen.push(token);
-        on_token(token);
-        if config.stop_tokens.contains(&token) || ends_with_any(&out, &config.stop_sequences) {
-            break;
-        }
-        input = Tensor::new(&[token], &Device::Cpu)?.unsqueeze(0)?;
+        let token = self.sampler.next(&logits, &self.seen)?;
+        self.out.push(token);
+        self.seen.push(token);
+        self.input = vec![token];
+        self.done = self.out.len() >= self.config.max_new_tokens
+            || self.config.stop_tokens.contains(&token)
+            || ends_with_any(&self.out, &self.config.stop_sequences);
+        Ok(token)
     }
-    Ok(out)
+
+    /// Tokens the blocks will have seen once the generation ends (prompt and new tokens), at most.
+    pub fn max_length(&self) -> usize {
+        self.seen.len() - self.out.len() + self.config.max_new_tokens
+    }
+
+    /// The tokens generated so far.
+    pub fn tokens(&self) -> &[u32] {
+        &self.out
+    }
+
+    /// The tokens generated.
+    pub fn into_tokens(self) -> Vec<u32> {
+        self.out
+    }
 }
 
 /// Whether `tokens` ends with one of `sequences` (empty sequences never match).

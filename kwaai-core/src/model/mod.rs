@@ -32,11 +32,11 @@ mod weights;
 pub use cache::{LayerCache, SessionCache};
 pub use client::ClientModel;
 pub use config::{FalconLayout, Family, ModelConfig, RopeScaling};
-pub use generate::{generate, GenerationConfig};
+pub use generate::{generate, Generation, GenerationConfig};
 pub use ops::round_bf16;
 pub use sampling::{argmax, Rng, Sampler, SamplingConfig};
 pub use span::{Block, BlockSpan, LoadOptions};
-pub use tokenizer::TextTokenizer;
+pub use tokenizer::{TextDelta, TextTokenizer};
 pub use weights::{Checkpoint, LoadProgress};
 
 impl From<candle_core::Error> for crate::Error {

@@ -39,3 +39,27 @@ impl TextTokenizer {
         self.0.decode(ids, skip_special_tokens).map_err(|e| Error::invalid_argument(format!("cannot decode: {e}")))
     }
 }
+
+/// The text each new token adds to a generation's output: the whole output is decoded again (so
+/// that tokenizers that merge pieces get them right) and the new end returned; text is held back
+/// while its last character is incomplete.
+#[derive(Debug, Default, Clone)]
+pub struct TextDelta {
+    ids: Vec<u32>,
+    text_len: usize,
+}
+
+impl TextDelta {
+    /// Adds token `id` and returns the text it completes (possibly empty).
+    pub fn push(&mut self, tokenizer: &TextTokenizer, id: u32) -> String {
+        self.ids.push(id);
+        match tokenizer.decode(&self.ids, true) {
+            Ok(full) if !full.ends_with('\u{fffd}') => {
+                let delta = full.get(self.text_len..).unwrap_or_default().to_owned();
+                self.text_len = full.len();
+                delta
+            }
+            _ => String::new(),
+        }
+    }
+}

@@ -1,26 +1,32 @@
 //! Reading and writing hivemind RPC messages on a stream: unary envelopes, streaming frames and
 //! the dialer's side of multistream-select. Every reader is bounded in size; the encodings live
-//! in [`crate::wire::p2pd`] and [`super::multistream`].
-
-use std::time::Duration;
+//! in [`crate::wire::p2pd`] and [`super::multistream`]. Pure (generic over `futures` I/O, no
+//! runtime): the browser client uses it as it is.
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use prost::Message;
 
-use super::multistream::{decode_message, HEADER, NOT_AVAILABLE};
+use super::multistream::{decode_message, HEADER, MAX_MESSAGE_LEN, NOT_AVAILABLE};
 use crate::error::{Error, ErrorKind, Result};
 use crate::wire::p2pd::{
-    decode_envelope_length, decode_frame_header, decode_rpc_error, encode_frame_header, PersistentConnectionRequest,
-    RpcError, FRAME_ERROR, FRAME_HEADER_LEN,
+    call_unary_response, decode_envelope_length, decode_frame_header, decode_rpc_error, encode_frame_header,
+    persistent_connection_request as request, CallUnaryRequest, CallUnaryResponse, PersistentConnectionRequest,
+    FRAME_ERROR, FRAME_HEADER_LEN,
 };
 
+/// The length of a unary call ID (a UUID).
+pub const CALL_ID_LEN: usize = 16;
+
 /// One streaming frame.
-pub(crate) enum Frame {
+pub enum Frame {
+    /// A message of the call.
     Message(Vec<u8>),
+    /// The handler's error text.
     Error(String),
 }
 
-pub(crate) async fn write_all<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` and flushes.
+pub async fn write_all<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> Result<()> {
     writer.write_all(bytes).await.map_err(io_error)?;
     writer.flush().await.map_err(io_error)
 }
@@ -30,7 +36,7 @@ const FIRST_WRITE_PAYLOAD: usize = 16 << 10;
 
 /// Writes one streaming frame. The header and the start of the payload go out in one write, so
 /// that a small message travels as one yamux frame rather than a 9-byte one and the rest.
-pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, marker: u8, payload: &[u8]) -> Result<()> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, marker: u8, payload: &[u8]) -> Result<()> {
     let (head, rest) = payload.split_at(payload.len().min(FIRST_WRITE_PAYLOAD));
     let mut first = Vec::with_capacity(FRAME_HEADER_LEN + head.len());
     first.extend_from_slice(&encode_frame_header(marker, payload.len()));
@@ -39,17 +45,19 @@ pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, marker: u
     write_all(writer, rest).await
 }
 
+#[cfg(feature = "native")]
 pub(crate) async fn write_error_frame<W: AsyncWrite + Unpin>(writer: &mut W, text: &str) -> Result<()> {
-    let payload = RpcError { message: Some(text.to_owned()) }.encode_to_vec();
+    let payload = crate::wire::p2pd::RpcError { message: Some(text.to_owned()) }.encode_to_vec();
     write_frame(writer, FRAME_ERROR, &payload).await
 }
 
 /// Reads one streaming frame; `Ok(None)` on a clean end of stream between frames. Waiting for a
 /// frame is unbounded; once its first byte is in, the rest must follow within `rest_timeout`.
+#[cfg(feature = "native")]
 pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     max_len: usize,
-    rest_timeout: Duration,
+    rest_timeout: std::time::Duration,
 ) -> Result<Option<Frame>> {
     let mut first = [0u8; 1];
     if reader.read(&mut first).await.map_err(io_error)? == 0 {
@@ -61,7 +69,8 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
         .map(Some)
 }
 
-async fn read_frame_rest<R: AsyncRead + Unpin>(reader: &mut R, marker: u8, max_len: usize) -> Result<Frame> {
+/// Reads the rest of a streaming frame whose first byte, `marker`, was already read.
+pub async fn read_frame_rest<R: AsyncRead + Unpin>(reader: &mut R, marker: u8, max_len: usize) -> Result<Frame> {
     let mut header = [0u8; FRAME_HEADER_LEN];
     header[0] = marker;
     reader.read_exact(&mut header[1..]).await.map_err(io_error)?;
@@ -76,7 +85,7 @@ async fn read_frame_rest<R: AsyncRead + Unpin>(reader: &mut R, marker: u8, max_l
 }
 
 /// Reads one unary envelope of at most `max_len` bytes.
-pub(crate) async fn read_unary_envelope<R: AsyncRead + Unpin>(
+pub async fn read_unary_envelope<R: AsyncRead + Unpin>(
     reader: &mut R,
     max_len: usize,
 ) -> Result<PersistentConnectionRequest> {
@@ -86,7 +95,7 @@ pub(crate) async fn read_unary_envelope<R: AsyncRead + Unpin>(
 }
 
 /// Reads one `uvarint(len) ‖ body` message of at most `max_len` bytes, without reading past it.
-pub(crate) async fn read_length_prefixed<R: AsyncRead + Unpin>(reader: &mut R, max_len: usize) -> Result<Vec<u8>> {
+pub async fn read_length_prefixed<R: AsyncRead + Unpin>(reader: &mut R, max_len: usize) -> Result<Vec<u8>> {
     let mut prefix = Vec::with_capacity(10);
     let len = loop {
         let mut byte = [0u8; 1];
@@ -104,7 +113,7 @@ pub(crate) async fn read_length_prefixed<R: AsyncRead + Unpin>(reader: &mut R, m
 }
 
 /// Reads the listener's header and its answer to our proposal of `name`.
-pub(crate) async fn read_negotiation_answer<R: AsyncRead + Unpin>(reader: &mut R, name: &str) -> Result<()> {
+pub async fn read_negotiation_answer<R: AsyncRead + Unpin>(reader: &mut R, name: &str) -> Result<()> {
     let header = read_multistream_message(reader).await?;
     if header != HEADER {
         return Err(Error::new(ErrorKind::Protocol, "peer did not answer with the multistream header"));
@@ -131,18 +140,82 @@ async fn read_multistream_message<R: AsyncRead + Unpin>(reader: &mut R) -> Resul
     }
 }
 
-pub(crate) fn io_error(e: std::io::Error) -> Error {
+/// An I/O error of an RPC stream (an early end of stream is a protocol error).
+pub fn io_error(e: std::io::Error) -> Error {
     let kind = if e.kind() == std::io::ErrorKind::UnexpectedEof { ErrorKind::Protocol } else { ErrorKind::Network };
     Error::with_source(kind, "rpc stream", e)
 }
 
-#[cfg(test)]
+/// Hivemind handler names: non-empty, no leading `/` (those belong to libp2p protocols), no
+/// newline, short enough for one multistream message.
+pub fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.starts_with('/') || name.contains('\n') || name.len() + 1 > MAX_MESSAGE_LEN {
+        return Err(Error::invalid_argument(format!(
+            "handler name {name:?} must be non-empty, without a leading '/' or a newline"
+        )));
+    }
+    Ok(())
+}
+
+/// Appends `message` as a unary envelope (`uvarint(len) ‖ message`) to `out`; returns its length.
+pub fn append_unary_envelope(message: &PersistentConnectionRequest, out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.reserve(message.encoded_len() + 10);
+    message.encode_length_delimited(out).expect("a Vec grows as needed");
+    out.len() - start
+}
+
+/// A fresh call ID: 16 random bytes shaped as a UUID4, as hivemind makes them.
+pub fn new_call_id() -> Vec<u8> {
+    let mut id: [u8; CALL_ID_LEN] = rand::random();
+    id[6] = (id[6] & 0x0f) | 0x40; // UUID version 4
+    id[8] = (id[8] & 0x3f) | 0x80; // RFC 4122 variant
+    id.to_vec()
+}
+
+/// A unary call of `peer`'s handler `name` with `request`: the `PersistentConnectionRequest` to
+/// send (after the proposal of `name`) and its call ID.
+pub fn unary_call(peer: &libp2p::PeerId, name: &str, request: Vec<u8>) -> (PersistentConnectionRequest, Vec<u8>) {
+    let call_id = new_call_id();
+    let call = PersistentConnectionRequest {
+        call_id: call_id.clone(),
+        message: Some(request::Message::CallUnary(CallUnaryRequest {
+            peer: peer.to_bytes(),
+            proto: name.to_owned(),
+            data: request,
+        })),
+    };
+    (call, call_id)
+}
+
+/// The reply bytes of a unary call from the envelope the handler answered; its error (or a reply
+/// to another call) as an [`ErrorKind::Protocol`] error.
+pub fn unary_reply(reply: PersistentConnectionRequest, call_id: &[u8]) -> Result<Vec<u8>> {
+    if reply.call_id != call_id {
+        return Err(Error::new(ErrorKind::Protocol, "reply carries another call ID"));
+    }
+    match reply.message {
+        Some(request::Message::UnaryResponse(CallUnaryResponse { result: Some(result) })) => match result {
+            call_unary_response::Result::Response(bytes) => Ok(bytes),
+            call_unary_response::Result::Error(text) => Err(remote_error(&String::from_utf8_lossy(&text))),
+        },
+        _ => Err(Error::new(ErrorKind::Protocol, "reply without a unaryResponse")),
+    }
+}
+
+/// The error of a remote handler, with its text.
+pub fn remote_error(text: &str) -> Error {
+    Error::new(ErrorKind::Protocol, format!("remote handler failed: {text}"))
+}
+
+#[cfg(all(test, feature = "native"))]
 mod tests {
     use std::pin::Pin;
     use std::task::{Context, Poll};
+    use std::time::Duration;
 
     use super::*;
-    use crate::wire::p2pd::FRAME_MESSAGE;
+    use crate::wire::p2pd::{RpcError, FRAME_MESSAGE};
 
     /// Gives `data`, then either ends (`stall == false`) or never answers again.
     struct Feed {

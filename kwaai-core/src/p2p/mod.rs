@@ -7,18 +7,32 @@
 //! calls and handlers. Inbound Kademlia requests are answered by `kad_responder` (go-libp2p cannot
 //! dial the addresses rust-libp2p's kad would send). A node that listens on WebSockets also
 //! forwards streams for peers that can reach only it (`forward`, [`crate::wire::forward`]).
+//!
+//! Without the `native` feature only the pure parts remain: `multistream` and `framing`, which
+//! the browser client drives over its own streams.
 
+#[cfg(feature = "native")]
 mod behaviour;
+#[cfg(feature = "native")]
 mod forward;
-mod framing;
+pub mod framing;
+#[cfg(feature = "native")]
 mod host;
+#[cfg(feature = "native")]
 mod kad_responder;
+#[cfg(feature = "native")]
 mod keep_alive;
 pub mod multistream;
+#[cfg(feature = "native")]
 mod muxer;
+#[cfg(feature = "native")]
 mod rpc;
+#[cfg(feature = "native")]
 mod yamux_muxer;
 
+#[cfg(feature = "native")]
 pub use host::PeerInfo;
+#[cfg(feature = "native")]
 pub(crate) use host::{start_host, HostHandle};
+#[cfg(feature = "native")]
 pub use rpc::{RequestStream, ResponseStream, Rpc, RpcLimits};

@@ -31,11 +31,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::forward;
 use super::framing::{
-    read_frame, read_length_prefixed, read_negotiation_answer, read_unary_envelope, write_all, write_error_frame,
-    write_frame, Frame,
+    append_unary_envelope, check_name, read_frame, read_length_prefixed, read_negotiation_answer, read_unary_envelope,
+    remote_error, unary_call, unary_reply, write_all, write_error_frame, write_frame, Frame, CALL_ID_LEN,
 };
 use super::host::Command;
-use super::multistream::{dialer_proposal, MAX_MESSAGE_LEN};
+use super::multistream::dialer_proposal;
 use super::muxer::{Connections, RpcStream};
 use crate::error::{Error, ErrorKind, Result};
 use crate::wire::forward::{ForwardRequest, ForwardResponse, FORWARD_PROTOCOL, MAX_FORWARD_REQUEST};
@@ -50,8 +50,6 @@ const STREAM_PREFETCH: usize = 5;
 const MAX_DRAIN: usize = 64 << 20;
 /// How long a finished streaming handler waits for its caller's remaining input.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
-/// The length of a unary call ID (a UUID).
-const CALL_ID_LEN: usize = 16;
 
 /// Size limits and timeouts of the RPC layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,15 +245,7 @@ impl Rpc {
         check_name(name)?;
         let peer = route.peer;
         let limits = self.shared.limits();
-        let call_id = new_call_id();
-        let call = PersistentConnectionRequest {
-            call_id: call_id.clone(),
-            message: Some(request::Message::CallUnary(CallUnaryRequest {
-                peer: peer.to_bytes(),
-                proto: name.to_owned(),
-                data: request,
-            })),
-        };
+        let (call, call_id) = unary_call(&peer, name, request);
         // The proposal and the envelope go out in one write.
         let mut out = route.preamble(name);
         let envelope_len = append_unary_envelope(&call, &mut out);
@@ -272,16 +262,7 @@ impl Rpc {
         route.read_answer(&mut stream, name).await?;
         let reply = read_unary_envelope(&mut stream, limits.max_unary_len).await?;
         let _ = stream.close().await;
-        if reply.call_id != call_id {
-            return Err(Error::new(ErrorKind::Protocol, "reply carries another call ID"));
-        }
-        match reply.message {
-            Some(request::Message::UnaryResponse(CallUnaryResponse { result: Some(result) })) => match result {
-                call_unary_response::Result::Response(bytes) => Ok(bytes),
-                call_unary_response::Result::Error(text) => Err(remote_error(&String::from_utf8_lossy(&text))),
-            },
-            _ => Err(Error::new(ErrorKind::Protocol, "reply without a unaryResponse")),
-        }
+        unary_reply(reply, &call_id)
     }
 
     /// Calls `peer`'s streaming handler `name`: sends `requests` then the end of stream, and
@@ -624,36 +605,6 @@ impl<T> Stream for ChannelStream<T> {
     }
 }
 
-/// Hivemind handler names: non-empty, no leading `/` (those belong to libp2p protocols), no
-/// newline, short enough for one multistream message.
-fn check_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.starts_with('/') || name.contains('\n') || name.len() + 1 > MAX_MESSAGE_LEN {
-        return Err(Error::invalid_argument(format!(
-            "handler name {name:?} must be non-empty, without a leading '/' or a newline"
-        )));
-    }
-    Ok(())
-}
-
-/// Appends `message` as a unary envelope (`uvarint(len) ‖ message`) to `out`; returns its length.
-fn append_unary_envelope(message: &PersistentConnectionRequest, out: &mut Vec<u8>) -> usize {
-    let start = out.len();
-    out.reserve(message.encoded_len() + 10);
-    message.encode_length_delimited(out).expect("a Vec grows as needed");
-    out.len() - start
-}
-
-fn new_call_id() -> Vec<u8> {
-    let mut id: [u8; CALL_ID_LEN] = rand::random();
-    id[6] = (id[6] & 0x0f) | 0x40; // UUID version 4
-    id[8] = (id[8] & 0x3f) | 0x80; // RFC 4122 variant
-    id.to_vec()
-}
-
-fn remote_error(text: &str) -> Error {
-    Error::new(ErrorKind::Protocol, format!("remote handler failed: {text}"))
-}
-
 fn closed() -> Error {
     Error::new(ErrorKind::Closed, "the node is shut down")
 }
@@ -661,6 +612,7 @@ fn closed() -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::p2p::framing::new_call_id;
 
     #[test]
     fn call_ids_are_uuid_v4() {

@@ -5,6 +5,7 @@ use libp2p::PeerId;
 use rmpv::Value;
 
 use super::info::ServerInfo;
+use super::prefix::block_uid;
 use crate::dht::{dht_time, Dht, DhtTime, StoreItem};
 use crate::error::{Error, Result};
 
@@ -42,11 +43,6 @@ impl Span {
         }
         Ok(Span { start, end })
     }
-}
-
-/// The module UID (and DHT key) of one block: `"{dht_prefix}.{block}"`.
-pub fn block_uid(dht_prefix: &str, block: u32) -> String {
-    format!("{dht_prefix}.{block}")
 }
 
 /// How long announcements live, in seconds, given the re-announce period, as Petals computes it.

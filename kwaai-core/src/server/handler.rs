@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use prost::Message;
 
+use super::info::RPC_INFO;
 use super::schema::{rpc_info_value, BlockSchema, ServerRpcInfo};
 use super::sessions::CacheBudget;
 use crate::error::{Error, ErrorKind, Result};
@@ -12,8 +13,6 @@ use crate::node::Node;
 use crate::wire::msgpack;
 use crate::wire::runtime::{ExpertInfo, ExpertUid};
 
-/// The handle name of `rpc_info`.
-pub const RPC_INFO: &str = "TransformerConnectionHandler.rpc_info";
 /// The largest `rpc_info` request accepted (it carries one block uid).
 const MAX_INFO_REQUEST: usize = 64 * 1024;
 

@@ -5,6 +5,9 @@ use rmpv::Value;
 use crate::error::{Error, ErrorKind, Result};
 use crate::wire::msgpack;
 
+/// The handle name of `rpc_info`.
+pub const RPC_INFO: &str = "TransformerConnectionHandler.rpc_info";
+
 /// The Petals version our records claim, as clients compare it with their own.
 pub const PETALS_VERSION: &str = "2.2.0.post1";
 

@@ -49,7 +49,7 @@ pub(crate) mod stream_parts;
 mod throughput;
 
 #[cfg(feature = "native")]
-pub use announce::{announce, announcement_expiration, block_records, block_uid, model_record, Span, MODELS_KEY};
+pub use announce::{announce, announcement_expiration, block_records, model_record, Span, MODELS_KEY};
 #[cfg(feature = "native")]
 pub use announcer::{Announcement, Announcer};
 #[cfg(feature = "native")]
@@ -57,11 +57,11 @@ pub use backward::{serve_backward, BackwardService, BACKWARD_TIMEOUT, RPC_BACKWA
 #[cfg(feature = "native")]
 pub use forward::{serve_forward, ForwardService, RPC_FORWARD, RPC_FORWARD_STREAM};
 #[cfg(feature = "native")]
-pub use handler::{serve_info, InfoService, RPC_INFO};
+pub use handler::{serve_info, InfoService};
 #[cfg(feature = "native")]
 pub use inference::{cache_bytes_per_token, serve_inference, InferenceService, InferenceSettings, RPC_INFERENCE};
-pub use info::{ServerInfo, ServerState, PETALS_VERSION};
-pub use prefix::dht_prefix_for_repo;
+pub use info::{ServerInfo, ServerState, PETALS_VERSION, RPC_INFO};
+pub use prefix::{block_uid, dht_prefix_for_repo};
 #[cfg(feature = "native")]
 pub use push::{serve_push, PushCounters, PushService, RPC_PUSH};
 #[cfg(feature = "native")]

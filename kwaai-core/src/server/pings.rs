@@ -11,7 +11,8 @@ use prost::Message;
 use rand::seq::SliceRandom;
 use rmpv::Value;
 
-use super::announce::{block_uid, Span};
+use super::announce::Span;
+use super::prefix::block_uid;
 use crate::dht::{Dht, DhtValue, RPC_PING};
 use crate::p2p::Rpc;
 use crate::wire::dht::{NodeInfo, PingRequest};

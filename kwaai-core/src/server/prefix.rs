@@ -3,6 +3,11 @@
 
 use crate::model::Family;
 
+/// The module UID (and DHT key) of one block: `"{dht_prefix}.{block}"`.
+pub fn block_uid(dht_prefix: &str, block: u32) -> String {
+    format!("{dht_prefix}.{block}")
+}
+
 /// The DHT prefix a Petals 2.2 server uses for the repository `repo` (e.g.
 /// `meta-llama/Llama-2-70b-hf`) when no prefix is given. Petals derives none for a local
 /// directory; such servers need an explicit prefix.

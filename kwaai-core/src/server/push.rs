@@ -11,8 +11,8 @@ use libp2p::PeerId;
 use prost::Message;
 use rmpv::Value;
 
-use super::announce::block_uid;
 use super::metadata::{sequence, Metadata};
+use super::prefix::block_uid;
 use super::sessions::SessionRegistry;
 use crate::error::{Error, ErrorKind, Result};
 use crate::node::Node;

@@ -8,8 +8,9 @@
 use rmpv::Value;
 use std::collections::BTreeMap;
 
-use super::announce::{block_uid, Span};
+use super::announce::Span;
 use super::info::{ServerInfo, ServerState};
+use super::prefix::block_uid;
 use crate::dht::{Dht, DhtValue};
 use crate::error::{Error, Result};
 

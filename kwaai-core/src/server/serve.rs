@@ -9,14 +9,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::announce::{block_uid, Span};
+use super::announce::Span;
 use super::announcer::{Announcement, Announcer};
 use super::backward::{serve_backward, BackwardService, RPC_BACKWARD, RPC_BACKWARD_STREAM};
 use super::forward::{serve_forward, ForwardService, RPC_FORWARD, RPC_FORWARD_STREAM};
-use super::handler::{serve_info, InfoService, RPC_INFO};
+use super::handler::{serve_info, InfoService};
 use super::inference::{cache_bytes_per_token, serve_inference, InferenceService, InferenceSettings, RPC_INFERENCE};
+use super::info::RPC_INFO;
 use super::info::{ServerInfo, ServerState};
 use super::pings::NextPings;
+use super::prefix::block_uid;
 use super::prefix::dht_prefix_for_repo;
 use super::push::{serve_push, PushCounters, PushService, Pusher, RPC_PUSH};
 use super::reachability::{serve_reachability, Reachability};

@@ -1,0 +1,173 @@
+//! The browser's connection to a kwaai node: libp2p over the browser's WebSocket, Noise and yamux.
+//!
+//! A task on the page's event loop drives the connection's muxer and refuses every inbound stream
+//! (the browser serves nothing). Outbound streams negotiate hivemind's slash-less handler names
+//! with multistream-select here; streams to other peers go through the node's `kwaai.forward`.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use futures::future::{self, Either};
+use futures::StreamExt;
+use kwaai_core::p2p::framing::{read_length_prefixed, read_negotiation_answer, write_all};
+use kwaai_core::p2p::multistream::dialer_proposal;
+use kwaai_core::wire::forward::{ForwardRequest, ForwardResponse, FORWARD_PROTOCOL};
+use kwaai_core::{Error, ErrorKind, Result};
+use libp2p::core::muxing::{StreamMuxerBox, StreamMuxerExt, SubstreamBox};
+use libp2p::core::transport::{DialOpts, PortUse};
+use libp2p::core::upgrade::Version;
+use libp2p::core::{Endpoint, Transport};
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use prost::Message;
+
+/// The largest forward answer accepted.
+const MAX_FORWARD_ANSWER: usize = 4 << 10;
+
+/// Runs `work` for at most `limit`; a timeout error naming `what` after that.
+pub async fn timeout<T>(limit: Duration, what: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
+    let millis = u32::try_from(limit.as_millis()).unwrap_or(u32::MAX);
+    let timer = gloo_timers::future::TimeoutFuture::new(millis);
+    match future::select(std::pin::pin!(work), timer).await {
+        Either::Left((outcome, _)) => outcome,
+        Either::Right(_) => Err(Error::new(ErrorKind::Timeout, format!("{what} took over {limit:?}"))),
+    }
+}
+
+/// Waits `delay` on the page's timers.
+pub async fn sleep(delay: Duration) {
+    gloo_timers::future::TimeoutFuture::new(u32::try_from(delay.as_millis()).unwrap_or(u32::MAX)).await;
+}
+
+/// A live connection to one kwaai node.
+#[derive(Clone)]
+pub struct Connection {
+    peer: PeerId,
+    muxer: Rc<RefCell<StreamMuxerBox>>,
+}
+
+/// The address without its `/p2p/<id>` suffix, and that peer ID.
+pub fn split_peer(addr: &Multiaddr) -> Result<(Multiaddr, PeerId)> {
+    let mut transport = addr.clone();
+    match transport.pop() {
+        Some(Protocol::P2p(peer)) => Ok((transport, peer)),
+        _ => Err(Error::invalid_argument(format!("bootstrap address {addr} does not end with /p2p/<peer id>"))),
+    }
+}
+
+impl Connection {
+    /// Dials `addr` (a `/ws` address ending with `/p2p/<id>`) as `key`; resolves once the
+    /// connection is secured and multiplexed. The returned receiver fires with the reason when the
+    /// connection ends.
+    pub async fn dial(
+        key: &Keypair,
+        addr: &Multiaddr,
+        limit: Duration,
+    ) -> Result<(Connection, oneshot::Receiver<String>)> {
+        let (transport_addr, expected) = split_peer(addr)?;
+        let noise = libp2p::noise::Config::new(key)
+            .map_err(|e| Error::with_source(ErrorKind::Internal, "setting up Noise", e))?;
+        let mut transport = libp2p::websocket_websys::Transport::default()
+            .upgrade(Version::V1)
+            .authenticate(noise)
+            .multiplex(libp2p::yamux::Config::default())
+            .boxed();
+        let dialing = transport
+            .dial(transport_addr.clone(), DialOpts { role: Endpoint::Dialer, port_use: PortUse::New })
+            .map_err(|e| Error::new(ErrorKind::Network, format!("cannot dial {transport_addr}: {e}")))?;
+        let (peer, muxer) = timeout(limit, &format!("connecting to {addr}"), async {
+            dialing.await.map_err(|e| Error::new(ErrorKind::Network, format!("connecting to {addr}: {e}")))
+        })
+        .await?;
+        if peer != expected {
+            return Err(Error::new(ErrorKind::Network, format!("{addr} answered as {peer}")));
+        }
+        let muxer = Rc::new(RefCell::new(muxer));
+        let (ended, ended_rx) = oneshot::channel();
+        wasm_bindgen_futures::spawn_local(drive(Rc::clone(&muxer), ended));
+        Ok((Connection { peer, muxer }, ended_rx))
+    }
+
+    /// The node's peer ID.
+    pub fn peer(&self) -> PeerId {
+        self.peer
+    }
+
+    async fn open_raw(&self) -> Result<SubstreamBox> {
+        let muxer = Rc::clone(&self.muxer);
+        future::poll_fn(move |cx| muxer.borrow_mut().poll_outbound_unpin(cx))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Network, format!("opening a stream to {}: {e}", self.peer)))
+    }
+
+    /// A stream to the node's handler `name`, negotiated; `first` goes out with the proposal.
+    pub async fn open(&self, name: &str, first: &[u8]) -> Result<SubstreamBox> {
+        let mut stream = self.open_raw().await?;
+        let mut out = dialer_proposal(name);
+        out.extend_from_slice(first);
+        write_all(&mut stream, &out).await?;
+        read_negotiation_answer(&mut stream, name).await?;
+        Ok(stream)
+    }
+
+    /// A stream to `peer`'s handler `name`: direct if `peer` is the node, else forwarded by it.
+    /// `first` goes out as early as it can (with the proposal or the forward header).
+    pub async fn open_to(&self, peer: PeerId, name: &str, first: &[u8]) -> Result<SubstreamBox> {
+        if peer == self.peer {
+            return self.open(name, first).await;
+        }
+        let header = ForwardRequest { peer: peer.to_bytes(), protocol: name.to_owned() };
+        let mut message = Vec::new();
+        header.encode_length_delimited(&mut message).expect("a Vec grows as needed");
+        message.extend_from_slice(first);
+        let mut stream = self.open(FORWARD_PROTOCOL, &message).await?;
+        let answer = read_length_prefixed(&mut stream, MAX_FORWARD_ANSWER).await?;
+        let answer = ForwardResponse::decode(answer.as_slice())
+            .map_err(|e| Error::with_source(ErrorKind::Protocol, "bad ForwardResponse", e))?;
+        if !answer.error.is_empty() {
+            return Err(Error::new(ErrorKind::Network, format!("forwarding {name} to {peer}: {}", answer.error)));
+        }
+        Ok(stream)
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        let muxer = Rc::clone(&self.muxer);
+        wasm_bindgen_futures::spawn_local(async move {
+            let _ = future::poll_fn(move |cx| muxer.borrow_mut().poll_close_unpin(cx)).await;
+        });
+    }
+}
+
+/// How often the muxer is polled even when nothing woke it: libp2p-websocket-websys 0.6 does not
+/// wake a pending read when the socket closes, so a closed connection is noticed at the next poll.
+const CLOSE_CHECK: u32 = 500;
+
+/// Drives the muxer until the connection fails or closes, dropping (refusing) inbound streams;
+/// then reports why on `ended`.
+async fn drive(muxer: Rc<RefCell<StreamMuxerBox>>, ended: oneshot::Sender<String>) {
+    let mut ticks = gloo_timers::future::IntervalStream::new(CLOSE_CHECK);
+    let reason = future::poll_fn(|cx| {
+        // Only to be polled again soon (see CLOSE_CHECK); the ticks themselves mean nothing.
+        while ticks.poll_next_unpin(cx).is_ready() {}
+        loop {
+            let mut muxer = muxer.borrow_mut();
+            match muxer.poll_inbound_unpin(cx) {
+                Poll::Ready(Ok(stream)) => drop(stream),
+                Poll::Ready(Err(e)) => return Poll::Ready(e.to_string()),
+                Poll::Pending => match muxer.poll_unpin(cx) {
+                    Poll::Ready(Ok(_)) => continue,
+                    Poll::Ready(Err(e)) => return Poll::Ready(e.to_string()),
+                    Poll::Pending => return Poll::Pending,
+                },
+            }
+        }
+    })
+    .await;
+    let _ = ended.send(if reason.is_empty() { "connection closed".to_owned() } else { reason });
+}
