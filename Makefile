@@ -24,7 +24,8 @@ VALGRIND := valgrind -q --leak-check=full --show-leak-kinds=definite,indirect \
 	--errors-for-leak-kinds=definite,indirect --error-exitcode=1
 
 .PHONY: help demo test deps reference tools build lint test-rust test-c test-python test-node check-generated \
-	header uniffi-bindings wheel fuzz pkgconfig test-kotlin bench-ffi demo-model bench-bindings test-wasm
+	header uniffi-bindings wheel fuzz pkgconfig test-kotlin bench-ffi demo-model bench-bindings test-wasm \
+	browser-tools browser-pkg test-browser
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -64,7 +65,7 @@ lint: ## formatting and clippy, warnings are errors
 	cargo fmt --all --check
 	cargo clippy $(CARGO_SET) -- -D warnings
 
-test-rust: build demo-model ## Rust unit, interop and header tests, and the Rust examples
+test-rust: build demo-model browser-pkg ## Rust unit, interop and header tests (the browser page's too), and the Rust examples
 	cargo test --workspace
 	./target/debug/examples/start_node
 	$(WITH_SWARM) ./target/debug/examples/generate $(DEMO_MODEL)
@@ -187,12 +188,22 @@ WASM_BINDGEN_VERSION := $(shell sed -n 's/^wasm-bindgen = "=\(.*\)"/\1/p' kwaai-
 WASM_BINDGEN_ROOT ?= $(HOME)/.cache/kwaai/wasm-bindgen-$(WASM_BINDGEN_VERSION)
 WASM_TARGET := wasm32-unknown-unknown
 
-test-wasm: ## kwaai-core without `native` on wasm32, and kwaai-wasm's tests in headless Chromium
+browser-tools: # the wasm32 target, the pinned wasm-bindgen-cli, Debian's chromium and chromedriver
 	rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 	[ -x $(WASM_BINDGEN_ROOT)/bin/wasm-bindgen-test-runner ] || cargo install --locked wasm-bindgen-cli \
 		--version $(WASM_BINDGEN_VERSION) --root $(WASM_BINDGEN_ROOT)
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		{ apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
+
+browser-pkg: browser-tools ## the web package (release wasm + wasm-bindgen --target web) in target/browser-pkg
+	cargo build --release -p kwaai-wasm --target $(WASM_TARGET)
+	$(WASM_BINDGEN_ROOT)/bin/wasm-bindgen --target web --out-dir target/browser-pkg \
+		target/$(WASM_TARGET)/release/kwaai_wasm.wasm
+
+test-browser: browser-pkg reference ## the example page in headless Chromium against local swarms (Rust, and Rust + Python)
+	cargo test -p kwaai-wasm --test browser_generation
+
+test-wasm: browser-tools ## kwaai-core without `native` on wasm32, and kwaai-wasm's tests in headless Chromium
 	cargo clippy -p kwaai-core --no-default-features --target $(WASM_TARGET) -- -D warnings
 	cargo clippy -p kwaai-wasm --all-targets --target $(WASM_TARGET) -- -D warnings
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(WASM_BINDGEN_ROOT)/bin/wasm-bindgen-test-runner \
