@@ -195,10 +195,19 @@ browser-tools: # the wasm32 target, the pinned wasm-bindgen-cli, Debian's chromi
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		{ apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
 
-browser-pkg: browser-tools ## the web package (release wasm + wasm-bindgen --target web) in target/browser-pkg
+# Fails unless `npm pack` would pack every file package.json lists (stdin: `npm pack --dry-run --json`).
+CHECK_PACKED := const [p] = JSON.parse(require("fs").readFileSync(0)), got = p.files.map((f) => f.path); \
+	const missing = require("./package.json").files.filter((f) => !got.includes(f)); \
+	if (missing.length) { console.error("npm would not pack " + missing); process.exit(1); }
+
+browser-pkg: browser-tools ## the npm package of the browser client (release wasm, wasm-bindgen --target web) in target/browser-pkg
 	cargo build --release -p kwaai-wasm --target $(WASM_TARGET)
 	$(WASM_BINDGEN_ROOT)/bin/wasm-bindgen --target web --out-dir target/browser-pkg \
 		target/$(WASM_TARGET)/release/kwaai_wasm.wasm
+	grep -q "\"version\": \"$$(sed -n 's/^version = \"\(.*\)\"/\1/p' Cargo.toml | head -1)\"" kwaai-wasm/package.json || \
+		{ echo "kwaai-wasm/package.json's version is not the workspace's"; exit 1; }
+	cp kwaai-wasm/package.json kwaai-wasm/README.md target/browser-pkg/
+	cd target/browser-pkg && npm pack --dry-run --json | node -e '$(CHECK_PACKED)'
 
 test-browser: browser-pkg reference ## the example page in headless Chromium against local swarms (Rust, and Rust + Python)
 	cargo test -p kwaai-wasm --test browser_generation
