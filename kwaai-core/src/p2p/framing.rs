@@ -8,6 +8,7 @@ use prost::Message;
 
 use super::multistream::{decode_message, HEADER, MAX_MESSAGE_LEN, NOT_AVAILABLE};
 use crate::error::{Error, ErrorKind, Result};
+use crate::wire::forward::{ForwardRequest, ForwardResponse, MAX_FORWARD_REQUEST};
 use crate::wire::p2pd::{
     call_unary_response, decode_envelope_length, decode_frame_header, decode_rpc_error, encode_frame_header,
     persistent_connection_request as request, CallUnaryRequest, CallUnaryResponse, PersistentConnectionRequest,
@@ -137,6 +138,30 @@ async fn read_multistream_message<R: AsyncRead + Unpin>(reader: &mut R) -> Resul
         if let Some((line, _)) = decode_message(&buf)? {
             return Ok(line.to_vec());
         }
+    }
+}
+
+/// Appends, after a proposal of [`crate::wire::forward::FORWARD_PROTOCOL`], the length-delimited
+/// request that asks the node to forward the stream to `peer`'s handler `name`.
+pub fn append_forward_request(peer: &libp2p::PeerId, name: &str, out: &mut Vec<u8>) {
+    let request = ForwardRequest { peer: peer.to_bytes(), protocol: name.to_owned() };
+    request.encode_length_delimited(out).expect("a Vec grows as needed");
+}
+
+/// Reads the forwarding node's answer to [`append_forward_request`]: `Ok` once the stream is a
+/// pipe to `peer`'s handler `name`, else a network error with the node's reason.
+pub async fn read_forward_answer<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    peer: &libp2p::PeerId,
+    name: &str,
+) -> Result<()> {
+    let answer = read_length_prefixed(reader, MAX_FORWARD_REQUEST).await?;
+    let answer = ForwardResponse::decode(&answer[..])
+        .map_err(|e| Error::new(ErrorKind::Protocol, format!("bad ForwardResponse: {e}")))?;
+    if answer.error.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::new(ErrorKind::Network, format!("forwarding {name} to {peer}: {}", answer.error)))
     }
 }
 

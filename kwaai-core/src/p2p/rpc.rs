@@ -25,20 +25,20 @@ use futures::io::{BufReader, ReadHalf, WriteHalf};
 use futures::stream::BoxStream;
 use futures::{AsyncReadExt, AsyncWriteExt, Stream, StreamExt};
 use libp2p::PeerId;
-use prost::Message;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
 use super::forward;
 use super::framing::{
-    append_unary_envelope, check_name, read_frame, read_length_prefixed, read_negotiation_answer, read_unary_envelope,
-    remote_error, unary_call, unary_reply, write_all, write_error_frame, write_frame, Frame, CALL_ID_LEN,
+    append_forward_request, append_unary_envelope, check_name, read_forward_answer, read_frame,
+    read_negotiation_answer, read_unary_envelope, remote_error, unary_call, unary_reply, write_all, write_error_frame,
+    write_frame, Frame, CALL_ID_LEN,
 };
 use super::host::Command;
 use super::multistream::dialer_proposal;
 use super::muxer::{Connections, RpcStream};
 use crate::error::{Error, ErrorKind, Result};
-use crate::wire::forward::{ForwardRequest, ForwardResponse, FORWARD_PROTOCOL, MAX_FORWARD_REQUEST};
+use crate::wire::forward::FORWARD_PROTOCOL;
 use crate::wire::p2pd::{
     call_unary_response, persistent_connection_request as request, CallUnaryRequest, CallUnaryResponse,
     PersistentConnectionRequest, END_OF_STREAM, FRAME_MESSAGE,
@@ -379,26 +379,17 @@ impl Route {
             return dialer_proposal(name);
         }
         let mut out = dialer_proposal(FORWARD_PROTOCOL);
-        let request = ForwardRequest { peer: self.peer.to_bytes(), protocol: name.to_owned() };
-        request.encode_length_delimited(&mut out).expect("a Vec grows as needed");
+        append_forward_request(&self.peer, name, &mut out);
         out
     }
 
     /// Reads the answer to [`Route::preamble`].
     async fn read_answer<R: futures::AsyncRead + Unpin>(&self, reader: &mut R, name: &str) -> Result<()> {
-        let Some(via) = self.via else { return read_negotiation_answer(reader, name).await };
-        read_negotiation_answer(reader, FORWARD_PROTOCOL).await?;
-        let answer = read_length_prefixed(reader, MAX_FORWARD_REQUEST).await?;
-        let answer = ForwardResponse::decode(&answer[..])
-            .map_err(|e| Error::new(ErrorKind::Protocol, format!("bad ForwardResponse: {e}")))?;
-        if answer.error.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::new(
-                ErrorKind::Network,
-                format!("{via} cannot forward {name} to {}: {}", self.peer, answer.error),
-            ))
+        if self.via.is_none() {
+            return read_negotiation_answer(reader, name).await;
         }
+        read_negotiation_answer(reader, FORWARD_PROTOCOL).await?;
+        read_forward_answer(reader, &self.peer, name).await
     }
 }
 

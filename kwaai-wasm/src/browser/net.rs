@@ -13,9 +13,9 @@ use std::time::Duration;
 use futures::channel::oneshot;
 use futures::future::{self, Either};
 use futures::StreamExt;
-use kwaai_core::p2p::framing::{read_length_prefixed, read_negotiation_answer, write_all};
+use kwaai_core::p2p::framing::{append_forward_request, read_forward_answer, read_negotiation_answer, write_all};
 use kwaai_core::p2p::multistream::dialer_proposal;
-use kwaai_core::wire::forward::{ForwardRequest, ForwardResponse, FORWARD_PROTOCOL};
+use kwaai_core::wire::forward::FORWARD_PROTOCOL;
 use kwaai_core::{Error, ErrorKind, Result};
 use libp2p::core::muxing::{StreamMuxerBox, StreamMuxerExt, SubstreamBox};
 use libp2p::core::transport::{DialOpts, PortUse};
@@ -24,10 +24,6 @@ use libp2p::core::{Endpoint, Transport};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use prost::Message;
-
-/// The largest forward answer accepted.
-const MAX_FORWARD_ANSWER: usize = 4 << 10;
 
 /// Runs `work` for at most `limit`; a timeout error naming `what` after that.
 pub async fn timeout<T>(limit: Duration, what: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
@@ -121,17 +117,11 @@ impl Connection {
         if peer == self.peer {
             return self.open(name, first).await;
         }
-        let header = ForwardRequest { peer: peer.to_bytes(), protocol: name.to_owned() };
         let mut message = Vec::new();
-        header.encode_length_delimited(&mut message).expect("a Vec grows as needed");
+        append_forward_request(&peer, name, &mut message);
         message.extend_from_slice(first);
         let mut stream = self.open(FORWARD_PROTOCOL, &message).await?;
-        let answer = read_length_prefixed(&mut stream, MAX_FORWARD_ANSWER).await?;
-        let answer = ForwardResponse::decode(answer.as_slice())
-            .map_err(|e| Error::with_source(ErrorKind::Protocol, "bad ForwardResponse", e))?;
-        if !answer.error.is_empty() {
-            return Err(Error::new(ErrorKind::Network, format!("forwarding {name} to {peer}: {}", answer.error)));
-        }
+        read_forward_answer(&mut stream, &peer, name).await?;
         Ok(stream)
     }
 
