@@ -26,6 +26,8 @@ pub struct NodeConfig {
     pub worker_threads: Option<usize>,
     /// How long [`crate::Node::start`] waits for every listener to come up.
     pub start_timeout: Duration,
+    /// How long a connection stays open after its last call ended (p2pd keeps 30 s).
+    pub idle_connection_timeout: Duration,
 }
 
 impl Default for NodeConfig {
@@ -37,6 +39,7 @@ impl Default for NodeConfig {
             dht: DhtConfig::default(),
             worker_threads: None,
             start_timeout: Duration::from_secs(10),
+            idle_connection_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -60,7 +60,7 @@ impl Node {
             .map_err(|e| Error::with_source(ErrorKind::Io, "starting the node runtime", e))?;
         let (stop, stopped) = oneshot::channel();
         let started = runtime.block_on(async {
-            let (host, task) = start_host(&identity, &listen, config.start_timeout, stopped).await?;
+            let (host, task) = start_host(&identity, &listen, &config, stopped).await?;
             match Dht::start(config.dht.clone(), host.rpc().clone(), &host, &initial_peers).await {
                 Ok(dht) => Ok((host, task, dht)),
                 Err(e) => {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kwaai_core::p2p::RpcLimits;
@@ -169,4 +169,40 @@ fn bad_handler_names_are_invalid_arguments() {
         let err = a.call_stream(a.peer_id(), name, vec![], T).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{name:?}");
     }
+}
+
+#[test]
+fn a_connection_stays_open_while_short_calls_come_and_closes_an_idle_timeout_after_the_last() {
+    let idle = Duration::from_millis(800);
+    let start = || {
+        Node::start(NodeConfig {
+            listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            idle_connection_timeout: idle,
+            ..NodeConfig::default()
+        })
+        .unwrap()
+    };
+    let (a, b) = (start(), start());
+    b.add_unary_handler("Test.echo", |_peer, request: Vec<u8>| async move { Ok(request) }).unwrap();
+    a.connect(&b.listen_addrs()[0].to_string(), T).unwrap();
+    let (rpc_a, rpc_b) = (a.rpc().unwrap(), b.rpc().unwrap());
+    // Short calls 300 ms apart for four idle timeouts: each restarts the idle timer on both ends.
+    let began = Instant::now();
+    let mut last_call = began;
+    while began.elapsed() < idle * 4 {
+        assert!(rpc_a.is_connected(&b.peer_id()), "the caller closed the connection after {:?}", began.elapsed());
+        assert!(rpc_b.is_connected(&a.peer_id()), "the server closed the connection after {:?}", began.elapsed());
+        assert_eq!(a.call_unary(b.peer_id(), "Test.echo", b"ping", T).unwrap(), b"ping");
+        last_call = Instant::now();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Then both ends close it about one idle timeout after the last call.
+    while rpc_a.is_connected(&b.peer_id()) || rpc_b.is_connected(&a.peer_id()) {
+        assert!(last_call.elapsed() < idle * 3, "still open {:?} after the last call", last_call.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let quiet = last_call.elapsed();
+    assert!(quiet >= idle - Duration::from_millis(100), "closed only {quiet:?} after the last call");
+    // The next call dials again.
+    assert_eq!(a.call_unary(b.peer_id(), "Test.echo", b"again", T).unwrap(), b"again");
 }

@@ -21,11 +21,10 @@ use super::kad_responder::KnownPeer;
 use super::muxer::RpcMuxer;
 use super::rpc::{Rpc, RpcShared};
 use super::yamux_muxer::YamuxUpgrade;
+use crate::config::NodeConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::Identity;
 
-/// How long an idle connection (no open streams) is kept; p2pd uses 30 s.
-const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Queue length between the node's API and its swarm task.
 const COMMAND_QUEUE: usize = 64;
 
@@ -93,12 +92,13 @@ impl HostHandle {
     }
 }
 
-/// Builds the swarm, starts every listener and waits (up to `timeout`) until each has an address.
-/// The returned task runs the swarm until `stop` fires or every handle is dropped.
+/// Builds the swarm, starts every listener and waits (up to the config's `start_timeout`) until
+/// each has an address. The returned task runs the swarm until `stop` fires or every handle is
+/// dropped.
 pub(crate) async fn start_host(
     identity: &Identity,
     listen: &[Multiaddr],
-    timeout: Duration,
+    config: &NodeConfig,
     stop: oneshot::Receiver<()>,
 ) -> Result<(HostHandle, JoinHandle<()>)> {
     let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
@@ -107,7 +107,7 @@ pub(crate) async fn start_host(
         // Browsers reach the swarm through WebSocket listeners: forward their calls to other peers.
         rpc.enable_forwarding(identity.peer_id());
     }
-    let mut swarm = build_swarm(identity, rpc.clone())?;
+    let mut swarm = build_swarm(identity, rpc.clone(), config.idle_connection_timeout)?;
     let mut waiting: HashSet<ListenerId> = HashSet::new();
     for addr in listen {
         let id = swarm
@@ -147,6 +147,7 @@ pub(crate) async fn start_host(
         }
         Ok(())
     };
+    let timeout = config.start_timeout;
     tokio::time::timeout(timeout, wait_for_listeners)
         .await
         .map_err(|_| Error::new(ErrorKind::Timeout, format!("listeners not up after {timeout:?}")))??;
@@ -159,7 +160,7 @@ pub(crate) async fn start_host(
 /// TCP or WebSocket over TCP (`/ws`, which browsers can dial), then Noise, then yamux (as p2pd
 /// offers them), with every yamux connection wrapped in [`RpcMuxer`] so that hivemind's handler
 /// names reach our RPC layer.
-fn build_swarm(identity: &Identity, rpc: Arc<RpcShared>) -> Result<Swarm<Behaviour>> {
+fn build_swarm(identity: &Identity, rpc: Arc<RpcShared>, idle_timeout: Duration) -> Result<Swarm<Behaviour>> {
     let keypair = identity.keypair();
     let noise = noise::Config::new(keypair)
         .map_err(|e| Error::with_source(ErrorKind::Internal, "building the noise transport", e))?;
@@ -178,7 +179,7 @@ fn build_swarm(identity: &Identity, rpc: Arc<RpcShared>) -> Result<Swarm<Behavio
         })
         .boxed();
     let behaviour = Behaviour::new(keypair.public(), rpc);
-    let config = libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT);
+    let config = libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(idle_timeout);
     Ok(Swarm::new(transport, behaviour, keypair.public().to_peer_id(), config))
 }
 

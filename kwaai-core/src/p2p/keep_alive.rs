@@ -1,13 +1,18 @@
-//! Keeps a connection open while RPC streams run on it.
+//! Keeps a connection open while RPC streams run on it, and restarts its idle timer after each.
 //!
-//! RPC streams bypass the swarm's stream accounting (see [`super::muxer`]), so without this the
+//! RPC streams bypass the swarm's stream accounting (see [`super::muxer`]). Without this the
 //! swarm would close a connection that only carries a long streaming call once its idle timeout
-//! passes. The handler asks [`Connections`] whether the peer has active RPC streams.
+//! passes, and would count that timeout from the connection's first idle moment however many
+//! short calls came after it. The handler asks [`Connections`] about the peer's RPC streams: while
+//! one is open it keeps the connection alive; when any opened or closed since it last looked it
+//! keeps it alive once more and has itself polled again at once, which starts a fresh idle timer.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures::task::AtomicWaker;
 use libp2p::core::transport::PortUse;
 use libp2p::core::upgrade::DeniedUpgrade;
 use libp2p::core::Endpoint;
@@ -31,7 +36,12 @@ impl KeepAlive {
     }
 
     fn handler(&self, peer: PeerId) -> KeepAliveHandler {
-        KeepAliveHandler { peer, rpc: self.rpc.clone() }
+        KeepAliveHandler {
+            peer,
+            rpc: self.rpc.clone(),
+            seen_changes: Cell::new(0),
+            connection_task: AtomicWaker::new(),
+        }
     }
 }
 
@@ -71,10 +81,14 @@ impl NetworkBehaviour for KeepAlive {
     }
 }
 
-/// Says "keep alive" while the peer has RPC streams open.
+/// Says "keep alive" while the peer has RPC streams open, and once after each change.
 pub(crate) struct KeepAliveHandler {
     peer: PeerId,
     rpc: Arc<super::rpc::RpcShared>,
+    /// The peer's stream changes when this handler last answered.
+    seen_changes: Cell<u64>,
+    /// The connection task, registered by `poll`, to have the answer asked again.
+    connection_task: AtomicWaker,
 }
 
 impl KeepAliveHandler {
@@ -96,10 +110,20 @@ impl ConnectionHandler for KeepAliveHandler {
     }
 
     fn connection_keep_alive(&self) -> bool {
-        self.connections().has_active_streams(&self.peer)
+        let activity = self.connections().activity(&self.peer);
+        if activity.open {
+            return true;
+        }
+        if self.seen_changes.replace(activity.changes) != activity.changes {
+            // The swarm restarts its idle timer on a "yes" followed by a "no": ask for the "no" now.
+            self.connection_task.wake();
+            return true;
+        }
+        false
     }
 
-    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ConnectionHandlerEvent<DeniedUpgrade, (), Infallible>> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ConnectionHandlerEvent<DeniedUpgrade, (), Infallible>> {
+        self.connection_task.register(cx.waker());
         Poll::Pending
     }
 

@@ -17,8 +17,9 @@
 //!   [`RpcMuxer`] shares (behind a mutex) for that purpose, so a call needs no round trip through
 //!   the connection task; the RPC layer then proposes the name itself.
 //!
-//! Streams handed to the RPC layer count as active in [`Connections`], which the keep-alive
-//! behaviour reads so that the swarm never closes a connection in the middle of a call.
+//! Streams handed to the RPC layer count as open in [`Connections`], which the keep-alive
+//! behaviour reads so that the swarm never closes a connection in the middle of a call, and
+//! counts its idle time from the end of the last call.
 
 use std::collections::HashMap;
 use std::io;
@@ -138,19 +139,32 @@ impl Drop for ConnectionNudge {
     }
 }
 
-/// Counts one RPC stream as active on its connection while it lives.
-struct ActiveGuard(Arc<AtomicUsize>);
+/// The RPC streams of one connection: how many are open, and how often one opened or closed.
+struct Activity {
+    open: AtomicUsize,
+    changes: AtomicU64,
+    /// The connection task's waker. Yamux only notices a stream opened outside that task (its
+    /// command channel, its writes, its drop) once the task polls the muxer again, and the
+    /// keep-alive handler only sees a stream close when it is polled.
+    connection_task: Arc<AtomicWaker>,
+}
+
+/// Counts one RPC stream as open on its connection while it lives.
+struct ActiveGuard(Arc<Activity>);
 
 impl ActiveGuard {
-    fn new(counter: &Arc<AtomicUsize>) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(counter.clone())
+    fn new(activity: &Arc<Activity>) -> Self {
+        activity.open.fetch_add(1, Ordering::Relaxed);
+        activity.changes.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(activity.clone())
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.changes.fetch_add(1, Ordering::Relaxed);
+        self.0.connection_task.wake();
     }
 }
 
@@ -164,10 +178,16 @@ fn lock(muxer: &SharedMuxer) -> std::sync::MutexGuard<'_, StreamMuxerBox> {
 struct Slot {
     id: u64,
     muxer: SharedMuxer,
-    /// The connection task's waker: yamux only notices a stream opened outside that task (its
-    /// command channel, its writes, its drop) once the task polls the muxer again.
-    connection_task: Arc<AtomicWaker>,
-    active: Arc<AtomicUsize>,
+    activity: Arc<Activity>,
+}
+
+/// What the RPC layer did on a peer's connections, as [`Connections::activity`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerActivity {
+    /// Whether any RPC stream with the peer is open.
+    pub open: bool,
+    /// How many times one opened or closed, summed over the peer's live connections.
+    pub changes: u64,
 }
 
 /// Every live connection, by peer: how to open RPC streams on it and how many are open.
@@ -178,11 +198,11 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
-    fn register(&self, peer: PeerId, muxer: SharedMuxer, connection_task: Arc<AtomicWaker>) -> (u64, Arc<AtomicUsize>) {
+    fn register(&self, peer: PeerId, muxer: SharedMuxer, connection_task: Arc<AtomicWaker>) -> (u64, Arc<Activity>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let active = Arc::new(AtomicUsize::new(0));
-        self.lock().entry(peer).or_default().push(Slot { id, muxer, connection_task, active: active.clone() });
-        (id, active)
+        let activity = Arc::new(Activity { open: AtomicUsize::new(0), changes: AtomicU64::new(0), connection_task });
+        self.lock().entry(peer).or_default().push(Slot { id, muxer, activity: activity.clone() });
+        (id, activity)
     }
 
     fn unregister(&self, peer: &PeerId, id: u64) {
@@ -197,26 +217,36 @@ impl Connections {
 
     /// Opens a raw substream on the newest connection to `peer`; `None` if there is none.
     pub fn open(&self, peer: &PeerId) -> Option<impl std::future::Future<Output = Result<RpcStream>>> {
-        let (muxer, connection_task, active) = {
+        let (muxer, activity) = {
             let slots = self.lock();
             let slot = slots.get(peer)?.last()?;
-            (slot.muxer.clone(), slot.connection_task.clone(), slot.active.clone())
+            (slot.muxer.clone(), slot.activity.clone())
         };
         Some(async move {
             let inner = futures::future::poll_fn(|cx| lock(&muxer).poll_outbound_unpin(cx))
                 .await
                 .map_err(|e| Error::with_source(ErrorKind::Network, "opening a stream", e))?;
             Ok(RpcStream {
-                nudge: ConnectionNudge(Some(connection_task)),
-                _active: Some(ActiveGuard::new(&active)),
+                nudge: ConnectionNudge(Some(activity.connection_task.clone())),
+                _active: Some(ActiveGuard::new(&activity)),
                 ..RpcStream::plain(inner)
             })
         })
     }
 
-    /// Whether any RPC stream with `peer` is open.
-    pub fn has_active_streams(&self, peer: &PeerId) -> bool {
-        self.lock().get(peer).is_some_and(|list| list.iter().any(|slot| slot.active.load(Ordering::Relaxed) > 0))
+    /// The RPC streams on every live connection with `peer`.
+    pub fn activity(&self, peer: &PeerId) -> PeerActivity {
+        let slots = self.lock();
+        let list = slots.get(peer).map(Vec::as_slice).unwrap_or_default();
+        PeerActivity {
+            open: list.iter().any(|slot| slot.activity.open.load(Ordering::Relaxed) > 0),
+            changes: list.iter().map(|slot| slot.activity.changes.load(Ordering::Relaxed)).sum(),
+        }
+    }
+
+    /// Whether any connection with `peer` is live.
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.lock().contains_key(peer)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, Vec<Slot>>> {
@@ -231,7 +261,7 @@ pub(crate) struct RpcMuxer {
     peer: PeerId,
     slot: u64,
     rpc: Arc<RpcShared>,
-    active: Arc<AtomicUsize>,
+    activity: Arc<Activity>,
     replay_tx: mpsc::UnboundedSender<RpcStream>,
     replays: mpsc::UnboundedReceiver<RpcStream>,
 }
@@ -241,9 +271,9 @@ impl RpcMuxer {
     pub fn new(inner: StreamMuxerBox, peer: PeerId, rpc: Arc<RpcShared>) -> Self {
         let inner = Arc::new(Mutex::new(inner));
         let connection_task = Arc::new(AtomicWaker::new());
-        let (slot, active) = rpc.connections.register(peer, inner.clone(), connection_task.clone());
+        let (slot, activity) = rpc.connections.register(peer, inner.clone(), connection_task.clone());
         let (replay_tx, replays) = mpsc::unbounded_channel();
-        RpcMuxer { inner, connection_task, peer, slot, rpc, active, replay_tx, replays }
+        RpcMuxer { inner, connection_task, peer, slot, rpc, activity, replay_tx, replays }
     }
 }
 
@@ -269,7 +299,7 @@ impl StreamMuxer for RpcMuxer {
                 Poll::Pending => return Poll::Pending,
             };
             let (rpc, peer, replay) = (this.rpc.clone(), this.peer, this.replay_tx.clone());
-            let guard = ActiveGuard::new(&this.active);
+            let guard = ActiveGuard::new(&this.activity);
             this.rpc.runtime.spawn(async move {
                 let listened = tokio::time::timeout(INBOUND_NEGOTIATION_TIMEOUT, listen(stream, &rpc)).await;
                 match listened {

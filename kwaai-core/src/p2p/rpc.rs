@@ -200,6 +200,12 @@ impl Rpc {
         self.shared.handlers.write().is_ok_and(|mut h| h.remove(name).is_some())
     }
 
+    /// Whether a connection with `peer` is open. A node closes a connection once it has carried
+    /// no call for [`crate::NodeConfig::idle_connection_timeout`]; the next call dials again.
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.shared.connections.is_connected(peer)
+    }
+
     /// Sets the size limits and handler timeout for calls made and served from now on.
     pub fn set_limits(&self, limits: RpcLimits) {
         if let Ok(mut current) = self.shared.limits.write() {

@@ -45,8 +45,8 @@ use crate::js_error;
 const IDENTITY_KEY: &str = "kwaai.identity";
 /// How long dialing one node may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the client pings its node: kwaai nodes close a connection without streams after 30 s
-/// (pings every 20 s did not prevent it; every 10 s kept an idle page connected for 70 s).
+/// How often the client pings its node, which closes a connection 30 s after its last call (as p2pd
+/// does): an idle page stays connected, with room for a slow ping.
 const KEEPALIVE: Duration = Duration::from_secs(10);
 /// Waits between reconnection attempts: doubling from the first to the last.
 const RECONNECT_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
