@@ -56,7 +56,7 @@ impl ClientModel {
     /// `tokens × vocabSize` float32 values.
     pub fn logits(&self, hidden: &[f32]) -> Result<Vec<f32>, JsError> {
         let width = self.hidden_size();
-        if hidden.is_empty() || hidden.len() % width != 0 {
+        if hidden.is_empty() || !hidden.len().is_multiple_of(width) {
             return Err(JsError::new(&format!(
                 "invalid_argument: {} hidden values are not whole rows of {width}",
                 hidden.len()

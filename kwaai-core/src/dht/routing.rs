@@ -132,7 +132,7 @@ impl RoutingTable {
                 return None;
             }
             let can_split = bucket.depth < DhtId::LEN * 8
-                && (bucket.covers(&self.node_id) || bucket.depth % self.depth_modulo != 0);
+                && (bucket.covers(&self.node_id) || !bucket.depth.is_multiple_of(self.depth_modulo));
             if !can_split {
                 return bucket.node_to_ping();
             }

@@ -20,6 +20,7 @@ mod config;
 mod falcon;
 #[cfg(feature = "native")]
 mod files;
+mod gemm_bf16;
 mod generate;
 mod kernels;
 mod llama;

@@ -8,6 +8,7 @@ use half::slice::HalfFloatSliceExt;
 
 use std::sync::Arc;
 
+use super::gemm_bf16::matmul_t_bf16;
 use super::kernels::{matmul_t, widen_bf16, Int8Weight, WeightBits, MAX_ROWS};
 
 use super::config::RopeScaling;
@@ -69,8 +70,10 @@ impl Linear {
         Ok(y.reshape(shape)?)
     }
 
-    /// `x W^T` for bfloat16 `W` and many rows: `W` is widened to float32 a slab of output rows at a time (so the
-    /// float32 copy stays small and in cache) and each slab goes through the float32 matmul.
+    /// `x W^T` for bfloat16 `W` and many rows. Where the CPU multiplies bfloat16 pairs and `x` holds bfloat16
+    /// values (a bfloat16 model's rounded activations) and needs no gradient, [`matmul_t_bf16`] reads `W` as it
+    /// is. Otherwise `W` is widened to float32 a slab of output rows at a time (so the float32 copy stays small
+    /// and in cache) and each slab goes through the float32 matmul.
     fn bf16_chunks(&self, x: &Tensor) -> Result<Option<Tensor>> {
         if self.weight.dtype() != DType::BF16 || !self.weight.is_contiguous() {
             return Ok(None);
@@ -81,6 +84,13 @@ impl Linear {
             return Ok(None);
         };
         let bits: &[u16] = cpu.as_slice::<half::bf16>()?[start..end].reinterpret_cast();
+        if !x.track_op() && x.dtype() == DType::F32 {
+            let rows = x.dim(0)?;
+            let xs = x.flatten_all()?.to_vec1::<f32>()?;
+            if let Some(y) = matmul_t_bf16(&xs, rows, inp, bits, out) {
+                return Ok(Some(Tensor::from_vec(y, (rows, out), &Device::Cpu)?));
+            }
+        }
         let slab = (BF16_SLAB_BYTES / (4 * inp)).clamp(16, out.max(16));
         let mut parts = Vec::with_capacity(out.div_ceil(slab));
         for first in (0..out).step_by(slab) {

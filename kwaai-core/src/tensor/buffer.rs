@@ -76,7 +76,7 @@ impl Data {
 
     /// Copies `bytes` (a whole number of elements, any alignment) into typed storage.
     pub fn from_bytes(dtype: DType, bytes: &[u8]) -> Result<Data> {
-        if bytes.len() % dtype.size() != 0 {
+        if !bytes.len().is_multiple_of(dtype.size()) {
             return Err(Error::invalid_argument(format!(
                 "{} bytes is not a whole number of {} elements",
                 bytes.len(),
