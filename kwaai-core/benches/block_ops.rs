@@ -17,6 +17,16 @@ fn bench(c: &mut Criterion) {
     g.bench_function("matmul_128x2048x5504_w_transposed_view", |b| b.iter(|| x.matmul(&w.t().unwrap()).unwrap()));
     g.bench_function("matmul_128x2048x5504_w_pretransposed", |b| b.iter(|| x.matmul(&wt).unwrap()));
     g.bench_function("bf16_to_f32_5504x2048_candle", |b| b.iter(|| wb.to_dtype(DType::F32).unwrap()));
+    // The bfloat16 prefill matmul (AVX512-BF16), on the same values rounded to bfloat16.
+    let xb: Vec<f32> =
+        x.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let bits: Vec<u16> =
+        wb.flatten_all().unwrap().to_vec1::<half::bf16>().unwrap().iter().map(|v| v.to_bits()).collect();
+    if kwaai_core::model::matmul_t_bf16(&xb, 128, 2048, &bits, 5504).is_some() {
+        g.bench_function("matmul_bf16_pairs_128x2048x5504", |b| {
+            b.iter(|| kwaai_core::model::matmul_t_bf16(&xb, 128, 2048, &bits, 5504).unwrap())
+        });
+    }
     let y = x.matmul(&wt).unwrap();
     g.bench_function("round_trip_bf16_128x5504", |b| {
         b.iter(|| y.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap())

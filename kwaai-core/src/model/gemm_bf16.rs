@@ -8,10 +8,12 @@
 
 use rayon::prelude::*;
 
-/// Rows of `x` in one tile: two vectors of 16 lanes.
-const TILE_ROWS: usize = 32;
-/// Output columns in one full tile (12 columns × 2 vectors = 24 accumulators); a tail takes 4 at a time.
-const TILE_COLS: usize = 12;
+/// Vectors of 16 rows of `x` in one tile.
+const VECS: usize = 4;
+/// Rows of `x` in one tile.
+const TILE_ROWS: usize = 16 * VECS;
+/// Output columns in one full tile (6 columns × 4 vectors = 24 accumulators); a tail takes 4 at a time.
+const TILE_COLS: usize = 6;
 /// Output columns per parallel task.
 const TASK_COLS: usize = 4 * TILE_COLS;
 
@@ -51,7 +53,7 @@ pub fn supported() -> bool {
     false
 }
 
-/// `x` as bfloat16 pairs, tile by tile: for each tile of 32 rows and each pair `p` of columns, 32 words
+/// `x` as bfloat16 pairs, tile by tile: for each tile of 64 rows and each pair `p` of columns, 64 words
 /// `bits(x[r][2p]) | bits(x[r][2p + 1]) << 16`; rows past the end are zero. `None` if a value is not bfloat16.
 fn pack_rows(x: &[f32], rows: usize, inp: usize) -> Option<Vec<u32>> {
     let pairs = inp / 2;
@@ -76,7 +78,7 @@ fn pack_rows(x: &[f32], rows: usize, inp: usize) -> Option<Vec<u32>> {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{TILE_COLS, TILE_ROWS};
+    use super::{TILE_COLS, TILE_ROWS, VECS};
 
     /// Every tile of `cols` output columns (weights `w`, (cols, 2 · pairs)) by every row tile of `packed`,
     /// into `yt` (cols, padded).
@@ -106,25 +108,26 @@ mod x86 {
         }
     }
 
-    /// One tile: 32 rows (`a`: `pairs` × 32 packed words) by `C` columns (`w`: `C` weight rows of `pairs`
-    /// words, unaligned), accumulated over every pair, stored as `C` column vectors of 32 rows at `y`, `stride`
+    /// One tile: 64 rows (`a`: `pairs` × 64 packed words) by `C` columns (`w`: `C` weight rows of `pairs`
+    /// words, unaligned), accumulated over every pair, stored as `C` column vectors of 64 rows at `y`, `stride`
     /// apart.
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn tile_kernel<const C: usize>(a: *const u32, w: *const u32, pairs: usize, y: *mut f32, stride: usize) {
-        let mut lo = [_mm512_setzero_ps(); C];
-        let mut hi = [_mm512_setzero_ps(); C];
+        let mut acc = [[_mm512_setzero_ps(); VECS]; C];
         for p in 0..pairs {
-            let a0 = as_bf16_pairs(_mm512_loadu_si512(a.add(p * TILE_ROWS).cast()));
-            let a1 = as_bf16_pairs(_mm512_loadu_si512(a.add(p * TILE_ROWS + 16).cast()));
-            for c in 0..C {
+            let rows: [__m512bh; VECS] =
+                std::array::from_fn(|v| as_bf16_pairs(_mm512_loadu_si512(a.add(p * TILE_ROWS + 16 * v).cast())));
+            for (c, column) in acc.iter_mut().enumerate() {
                 let b = as_bf16_pairs(_mm512_set1_epi32(w.add(c * pairs + p).read_unaligned() as i32));
-                lo[c] = _mm512_dpbf16_ps(lo[c], a0, b);
-                hi[c] = _mm512_dpbf16_ps(hi[c], a1, b);
+                for (sum, &r) in column.iter_mut().zip(&rows) {
+                    *sum = _mm512_dpbf16_ps(*sum, r, b);
+                }
             }
         }
-        for c in 0..C {
-            _mm512_storeu_ps(y.add(c * stride), lo[c]);
-            _mm512_storeu_ps(y.add(c * stride + 16), hi[c]);
+        for (c, column) in acc.iter().enumerate() {
+            for (v, &sum) in column.iter().enumerate() {
+                _mm512_storeu_ps(y.add(c * stride + 16 * v), sum);
+            }
         }
     }
 
@@ -158,8 +161,8 @@ mod tests {
             return;
         }
         let mut rng = crate::model::Rng::new(5);
-        // Shapes with a partial row tile, each column tail (12, 4, 3, 2, 1) and more than one task.
-        for (rows, inp, out) in [(1, 2, 1), (9, 64, 12), (33, 130, 61), (64, 256, 100), (40, 34, 7)] {
+        // Shapes with partial and several row tiles, each column tail (4, 3, 2, 1) and more than one task.
+        for (rows, inp, out) in [(1, 2, 1), (9, 64, 12), (70, 130, 61), (64, 256, 100), (40, 34, 9), (3, 8, 8)] {
             let x: Vec<f32> =
                 (0..rows * inp).map(|_| crate::model::round_bf16(rng.next_f64() as f32 * 4.0 - 2.0)).collect();
             let w: Vec<u16> = (0..out * inp).map(|_| bf16_bits(rng.next_f64() as f32 - 0.5)).collect();

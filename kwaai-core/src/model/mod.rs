@@ -33,6 +33,7 @@ mod weights;
 pub use cache::{LayerCache, SessionCache};
 pub use client::ClientModel;
 pub use config::{FalconLayout, Family, ModelConfig, RopeScaling};
+pub use gemm_bf16::matmul_t_bf16;
 pub use generate::{generate, Generation, GenerationConfig};
 pub use ops::round_bf16;
 pub use sampling::{argmax, Rng, Sampler, SamplingConfig};
