@@ -17,14 +17,22 @@ fn bench(c: &mut Criterion) {
     g.bench_function("matmul_128x2048x5504_w_transposed_view", |b| b.iter(|| x.matmul(&w.t().unwrap()).unwrap()));
     g.bench_function("matmul_128x2048x5504_w_pretransposed", |b| b.iter(|| x.matmul(&wt).unwrap()));
     g.bench_function("bf16_to_f32_5504x2048_candle", |b| b.iter(|| wb.to_dtype(DType::F32).unwrap()));
-    // The bfloat16 prefill matmul (AVX512-BF16), on the same values rounded to bfloat16.
+    // The prefill matmuls (AVX-512), bfloat16 on the same values rounded to bfloat16.
+    use kwaai_core::model::{matmul_t_prefill, WeightBits};
+    let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+    let ws: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+    if matmul_t_prefill(&xs, 128, 2048, WeightBits::F32(&ws), 5504).is_some() {
+        g.bench_function("matmul_prefill_f32_128x2048x5504", |b| {
+            b.iter(|| matmul_t_prefill(&xs, 128, 2048, WeightBits::F32(&ws), 5504).unwrap())
+        });
+    }
     let xb: Vec<f32> =
         x.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     let bits: Vec<u16> =
         wb.flatten_all().unwrap().to_vec1::<half::bf16>().unwrap().iter().map(|v| v.to_bits()).collect();
-    if kwaai_core::model::matmul_t_bf16(&xb, 128, 2048, &bits, 5504).is_some() {
-        g.bench_function("matmul_bf16_pairs_128x2048x5504", |b| {
-            b.iter(|| kwaai_core::model::matmul_t_bf16(&xb, 128, 2048, &bits, 5504).unwrap())
+    if matmul_t_prefill(&xb, 128, 2048, WeightBits::Bf16(&bits), 5504).is_some() {
+        g.bench_function("matmul_prefill_bf16_128x2048x5504", |b| {
+            b.iter(|| matmul_t_prefill(&xb, 128, 2048, WeightBits::Bf16(&bits), 5504).unwrap())
         });
     }
     let y = x.matmul(&wt).unwrap();

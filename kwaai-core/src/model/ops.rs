@@ -8,7 +8,7 @@ use half::slice::HalfFloatSliceExt;
 
 use std::sync::Arc;
 
-use super::gemm_bf16::matmul_t_bf16;
+use super::gemm::matmul_t_prefill;
 use super::kernels::{matmul_t, widen_bf16, Int8Weight, WeightBits, MAX_ROWS};
 
 use super::config::RopeScaling;
@@ -54,10 +54,16 @@ impl Linear {
             Some(y) => y,
             None => {
                 let x2 = x.reshape((rows, inner))?;
-                match (&self.int8, self.bf16_chunks(&x2)?) {
-                    (None, Some(y)) => y,
-                    (Some(q), _) => x2.matmul(&Tensor::from_vec(q.dequantize(), (q.out, q.inp), &Device::Cpu)?.t()?)?,
-                    (None, None) => x2.matmul(&self.weight.to_dtype(DType::F32)?.t()?)?,
+                if let Some(y) = self.prefill(&x2)? {
+                    y
+                } else {
+                    match (&self.int8, self.bf16_chunks(&x2)?) {
+                        (None, Some(y)) => y,
+                        (Some(q), _) => {
+                            x2.matmul(&Tensor::from_vec(q.dequantize(), (q.out, q.inp), &Device::Cpu)?.t()?)?
+                        }
+                        (None, None) => x2.matmul(&self.weight.to_dtype(DType::F32)?.t()?)?,
+                    }
                 }
             }
         };
@@ -70,10 +76,9 @@ impl Linear {
         Ok(y.reshape(shape)?)
     }
 
-    /// `x W^T` for bfloat16 `W` and many rows. Where the CPU multiplies bfloat16 pairs and `x` holds bfloat16
-    /// values (a bfloat16 model's rounded activations) and needs no gradient, [`matmul_t_bf16`] reads `W` as it
-    /// is. Otherwise `W` is widened to float32 a slab of output rows at a time (so the float32 copy stays small
-    /// and in cache) and each slab goes through the float32 matmul.
+    /// `x W^T` for bfloat16 `W` and many rows where [`Linear::prefill`] declines: `W` is widened to float32 a
+    /// slab of output rows at a time (so the float32 copy stays small and in cache) and each slab goes through
+    /// the float32 matmul.
     fn bf16_chunks(&self, x: &Tensor) -> Result<Option<Tensor>> {
         if self.weight.dtype() != DType::BF16 || !self.weight.is_contiguous() {
             return Ok(None);
@@ -84,13 +89,6 @@ impl Linear {
             return Ok(None);
         };
         let bits: &[u16] = cpu.as_slice::<half::bf16>()?[start..end].reinterpret_cast();
-        if !x.track_op() && x.dtype() == DType::F32 {
-            let rows = x.dim(0)?;
-            let xs = x.flatten_all()?.to_vec1::<f32>()?;
-            if let Some(y) = matmul_t_bf16(&xs, rows, inp, bits, out) {
-                return Ok(Some(Tensor::from_vec(y, (rows, out), &Device::Cpu)?));
-            }
-        }
         let slab = (BF16_SLAB_BYTES / (4 * inp)).clamp(16, out.max(16));
         let mut parts = Vec::with_capacity(out.div_ceil(slab));
         for first in (0..out).step_by(slab) {
@@ -100,6 +98,31 @@ impl Linear {
         }
         drop(storage);
         Ok(Some(Tensor::cat(&parts, 1)?))
+    }
+
+    /// The prefill path: many rows of float32 `x` without a gradient, by [`matmul_t_prefill`] (AVX-512), which
+    /// reads float32 or bfloat16 `W` as stored; `None` where it declines.
+    fn prefill(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        if x.track_op() || x.dtype() != DType::F32 || self.int8.is_some() || !self.weight.is_contiguous() {
+            return Ok(None);
+        }
+        let (rows, inp) = x.dims2()?;
+        let out = self.weight.dim(0)?;
+        let (storage, layout) = self.weight.storage_and_layout();
+        let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+            return Ok(None);
+        };
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let y = match self.weight.dtype() {
+            DType::F32 => matmul_t_prefill(&xs, rows, inp, WeightBits::F32(&cpu.as_slice::<f32>()?[start..end]), out),
+            DType::BF16 => {
+                let bits = cpu.as_slice::<half::bf16>()?[start..end].reinterpret_cast();
+                matmul_t_prefill(&xs, rows, inp, WeightBits::Bf16(bits), out)
+            }
+            _ => None,
+        };
+        drop(storage);
+        Ok(y.map(|y| Tensor::from_vec(y, (rows, out), &Device::Cpu)).transpose()?)
     }
 
     /// The decode path: a few rows, no gradient, weights streamed once by our kernels.

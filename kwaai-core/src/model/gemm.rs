@@ -1,0 +1,264 @@
+//! Matrix multiplication for prefill on CPUs with AVX-512: `y = x W^T` for many rows of `x`, with `W` (out, in)
+//! row-major read in place as float32 or as bfloat16.
+//!
+//! The lanes of a vector are 16 rows of `x`, packed once per call; each step broadcasts one element of a weight
+//! row to every lane. A tile is 64 rows by 6 output columns (24 accumulators), and each output column's rows
+//! are stored contiguously, then transposed once at the end.
+//!
+//! float32 weights take `vfmadd` on float32 elements. bfloat16 weights take `vdpbf16ps` (AVX512-BF16) on pairs
+//! of elements: exact products, float32 sums. That needs `x` to hold bfloat16 values (float32 whose low 16 bits
+//! are zero), as the activations of a bfloat16 model do after each op's rounding; then the result equals a
+//! float32 matmul of the same values up to the order of the sums.
+
+use rayon::prelude::*;
+
+use super::kernels::WeightBits;
+
+/// Vectors of 16 rows of `x` in one tile.
+const VECS: usize = 4;
+/// Rows of `x` in one tile.
+const TILE_ROWS: usize = 16 * VECS;
+/// Output columns in one full tile (6 columns × 4 vectors = 24 accumulators); a tail takes 4 at a time.
+const TILE_COLS: usize = 6;
+/// Output columns per parallel task.
+const TASK_COLS: usize = 4 * TILE_COLS;
+
+/// `y (rows, out) = x (rows, inp) · W^T`, or `None` where this module cannot compute it: 8-bit weights, a CPU
+/// without AVX-512 (AVX512-BF16 for bfloat16 weights), or bfloat16 weights that are not 4-byte aligned, have an
+/// odd `inp`, or meet an `x` that holds a value bfloat16 cannot represent exactly.
+pub fn matmul_t_prefill(x: &[f32], rows: usize, inp: usize, w: WeightBits<'_>, out: usize) -> Option<Vec<f32>> {
+    if rows == 0 || out == 0 || inp == 0 {
+        return None;
+    }
+    assert!(x.len() == rows * inp, "matmul_t_prefill: x has {} values, not {rows} × {inp}", x.len());
+    // Each step multiplies one word of `x` with one word of a weight row: a float32, or a pair of bfloat16.
+    let (words, steps, kernel): (&[u32], usize, x86::Columns) = match w {
+        WeightBits::F32(w) if supported(false) => (bytemuck::cast_slice(w), inp, x86::columns_f32),
+        WeightBits::Bf16(w) if supported(true) && inp.is_multiple_of(2) => {
+            (bytemuck::try_cast_slice(w).ok()?, inp / 2, x86::columns_bf16)
+        }
+        _ => return None,
+    };
+    assert!(words.len() == out * steps, "matmul_t_prefill: W has {} words, not {out} × {steps}", words.len());
+    let packed = match w {
+        WeightBits::Bf16(_) => pack_rows_bf16(x, rows, inp)?,
+        _ => pack_rows_f32(x, rows, inp),
+    };
+    let padded = rows.next_multiple_of(TILE_ROWS);
+    // yt (out, padded): each output column's rows are contiguous, so a tile stores whole vectors.
+    let mut yt = vec![0f32; out * padded];
+    yt.par_chunks_mut(TASK_COLS * padded).enumerate().for_each(|(task, chunk)| {
+        let first = task * TASK_COLS;
+        let cols = chunk.len() / padded;
+        // SAFETY: `supported()` checked the CPU for the kernel's features; bounds are checked inside.
+        unsafe { kernel(&packed, padded, steps, &words[first * steps..(first + cols) * steps], cols, chunk) };
+    });
+    let mut y = vec![0f32; rows * out];
+    y.par_chunks_mut(out).enumerate().for_each(|(r, row)| {
+        for (o, v) in row.iter_mut().enumerate() {
+            *v = yt[o * padded + r];
+        }
+    });
+    Some(y)
+}
+
+/// Whether this CPU runs the float32 kernel, or with `bf16` the bfloat16 one.
+fn supported(bf16: bool) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f") && (!bf16 || std::arch::is_x86_feature_detected!("avx512bf16"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = bf16;
+        false
+    }
+}
+
+/// `x` tile by tile: for each tile of 64 rows and each column `i`, the 64 rows' `x[r][i]` bits; rows past the
+/// end are zero.
+fn pack_rows_f32(x: &[f32], rows: usize, inp: usize) -> Vec<u32> {
+    let mut packed = vec![0u32; rows.div_ceil(TILE_ROWS) * inp * TILE_ROWS];
+    packed.par_chunks_mut(inp * TILE_ROWS).enumerate().for_each(|(tile, dst)| {
+        for r in 0..TILE_ROWS.min(rows - tile * TILE_ROWS) {
+            for (i, v) in x[(tile * TILE_ROWS + r) * inp..][..inp].iter().enumerate() {
+                dst[i * TILE_ROWS + r] = v.to_bits();
+            }
+        }
+    });
+    packed
+}
+
+/// `x` as bfloat16 pairs, tile by tile: for each tile of 64 rows and each pair `p` of columns, 64 words
+/// `bits(x[r][2p]) | bits(x[r][2p + 1]) << 16`; rows past the end are zero. `None` if a value is not bfloat16.
+fn pack_rows_bf16(x: &[f32], rows: usize, inp: usize) -> Option<Vec<u32>> {
+    let pairs = inp / 2;
+    let mut packed = vec![0u32; rows.div_ceil(TILE_ROWS) * pairs * TILE_ROWS];
+    let exact = packed.par_chunks_mut(pairs * TILE_ROWS).enumerate().all(|(tile, dst)| {
+        let mut low_bits = 0u32;
+        for r in 0..TILE_ROWS.min(rows - tile * TILE_ROWS) {
+            let row = &x[(tile * TILE_ROWS + r) * inp..][..inp];
+            for (p, pair) in row.chunks_exact(2).enumerate() {
+                let (a, b) = (pair[0].to_bits(), pair[1].to_bits());
+                low_bits |= (a | b) & 0xffff;
+                dst[p * TILE_ROWS + r] = (a >> 16) | (b & 0xffff_0000);
+            }
+        }
+        low_bits == 0
+    });
+    exact.then_some(packed)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{TILE_COLS, TILE_ROWS, VECS};
+
+    /// Every tile of `cols` output columns (weight rows `w`, (cols, steps) words) by every row tile of
+    /// `packed` ((padded / 64) tiles of steps × 64 words), into `yt` (cols, padded).
+    pub type Columns = unsafe fn(&[u32], usize, usize, &[u32], usize, &mut [f32]);
+
+    /// A [`Columns`] driver and its tile kernel for one multiply-add of packed words.
+    macro_rules! prefill_kernel {
+        ($columns:ident, $tile:ident, $features:literal, $madd:expr) => {
+            #[target_feature(enable = $features)]
+            pub unsafe fn $columns(
+                packed: &[u32],
+                padded: usize,
+                steps: usize,
+                w: &[u32],
+                cols: usize,
+                yt: &mut [f32],
+            ) {
+                assert!(packed.len() == padded * steps && w.len() == cols * steps && yt.len() == cols * padded);
+                let mut first = 0;
+                while first < cols {
+                    let take = match cols - first {
+                        n if n >= TILE_COLS => TILE_COLS,
+                        n if n >= 4 => 4,
+                        n => n,
+                    };
+                    for tile in 0..padded / TILE_ROWS {
+                        let a = packed.as_ptr().add(tile * steps * TILE_ROWS);
+                        let w = w.as_ptr().add(first * steps);
+                        let y = yt.as_mut_ptr().add(first * padded + tile * TILE_ROWS);
+                        match take {
+                            TILE_COLS => $tile::<TILE_COLS>(a, w, steps, y, padded),
+                            4 => $tile::<4>(a, w, steps, y, padded),
+                            3 => $tile::<3>(a, w, steps, y, padded),
+                            2 => $tile::<2>(a, w, steps, y, padded),
+                            _ => $tile::<1>(a, w, steps, y, padded),
+                        }
+                    }
+                    first += take;
+                }
+            }
+
+            /// One tile: 64 rows (`a`: `steps` × 64 words) by `C` columns (`w`: `C` weight rows of `steps`
+            /// words), accumulated over every step, stored as `C` column vectors of 64 rows at `y`, `stride`
+            /// apart.
+            #[target_feature(enable = $features)]
+            unsafe fn $tile<const C: usize>(a: *const u32, w: *const u32, steps: usize, y: *mut f32, stride: usize) {
+                let mut acc = [[_mm512_setzero_ps(); VECS]; C];
+                for p in 0..steps {
+                    let rows: [__m512i; VECS] =
+                        std::array::from_fn(|v| _mm512_loadu_si512(a.add(p * TILE_ROWS + 16 * v).cast()));
+                    for (c, column) in acc.iter_mut().enumerate() {
+                        let b = _mm512_set1_epi32(*w.add(c * steps + p) as i32);
+                        for (sum, &r) in column.iter_mut().zip(&rows) {
+                            *sum = $madd(*sum, r, b);
+                        }
+                    }
+                }
+                for (c, column) in acc.iter().enumerate() {
+                    for (v, &sum) in column.iter().enumerate() {
+                        _mm512_storeu_ps(y.add(c * stride + 16 * v), sum);
+                    }
+                }
+            }
+        };
+    }
+
+    prefill_kernel!(columns_f32, tile_f32, "avx512f", |sum, r, b| _mm512_fmadd_ps(
+        _mm512_castsi512_ps(r),
+        _mm512_castsi512_ps(b),
+        sum
+    ));
+    // SAFETY (transmute): `__m512i` and `__m512bh` are both 64 bytes of packed lanes.
+    prefill_kernel!(columns_bf16, tile_bf16, "avx512f,avx512bf16", |sum, r, b| _mm512_dpbf16_ps(
+        sum,
+        std::mem::transmute::<__m512i, __m512bh>(r),
+        std::mem::transmute::<__m512i, __m512bh>(b)
+    ));
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod x86 {
+    pub type Columns = unsafe fn(&[u32], usize, usize, &[u32], usize, &mut [f32]);
+
+    pub unsafe fn columns_f32(_: &[u32], _: usize, _: usize, _: &[u32], _: usize, _: &mut [f32]) {
+        unreachable!("supported() is false off x86_64")
+    }
+
+    pub unsafe fn columns_bf16(_: &[u32], _: usize, _: usize, _: &[u32], _: usize, _: &mut [f32]) {
+        unreachable!("supported() is false off x86_64")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bf16_bits(v: f32) -> u16 {
+        (crate::model::round_bf16(v).to_bits() >> 16) as u16
+    }
+
+    fn widen(bits: &[u16]) -> Vec<f32> {
+        bits.iter().map(|b| f32::from_bits(u32::from(*b) << 16)).collect()
+    }
+
+    fn assert_matmul(got: &[f32], x: &[f32], w: &[f32], (rows, inp, out): (usize, usize, usize)) {
+        for r in 0..rows {
+            for o in 0..out {
+                let want: f64 = (0..inp).map(|i| f64::from(x[r * inp + i]) * f64::from(w[o * inp + i])).sum();
+                let g = got[r * out + o];
+                assert!(
+                    (f64::from(g) - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "{rows}x{inp}x{out} [{r},{o}]: {g} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn both_kernels_match_a_float64_matmul() {
+        let mut rng = crate::model::Rng::new(5);
+        // Shapes with partial and several row tiles, each column tail (4, 3, 2, 1) and more than one task.
+        for shape @ (rows, inp, out) in [(1, 2, 1), (9, 64, 12), (70, 130, 61), (64, 256, 100), (40, 34, 9), (3, 8, 8)]
+        {
+            let x: Vec<f32> =
+                (0..rows * inp).map(|_| crate::model::round_bf16(rng.next_f64() as f32 * 4.0 - 2.0)).collect();
+            let w: Vec<f32> = (0..out * inp).map(|_| rng.next_f64() as f32 - 0.5).collect();
+            let bits: Vec<u16> = w.iter().map(|v| bf16_bits(*v)).collect();
+            match matmul_t_prefill(&x, rows, inp, WeightBits::F32(&w), out) {
+                Some(y) => assert_matmul(&y, &x, &w, shape),
+                None => assert!(!supported(false), "float32 weights are taken wherever AVX-512 is"),
+            }
+            match matmul_t_prefill(&x, rows, inp, WeightBits::Bf16(&bits), out) {
+                Some(y) => assert_matmul(&y, &x, &widen(&bits), shape),
+                None => assert!(!supported(true), "bfloat16 inputs are taken wherever AVX512-BF16 is"),
+            }
+        }
+    }
+
+    #[test]
+    fn declines_bfloat16_inputs_it_cannot_multiply_exactly() {
+        let w = vec![bf16_bits(1.0); 4 * 6];
+        // 0.1 is not a bfloat16 value; an odd inner size has no pairs.
+        assert!(matmul_t_prefill(&[0.1, 1.0, 2.0, 3.0, 4.0, 5.0], 1, 6, WeightBits::Bf16(&w), 4).is_none());
+        assert!(matmul_t_prefill(&[1.0, 2.0, 3.0], 1, 3, WeightBits::Bf16(&w[..12]), 4).is_none());
+        let q = [1i8; 4];
+        assert!(matmul_t_prefill(&[1.0, 2.0], 1, 2, WeightBits::Int8 { q: &q, scale: &[1.0, 1.0] }, 2).is_none());
+    }
+}
