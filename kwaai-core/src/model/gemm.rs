@@ -2,8 +2,8 @@
 //! row-major read in place as float32 or as bfloat16.
 //!
 //! The lanes of a vector are 16 rows of `x`, packed once per call; each step broadcasts one element of a weight
-//! row to every lane. A tile is 64 rows by 6 output columns (24 accumulators), and each output column's rows
-//! are stored contiguously, then transposed once at the end.
+//! row to every lane. A tile is 64 rows by 6 output columns (24 accumulators), whose sums are scattered into
+//! the output's rows once at the end.
 //!
 //! float32 weights take `vfmadd` on float32 elements. bfloat16 weights take `vdpbf16ps` (AVX512-BF16) on pairs
 //! of elements: exact products, float32 sums. That needs `x` to hold bfloat16 values (float32 whose low 16 bits
@@ -45,22 +45,27 @@ pub fn matmul_t_prefill(x: &[f32], rows: usize, inp: usize, w: WeightBits<'_>, o
         _ => pack_rows_f32(x, rows, inp),
     };
     let padded = rows.next_multiple_of(TILE_ROWS);
-    // yt (out, padded): each output column's rows are contiguous, so a tile stores whole vectors.
-    let mut yt = vec![0f32; out * padded];
-    yt.par_chunks_mut(TASK_COLS * padded).enumerate().for_each(|(task, chunk)| {
-        let first = task * TASK_COLS;
-        let cols = chunk.len() / padded;
-        // SAFETY: `supported()` checked the CPU for the kernel's features; bounds are checked inside.
-        unsafe { kernel(&packed, padded, steps, &words[first * steps..(first + cols) * steps], cols, chunk) };
-    });
     let mut y = vec![0f32; rows * out];
-    y.par_chunks_mut(out).enumerate().for_each(|(r, row)| {
-        for (o, v) in row.iter_mut().enumerate() {
-            *v = yt[o * padded + r];
-        }
+    let target = Output { y: y.as_mut_ptr(), rows, out };
+    (0..out.div_ceil(TASK_COLS)).into_par_iter().for_each(|task| {
+        let first = task * TASK_COLS;
+        let cols = TASK_COLS.min(out - first);
+        // SAFETY: `supported()` checked the CPU for the kernel's features; the kernel checks the slices' bounds
+        // and writes only columns `first..first + cols` of the `rows` rows of `y`, which no other task writes.
+        unsafe { kernel(&packed, padded, steps, &words[first * steps..(first + cols) * steps], first, cols, &target) };
     });
     Some(y)
 }
+
+/// Where the kernels write: `y` (rows, out), shared by the parallel tasks, each of which writes its own columns.
+pub struct Output {
+    y: *mut f32,
+    rows: usize,
+    out: usize,
+}
+
+// SAFETY: the tasks that share an `Output` write disjoint columns of it, and it outlives them.
+unsafe impl Sync for Output {}
 
 /// Whether this CPU runs the float32 kernel, or with `bf16` the bfloat16 one.
 fn supported(bf16: bool) -> bool {
@@ -113,11 +118,34 @@ fn pack_rows_bf16(x: &[f32], rows: usize, inp: usize) -> Option<Vec<u32>> {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{TILE_COLS, TILE_ROWS, VECS};
+    use super::{Output, TILE_COLS, TILE_ROWS, VECS};
 
-    /// Every tile of `cols` output columns (weight rows `w`, (cols, steps) words) by every row tile of
-    /// `packed` ((padded / 64) tiles of steps × 64 words), into `yt` (cols, padded).
-    pub type Columns = unsafe fn(&[u32], usize, usize, &[u32], usize, &mut [f32]);
+    /// Every tile of `cols` output columns from column `first` (weight rows `w`, (cols, steps) words) by every
+    /// row tile of `packed` ((padded / 64) tiles of steps × 64 words), into those columns of the output.
+    pub type Columns = unsafe fn(&[u32], usize, usize, &[u32], usize, usize, &Output);
+
+    /// Where one tile's results go: its first row and column in the output, the element offsets of 16
+    /// consecutive rows, and how many of its rows exist (the rest are padding).
+    struct Store {
+        y: *mut f32,
+        rows16: __m512i,
+        out: usize,
+        valid: usize,
+    }
+
+    impl Store {
+        /// Writes the existing rows of vector `v` (rows `16 v..16 v + 16` of the tile) of column `c`.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn scatter(&self, v: usize, c: usize, sum: __m512) {
+            let lanes = self.valid.saturating_sub(16 * v).min(16);
+            if lanes == 0 {
+                return;
+            }
+            let mask = (((1u32 << lanes) - 1) & 0xffff) as __mmask16;
+            let base = self.y.add(16 * v * self.out + c);
+            _mm512_mask_i32scatter_ps::<4>(base.cast(), mask, self.rows16, sum);
+        }
+    }
 
     /// A [`Columns`] driver and its tile kernel for one multiply-add of packed words.
     macro_rules! prefill_kernel {
@@ -128,10 +156,19 @@ mod x86 {
                 padded: usize,
                 steps: usize,
                 w: &[u32],
+                column: usize,
                 cols: usize,
-                yt: &mut [f32],
+                output: &Output,
             ) {
-                assert!(packed.len() == padded * steps && w.len() == cols * steps && yt.len() == cols * padded);
+                assert!(packed.len() == padded * steps && w.len() == cols * steps);
+                assert!(
+                    column + cols <= output.out && output.rows <= padded && padded * output.out < i32::MAX as usize
+                );
+                // Element offsets of 16 consecutive rows of one column.
+                let rows16 = _mm512_mullo_epi32(
+                    _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                    _mm512_set1_epi32(output.out as i32),
+                );
                 let mut first = 0;
                 while first < cols {
                     let take = match cols - first {
@@ -142,13 +179,15 @@ mod x86 {
                     for tile in 0..padded / TILE_ROWS {
                         let a = packed.as_ptr().add(tile * steps * TILE_ROWS);
                         let w = w.as_ptr().add(first * steps);
-                        let y = yt.as_mut_ptr().add(first * padded + tile * TILE_ROWS);
+                        let y = output.y.add(tile * TILE_ROWS * output.out + column + first);
+                        let valid = output.rows - tile * TILE_ROWS;
+                        let at = Store { y, rows16, out: output.out, valid };
                         match take {
-                            TILE_COLS => $tile::<TILE_COLS>(a, w, steps, y, padded),
-                            4 => $tile::<4>(a, w, steps, y, padded),
-                            3 => $tile::<3>(a, w, steps, y, padded),
-                            2 => $tile::<2>(a, w, steps, y, padded),
-                            _ => $tile::<1>(a, w, steps, y, padded),
+                            TILE_COLS => $tile::<TILE_COLS>(a, w, steps, &at),
+                            4 => $tile::<4>(a, w, steps, &at),
+                            3 => $tile::<3>(a, w, steps, &at),
+                            2 => $tile::<2>(a, w, steps, &at),
+                            _ => $tile::<1>(a, w, steps, &at),
                         }
                     }
                     first += take;
@@ -156,10 +195,9 @@ mod x86 {
             }
 
             /// One tile: 64 rows (`a`: `steps` × 64 words) by `C` columns (`w`: `C` weight rows of `steps`
-            /// words), accumulated over every step, stored as `C` column vectors of 64 rows at `y`, `stride`
-            /// apart.
+            /// words), accumulated over every step, then scattered into the output's rows and columns.
             #[target_feature(enable = $features)]
-            unsafe fn $tile<const C: usize>(a: *const u32, w: *const u32, steps: usize, y: *mut f32, stride: usize) {
+            unsafe fn $tile<const C: usize>(a: *const u32, w: *const u32, steps: usize, at: &Store) {
                 let mut acc = [[_mm512_setzero_ps(); VECS]; C];
                 for p in 0..steps {
                     let rows: [__m512i; VECS] =
@@ -173,7 +211,7 @@ mod x86 {
                 }
                 for (c, column) in acc.iter().enumerate() {
                     for (v, &sum) in column.iter().enumerate() {
-                        _mm512_storeu_ps(y.add(c * stride + 16 * v), sum);
+                        at.scatter(v, c, sum);
                     }
                 }
             }
@@ -195,13 +233,15 @@ mod x86 {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod x86 {
-    pub type Columns = unsafe fn(&[u32], usize, usize, &[u32], usize, &mut [f32]);
+    use super::Output;
 
-    pub unsafe fn columns_f32(_: &[u32], _: usize, _: usize, _: &[u32], _: usize, _: &mut [f32]) {
+    pub type Columns = unsafe fn(&[u32], usize, usize, &[u32], usize, usize, &Output);
+
+    pub unsafe fn columns_f32(_: &[u32], _: usize, _: usize, _: &[u32], _: usize, _: usize, _: &Output) {
         unreachable!("supported() is false off x86_64")
     }
 
-    pub unsafe fn columns_bf16(_: &[u32], _: usize, _: usize, _: &[u32], _: usize, _: &mut [f32]) {
+    pub unsafe fn columns_bf16(_: &[u32], _: usize, _: usize, _: &[u32], _: usize, _: usize, _: &Output) {
         unreachable!("supported() is false off x86_64")
     }
 }

@@ -8,12 +8,16 @@ use half::slice::HalfFloatSliceExt;
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use super::gemm::matmul_t_prefill;
 use super::kernels::{matmul_t, widen_bf16, Int8Weight, WeightBits, MAX_ROWS};
 
 use super::config::RopeScaling;
 use crate::Result;
 
+/// Values from which a rounding pass is split across threads.
+const ROUND_PARALLEL_MIN: usize = 1 << 16;
 /// Size of the float32 slab a bfloat16 weight is widened into for many-row matmuls.
 const BF16_SLAB_BYTES: usize = 4 << 20;
 
@@ -339,9 +343,21 @@ pub fn alibi_bias(slopes: &[f32], len: usize, bf16_rounding: bool, scale: f32) -
 pub struct Rounding(pub Option<DType>);
 
 impl Rounding {
-    /// Rounds a float32 tensor through the reference dtype.
+    /// Rounds a float32 tensor through the reference dtype. A bfloat16 rounding without a gradient to carry
+    /// runs in one pass over a copy of the values ([`round_bf16`]) instead of two conversions.
     pub fn r(&self, t: Tensor) -> Result<Tensor> {
         match self.0 {
+            Some(DType::BF16) if t.dtype() == DType::F32 && t.device().is_cpu() && !t.track_op() => {
+                let shape = t.shape().clone();
+                let mut values = t.flatten_all()?.to_vec1::<f32>()?;
+                let round = |chunk: &mut [f32]| chunk.iter_mut().for_each(|v| *v = round_bf16(*v));
+                if values.len() >= ROUND_PARALLEL_MIN {
+                    values.par_chunks_mut(ROUND_PARALLEL_MIN / 2).for_each(round);
+                } else {
+                    round(&mut values);
+                }
+                Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+            }
             Some(dt) => Ok(t.to_dtype(dt)?.to_dtype(DType::F32)?),
             None => Ok(t),
         }
