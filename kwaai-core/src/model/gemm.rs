@@ -24,10 +24,11 @@ const TILE_COLS: usize = 6;
 const TASK_COLS: usize = 4 * TILE_COLS;
 
 /// `y (rows, out) = x (rows, inp) · W^T`, or `None` where this module cannot compute it: 8-bit weights, a CPU
-/// without AVX-512 (AVX512-BF16 for bfloat16 weights), or bfloat16 weights that are not 4-byte aligned, have an
-/// odd `inp`, or meet an `x` that holds a value bfloat16 cannot represent exactly.
+/// without AVX-512 (AVX512-BF16 for bfloat16 weights), over 2^27 output columns, or bfloat16 weights that are
+/// not 4-byte aligned, have an odd `inp`, or meet an `x` that holds a value bfloat16 cannot represent exactly.
 pub fn matmul_t_prefill(x: &[f32], rows: usize, inp: usize, w: WeightBits<'_>, out: usize) -> Option<Vec<f32>> {
-    if rows == 0 || out == 0 || inp == 0 {
+    // The scatter addresses 16 rows of a column by 32-bit element offsets.
+    if rows == 0 || out == 0 || inp == 0 || out > i32::MAX as usize / 16 {
         return None;
     }
     assert!(x.len() == rows * inp, "matmul_t_prefill: x has {} values, not {rows} × {inp}", x.len());
@@ -120,7 +121,7 @@ mod x86 {
 
     use super::{Output, TILE_COLS, TILE_ROWS, VECS};
 
-    /// Every tile of `cols` output columns from column `first` (weight rows `w`, (cols, steps) words) by every
+    /// Every tile of `cols` output columns from column `column` (weight rows `w`, (cols, steps) words) by every
     /// row tile of `packed` ((padded / 64) tiles of steps × 64 words), into those columns of the output.
     pub type Columns = unsafe fn(&[u32], usize, usize, &[u32], usize, usize, &Output);
 
@@ -161,9 +162,7 @@ mod x86 {
                 output: &Output,
             ) {
                 assert!(packed.len() == padded * steps && w.len() == cols * steps);
-                assert!(
-                    column + cols <= output.out && output.rows <= padded && padded * output.out < i32::MAX as usize
-                );
+                assert!(column + cols <= output.out && output.rows <= padded && output.out <= i32::MAX as usize / 16);
                 // Element offsets of 16 consecutive rows of one column.
                 let rows16 = _mm512_mullo_epi32(
                     _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
