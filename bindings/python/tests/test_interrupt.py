@@ -9,9 +9,13 @@ import pytest
 
 from conftest import python_with_kwaai
 
+# The script installs Python's default SIGINT handler itself: a process started in the background by a
+# shell without job control inherits SIGINT as ignored, and Python then never raises KeyboardInterrupt.
 SCRIPT = """
+import signal
 import sys
 import kwaai
+signal.signal(signal.SIGINT, signal.default_int_handler)
 model = kwaai.AutoDistributedModelForCausalLM.from_pretrained(sys.argv[1], initial_peers=sys.argv[3:],
                                                               max_retries=3)
 ids = model.encode("Interrupt me")
