@@ -1,0 +1,97 @@
+//! WebRTC-direct (`/udp/N/webrtc-direct/certhash/...`), which browsers dial without a TLS
+//! certificate from an authority: libp2p-webrtc's transport, with each connection's muxer made
+//! safe to open streams from several tasks at once.
+//!
+//! The transport needs a certificate whose hash goes into the listen address. A fresh one is
+//! generated on every start, so the `/certhash/...` part of a node's address changes whenever the
+//! node restarts and a browser needs the new address. Every stream's writes go through
+//! [`BoundedWrites`] so that the peer's data-channel messages stay small enough for libp2p-webrtc.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use futures::task::{waker_ref, ArcWake};
+use libp2p::core::muxing::{StreamMuxer, StreamMuxerBox, StreamMuxerEvent};
+use libp2p::core::transport::Boxed;
+use libp2p::{PeerId, Transport};
+use libp2p_webrtc::tokio::{Certificate, Connection};
+
+use super::bounded_writes::BoundedWrites;
+use crate::error::{Error, ErrorKind, Result};
+
+/// The WebRTC-direct transport for `keypair`, with a certificate generated now.
+pub(crate) fn transport(keypair: &libp2p::identity::Keypair) -> Result<Boxed<(PeerId, StreamMuxerBox)>> {
+    let certificate = Certificate::generate(&mut rand_010::rng())
+        .map_err(|e| Error::with_source(ErrorKind::Internal, "generating the WebRTC certificate", e))?;
+    Ok(libp2p_webrtc::tokio::Transport::new(keypair.clone(), certificate)
+        .map(|(peer, connection), _| (peer, StreamMuxerBox::new(SharedOutbound::new(connection))))
+        .boxed())
+}
+
+/// Every task waiting for an outbound stream of one connection.
+#[derive(Default)]
+struct Waiters(Mutex<Vec<Waker>>);
+
+impl Waiters {
+    fn add(&self, waker: &Waker) {
+        let mut wakers = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+    }
+}
+
+impl ArcWake for Waiters {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        let wakers = std::mem::take(&mut *arc_self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        wakers.into_iter().for_each(Waker::wake);
+    }
+}
+
+/// A WebRTC connection whose outbound streams may be asked for by several tasks, and whose
+/// streams send bounded messages.
+///
+/// libp2p-webrtc keeps one pending data-channel opening per connection and wakes only the task
+/// that polled it last; the connection task (identify, ping) and RPC callers both open streams,
+/// so here every waiting task is woken, and those that did not get the stream ask again.
+struct SharedOutbound {
+    inner: Connection,
+    waiters: Arc<Waiters>,
+}
+
+impl SharedOutbound {
+    fn new(inner: Connection) -> Self {
+        SharedOutbound { inner, waiters: Arc::default() }
+    }
+}
+
+impl StreamMuxer for SharedOutbound {
+    type Substream = BoundedWrites<<Connection as StreamMuxer>::Substream>;
+    type Error = io::Error;
+
+    fn poll_inbound(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<Self::Substream>> {
+        Pin::new(&mut self.get_mut().inner).poll_inbound(cx).map_ok(BoundedWrites::new).map_err(io::Error::other)
+    }
+
+    fn poll_outbound(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<Self::Substream>> {
+        let this = self.get_mut();
+        this.waiters.add(cx.waker());
+        let waker = waker_ref(&this.waiters);
+        let polled = Pin::new(&mut this.inner).poll_outbound(&mut Context::from_waker(&waker));
+        if polled.is_ready() {
+            // The others start the next opening.
+            ArcWake::wake_by_ref(&this.waiters);
+        }
+        polled.map_ok(BoundedWrites::new).map_err(io::Error::other)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_close(cx).map_err(io::Error::other)
+    }
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<StreamMuxerEvent>> {
+        Pin::new(&mut self.get_mut().inner).poll(cx).map_err(io::Error::other)
+    }
+}
