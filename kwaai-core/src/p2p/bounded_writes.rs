@@ -5,13 +5,15 @@
 //! an 8 KiB buffer (the capacity it sets is lost when it clones its channel) and resets the stream
 //! on anything larger. [`BoundedWrites`] therefore hands the stream at most [`MAX_WRITE`] bytes at
 //! a time and flushes each before the next, so that every data-channel message fits. Both ends use
-//! it: the node for what it sends over WebRTC, the browser for what it sends to a node.
+//! it, through [`BoundedStreams`]: the node for what it sends over WebRTC, the browser for what it
+//! sends to a node.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use futures::{AsyncRead, AsyncWrite};
+use libp2p::core::muxing::{StreamMuxer, StreamMuxerEvent};
 
 /// The most bytes of one write: 8 KiB less room for the framing and a closing flag.
 pub const MAX_WRITE: usize = 8192 - 64;
@@ -70,6 +72,43 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for BoundedWrites<S> {
         let this = self.get_mut();
         ready!(this.poll_settle(cx))?;
         Pin::new(&mut this.inner).poll_close(cx)
+    }
+}
+
+/// A connection's muxer whose streams, inbound and outbound, are [`BoundedWrites`].
+pub struct BoundedStreams<M> {
+    inner: M,
+}
+
+impl<M> BoundedStreams<M> {
+    /// Wraps the muxer of a WebRTC connection.
+    pub fn new(inner: M) -> Self {
+        BoundedStreams { inner }
+    }
+}
+
+impl<M> StreamMuxer for BoundedStreams<M>
+where
+    M: StreamMuxer + Unpin,
+    M::Substream: Unpin,
+{
+    type Substream = BoundedWrites<M::Substream>;
+    type Error = M::Error;
+
+    fn poll_inbound(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Self::Substream, M::Error>> {
+        Pin::new(&mut self.get_mut().inner).poll_inbound(cx).map_ok(BoundedWrites::new)
+    }
+
+    fn poll_outbound(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Self::Substream, M::Error>> {
+        Pin::new(&mut self.get_mut().inner).poll_outbound(cx).map_ok(BoundedWrites::new)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), M::Error>> {
+        Pin::new(&mut self.get_mut().inner).poll_close(cx)
+    }
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<StreamMuxerEvent, M::Error>> {
+        Pin::new(&mut self.get_mut().inner).poll(cx)
     }
 }
 

@@ -5,7 +5,7 @@
 //! The transport needs a certificate whose hash goes into the listen address. A fresh one is
 //! generated on every start, so the `/certhash/...` part of a node's address changes whenever the
 //! node restarts and a browser needs the new address. Every stream's writes go through
-//! [`BoundedWrites`] so that the peer's data-channel messages stay small enough for libp2p-webrtc.
+//! [`super::bounded_writes`] so that its data-channel messages stay small enough for libp2p-webrtc.
 
 use std::io;
 use std::pin::Pin;
@@ -18,7 +18,7 @@ use libp2p::core::transport::Boxed;
 use libp2p::{PeerId, Transport};
 use libp2p_webrtc::tokio::{Certificate, Connection};
 
-use super::bounded_writes::BoundedWrites;
+use super::bounded_writes::BoundedStreams;
 use crate::error::{Error, ErrorKind, Result};
 
 /// The WebRTC-direct transport for `keypair`, with a certificate generated now.
@@ -26,7 +26,7 @@ pub(crate) fn transport(keypair: &libp2p::identity::Keypair) -> Result<Boxed<(Pe
     let certificate = Certificate::generate(&mut rand_010::rng())
         .map_err(|e| Error::with_source(ErrorKind::Internal, "generating the WebRTC certificate", e))?;
     Ok(libp2p_webrtc::tokio::Transport::new(keypair.clone(), certificate)
-        .map(|(peer, connection), _| (peer, StreamMuxerBox::new(SharedOutbound::new(connection))))
+        .map(|(peer, connection), _| (peer, StreamMuxerBox::new(BoundedStreams::new(SharedOutbound::new(connection)))))
         .boxed())
 }
 
@@ -50,8 +50,7 @@ impl ArcWake for Waiters {
     }
 }
 
-/// A WebRTC connection whose outbound streams may be asked for by several tasks, and whose
-/// streams send bounded messages.
+/// A WebRTC connection whose outbound streams may be asked for by several tasks.
 ///
 /// libp2p-webrtc keeps one pending data-channel opening per connection and wakes only the task
 /// that polled it last; the connection task (identify, ping) and RPC callers both open streams,
@@ -68,11 +67,11 @@ impl SharedOutbound {
 }
 
 impl StreamMuxer for SharedOutbound {
-    type Substream = BoundedWrites<<Connection as StreamMuxer>::Substream>;
+    type Substream = <Connection as StreamMuxer>::Substream;
     type Error = io::Error;
 
     fn poll_inbound(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<Self::Substream>> {
-        Pin::new(&mut self.get_mut().inner).poll_inbound(cx).map_ok(BoundedWrites::new).map_err(io::Error::other)
+        Pin::new(&mut self.get_mut().inner).poll_inbound(cx).map_err(io::Error::other)
     }
 
     fn poll_outbound(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<Self::Substream>> {
@@ -84,7 +83,7 @@ impl StreamMuxer for SharedOutbound {
             // The others start the next opening.
             ArcWake::wake_by_ref(&this.waiters);
         }
-        polled.map_ok(BoundedWrites::new).map_err(io::Error::other)
+        polled.map_err(io::Error::other)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
