@@ -1,8 +1,8 @@
 //! The browser client end to end: a local swarm on 127.0.0.1, the example page served with the web
 //! package and the model, headless Chromium driven through chromedriver's WebDriver API. The page
 //! generates 16 tokens; they and their text must equal the native Rust client's greedy generation
-//! on the same swarm. Two swarms: a Rust DHT node listening on TCP and WebSocket with two Rust
-//! servers behind it; and a mixed chain, a Rust server then a Python Petals server, reached through
+//! on the same swarm. Two swarms: a Rust DHT node listening on TCP and WebSocket (or, in one case,
+//! WebRTC-direct) with two Rust servers behind it; and a mixed chain, a Rust server then a Python Petals server, reached through
 //! a kwaai node that joined the Python swarm. Screenshots of the page go to `target/artifacts/`.
 //!
 //! Needs the web package (`target/browser-pkg`, or `$KWAAI_BROWSER_PKG`), chromedriver and
@@ -84,6 +84,17 @@ fn websocket_node(initial_peers: Vec<String>) -> (Node, String, String) {
     (node, tcp, ws)
 }
 
+/// A kwaai node listening on TCP and WebRTC-direct: with its TCP and `/webrtc-direct/certhash/...`
+/// multiaddrs (with its peer ID).
+fn webrtc_node() -> (Node, String, String) {
+    let node = node(&["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/webrtc-direct"], Vec::new(), false);
+    let addrs: Vec<String> = node.listen_addrs().iter().map(ToString::to_string).collect();
+    let tcp = addrs.iter().find(|a| a.contains("/tcp/")).cloned().expect("a TCP address");
+    let webrtc = addrs.iter().find(|a| a.contains("/webrtc-direct/certhash/")).cloned();
+    let webrtc = webrtc.unwrap_or_else(|| panic!("no /webrtc-direct address among {addrs:?}"));
+    (node, tcp, webrtc)
+}
+
 /// A Rust server of blocks `start..end` on a node of its own joined to `initial_peers`.
 fn rust_server(initial_peers: Vec<String>, model_dir: &Path, prefix: &str, start: u32, end: u32) -> (Node, Server) {
     let host = node(&["/ip4/127.0.0.1/tcp/0"], initial_peers, false);
@@ -141,13 +152,13 @@ fn tools() -> Tools {
     Tools { package, driver, chromium }
 }
 
-/// Generates in the page through the node at `ws` and checks the tokens, the text and the route
+/// Generates in the page through the node at `bootstrap` and checks the tokens, the text and the route
 /// against the native generation.
 /// `shot` names the screenshot in `target/artifacts/`.
 fn check_page(
     tools: &Tools,
     model_dir: &Path,
-    ws: &str,
+    bootstrap: &str,
     prefix: &str,
     native: (Vec<u32>, String),
     route: &[Hop],
@@ -161,7 +172,7 @@ fn check_page(
         package: &tools.package,
         site: &workspace().join("examples/browser"),
         model: model_dir,
-        bootstrap: ws,
+        bootstrap,
         prefix,
         prompt: PROMPT,
         new_tokens: NEW_TOKENS,
@@ -192,6 +203,29 @@ fn the_browser_page_generates_the_native_clients_greedy_tokens() {
         .map(|((host, _), (start, end))| Hop { peer: host.peer_id(), start, end })
         .collect();
     check_page(&tools, &model_dir, &ws, PREFIX, native, &route, "browser-generation.png");
+    for (host, mut server) in servers {
+        server.shutdown();
+        host.shutdown();
+    }
+    bootstrap.shutdown();
+}
+
+#[test]
+fn the_browser_page_generates_over_webrtc_direct() {
+    let tools = tools();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let model_dir = dir.path().join(PREFIX);
+    demo_model::write_demo_model(&model_dir).expect("the demo model is written");
+    // The page reaches the DHT node over WebRTC-direct only; the servers joined it over TCP.
+    let (bootstrap, tcp, webrtc) = webrtc_node();
+    let servers = [(0, 2), (2, 4)].map(|(start, end)| rust_server(vec![tcp.clone()], &model_dir, PREFIX, start, end));
+    let native = native_greedy(vec![tcp.clone()], &model_dir, PREFIX, NEW_TOKENS, 0);
+    let route: Vec<Hop> = servers
+        .iter()
+        .zip([(0, 2), (2, 4)])
+        .map(|((host, _), (start, end))| Hop { peer: host.peer_id(), start, end })
+        .collect();
+    check_page(&tools, &model_dir, &webrtc, PREFIX, native, &route, "browser-generation-webrtc.png");
     for (host, mut server) in servers {
         server.shutdown();
         host.shutdown();

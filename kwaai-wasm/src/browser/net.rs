@@ -1,4 +1,6 @@
-//! The browser's connection to a kwaai node: libp2p over the browser's WebSocket, Noise and yamux.
+//! The browser's connection to a kwaai node: libp2p over the browser's WebSocket with Noise and
+//! yamux (`/ws` addresses), or over the browser's WebRTC (`/webrtc-direct/certhash/...`
+//! addresses, whose data channels are the streams). Either way it is one muxer of streams.
 //!
 //! A task on the page's event loop drives the connection's muxer and refuses every inbound stream
 //! (the browser serves nothing). Outbound streams negotiate hivemind's slash-less handler names
@@ -13,12 +15,13 @@ use std::time::Duration;
 use futures::channel::oneshot;
 use futures::future::{self, Either};
 use futures::StreamExt;
+use kwaai_core::p2p::bounded_writes::BoundedStreams;
 use kwaai_core::p2p::framing::{append_forward_request, read_forward_answer, read_negotiation_answer, write_all};
 use kwaai_core::p2p::multistream::dialer_proposal;
 use kwaai_core::wire::forward::FORWARD_PROTOCOL;
 use kwaai_core::{Error, ErrorKind, Result};
 use libp2p::core::muxing::{StreamMuxerBox, StreamMuxerExt, SubstreamBox};
-use libp2p::core::transport::{DialOpts, PortUse};
+use libp2p::core::transport::{Boxed, DialOpts, PortUse};
 use libp2p::core::upgrade::Version;
 use libp2p::core::{Endpoint, Transport};
 use libp2p::identity::Keypair;
@@ -57,22 +60,16 @@ pub fn split_peer(addr: &Multiaddr) -> Result<(Multiaddr, PeerId)> {
 }
 
 impl Connection {
-    /// Dials `addr` (a `/ws` address ending with `/p2p/<id>`) as `key`; resolves once the
-    /// connection is secured and multiplexed. The returned receiver fires with the reason when the
-    /// connection ends.
+    /// Dials `addr` (a `/ws` or `/webrtc-direct/certhash/...` address ending with `/p2p/<id>`) as
+    /// `key`; resolves once the connection is secured and multiplexed. The returned receiver fires
+    /// with the reason when the connection ends.
     pub async fn dial(
         key: &Keypair,
         addr: &Multiaddr,
         limit: Duration,
     ) -> Result<(Connection, oneshot::Receiver<String>)> {
         let (transport_addr, expected) = split_peer(addr)?;
-        let noise = libp2p::noise::Config::new(key)
-            .map_err(|e| Error::with_source(ErrorKind::Internal, "setting up Noise", e))?;
-        let mut transport = libp2p::websocket_websys::Transport::default()
-            .upgrade(Version::V1)
-            .authenticate(noise)
-            .multiplex(libp2p::yamux::Config::default())
-            .boxed();
+        let mut transport = transport_for(key, &transport_addr)?;
         let dialing = transport
             .dial(transport_addr.clone(), DialOpts { role: Endpoint::Dialer, port_use: PortUse::New })
             .map_err(|e| Error::new(ErrorKind::Network, format!("cannot dial {transport_addr}: {e}")))?;
@@ -132,6 +129,25 @@ impl Connection {
             let _ = future::poll_fn(move |cx| muxer.borrow_mut().poll_close_unpin(cx)).await;
         });
     }
+}
+
+/// The browser's transport for `addr`: WebRTC for a `/webrtc-direct` address (its streams' writes
+/// kept small enough for the node, see [`kwaai_core::p2p::bounded_writes`]), else WebSocket with
+/// Noise and yamux.
+fn transport_for(key: &Keypair, addr: &Multiaddr) -> Result<Boxed<(PeerId, StreamMuxerBox)>> {
+    if addr.iter().any(|p| matches!(p, Protocol::WebRTCDirect)) {
+        let config = libp2p::webrtc_websys::Config::new(key);
+        return Ok(libp2p::webrtc_websys::Transport::new(config)
+            .map(|(peer, connection), _| (peer, StreamMuxerBox::new(BoundedStreams::new(connection))))
+            .boxed());
+    }
+    let noise =
+        libp2p::noise::Config::new(key).map_err(|e| Error::with_source(ErrorKind::Internal, "setting up Noise", e))?;
+    Ok(libp2p::websocket_websys::Transport::default()
+        .upgrade(Version::V1)
+        .authenticate(noise)
+        .multiplex(libp2p::yamux::Config::default())
+        .boxed())
 }
 
 /// How often the muxer is polled even when nothing woke it: libp2p-websocket-websys 0.6 does not
