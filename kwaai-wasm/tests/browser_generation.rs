@@ -339,12 +339,23 @@ fn the_page_fails_over_when_a_server_leaves_mid_generation() {
 
 #[test]
 fn the_page_reconnects_to_another_node_when_its_node_goes_away() {
+    page_reconnects(false, "browser-generation-reconnect.png");
+}
+
+#[test]
+fn the_page_reconnects_when_its_webrtc_direct_node_goes_away() {
+    // The browser's WebRTC does not report the node's end: the page finds out by pinging it.
+    page_reconnects(true, "browser-generation-reconnect-webrtc.png");
+}
+
+/// The page knows two kwaai nodes and connects to the first (over WebRTC-direct if `webrtc`, else
+/// WebSocket), which leaves; the page reconnects to the second (WebSocket) and generates.
+fn page_reconnects(webrtc: bool, shot: &str) {
     let tools = tools();
     let dir = tempfile::tempdir().expect("a temp dir");
     let model_dir = dir.path().join(PREFIX);
     demo_model::write_demo_model(&model_dir).expect("the demo model is written");
-    // Two kwaai nodes on WebSocket; the page knows both and connects to the first, which leaves.
-    let (first, tcp, first_ws) = websocket_node(Vec::new());
+    let (first, tcp, first_ws) = if webrtc { webrtc_node() } else { websocket_node(Vec::new()) };
     let (second, second_tcp, second_ws) = websocket_node(vec![tcp.clone()]);
     let peers = vec![tcp.clone(), second_tcp.clone()];
     let servers = [(0, 2), (2, 4)].map(|(start, end)| rust_server(peers.clone(), &model_dir, PREFIX, start, end));
@@ -361,7 +372,7 @@ fn the_page_reconnects_to_another_node_when_its_node_goes_away() {
         prompt: PROMPT,
         new_tokens: NEW_TOKENS,
         min_new_tokens: 0,
-        screenshot: &workspace().join("target/artifacts/browser-generation-reconnect.png"),
+        screenshot: &workspace().join("target/artifacts").join(shot),
     };
     let before = |browser: &web::Browser| {
         assert_eq!(browser.events(), ["connected"]);
