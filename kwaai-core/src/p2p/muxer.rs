@@ -198,9 +198,13 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
-    fn register(&self, peer: PeerId, muxer: SharedMuxer, connection_task: Arc<AtomicWaker>) -> (u64, Arc<Activity>) {
+    fn register(&self, peer: PeerId, muxer: SharedMuxer) -> (u64, Arc<Activity>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let activity = Arc::new(Activity { open: AtomicUsize::new(0), changes: AtomicU64::new(0), connection_task });
+        let activity = Arc::new(Activity {
+            open: AtomicUsize::new(0),
+            changes: AtomicU64::new(0),
+            connection_task: Arc::default(),
+        });
         self.lock().entry(peer).or_default().push(Slot { id, muxer, activity: activity.clone() });
         (id, activity)
     }
@@ -257,7 +261,6 @@ impl Connections {
 /// The muxer of one connection; see the module doc.
 pub(crate) struct RpcMuxer {
     inner: SharedMuxer,
-    connection_task: Arc<AtomicWaker>,
     peer: PeerId,
     slot: u64,
     rpc: Arc<RpcShared>,
@@ -270,10 +273,9 @@ impl RpcMuxer {
     /// Wraps the muxer of a fresh connection with `peer`.
     pub fn new(inner: StreamMuxerBox, peer: PeerId, rpc: Arc<RpcShared>) -> Self {
         let inner = Arc::new(Mutex::new(inner));
-        let connection_task = Arc::new(AtomicWaker::new());
-        let (slot, activity) = rpc.connections.register(peer, inner.clone(), connection_task.clone());
+        let (slot, activity) = rpc.connections.register(peer, inner.clone());
         let (replay_tx, replays) = mpsc::unbounded_channel();
-        RpcMuxer { inner, connection_task, peer, slot, rpc, activity, replay_tx, replays }
+        RpcMuxer { inner, peer, slot, rpc, activity, replay_tx, replays }
     }
 }
 
@@ -332,7 +334,7 @@ impl StreamMuxer for RpcMuxer {
     }
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<StreamMuxerEvent, io::Error>> {
-        self.connection_task.register(cx.waker());
+        self.activity.connection_task.register(cx.waker());
         lock(&self.inner).poll_unpin(cx)
     }
 }
