@@ -80,52 +80,60 @@ impl Linear {
         Ok(y.reshape(shape)?)
     }
 
-    /// `x W^T` for bfloat16 `W` and many rows where [`Linear::prefill`] declines: `W` is widened to float32 a
-    /// slab of output rows at a time (so the float32 copy stays small and in cache) and each slab goes through
-    /// the float32 matmul.
-    fn bf16_chunks(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        if self.weight.dtype() != DType::BF16 || !self.weight.is_contiguous() {
+    /// Calls `f` with the float32 or bfloat16 weight as stored; `None` for another dtype, or a weight not
+    /// contiguous in CPU memory.
+    fn with_weight_bits<T>(&self, f: impl FnOnce(WeightBits<'_>) -> T) -> Result<Option<T>> {
+        if !self.weight.is_contiguous() {
             return Ok(None);
         }
-        let (out, inp) = self.weight.dims2()?;
         let (storage, layout) = self.weight.storage_and_layout();
         let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
             return Ok(None);
         };
-        let bits: &[u16] = cpu.as_slice::<half::bf16>()?[start..end].reinterpret_cast();
-        let slab = (BF16_SLAB_BYTES / (4 * inp)).clamp(16, out.max(16));
-        let mut parts = Vec::with_capacity(out.div_ceil(slab));
-        for first in (0..out).step_by(slab) {
-            let n = slab.min(out - first);
-            let wide = widen_bf16(&bits[first * inp..(first + n) * inp]);
-            parts.push(x.matmul(&Tensor::from_vec(wide, (n, inp), &Device::Cpu)?.t()?)?);
+        Ok(match self.weight.dtype() {
+            DType::F32 => Some(f(WeightBits::F32(&cpu.as_slice::<f32>()?[start..end]))),
+            DType::BF16 => Some(f(WeightBits::Bf16(cpu.as_slice::<half::bf16>()?[start..end].reinterpret_cast()))),
+            _ => None,
+        })
+    }
+
+    /// `x W^T` for bfloat16 `W` and many rows where [`Linear::prefill`] declines: `W` is widened to float32 a
+    /// slab of output rows at a time (so the float32 copy stays small and in cache) and each slab goes through
+    /// the float32 matmul.
+    fn bf16_chunks(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        if self.weight.dtype() != DType::BF16 {
+            return Ok(None);
         }
-        drop(storage);
-        Ok(Some(Tensor::cat(&parts, 1)?))
+        let (out, inp) = self.weight.dims2()?;
+        let slab = (BF16_SLAB_BYTES / (4 * inp)).clamp(16, out.max(16));
+        let slabs = |w: WeightBits<'_>| -> Result<Option<Vec<Tensor>>> {
+            let WeightBits::Bf16(bits) = w else {
+                return Ok(None);
+            };
+            let slab_product = |first: usize| -> Result<Tensor> {
+                let n = slab.min(out - first);
+                let wide = widen_bf16(&bits[first * inp..(first + n) * inp]);
+                Ok(x.matmul(&Tensor::from_vec(wide, (n, inp), &Device::Cpu)?.t()?)?)
+            };
+            (0..out).step_by(slab).map(slab_product).collect::<Result<_>>().map(Some)
+        };
+        match self.with_weight_bits(slabs)?.transpose()?.flatten() {
+            Some(parts) => Ok(Some(Tensor::cat(&parts, 1)?)),
+            None => Ok(None),
+        }
     }
 
     /// The prefill path: many rows of float32 `x` without a gradient, by [`matmul_t_prefill`] (AVX-512), which
     /// reads float32 or bfloat16 `W` as stored; `None` where it declines.
     fn prefill(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        if x.track_op() || x.dtype() != DType::F32 || self.int8.is_some() || !self.weight.is_contiguous() {
+        let stored = matches!(self.weight.dtype(), DType::F32 | DType::BF16);
+        if x.track_op() || x.dtype() != DType::F32 || self.int8.is_some() || !stored {
             return Ok(None);
         }
         let (rows, inp) = x.dims2()?;
         let out = self.weight.dim(0)?;
-        let (storage, layout) = self.weight.storage_and_layout();
-        let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
-            return Ok(None);
-        };
         let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let y = match self.weight.dtype() {
-            DType::F32 => matmul_t_prefill(&xs, rows, inp, WeightBits::F32(&cpu.as_slice::<f32>()?[start..end]), out),
-            DType::BF16 => {
-                let bits = cpu.as_slice::<half::bf16>()?[start..end].reinterpret_cast();
-                matmul_t_prefill(&xs, rows, inp, WeightBits::Bf16(bits), out)
-            }
-            _ => None,
-        };
-        drop(storage);
+        let y = self.with_weight_bits(|w| matmul_t_prefill(&xs, rows, inp, w, out))?.flatten();
         Ok(y.map(|y| Tensor::from_vec(y, (rows, out), &Device::Cpu)).transpose()?)
     }
 
@@ -135,24 +143,11 @@ impl Linear {
             return Ok(None);
         }
         let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        if let Some(q) = &self.int8 {
-            let y = matmul_t(&xs, rows, inner, WeightBits::Int8 { q: &q.q, scale: &q.scale }, out);
-            return Ok(Some(Tensor::from_vec(y, (rows, out), &Device::Cpu)?));
-        }
-        let (storage, layout) = self.weight.storage_and_layout();
-        let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
-            return Ok(None);
+        let y = match &self.int8 {
+            Some(q) => Some(matmul_t(&xs, rows, inner, WeightBits::Int8 { q: &q.q, scale: &q.scale }, out)),
+            None => self.with_weight_bits(|w| matmul_t(&xs, rows, inner, w, out))?,
         };
-        let y = match self.weight.dtype() {
-            DType::F32 => matmul_t(&xs, rows, inner, WeightBits::F32(&cpu.as_slice::<f32>()?[start..end]), out),
-            DType::BF16 => {
-                let w = cpu.as_slice::<half::bf16>()?[start..end].reinterpret_cast();
-                matmul_t(&xs, rows, inner, WeightBits::Bf16(w), out)
-            }
-            _ => return Ok(None),
-        };
-        drop(storage);
-        Ok(Some(Tensor::from_vec(y, (rows, out), &Device::Cpu)?))
+        Ok(y.map(|y| Tensor::from_vec(y, (rows, out), &Device::Cpu)).transpose()?)
     }
 }
 
