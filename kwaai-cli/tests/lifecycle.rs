@@ -192,6 +192,9 @@ fn a_serving_node_is_online_with_its_blocks() {
 
 #[test]
 fn a_node_listens_on_websockets_and_webrtc_for_browsers_and_forwards_their_calls() {
+    if !common::in_private_network() {
+        return;
+    }
     let home = TestHome::new();
     let webrtc_listen = "/ip4/127.0.0.1/udp/0/webrtc-direct";
     let run =

@@ -6,9 +6,13 @@
 //! The page runs twice: reaching the node over WebSocket, then over WebRTC-direct. Also prints the
 //! web package's size, gzipped.
 //!
-//! `cargo bench -p kwaai-wasm --bench browser_vs_native` (needs the release web package in
+//! `cargo bench -p kwaai-wasm --bench browser_vs_native` (runs itself in a private network namespace,
+//! like the WebRTC tests; needs the release web package in
 //! `target/browser-pkg`, chromedriver and chromium, as the browser test does).
 
+#[cfg(not(target_arch = "wasm32"))]
+#[path = "../../kwaai-core/tests/common/mod.rs"]
+mod common;
 #[cfg(not(target_arch = "wasm32"))]
 #[path = "../../kwaai-cli/src/demo_model.rs"]
 #[allow(dead_code, unused_imports)]
@@ -27,7 +31,16 @@ fn main() {}
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() {
-    native::run();
+    // WebRTC opens sockets on every interface: the bench runs in a network namespace of its own.
+    if common::in_private_namespace() {
+        return native::run();
+    }
+    let bench = std::env::current_exe().expect("the bench binary's path");
+    let status = common::in_new_network_namespace(&bench)
+        .args(std::env::args_os().skip(1))
+        .status()
+        .unwrap_or_else(|e| panic!("starting `unshare` (util-linux) for a network namespace: {e}"));
+    std::process::exit(status.code().unwrap_or(1));
 }
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -153,19 +153,20 @@ fn tools() -> Tools {
     Tools { package, driver, chromium }
 }
 
+/// What the page must show: the native client's greedy generation after `prompt`, and `route`.
+struct Expected<'a> {
+    prompt: &'a str,
+    /// How many tokens both clients generate before the model's EOS may stop them.
+    min_new_tokens: usize,
+    native: (Vec<u32>, String),
+    route: &'a [Hop],
+}
+
 /// Generates in the page through the node at `bootstrap` and checks the tokens, the text and the route
 /// against the native generation.
 /// `shot` names the screenshot in `target/artifacts/`.
-fn check_page(
-    tools: &Tools,
-    model_dir: &Path,
-    bootstrap: &str,
-    prefix: &str,
-    native: (Vec<u32>, String),
-    route: &[Hop],
-    shot: &str,
-) {
-    let (native_ids, native_text) = native;
+fn check_page(tools: &Tools, model_dir: &Path, bootstrap: &str, prefix: &str, expected: Expected, shot: &str) {
+    let (native_ids, native_text) = expected.native;
     assert_eq!(native_ids.len(), NEW_TOKENS, "the demo model does not stop early on this prompt");
     let page = PageRun::generate(&PageSetup {
         driver: &tools.driver,
@@ -175,17 +176,26 @@ fn check_page(
         model: model_dir,
         bootstrap,
         prefix,
-        prompt: PROMPT,
+        prompt: expected.prompt,
         new_tokens: NEW_TOKENS,
-        min_new_tokens: 0,
+        min_new_tokens: expected.min_new_tokens,
         screenshot: &workspace().join("target/artifacts").join(shot),
     });
     assert_eq!(page.ids, native_ids, "the browser's greedy tokens are the native client's");
-    assert_eq!(page.output, format!("{PROMPT}{native_text}"), "the page shows the prompt and the generated text");
-    let hops: Vec<String> =
-        route.iter().map(|h| format!("{} [{}:{})", web::short_peer(&h.peer.to_base58()), h.start, h.end)).collect();
+    let shown = format!("{}{native_text}", expected.prompt);
+    assert_eq!(page.output, shown, "the page shows the prompt and the generated text");
+    let hops: Vec<String> = (expected.route.iter())
+        .map(|h| format!("{} [{}:{})", web::short_peer(&h.peer.to_base58()), h.start, h.end))
+        .collect();
     assert_eq!(page.route, hops.join(" → "), "the page shows the route");
     assert!(page.speed.contains("tokens/s"), "the speed is shown: {:?}", page.speed);
+}
+
+/// The route through `servers`, of blocks 0:2 and 2:4.
+fn route_of(servers: &[(Node, Server); 2]) -> Vec<Hop> {
+    (servers.iter().zip([(0, 2), (2, 4)]))
+        .map(|((host, _), (start, end))| Hop { peer: host.peer_id(), start, end })
+        .collect()
 }
 
 #[test]
@@ -198,12 +208,8 @@ fn the_browser_page_generates_the_native_clients_greedy_tokens() {
     let (bootstrap, tcp, ws) = websocket_node(Vec::new());
     let servers = [(0, 2), (2, 4)].map(|(start, end)| rust_server(vec![tcp.clone()], &model_dir, PREFIX, start, end));
     let native = native_greedy(PROMPT, vec![tcp.clone()], &model_dir, PREFIX, NEW_TOKENS, 0);
-    let route: Vec<Hop> = servers
-        .iter()
-        .zip([(0, 2), (2, 4)])
-        .map(|((host, _), (start, end))| Hop { peer: host.peer_id(), start, end })
-        .collect();
-    check_page(&tools, &model_dir, &ws, PREFIX, native, &route, "browser-generation.png");
+    let expected = Expected { prompt: PROMPT, min_new_tokens: 0, native, route: &route_of(&servers) };
+    check_page(&tools, &model_dir, &ws, PREFIX, expected, "browser-generation.png");
     for (host, mut server) in servers {
         server.shutdown();
         host.shutdown();
@@ -213,6 +219,9 @@ fn the_browser_page_generates_the_native_clients_greedy_tokens() {
 
 #[test]
 fn the_browser_page_generates_over_webrtc_direct() {
+    if !common::in_private_network() {
+        return;
+    }
     let tools = tools();
     let dir = tempfile::tempdir().expect("a temp dir");
     let model_dir = dir.path().join(PREFIX);
@@ -223,29 +232,9 @@ fn the_browser_page_generates_over_webrtc_direct() {
     let prompt = [PROMPT; 12].join(" ");
     let (bootstrap, tcp, webrtc) = webrtc_node();
     let servers = [(0, 2), (2, 4)].map(|(start, end)| rust_server(vec![tcp.clone()], &model_dir, PREFIX, start, end));
-    let (native_ids, native_text) =
-        native_greedy(&prompt, vec![tcp.clone()], &model_dir, PREFIX, NEW_TOKENS, NEW_TOKENS);
-    let page = PageRun::generate(&PageSetup {
-        driver: &tools.driver,
-        chromium: &tools.chromium,
-        package: &tools.package,
-        site: &workspace().join("examples/browser"),
-        model: &model_dir,
-        bootstrap: &webrtc,
-        prefix: PREFIX,
-        prompt: &prompt,
-        new_tokens: NEW_TOKENS,
-        min_new_tokens: NEW_TOKENS,
-        screenshot: &workspace().join("target/artifacts/browser-generation-webrtc.png"),
-    });
-    assert_eq!(page.ids, native_ids, "the browser's greedy tokens are the native client's");
-    assert_eq!(page.output, format!("{prompt}{native_text}"), "the page shows the prompt and the generated text");
-    let hops: Vec<String> = servers
-        .iter()
-        .zip([(0, 2), (2, 4)])
-        .map(|((host, _), (start, end))| format!("{} [{start}:{end})", web::short_peer(&host.peer_id().to_base58())))
-        .collect();
-    assert_eq!(page.route, hops.join(" → "), "the page shows the route");
+    let native = native_greedy(&prompt, vec![tcp.clone()], &model_dir, PREFIX, NEW_TOKENS, NEW_TOKENS);
+    let expected = Expected { prompt: &prompt, min_new_tokens: NEW_TOKENS, native, route: &route_of(&servers) };
+    check_page(&tools, &model_dir, &webrtc, PREFIX, expected, "browser-generation-webrtc.png");
     for (host, mut server) in servers {
         server.shutdown();
         host.shutdown();
@@ -271,7 +260,8 @@ fn the_browser_page_generates_through_a_mixed_chain_with_a_python_server() {
         Hop { peer: host.peer_id(), start: 0, end: 2 },
         Hop { peer: python.peer, start: python.blocks.0, end: python.blocks.1 },
     ];
-    check_page(&tools, &model_dir, &ws, prefix, native, &route, "browser-generation-mixed.png");
+    let expected = Expected { prompt: PROMPT, min_new_tokens: 0, native, route: &route };
+    check_page(&tools, &model_dir, &ws, prefix, expected, "browser-generation-mixed.png");
     server.shutdown();
     host.shutdown();
     relay.shutdown();
@@ -344,6 +334,9 @@ fn the_page_reconnects_to_another_node_when_its_node_goes_away() {
 
 #[test]
 fn the_page_reconnects_when_its_webrtc_direct_node_goes_away() {
+    if !common::in_private_network() {
+        return;
+    }
     // The browser's WebRTC does not report the node's end: the page finds out by pinging it.
     page_reconnects(true, "browser-generation-reconnect-webrtc.png");
 }
