@@ -154,12 +154,12 @@ pub fn run_reference_script(script: &str, args: &[&str], stdin: &str) -> String 
 const PRIVATE_NETWORK_SETUP: &str = "ip link set lo up && ip link add kwaai-priv0 type veth peer name kwaai-priv1 \
      && ip addr add 192.0.2.1/24 dev kwaai-priv0 && ip link set kwaai-priv0 up && ip link set kwaai-priv1 up";
 
-/// Whether this process's network namespace holds only loopback and the interfaces of
-/// [`PRIVATE_NETWORK_SETUP`], none of which reaches outside the namespace.
+/// Whether this process's network namespace is one that [`PRIVATE_NETWORK_SETUP`] made: its
+/// interfaces, none of which reaches outside the namespace, and no other.
 pub fn in_private_namespace() -> bool {
     let devices = std::fs::read_to_string("/proc/self/net/dev").expect("reading /proc/self/net/dev");
-    let names = devices.lines().skip(2).filter_map(|line| line.split(':').next()).map(str::trim);
-    names.into_iter().all(|name| name == "lo" || name.starts_with("kwaai-priv"))
+    let names: Vec<&str> = devices.lines().skip(2).filter_map(|line| line.split(':').next()).map(str::trim).collect();
+    names.contains(&"kwaai-priv0") && names.iter().all(|name| *name == "lo" || name.starts_with("kwaai-priv"))
 }
 
 /// A command that runs `program` in a new network namespace (`unshare --net --map-root-user`)
