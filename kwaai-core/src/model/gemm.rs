@@ -10,9 +10,10 @@
 //! are zero), as the activations of a bfloat16 model do after each op's rounding; then the result equals a
 //! float32 matmul of the same values up to the order of the sums.
 
-use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::kernels::WeightBits;
+use super::threads::{for_each_chunk_mut, for_each_task};
 
 /// Vectors of 16 rows of `x` in one tile.
 const VECS: usize = 4;
@@ -48,7 +49,7 @@ pub fn matmul_t_prefill(x: &[f32], rows: usize, inp: usize, w: WeightBits<'_>, o
     let padded = rows.next_multiple_of(TILE_ROWS);
     let mut y = vec![0f32; rows * out];
     let target = Output { y: y.as_mut_ptr(), rows, out };
-    (0..out.div_ceil(TASK_COLS)).into_par_iter().for_each(|task| {
+    for_each_task(out.div_ceil(TASK_COLS), |task| {
         let first = task * TASK_COLS;
         let cols = TASK_COLS.min(out - first);
         // SAFETY: `supported()` checked the CPU for the kernel's features; the kernel checks the slices' bounds
@@ -86,7 +87,7 @@ fn supported(bf16: bool) -> bool {
 /// end are zero.
 fn pack_rows_f32(x: &[f32], rows: usize, inp: usize) -> Vec<u32> {
     let mut packed = vec![0u32; rows.div_ceil(TILE_ROWS) * inp * TILE_ROWS];
-    packed.par_chunks_mut(inp * TILE_ROWS).enumerate().for_each(|(tile, dst)| {
+    for_each_chunk_mut(&mut packed, inp * TILE_ROWS, |tile, dst| {
         for r in 0..TILE_ROWS.min(rows - tile * TILE_ROWS) {
             for (i, v) in x[(tile * TILE_ROWS + r) * inp..][..inp].iter().enumerate() {
                 dst[i * TILE_ROWS + r] = v.to_bits();
@@ -101,7 +102,8 @@ fn pack_rows_f32(x: &[f32], rows: usize, inp: usize) -> Vec<u32> {
 fn pack_rows_bf16(x: &[f32], rows: usize, inp: usize) -> Option<Vec<u32>> {
     let pairs = inp / 2;
     let mut packed = vec![0u32; rows.div_ceil(TILE_ROWS) * pairs * TILE_ROWS];
-    let exact = packed.par_chunks_mut(pairs * TILE_ROWS).enumerate().all(|(tile, dst)| {
+    let inexact = AtomicBool::new(false);
+    for_each_chunk_mut(&mut packed, pairs * TILE_ROWS, |tile, dst| {
         let mut low_bits = 0u32;
         for r in 0..TILE_ROWS.min(rows - tile * TILE_ROWS) {
             let row = &x[(tile * TILE_ROWS + r) * inp..][..inp];
@@ -111,9 +113,11 @@ fn pack_rows_bf16(x: &[f32], rows: usize, inp: usize) -> Option<Vec<u32>> {
                 dst[p * TILE_ROWS + r] = (a >> 16) | (b & 0xffff_0000);
             }
         }
-        low_bits == 0
+        if low_bits != 0 {
+            inexact.store(true, Ordering::Relaxed);
+        }
     });
-    exact.then_some(packed)
+    (!inexact.into_inner()).then_some(packed)
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -2,7 +2,7 @@
 //! bfloat16 bits (widened on the fly, accumulated in float32). Decoding reads every weight once per token, so
 //! these stream `W` once for all rows and split its output rows across threads.
 
-use rayon::prelude::*;
+use super::threads::for_each_chunk_mut;
 
 /// Largest number of `x` rows the kernels take; larger inputs go to the general matmul.
 pub const MAX_ROWS: usize = 8;
@@ -61,7 +61,7 @@ pub fn matmul_t(x: &[f32], rows: usize, inp: usize, w: WeightBits<'_>, out: usiz
     debug_assert!(rows <= MAX_ROWS && x.len() == rows * inp);
     let mut yt = vec![0f32; out * rows];
     let per_task = 64;
-    yt.par_chunks_mut(per_task * rows).enumerate().for_each(|(task, chunk)| {
+    for_each_chunk_mut(&mut yt, per_task * rows, |task, chunk| {
         let first = task * per_task;
         for (k, y) in chunk.chunks_mut(rows).enumerate() {
             let o = first + k;
@@ -87,8 +87,9 @@ pub fn matmul_t(x: &[f32], rows: usize, inp: usize, w: WeightBits<'_>, out: usiz
 /// Widens bfloat16 bit patterns to float32 (exact), in parallel.
 pub fn widen_bf16(bits: &[u16]) -> Vec<f32> {
     let mut out = vec![0f32; bits.len()];
-    out.par_chunks_mut(1 << 16).zip(bits.par_chunks(1 << 16)).for_each(|(o, b)| {
-        for (o, b) in o.iter_mut().zip(b) {
+    const CHUNK: usize = 1 << 16;
+    for_each_chunk_mut(&mut out, CHUNK, |i, o| {
+        for (o, b) in o.iter_mut().zip(&bits[i * CHUNK..]) {
             *o = f32::from_bits((*b as u32) << 16);
         }
     });

@@ -27,6 +27,7 @@ mod llama;
 mod ops;
 mod sampling;
 mod span;
+mod threads;
 mod tokenizer;
 mod weights;
 

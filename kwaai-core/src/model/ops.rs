@@ -8,10 +8,9 @@ use half::slice::HalfFloatSliceExt;
 
 use std::sync::Arc;
 
-use rayon::prelude::*;
-
 use super::gemm::matmul_t_prefill;
 use super::kernels::{matmul_t, widen_bf16, Int8Weight, WeightBits, MAX_ROWS};
+use super::threads::for_each_chunk_mut;
 
 use super::config::RopeScaling;
 use crate::Result;
@@ -347,7 +346,7 @@ impl Rounding {
                 let mut values = t.flatten_all()?.to_vec1::<f32>()?;
                 let round = |chunk: &mut [f32]| chunk.iter_mut().for_each(|v| *v = round_bf16(*v));
                 if values.len() >= ROUND_PARALLEL_MIN {
-                    values.par_chunks_mut(ROUND_PARALLEL_MIN / 2).for_each(round);
+                    for_each_chunk_mut(&mut values, ROUND_PARALLEL_MIN / 2, |_, chunk| round(chunk));
                 } else {
                     round(&mut values);
                 }

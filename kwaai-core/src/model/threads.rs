@@ -1,0 +1,53 @@
+//! Parallel loops for the model's own kernels, run on candle's CPU thread pool: the pool candle's own
+//! ops run on, so that a block's matmuls and its elementwise ops take turns on one set of threads instead
+//! of keeping two pools spinning on the same cores.
+
+/// Runs `task(i)` for every `i < n`, spread over candle's pool (the calling thread takes part).
+pub(super) fn for_each_task(n: usize, task: impl Fn(usize) + Sync) {
+    candle_core::utils::barrier_pool().execute_chunked(n, |range| range.for_each(&task));
+}
+
+/// Runs `f(i, chunk)` for every `chunk_len`-element chunk of `data` (the last may be shorter), spread over
+/// candle's pool.
+pub(super) fn for_each_chunk_mut<T: Send>(data: &mut [T], chunk_len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    assert!(chunk_len > 0, "for_each_chunk_mut: empty chunks");
+    /// The start of `data`, shared by the tasks, each of which takes its own chunk.
+    struct Start<T>(*mut T);
+    // SAFETY: the tasks reach disjoint chunks of `data` through it, and `T: Send` lets them move there.
+    unsafe impl<T: Send> Sync for Start<T> {}
+    impl<T> Start<T> {
+        // A method, so that closures capture the whole `Start` (which is `Sync`), not its pointer field.
+        fn get(&self) -> *mut T {
+            self.0
+        }
+    }
+    let (start, len) = (Start(data.as_mut_ptr()), data.len());
+    for_each_task(len.div_ceil(chunk_len), |i| {
+        let first = i * chunk_len;
+        // SAFETY: chunk `i` is `first..first + its length` of `data`, which no other task touches and which
+        // outlives this call (it is borrowed mutably for all of it).
+        let chunk = unsafe { std::slice::from_raw_parts_mut(start.get().add(first), chunk_len.min(len - first)) };
+        f(i, chunk)
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_task_and_every_chunk_runs_once() {
+        let hits: Vec<std::sync::atomic::AtomicUsize> = (0..1000).map(|_| Default::default()).collect();
+        for_each_task(hits.len(), |i| {
+            hits[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        assert!(hits.iter().all(|h| h.load(std::sync::atomic::Ordering::Relaxed) == 1));
+
+        let mut data = vec![0usize; 1003];
+        for_each_chunk_mut(&mut data, 10, |i, chunk| {
+            assert_eq!(chunk.len(), if i == 100 { 3 } else { 10 });
+            chunk.iter_mut().enumerate().for_each(|(k, v)| *v += i * 10 + k + 1);
+        });
+        assert_eq!(data, (1..=1003).collect::<Vec<_>>());
+    }
+}
