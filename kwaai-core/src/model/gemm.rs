@@ -47,7 +47,8 @@ pub fn matmul_t_prefill(x: &[f32], rows: usize, inp: usize, w: WeightBits<'_>, o
         _ => pack_rows_f32(x, rows, inp),
     };
     let padded = rows.next_multiple_of(TILE_ROWS);
-    let mut y = vec![0f32; rows * out];
+    // Not zeroed: the tasks write every element.
+    let mut y: Vec<f32> = Vec::with_capacity(rows * out);
     let target = Output { y: y.as_mut_ptr(), rows, out };
     for_each_task(out.div_ceil(TASK_COLS), |task| {
         let first = task * TASK_COLS;
@@ -56,6 +57,8 @@ pub fn matmul_t_prefill(x: &[f32], rows: usize, inp: usize, w: WeightBits<'_>, o
         // and writes only columns `first..first + cols` of the `rows` rows of `y`, which no other task writes.
         unsafe { kernel(&packed, padded, steps, &words[first * steps..(first + cols) * steps], first, cols, &target) };
     });
+    // SAFETY: the tasks cover columns `0..out`, and each writes its columns of all `rows` rows.
+    unsafe { y.set_len(rows * out) };
     Some(y)
 }
 
@@ -86,38 +89,47 @@ fn supported(bf16: bool) -> bool {
 /// `x` tile by tile: for each tile of 64 rows and each column `i`, the 64 rows' `x[r][i]` bits; rows past the
 /// end are zero.
 fn pack_rows_f32(x: &[f32], rows: usize, inp: usize) -> Vec<u32> {
-    let mut packed = vec![0u32; rows.div_ceil(TILE_ROWS) * inp * TILE_ROWS];
-    for_each_chunk_mut(&mut packed, inp * TILE_ROWS, |tile, dst| {
-        for r in 0..TILE_ROWS.min(rows - tile * TILE_ROWS) {
-            for (i, v) in x[(tile * TILE_ROWS + r) * inp..][..inp].iter().enumerate() {
-                dst[i * TILE_ROWS + r] = v.to_bits();
-            }
-        }
-    });
-    packed
+    pack_tiles(x, rows, inp, inp, |row, i| row[i].to_bits())
 }
 
 /// `x` as bfloat16 pairs, tile by tile: for each tile of 64 rows and each pair `p` of columns, 64 words
 /// `bits(x[r][2p]) | bits(x[r][2p + 1]) << 16`; rows past the end are zero. `None` if a value is not bfloat16.
 fn pack_rows_bf16(x: &[f32], rows: usize, inp: usize) -> Option<Vec<u32>> {
-    let pairs = inp / 2;
-    let mut packed = vec![0u32; rows.div_ceil(TILE_ROWS) * pairs * TILE_ROWS];
     let inexact = AtomicBool::new(false);
-    for_each_chunk_mut(&mut packed, pairs * TILE_ROWS, |tile, dst| {
-        let mut low_bits = 0u32;
-        for r in 0..TILE_ROWS.min(rows - tile * TILE_ROWS) {
-            let row = &x[(tile * TILE_ROWS + r) * inp..][..inp];
-            for (p, pair) in row.chunks_exact(2).enumerate() {
-                let (a, b) = (pair[0].to_bits(), pair[1].to_bits());
-                low_bits |= (a | b) & 0xffff;
-                dst[p * TILE_ROWS + r] = (a >> 16) | (b & 0xffff_0000);
-            }
-        }
-        if low_bits != 0 {
+    let packed = pack_tiles(x, rows, inp, inp / 2, |row, p| {
+        let (a, b) = (row[2 * p].to_bits(), row[2 * p + 1].to_bits());
+        if (a | b) & 0xffff != 0 {
             inexact.store(true, Ordering::Relaxed);
         }
+        (a >> 16) | (b & 0xffff_0000)
     });
     (!inexact.into_inner()).then_some(packed)
+}
+
+/// `words` words made from each row of `x` (rows of `inp` values), tile by tile: for each tile of 64 rows and
+/// each `i < words`, the 64 rows' `word(row, i)`, with zeros for rows past the end. Tiles are filled in
+/// parallel, into memory that is not zeroed first.
+fn pack_tiles(
+    x: &[f32],
+    rows: usize,
+    inp: usize,
+    words: usize,
+    word: impl Fn(&[f32], usize) -> u32 + Sync,
+) -> Vec<u32> {
+    let len = rows.div_ceil(TILE_ROWS) * words * TILE_ROWS;
+    let mut packed = Vec::with_capacity(len);
+    for_each_chunk_mut(&mut packed.spare_capacity_mut()[..len], words * TILE_ROWS, |tile, dst| {
+        for r in 0..TILE_ROWS {
+            let index = tile * TILE_ROWS + r;
+            let row = (index < rows).then(|| &x[index * inp..][..inp]);
+            for i in 0..words {
+                dst[i * TILE_ROWS + r].write(row.map_or(0, |row| word(row, i)));
+            }
+        }
+    });
+    // SAFETY: each tile wrote all `words × 64` of its words.
+    unsafe { packed.set_len(len) };
+    packed
 }
 
 #[cfg(target_arch = "x86_64")]

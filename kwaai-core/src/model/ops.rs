@@ -15,7 +15,7 @@ use super::threads::for_each_chunk_mut;
 use super::config::RopeScaling;
 use crate::Result;
 
-/// Values from which a rounding pass is split across threads.
+/// Values from which an elementwise pass (rounding) is split across threads.
 const ROUND_PARALLEL_MIN: usize = 1 << 16;
 /// Size of the float32 slab a bfloat16 weight is widened into for many-row matmuls.
 const BF16_SLAB_BYTES: usize = 4 << 20;
@@ -131,8 +131,9 @@ impl Linear {
         }
         let (rows, inp) = x.dims2()?;
         let out = self.weight.dim(0)?;
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let y = self.with_weight_bits(|w| matmul_t_prefill(&xs, rows, inp, w, out))?.flatten();
+        let x = x.contiguous()?;
+        let y = with_f32_values(&x, |xs| self.with_weight_bits(|w| matmul_t_prefill(xs, rows, inp, w, out)))?;
+        let y = y.transpose()?.flatten().flatten();
         Ok(y.map(|y| Tensor::from_vec(y, (rows, out), &Device::Cpu)).transpose()?)
     }
 
@@ -330,6 +331,38 @@ pub fn alibi_bias(slopes: &[f32], len: usize, bf16_rounding: bool, scale: f32) -
     Ok(Tensor::from_vec(data, (1, slopes.len(), 1, len), &Device::Cpu)?)
 }
 
+/// Calls `f` with the values of a contiguous float32 CPU tensor, read in place; `None` for any other tensor.
+fn with_f32_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<Option<T>> {
+    if t.dtype() != DType::F32 || !t.is_contiguous() {
+        return Ok(None);
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+        return Ok(None);
+    };
+    Ok(Some(f(&cpu.as_slice::<f32>()?[start..end])))
+}
+
+/// `f` of every value, into a new vector: in parallel over large inputs, and without zeroing the vector first.
+fn map_values(values: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = Vec::with_capacity(values.len());
+    let fill = |first: usize, chunk: &mut [std::mem::MaybeUninit<f32>]| {
+        chunk.iter_mut().zip(&values[first..]).for_each(|(o, v)| {
+            o.write(f(*v));
+        });
+    };
+    let spare = &mut out.spare_capacity_mut()[..values.len()];
+    if values.len() >= ROUND_PARALLEL_MIN {
+        let chunk = ROUND_PARALLEL_MIN / 2;
+        for_each_chunk_mut(spare, chunk, |i, part| fill(i * chunk, part));
+    } else {
+        fill(0, spare);
+    }
+    // SAFETY: `fill` wrote each of the first `values.len()` elements.
+    unsafe { out.set_len(values.len()) };
+    out
+}
+
 /// Where a half-precision checkpoint's reference rounds: transformers runs such checkpoints in their own dtype,
 /// so each op's result is rounded to it. Our math stays float32; rounding at the same points keeps the results
 /// equal to the reference's. `Rounding(None)` (float32 checkpoints) does nothing.
@@ -343,14 +376,10 @@ impl Rounding {
         match self.0 {
             Some(DType::BF16) if t.dtype() == DType::F32 && t.device().is_cpu() && !t.track_op() => {
                 let shape = t.shape().clone();
-                let mut values = t.flatten_all()?.to_vec1::<f32>()?;
-                let round = |chunk: &mut [f32]| chunk.iter_mut().for_each(|v| *v = round_bf16(*v));
-                if values.len() >= ROUND_PARALLEL_MIN {
-                    for_each_chunk_mut(&mut values, ROUND_PARALLEL_MIN / 2, |_, chunk| round(chunk));
-                } else {
-                    round(&mut values);
-                }
-                Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+                let t = t.contiguous()?;
+                let rounded = with_f32_values(&t, |values| map_values(values, round_bf16))?;
+                let rounded = rounded.expect("a contiguous float32 CPU tensor's values");
+                Ok(Tensor::from_vec(rounded, shape, &Device::Cpu)?)
             }
             Some(dt) => Ok(t.to_dtype(dt)?.to_dtype(DType::F32)?),
             None => Ok(t),
