@@ -272,6 +272,11 @@ pub fn scaled_rotary_tables(
 /// Applies rotary embeddings to `x` of shape (B, H, T, head_dim): `x * cos + rotate_half(x) * sin`. With
 /// rounding, the tables, both products and the sum are rounded, as transformers does.
 pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor, round: Rounding) -> Result<Tensor> {
+    if round.0 == Some(DType::BF16) {
+        if let Some(y) = rotary_bf16(x, cos, sin)? {
+            return Ok(y);
+        }
+    }
     if round.is_on() {
         let (cos, sin) = (round.r(cos.clone())?, round.r(sin.clone())?);
         let half = x.dim(D::Minus1)? / 2;
@@ -293,6 +298,46 @@ pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor, round: Rounding) -> 
     let x2 = x.narrow(D::Minus1, half, half)?;
     let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
     Ok(x.broadcast_mul(cos)?.add(&rotated.broadcast_mul(sin)?)?)
+}
+
+/// [`apply_rotary`] with bfloat16 rounding, in one parallel pass that reads `x` (B, H, T, d) in place whatever
+/// its strides and writes a contiguous result, rounding where the op-by-op path does: the tables, each product
+/// and the sum. `None` where it does not apply: a gradient to carry, or not float32 on the CPU.
+fn rotary_bf16(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> {
+    if x.track_op() || x.dtype() != DType::F32 || !x.device().is_cpu() || cos.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let (b, h, t, d) = x.dims4()?;
+    if cos.dims2()? != (t, d) || sin.dims2()? != (t, d) || d % 2 != 0 {
+        return Ok(None);
+    }
+    let table = |m: &Tensor| -> Result<Vec<f32>> {
+        Ok(m.flatten_all()?.to_vec1::<f32>()?.into_iter().map(round_bf16).collect())
+    };
+    let (cos, sin) = (table(cos)?, table(sin)?);
+    let (storage, layout) = x.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Ok(None);
+    };
+    let src = cpu.as_slice::<f32>()?;
+    let (base, stride) = (layout.start_offset(), layout.stride());
+    let (half, len) = (d / 2, b * h * t * d);
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    for_each_chunk_mut(&mut out.spare_capacity_mut()[..len], t * d, |head, dst| {
+        let head_start = base + (head / h) * stride[0] + (head % h) * stride[1];
+        for (p, dst) in dst.chunks_exact_mut(d).enumerate() {
+            let at = |j: usize| src[head_start + p * stride[2] + j * stride[3]];
+            for (j, o) in dst.iter_mut().enumerate() {
+                let rotated = if j < half { -at(j + half) } else { at(j - half) };
+                let (c, s) = (cos[p * d + j], sin[p * d + j]);
+                o.write(round_bf16(round_bf16(at(j) * c) + round_bf16(rotated * s)));
+            }
+        }
+    });
+    drop(storage);
+    // SAFETY: each head's chunk wrote all of its `t × d` values.
+    unsafe { out.set_len(len) };
+    Ok(Some(Tensor::from_vec(out, (b, h, t, d), &Device::Cpu)?))
 }
 
 /// ALiBi slopes for `num_heads` heads, as BLOOM and Falcon compute them (float32).
@@ -424,3 +469,32 @@ fn causal_mask(t: usize, s: usize) -> Result<Tensor> {
 
 /// The dtype all block math runs in: float32 (candle has no bfloat16 matmul on the CPU).
 pub const COMPUTE_DTYPE: DType = DType::F32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fused_bf16_rotary_rounds_as_the_op_by_op_path_on_strided_input() {
+        let (b, t, h, d) = (2, 5, 3, 8);
+        let r = Rounding(Some(DType::BF16));
+        let x = Tensor::randn(0f32, 1.0, (b, t, h, d), &Device::Cpu).unwrap();
+        // Bfloat16 values laid out (B, T, H, d), seen as (B, H, T, d), as a block's projections are.
+        let x = r.r(x).unwrap().transpose(1, 2).unwrap();
+        let (cos, sin) = rotary_tables(d, 10_000.0, 1.0, 3, t).unwrap();
+        let fused = rotary_bf16(&x, &cos, &sin).unwrap().expect("the fused path applies");
+        assert!(fused.is_contiguous());
+
+        let (cos, sin) = (r.r(cos).unwrap(), r.r(sin).unwrap());
+        let rotated =
+            Tensor::cat(&[&x.narrow(3, d / 2, d / 2).unwrap().neg().unwrap(), &x.narrow(3, 0, d / 2).unwrap()], 3);
+        let a = r.r(x.broadcast_mul(&cos).unwrap()).unwrap();
+        let c = r.r(rotated.unwrap().broadcast_mul(&sin).unwrap()).unwrap();
+        let want = r.r((a + c).unwrap()).unwrap();
+        let (got, want) = (
+            fused.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        assert_eq!(got, want);
+    }
+}
