@@ -6,7 +6,9 @@ use candle_core::{DType, Tensor};
 
 use super::cache::LayerCache;
 use super::config::{ModelConfig, RopeScaling, SparseExperts};
-use super::ops::{apply_rotary, attention, rms_norm, softmax_last, Linear, Rounding};
+use super::ops::{
+    add_rounded, apply_rotary, attention, rms_norm, round_bf16, silu, softmax_last, zip_bf16, Linear, Rounding,
+};
 use super::weights::Loader;
 use crate::Result;
 
@@ -20,8 +22,12 @@ struct SwiGlu {
 
 impl SwiGlu {
     fn forward(&self, h: &Tensor, r: Rounding) -> Result<Tensor> {
-        let gate = r.r(self.gate.forward_r(h, r)?.silu()?)?;
-        self.down.forward_r(&r.r((gate * self.up.forward_r(h, r)?)?)?, r)
+        let (gate, up) = (self.gate.forward_r(h, r)?, self.up.forward_r(h, r)?);
+        let product = match zip_bf16(&gate, &up, r, |g, u| round_bf16(silu(g)) * u)? {
+            Some(product) => product,
+            None => r.r((r.r(gate.silu()?)? * up)?)?,
+        };
+        self.down.forward_r(&product, r)
     }
 }
 
@@ -132,13 +138,13 @@ impl LlamaBlock {
         let scale = 1.0 / (d as f64).sqrt();
         let a = attention(&q, &k, &v, r, |s| r.r((r.r(s)? * scale)?))?;
         let a = a.transpose(1, 2)?.reshape((b, t, hidden))?;
-        let x = r.r((x + self.o.forward_r(&a, r)?)?)?;
+        let x = add_rounded(x, &self.o.forward_r(&a, r)?, r)?;
         let h = rms_norm(&x, &self.post_norm, self.eps, r)?;
         let mlp = match &self.mlp {
             Mlp::Dense(mlp) => mlp.forward(&h, r)?,
             Mlp::Sparse { router, experts, top_k } => sparse_mlp(&h, router, experts, *top_k, r)?,
         };
-        r.r((x + mlp)?)
+        add_rounded(&x, &mlp, r)
     }
 }
 

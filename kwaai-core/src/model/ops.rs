@@ -6,6 +6,7 @@
 use candle_core::{DType, Device, Storage, Tensor, D};
 use half::slice::HalfFloatSliceExt;
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use super::gemm::matmul_t_prefill;
@@ -154,6 +155,11 @@ impl Linear {
 /// RMSNorm as in Llama: `x / sqrt(mean(x^2) + eps) * w`; with rounding, the normalised value and the product
 /// are each rounded, as transformers does.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, round: Rounding) -> Result<Tensor> {
+    if round.0 == Some(DType::BF16) {
+        if let Some(y) = rms_norm_bf16(x, w, eps)? {
+            return Ok(y);
+        }
+    }
     if round.is_on() {
         let var = x.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = round.r(x.broadcast_div(&(var + eps)?.sqrt()?)?)?;
@@ -165,6 +171,34 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, round: Rounding) -> Result<Ten
     let var = x.sqr()?.mean_keepdim(D::Minus1)?;
     let normed = x.broadcast_div(&(var + eps)?.sqrt()?)?;
     Ok(normed.broadcast_mul(w)?)
+}
+
+/// [`rms_norm`] with bfloat16 rounding in one parallel pass over rows of `x` read in place; `None` where it
+/// does not apply (a gradient to carry, or not contiguous float32 on the CPU).
+fn rms_norm_bf16(x: &Tensor, w: &Tensor, eps: f64) -> Result<Option<Tensor>> {
+    let n = x.dim(D::Minus1)?;
+    if x.track_op() || w.track_op() || w.dims() != [n] || w.dtype() != DType::F32 || n == 0 {
+        return Ok(None);
+    }
+    let w = w.to_vec1::<f32>()?;
+    let rows_per_task = (ROUND_PARALLEL_MIN / 2 / n).max(1);
+    let normed = with_f32_values(x, |x| {
+        let mut out = Vec::with_capacity(x.len());
+        for_each_chunk_mut(&mut out.spare_capacity_mut()[..x.len()], rows_per_task * n, |task, dst| {
+            let first = task * rows_per_task * n;
+            for (dst, row) in dst.chunks_exact_mut(n).zip(x[first..].chunks_exact(n)) {
+                let mean_square = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
+                let scale = (mean_square + eps as f32).sqrt();
+                for ((o, v), w) in dst.iter_mut().zip(row).zip(&w) {
+                    o.write(round_bf16(round_bf16(v / scale) * w));
+                }
+            }
+        });
+        // SAFETY: the tasks' chunks are whole rows and cover all of `x`, each value written.
+        unsafe { out.set_len(x.len()) };
+        out
+    })?;
+    Ok(normed.map(|normed| Tensor::from_vec(normed, x.shape().clone(), &Device::Cpu)).transpose()?)
 }
 
 /// LayerNorm over the last dimension with weight and bias (one rounding of the result).
@@ -388,24 +422,64 @@ fn with_f32_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<Option<
     Ok(Some(f(&cpu.as_slice::<f32>()?[start..end])))
 }
 
-/// `f` of every value, into a new vector: in parallel over large inputs, and without zeroing the vector first.
-fn map_values(values: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = Vec::with_capacity(values.len());
-    let fill = |first: usize, chunk: &mut [std::mem::MaybeUninit<f32>]| {
-        chunk.iter_mut().zip(&values[first..]).for_each(|(o, v)| {
-            o.write(f(*v));
-        });
-    };
-    let spare = &mut out.spare_capacity_mut()[..values.len()];
-    if values.len() >= ROUND_PARALLEL_MIN {
+/// A new vector of `len` values written by `fill(first, chunk)` for chunks of it (`first` is the chunk's
+/// offset): in parallel over large lengths, and without zeroing the vector first.
+fn fill_values(len: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    let spare = &mut out.spare_capacity_mut()[..len];
+    if len >= ROUND_PARALLEL_MIN {
         let chunk = ROUND_PARALLEL_MIN / 2;
         for_each_chunk_mut(spare, chunk, |i, part| fill(i * chunk, part));
     } else {
         fill(0, spare);
     }
-    // SAFETY: `fill` wrote each of the first `values.len()` elements.
-    unsafe { out.set_len(values.len()) };
+    // SAFETY: `fill` writes every element of its chunk, and the chunks cover the first `len` elements.
+    unsafe { out.set_len(len) };
     out
+}
+
+/// `f` of every value, into a new vector (see [`fill_values`]).
+fn map_values(values: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    fill_values(values.len(), |first, chunk| {
+        chunk.iter_mut().zip(&values[first..]).for_each(|(o, v)| {
+            o.write(f(*v));
+        })
+    })
+}
+
+/// `round_bf16(f(a, b))` elementwise over two float32 CPU tensors of one shape, in one parallel pass that reads
+/// both in place; `None` where it does not apply: rounding other than bfloat16, a gradient to carry, or inputs
+/// that are not contiguous float32 tensors of equal shapes on the CPU.
+pub fn zip_bf16(a: &Tensor, b: &Tensor, r: Rounding, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Option<Tensor>> {
+    if r.0 != Some(DType::BF16) || a.track_op() || b.track_op() || a.dims() != b.dims() {
+        return Ok(None);
+    }
+    let values = with_f32_values(a, |a| {
+        with_f32_values(b, |b| {
+            fill_values(a.len(), |first, chunk| {
+                chunk.iter_mut().zip(&a[first..]).zip(&b[first..]).for_each(|((o, a), b)| {
+                    o.write(round_bf16(f(*a, *b)));
+                })
+            })
+        })
+    })?;
+    let Some(values) = values.transpose()?.flatten() else {
+        return Ok(None);
+    };
+    Ok(Some(Tensor::from_vec(values, a.shape().clone(), &Device::Cpu)?))
+}
+
+/// `a + b`, rounded: by [`zip_bf16`] where it applies.
+pub fn add_rounded(a: &Tensor, b: &Tensor, r: Rounding) -> Result<Tensor> {
+    match zip_bf16(a, b, r, |a, b| a + b)? {
+        Some(sum) => Ok(sum),
+        None => r.r((a + b)?),
+    }
+}
+
+/// SiLU as candle computes it in float32: `v / (1 + e^-v)`.
+pub fn silu(v: f32) -> f32 {
+    v / (1.0 + (-v).exp())
 }
 
 /// Where a half-precision checkpoint's reference rounds: transformers runs such checkpoints in their own dtype,
@@ -496,5 +570,42 @@ mod tests {
             want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
         );
         assert_eq!(got, want);
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    #[test]
+    fn fused_bf16_elementwise_ops_round_as_the_op_by_op_path() {
+        let r = Rounding(Some(DType::BF16));
+        let rounded = |shape: (usize, usize)| r.r(Tensor::randn(0f32, 2.0, shape, &Device::Cpu).unwrap()).unwrap();
+        // Large enough to be split across threads.
+        let (g, u) = (rounded((70, 1000)), rounded((70, 1000)));
+        let fused = zip_bf16(&g, &u, r, |g, u| round_bf16(silu(g)) * u).unwrap().expect("applies");
+        let want = r.r((r.r(g.silu().unwrap()).unwrap() * &u).unwrap()).unwrap();
+        assert_eq!(values(&fused), values(&want));
+        assert_eq!(values(&add_rounded(&g, &u, r).unwrap()), values(&r.r((&g + &u).unwrap()).unwrap()));
+        // No fusion across a gradient, another rounding or different shapes.
+        let v = candle_core::Var::from_tensor(&g).unwrap();
+        assert!(zip_bf16(v.as_tensor(), &u, r, |a, b| a + b).unwrap().is_none());
+        assert!(zip_bf16(&g, &u, Rounding(Some(DType::F16)), |a, b| a + b).unwrap().is_none());
+        assert!(zip_bf16(&g, &u.reshape((1000, 70)).unwrap(), r, |a, b| a + b).unwrap().is_none());
+    }
+
+    #[test]
+    fn fused_bf16_rms_norm_is_within_a_rounding_step_of_the_op_by_op_path() {
+        let r = Rounding(Some(DType::BF16));
+        let x = r.r(Tensor::randn(0f32, 1.0, (2, 40, 96), &Device::Cpu).unwrap()).unwrap();
+        let w = r.r(Tensor::randn(1f32, 0.1, 96, &Device::Cpu).unwrap()).unwrap();
+        let fused = rms_norm_bf16(&x, &w, 1e-6).unwrap().expect("applies");
+        let var = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let normed = r.r(x.broadcast_div(&(var + 1e-6).unwrap().sqrt().unwrap()).unwrap()).unwrap();
+        let want = r.r(normed.broadcast_mul(&w).unwrap()).unwrap();
+        let (got, want) = (values(&fused), values(&want));
+        // The sums of squares may differ in order, so a value may land one bfloat16 step away.
+        let apart = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= b.abs() / 64.0), "{got:?} vs {want:?}");
+        assert!(apart < got.len() / 20, "{apart} of {} values differ", got.len());
     }
 }
