@@ -494,11 +494,11 @@ impl Rounding {
     pub fn r(&self, t: Tensor) -> Result<Tensor> {
         match self.0 {
             Some(DType::BF16) if t.dtype() == DType::F32 && t.device().is_cpu() && !t.track_op() => {
-                let shape = t.shape().clone();
                 let t = t.contiguous()?;
-                let rounded = with_f32_values(&t, |values| map_values(values, round_bf16))?;
-                let rounded = rounded.expect("a contiguous float32 CPU tensor's values");
-                Ok(Tensor::from_vec(rounded, shape, &Device::Cpu)?)
+                match with_f32_values(&t, |values| map_values(values, round_bf16))? {
+                    Some(rounded) => Ok(Tensor::from_vec(rounded, t.shape().clone(), &Device::Cpu)?),
+                    None => Ok(t.to_dtype(DType::BF16)?.to_dtype(DType::F32)?),
+                }
             }
             Some(dt) => Ok(t.to_dtype(dt)?.to_dtype(DType::F32)?),
             None => Ok(t),
