@@ -1,10 +1,7 @@
-//! WebSocket and WebRTC-direct listening and stream forwarding (`kwaai.forward`): a caller that
-//! reaches only one node, over `/ws` or `/webrtc-direct`, calls unary and streaming handlers of
-//! another peer through it.
+//! WebSocket listening and stream forwarding (`kwaai.forward`): a caller that reaches only one
+//! node, over `/ws`, calls unary and streaming handlers of another peer through it.
 
-mod common;
-
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use kwaai_core::{ErrorKind, Node, NodeConfig, PeerId};
@@ -106,81 +103,4 @@ fn forwarding_refuses_what_it_cannot_or_may_not_do() {
     assert!(err.message().contains("protocol not supported: kwaai.forward"), "{err}");
     // The relay still forwards afterwards.
     assert!(call(relay, target, "Test.echo").unwrap().ends_with(b"x"));
-}
-
-#[test]
-fn calls_reach_a_webrtc_direct_node_and_another_peer_through_it() {
-    if !common::in_private_network() {
-        return;
-    }
-    let idle = Duration::from_secs(2);
-    let start = |listen: &[&str]| {
-        let listen_addrs = listen.iter().map(|a| a.to_string()).collect();
-        Node::start(NodeConfig { listen_addrs, idle_connection_timeout: idle, ..NodeConfig::default() }).unwrap()
-    };
-    let relay = start(&["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/webrtc-direct"]);
-    relay.add_unary_handler("Test.echo", |_peer, request: Vec<u8>| async move { Ok(request) }).unwrap();
-    let target = node(&["/ip4/127.0.0.1/tcp/0"]);
-    target
-        .add_unary_handler("Test.echo", |peer: PeerId, request: Vec<u8>| async move {
-            Ok([peer.to_bytes(), request].concat())
-        })
-        .unwrap();
-    let tcp = relay.listen_addrs().into_iter().find(|a| a.to_string().contains("/tcp/")).unwrap();
-    relay.connect(&target.listen_addrs()[0].to_string(), T).unwrap();
-    target.connect(&tcp.to_string(), T).unwrap();
-
-    // The full dialable address: a real UDP port, the certificate's hash and the peer ID.
-    let webrtc = relay.listen_addrs().into_iter().find(|a| a.to_string().contains("/webrtc-direct")).unwrap();
-    let text = webrtc.to_string();
-    assert!(text.starts_with("/ip4/127.0.0.1/udp/") && !text.contains("/udp/0/"), "{text}");
-    assert!(text.contains("/webrtc-direct/certhash/u"), "{text}");
-    assert!(text.ends_with(&format!("/p2p/{}", relay.peer_id())), "{text}");
-
-    // libp2p-webrtc dials only from a WebRTC listener of its own (it shares that UDP socket).
-    let caller = start(&["/ip4/127.0.0.1/udp/0/webrtc-direct"]);
-    let info = caller.connect(&text, T).unwrap();
-    assert_eq!(info.peer_id, relay.peer_id(), "DTLS and Noise over WebRTC authenticate the relay");
-    let rpc = caller.rpc().unwrap();
-    assert_eq!(caller.call_unary(relay.peer_id(), "Test.echo", b"direct", T).unwrap(), b"direct");
-
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (via, to) = (relay.peer_id(), target.peer_id());
-    // Sizes around libp2p-webrtc's 8 KiB data-channel read buffer, and far beyond.
-    for size in [0usize, 5, 8100, 8200, 16_500, 300_000] {
-        let request: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-        let echoed = caller.call_unary(via, "Test.echo", &request, T).unwrap();
-        assert_eq!(echoed, request, "{size} bytes, direct");
-        let reply = runtime.block_on(rpc.call_unary_via(via, to, "Test.echo", request.clone(), T)).unwrap();
-        let (seen, echoed) = reply.split_at(via.to_bytes().len());
-        assert_eq!(PeerId::from_bytes(seen).unwrap(), via, "the target sees the relay as its caller");
-        assert_eq!(echoed, request, "{size} bytes, forwarded");
-    }
-    // Many at once, direct and forwarded: concurrent stream openings on one WebRTC connection.
-    let calls = (0..16u8).map(|i| rpc.call_unary_via(via, to, "Test.echo", vec![i; 64], T));
-    let direct = (0..16u8).map(|i| rpc.call_unary(via, "Test.echo", vec![i; 32], T));
-    let (forwarded, direct) =
-        runtime.block_on(futures::future::join(futures::future::join_all(calls), futures::future::join_all(direct)));
-    for (i, reply) in forwarded.into_iter().enumerate() {
-        let reply = reply.unwrap_or_else(|e| panic!("call {i}: {e}"));
-        assert!(reply.ends_with(&[i as u8; 64]), "call {i}");
-    }
-    for (i, reply) in direct.into_iter().enumerate() {
-        assert_eq!(reply.unwrap(), vec![i as u8; 32]);
-    }
-
-    // The caller closes its idle WebRTC connection one idle timeout after the last call. The relay
-    // learns of that only when a request of its own (kad, ping) goes unanswered or its ICE checks
-    // fail: WebRTC sends no close the other end must see, unlike TCP.
-    let last_call = Instant::now();
-    while rpc.is_connected(&via) {
-        assert!(last_call.elapsed() < idle * 4, "still open {:?} after the last call", last_call.elapsed());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(last_call.elapsed() >= idle - Duration::from_millis(100), "closed after {:?}", last_call.elapsed());
-    let relay_rpc = relay.rpc().unwrap();
-    while relay_rpc.is_connected(&caller.peer_id()) {
-        assert!(last_call.elapsed() < Duration::from_secs(40), "the relay still holds the connection");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
