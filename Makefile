@@ -36,7 +36,7 @@ demo: ## build and run the local demo swarm on 127.0.0.1 (it streams a generatio
 test: deps lint build test-rust test-c test-python test-node test-kotlin test-wasm check-generated ## install what tests need, run every test
 	@echo "make test: all suites passed"
 
-deps: reference tools ## the reference peer, Python and Node test tools, valgrind
+deps: reference tools ## the reference peer, Python and Node test tools, valgrind, iproute2 (the WebRTC tests' network namespaces)
 
 reference: ## install the Python reference peer (hivemind + petals) into $(REFERENCE_VENV), and transformers 4.46 beside it, once
 	bash $(SHARED)/reference/install.sh $(REFERENCE_VENV)
@@ -45,8 +45,9 @@ reference: ## install the Python reference peer (hivemind + petals) into $(REFER
 
 tools:
 	command -v valgrind >/dev/null && command -v cmake >/dev/null && command -v java >/dev/null && \
-		[ -f $(JNA_JAR) ] || { apt-get update -qq && \
-		apt-get install -y -qq valgrind cmake default-jre-headless libjna-java; }
+		command -v ip >/dev/null && command -v unshare >/dev/null && [ -f $(JNA_JAR) ] || \
+		{ apt-get update -qq && \
+		apt-get install -y -qq valgrind cmake default-jre-headless libjna-java iproute2 util-linux; }
 	[ -x $(VENV)/bin/maturin ] || python3 -m venv $(VENV)
 	$(VENV)/bin/python -c 'import maturin, pytest, mypy, numpy' 2>/dev/null || $(VENV)/bin/pip install -q $(PYTHON_TOOLS)
 	cd bindings/node && npm ci --no-audit --no-fund --loglevel=error

@@ -74,7 +74,7 @@ async function main() {
   if (params.get("tokens")) $("max-new-tokens").value = params.get("tokens");
   if (params.get("prompt")) $("prompt").value = params.get("prompt");
   if (bootstrap.length === 0) {
-    status("give the kwaai node's /ws address: ?bootstrap=/ip4/…/tcp/…/ws/p2p/…&model=…&prefix=…");
+    status("give the kwaai node's /ws or /webrtc-direct address: ?bootstrap=/ip4/…/tcp/…/ws/p2p/…&model=…&prefix=…");
     setState("error");
     return;
   }

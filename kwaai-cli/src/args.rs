@@ -58,7 +58,8 @@ pub struct NodeArgs {
     /// Peers to join the swarm through: multiaddrs ending in /p2p/<peer id>.
     #[arg(long = "initial-peers", alias = "initial-peer", value_name = "MADDR", num_args = 1..)]
     pub initial_peers: Vec<String>,
-    /// Multiaddrs to listen on, e.g. /ip4/0.0.0.0/tcp/31337 (and .../tcp/31338/ws for browsers).
+    /// Multiaddrs to listen on, e.g. /ip4/0.0.0.0/tcp/31337 (and .../tcp/31338/ws or
+    /// .../udp/31339/webrtc-direct for browsers).
     #[arg(long = "host-maddrs", alias = "listen", value_name = "MADDR", num_args = 1..)]
     pub host_maddrs: Vec<String>,
     /// The node's private key file (hivemind's format), created if missing.

@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 use crate::failure::Failure;
 
 /// Where a node listens unless told otherwise: every interface, an OS-chosen port (as Petals) for
-/// TCP, and another for WebSockets, which browsers can dial (such a node forwards their calls).
-pub const DEFAULT_HOST_MADDRS: [&str; 2] = ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/tcp/0/ws"];
+/// TCP, and others for WebSockets and WebRTC-direct (UDP), which browsers can dial (such a node
+/// forwards their calls). The WebRTC-direct address's `/certhash/...` changes on every start.
+pub const DEFAULT_HOST_MADDRS: [&str; 3] =
+    ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/tcp/0/ws", "/ip4/0.0.0.0/udp/0/webrtc-direct"];
 
 /// Every setting of `config.yaml`. Keys are the `kwaainet start` flags in snake_case.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

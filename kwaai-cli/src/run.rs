@@ -31,20 +31,24 @@ pub fn effective_config(home: &Home, args: &StartArgs) -> Result<Config, Failure
     Ok(config)
 }
 
-/// Fails with one line if a fixed TCP port of `host_maddrs` is taken. (The node's listeners share
+/// Fails with one line if a fixed TCP or UDP port of `host_maddrs` is taken. (The node's listeners share
 /// ports with each other, so a port held by another program would otherwise go unnoticed.)
 pub fn check_ports_free(host_maddrs: &[String]) -> Result<(), Failure> {
     for maddr in host_maddrs {
         let parts: Vec<&str> = maddr.split('/').collect();
-        let (ip, port) = match parts.as_slice() {
-            ["", "ip4" | "ip6", ip, "tcp", port, ..] => (*ip, *port),
+        let (ip, protocol, port) = match parts.as_slice() {
+            ["", "ip4" | "ip6", ip, protocol @ ("tcp" | "udp"), port, ..] => (*ip, *protocol, *port),
             _ => continue,
         };
         let (Ok(ip), Ok(port)) = (ip.parse::<std::net::IpAddr>(), port.parse::<u16>()) else { continue };
         if port == 0 {
             continue;
         }
-        if let Err(e) = std::net::TcpListener::bind((ip, port)) {
+        let bound = match protocol {
+            "tcp" => std::net::TcpListener::bind((ip, port)).map(drop),
+            _ => std::net::UdpSocket::bind((ip, port)).map(drop),
+        };
+        if let Err(e) = bound {
             if e.kind() == std::io::ErrorKind::AddrInUse {
                 return Err(Failure::new(format!("port {port} of {maddr} is already in use")));
             }

@@ -47,7 +47,8 @@ impl Visibility {
 }
 
 /// Where the check enters the swarm: the node's initial peers, or, for the first node of a swarm,
-/// the node itself (an unspecified listen address is reached through loopback).
+/// the node itself (an unspecified listen address is reached through loopback; its WebRTC-direct
+/// addresses, which only browsers dial, are left out).
 pub fn entry_points(status: &StatusFile) -> Vec<String> {
     if !status.config.initial_peers.is_empty() {
         return status.config.initial_peers.clone();
@@ -55,6 +56,7 @@ pub fn entry_points(status: &StatusFile) -> Vec<String> {
     status
         .listen_addrs
         .iter()
+        .filter(|a| !a.contains("/webrtc-direct"))
         .map(|a| a.replace("/ip4/0.0.0.0/", "/ip4/127.0.0.1/").replace("/ip6/::/", "/ip6/::1/"))
         .collect()
 }
@@ -196,6 +198,21 @@ mod tests {
             ..NodeConfig::default()
         })
         .unwrap()
+    }
+
+    #[test]
+    fn a_first_node_is_entered_through_its_tcp_and_websocket_addresses() {
+        let node = loopback_node(Vec::new());
+        let mut status = status_of(&node, Vec::new(), None);
+        let peer = node.peer_id();
+        status.listen_addrs = vec![
+            format!("/ip4/0.0.0.0/tcp/4001/p2p/{peer}"),
+            format!("/ip4/0.0.0.0/tcp/4002/ws/p2p/{peer}"),
+            format!("/ip4/0.0.0.0/udp/4003/webrtc-direct/certhash/uEiDDq4_xNyDorZBH3TlGazyJdOWSwvo4PUo5YHFMrvDE8g/p2p/{peer}"),
+        ];
+        let expected =
+            [format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}"), format!("/ip4/127.0.0.1/tcp/4002/ws/p2p/{peer}")];
+        assert_eq!(entry_points(&status), expected);
     }
 
     fn status_of(node: &Node, initial_peers: Vec<String>, served: Option<ServedSpan>) -> StatusFile {

@@ -84,12 +84,20 @@ fn serving_flags_are_checked_against_the_model() {
 fn a_port_in_use_is_one_line() {
     let home = TestHome::new();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let maddr = format!("/ip4/127.0.0.1/tcp/{}", taken.local_addr().unwrap().port());
+    let port = taken.local_addr().unwrap().port();
+    let maddr = format!("/ip4/127.0.0.1/tcp/{port}");
     for args in [&["start", "--host-maddrs", &maddr][..], &["start", "--daemon", "--host-maddrs", &maddr][..]] {
         let run = home.run(args);
         assert_eq!(run.code, 1, "{}", run.stderr);
-        assert_eq!(run.stderr.trim(), format!("kwaainet: port {} of {maddr} is already in use", &maddr[19..]));
+        assert_eq!(run.stderr.trim(), format!("kwaainet: port {port} of {maddr} is already in use"));
     }
+    // The same for a WebRTC-direct (UDP) port.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let maddr = format!("/ip4/127.0.0.1/udp/{port}/webrtc-direct");
+    let run = home.run(&["start", "--host-maddrs", "/ip4/127.0.0.1/tcp/0", &maddr]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.stderr.trim(), format!("kwaainet: port {port} of {maddr} is already in use"));
 }
 
 #[test]

@@ -191,12 +191,22 @@ fn a_serving_node_is_online_with_its_blocks() {
 }
 
 #[test]
-fn a_node_listens_on_websockets_for_browsers_and_forwards_their_calls() {
+fn a_node_listens_on_websockets_and_webrtc_for_browsers_and_forwards_their_calls() {
     let home = TestHome::new();
-    let run = home.run(&["start", "--daemon", "--host-maddrs", LOOPBACK, "/ip4/127.0.0.1/tcp/0/ws"]).ok();
+    let webrtc_listen = "/ip4/127.0.0.1/udp/0/webrtc-direct";
+    let run =
+        home.run(&["start", "--daemon", "--host-maddrs", LOOPBACK, "/ip4/127.0.0.1/tcp/0/ws", webrtc_listen]).ok();
     let addrs: Vec<&str> = run.stdout.lines().filter_map(|l| l.strip_prefix("listening on: ")).collect();
     let ws = addrs.iter().find(|a| a.contains("/ws/p2p/")).unwrap_or_else(|| panic!("no /ws address in {addrs:?}"));
     let relay: kwaai_core::PeerId = ws.rsplit('/').next().unwrap().parse().unwrap();
+    // The WebRTC-direct address is shown whole, as a browser dials it: port, certificate hash, peer ID.
+    let webrtc = addrs
+        .iter()
+        .find(|a| a.contains("/webrtc-direct/certhash/") && a.ends_with(&format!("/p2p/{relay}")))
+        .unwrap_or_else(|| panic!("no webrtc-direct address in {addrs:?}"));
+    assert!(!webrtc.contains("/udp/0/"), "{webrtc}");
+    let status = home.run(&["status"]).ok();
+    assert!(status.stdout.lines().any(|l| l == format!("address: {webrtc}")), "{}", status.stdout);
 
     // A peer that only the daemon knows serves a handler; a caller that reaches the daemon only over
     // WebSockets calls it through the daemon.

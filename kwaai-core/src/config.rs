@@ -12,6 +12,9 @@ pub const DEFAULT_LISTEN_ADDR: &str = "/ip4/127.0.0.1/tcp/0";
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     /// Multiaddrs to listen on, e.g. `/ip4/127.0.0.1/tcp/0`. Empty means [`DEFAULT_LISTEN_ADDR`].
+    /// Browsers can dial `/tcp/N/ws` and `/udp/N/webrtc-direct` listeners (the latter's
+    /// `/certhash/...` changes on every start); a node with either forwards their calls. A node
+    /// does not dial WebRTC-direct itself: native peers reach it over TCP.
     pub listen_addrs: Vec<String>,
     /// A libp2p private-key file (hivemind's format: a protobuf `PrivateKey`). When the file is
     /// missing a fresh Ed25519 key is written there (mode 0400); when `None` the node gets a fresh

@@ -1,5 +1,8 @@
-//! WebSocket listening and stream forwarding (`kwaai.forward`): a caller that reaches only one
-//! node, over `/ws`, calls unary and streaming handlers of another peer through it.
+//! WebSocket and WebRTC-direct listening and stream forwarding (`kwaai.forward`): a caller that
+//! reaches only one node, over `/ws`, calls unary and streaming handlers of another peer through it.
+//! (Only browsers dial `/webrtc-direct`: the browser tests in kwaai-wasm forward over it.)
+
+mod common;
 
 use std::time::Duration;
 
@@ -103,4 +106,30 @@ fn forwarding_refuses_what_it_cannot_or_may_not_do() {
     assert!(err.message().contains("protocol not supported: kwaai.forward"), "{err}");
     // The relay still forwards afterwards.
     assert!(call(relay, target, "Test.echo").unwrap().ends_with(b"x"));
+}
+
+#[test]
+fn a_webrtc_direct_listener_is_for_browsers_and_native_nodes_refuse_to_dial_it() {
+    let relay = node(&["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/webrtc-direct"]);
+    relay.add_unary_handler("Test.echo", |_peer, request: Vec<u8>| async move { Ok(request) }).unwrap();
+
+    // The full dialable address: a real UDP port, the certificate's hash and the peer ID.
+    let webrtc = relay.listen_addrs().into_iter().find(|a| a.to_string().contains("/webrtc-direct")).unwrap();
+    let text = webrtc.to_string();
+    assert!(text.starts_with("/ip4/127.0.0.1/udp/") && !text.contains("/udp/0/"), "{text}");
+    assert!(text.contains("/webrtc-direct/certhash/u"), "{text}");
+    assert!(text.ends_with(&format!("/p2p/{}", relay.peer_id())), "{text}");
+
+    // A native node refuses to dial it, with or without a WebRTC listener of its own, at once
+    // and saying what to dial instead.
+    for listen in [&["/ip4/127.0.0.1/tcp/0"][..], &["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/webrtc-direct"]] {
+        let caller = node(listen);
+        let err = caller.connect(&text, T).unwrap_err();
+        assert!(err.message().contains("does not dial WebRTC-direct"), "{err}");
+        assert!(err.message().contains("TCP or /ws address"), "{err}");
+        // Its TCP address serves the same node.
+        let tcp = relay.listen_addrs().into_iter().find(|a| a.to_string().contains("/tcp/")).unwrap();
+        assert_eq!(caller.connect(&tcp.to_string(), T).unwrap().peer_id, relay.peer_id());
+        assert_eq!(caller.call_unary(relay.peer_id(), "Test.echo", b"tcp", T).unwrap(), b"tcp");
+    }
 }

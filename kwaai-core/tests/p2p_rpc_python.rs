@@ -249,8 +249,11 @@ fn oversized_messages_are_refused_on_our_side() {
 #[test]
 fn a_websocket_caller_reaches_python_handlers_through_a_forwarding_node() {
     let python = Python::start(&[]);
+    // The relay also listens on WebRTC-direct, as kwaainet does by default: p2pd, which has no
+    // WebRTC transport, gets that address through identify and must still serve the relay.
+    let webrtc_listen = "/ip4/127.0.0.1/udp/0/webrtc-direct";
     let relay = Node::start(NodeConfig {
-        listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into(), "/ip4/127.0.0.1/tcp/0/ws".into()],
+        listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into(), "/ip4/127.0.0.1/tcp/0/ws".into(), webrtc_listen.into()],
         ..NodeConfig::default()
     })
     .unwrap();

@@ -1,13 +1,18 @@
 //! Tokens per second of the browser client (the example page in headless Chromium, the release web
 //! package) against the native Rust client, on the same local swarm in the same run: a kwaai node
-//! on TCP and WebSocket and two Rust servers (blocks 0:2 and 2:4) of the demo model. Each client
-//! generates the same greedy tokens `ROUNDS` times after one warm-up; the figure is the median of
-//! tokens / seconds from the call to the last token (the page measures it the same way). Also
-//! prints the web package's size, gzipped.
+//! on TCP, WebSocket and WebRTC-direct and two Rust servers (blocks 0:2 and 2:4) of the demo model.
+//! Each client generates the same greedy tokens `ROUNDS` times after one warm-up; the figure is the
+//! median of tokens / seconds from the call to the last token (the page measures it the same way).
+//! The page runs twice: reaching the node over WebSocket, then over WebRTC-direct. Also prints the
+//! web package's size, gzipped.
 //!
-//! `cargo bench -p kwaai-wasm --bench browser_vs_native` (needs the release web package in
+//! `cargo bench -p kwaai-wasm --bench browser_vs_native` (runs itself in a private network namespace,
+//! like the WebRTC tests; needs the release web package in
 //! `target/browser-pkg`, chromedriver and chromium, as the browser test does).
 
+#[cfg(not(target_arch = "wasm32"))]
+#[path = "../../kwaai-core/tests/common/mod.rs"]
+mod common;
 #[cfg(not(target_arch = "wasm32"))]
 #[path = "../../kwaai-cli/src/demo_model.rs"]
 #[allow(dead_code, unused_imports)]
@@ -26,7 +31,16 @@ fn main() {}
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() {
-    native::run();
+    // WebRTC opens sockets on every interface: the bench runs in a network namespace of its own.
+    if common::in_private_namespace() {
+        return native::run();
+    }
+    let bench = std::env::current_exe().expect("the bench binary's path");
+    let status = common::in_new_network_namespace(&bench)
+        .args(std::env::args_os().skip(1))
+        .status()
+        .unwrap_or_else(|e| panic!("starting `unshare` (util-linux) for a network namespace: {e}"));
+    std::process::exit(status.code().unwrap_or(1));
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -72,6 +86,35 @@ mod native {
         out.len()
     }
 
+    /// The page's median tokens/s, reaching the swarm through `bootstrap`; checks its tokens.
+    fn page_speed(browser: &Browser, site: &str, bootstrap: &str, native_ids: &[u32]) -> f64 {
+        let query =
+            format!("bootstrap={}&model=/model/&prefix={PREFIX}&tokens={NEW_TOKENS}", web::query_escape(bootstrap));
+        browser.navigate(&format!("{site}/index.html?{query}"));
+        assert_eq!(browser.wait_for_state(&["ready", "error"], Duration::from_secs(120)), "ready");
+        browser.set_value("prompt", PROMPT);
+        let mut page = Vec::new();
+        for round in 0..=ROUNDS {
+            browser.click("generate");
+            let state = browser.wait_for_state(&["done", "error"], Duration::from_secs(300));
+            assert_eq!(state, "done", "{}", browser.text("status"));
+            let ids: Vec<u32> = serde_json::from_str(&browser.text("tokens")).expect("ids");
+            assert_eq!(ids, native_ids, "the page generates the native tokens");
+            // "N tokens in S s: R tokens/s"
+            let speed = browser.text("speed");
+            let seconds: f64 = speed
+                .split(" in ")
+                .nth(1)
+                .and_then(|s| s.split(' ').next())
+                .and_then(|s| s.parse().ok())
+                .expect("seconds");
+            if round > 0 {
+                page.push(ids.len() as f64 / seconds);
+            }
+        }
+        median(page)
+    }
+
     pub fn run() {
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace").to_path_buf();
         let package: PathBuf = std::env::var_os("KWAAI_BROWSER_PKG")
@@ -85,10 +128,14 @@ mod native {
         let dir = tempfile::tempdir().expect("a temp dir");
         let model_dir = dir.path().join(PREFIX);
         crate::demo_model::write_demo_model(&model_dir).expect("the demo model");
-        let relay = node(&["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/tcp/0/ws"], Vec::new());
-        let addrs: Vec<String> = relay.listen_addrs().iter().map(|a| format!("{a}/p2p/{}", relay.peer_id())).collect();
-        let tcp = addrs.iter().find(|a| !a.contains("/ws")).expect("a TCP address").clone();
-        let ws = addrs.iter().find(|a| a.contains("/ws")).expect("a /ws address").clone();
+        let relay = node(
+            &["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/tcp/0/ws", "/ip4/127.0.0.1/udp/0/webrtc-direct"],
+            Vec::new(),
+        );
+        let addrs: Vec<String> = relay.listen_addrs().iter().map(ToString::to_string).collect();
+        let tcp = addrs.iter().find(|a| a.contains("/tcp/") && !a.contains("/ws")).expect("a TCP address").clone();
+        let ws = addrs.iter().find(|a| a.contains("/ws/")).expect("a /ws address").clone();
+        let webrtc = addrs.iter().find(|a| a.contains("/webrtc-direct/")).expect("a /webrtc-direct address").clone();
         let servers: Vec<(Node, Server)> = [(0, 2), (2, 4)]
             .into_iter()
             .map(|(start, end)| {
@@ -138,37 +185,18 @@ mod native {
             ("/".into(), workspace.join("examples/browser")),
         ]);
         let browser = Browser::start(&driver, &chromium);
-        let query = format!("bootstrap={}&model=/model/&prefix={PREFIX}&tokens={NEW_TOKENS}", web::query_escape(&ws));
-        browser.navigate(&format!("{}/index.html?{query}", site.url()));
-        assert_eq!(browser.wait_for_state(&["ready", "error"], Duration::from_secs(120)), "ready");
-        browser.set_value("prompt", PROMPT);
-        let mut page = Vec::new();
-        for round in 0..=ROUNDS {
-            browser.click("generate");
-            let state = browser.wait_for_state(&["done", "error"], Duration::from_secs(300));
-            assert_eq!(state, "done", "{}", browser.text("status"));
-            let ids: Vec<u32> = serde_json::from_str(&browser.text("tokens")).expect("ids");
-            assert_eq!(ids, native_ids, "the page generates the native tokens");
-            // "N tokens in S s: R tokens/s"
-            let speed = browser.text("speed");
-            let seconds: f64 = speed
-                .split(" in ")
-                .nth(1)
-                .and_then(|s| s.split(' ').next())
-                .and_then(|s| s.parse().ok())
-                .expect("seconds");
-            if round > 0 {
-                page.push(ids.len() as f64 / seconds);
-            }
-        }
+        let page_ws = page_speed(&browser, &site.url(), &ws, &native_ids);
+        let page_webrtc = page_speed(&browser, &site.url(), &webrtc, &native_ids);
         drop(browser);
-        let (native, page) = (median(native), median(page));
+        let native = median(native);
         let raw = std::fs::metadata(&wasm).expect("the wasm").len();
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "tokens per run: {}", native_ids.len());
         let _ = writeln!(out, "native client: {native:.1} tokens/s (median of {ROUNDS})");
-        let _ = writeln!(out, "browser client: {page:.1} tokens/s (median of {ROUNDS})");
-        let _ = writeln!(out, "browser / native: {:.2}", page / native);
+        for (how, page) in [("WebSocket", page_ws), ("WebRTC-direct", page_webrtc)] {
+            let _ = writeln!(out, "browser client over {how}: {page:.1} tokens/s (median of {ROUNDS})");
+            let _ = writeln!(out, "browser over {how} / native: {:.2}", page / native);
+        }
         let _ = writeln!(out, "web package: {raw} bytes of wasm, {} gzipped (-9)", gzipped_len(&wasm));
         for (host, mut server) in servers {
             server.shutdown();

@@ -1,8 +1,8 @@
 //! The browser client end to end: a local swarm on 127.0.0.1, the example page served with the web
 //! package and the model, headless Chromium driven through chromedriver's WebDriver API. The page
 //! generates 16 tokens; they and their text must equal the native Rust client's greedy generation
-//! on the same swarm. Two swarms: a Rust DHT node listening on TCP and WebSocket with two Rust
-//! servers behind it; and a mixed chain, a Rust server then a Python Petals server, reached through
+//! on the same swarm. Two swarms: a Rust DHT node listening on TCP and WebSocket (or, in one case,
+//! WebRTC-direct) with two Rust servers behind it; and a mixed chain, a Rust server then a Python Petals server, reached through
 //! a kwaai node that joined the Python swarm. Screenshots of the page go to `target/artifacts/`.
 //!
 //! Needs the web package (`target/browser-pkg`, or `$KWAAI_BROWSER_PKG`), chromedriver and
@@ -84,6 +84,17 @@ fn websocket_node(initial_peers: Vec<String>) -> (Node, String, String) {
     (node, tcp, ws)
 }
 
+/// A kwaai node listening on TCP and WebRTC-direct: with its TCP and `/webrtc-direct/certhash/...`
+/// multiaddrs (with its peer ID).
+fn webrtc_node() -> (Node, String, String) {
+    let node = node(&["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/webrtc-direct"], Vec::new(), false);
+    let addrs: Vec<String> = node.listen_addrs().iter().map(ToString::to_string).collect();
+    let tcp = addrs.iter().find(|a| a.contains("/tcp/")).cloned().expect("a TCP address");
+    let webrtc = addrs.iter().find(|a| a.contains("/webrtc-direct/certhash/")).cloned();
+    let webrtc = webrtc.unwrap_or_else(|| panic!("no /webrtc-direct address among {addrs:?}"));
+    (node, tcp, webrtc)
+}
+
 /// A Rust server of blocks `start..end` on a node of its own joined to `initial_peers`.
 fn rust_server(initial_peers: Vec<String>, model_dir: &Path, prefix: &str, start: u32, end: u32) -> (Node, Server) {
     let host = node(&["/ip4/127.0.0.1/tcp/0"], initial_peers, false);
@@ -100,8 +111,9 @@ fn rust_server(initial_peers: Vec<String>, model_dir: &Path, prefix: &str, start
 }
 
 /// The native client's greedy generation of `n` tokens (`min` of them before the model's EOS may
-/// stop it) after [`PROMPT`], as the page makes it: the ids and the text.
+/// stop it) after `prompt`, as the page makes it: the ids and the text.
 fn native_greedy(
+    prompt: &str,
     initial_peers: Vec<String>,
     model_dir: &Path,
     prefix: &str,
@@ -114,7 +126,7 @@ fn native_greedy(
     let client = Client::new(&client_node, ClientConfig::new(prefix, model_config.num_layers as u32)).expect("client");
     let model = Arc::new(ClientModel::load(model_dir).expect("the client model"));
     let tokenizer = Arc::new(TextTokenizer::from_dir(model_dir).expect("the tokenizer"));
-    let prompt = tokenizer.encode(PROMPT, true).expect("the prompt encodes");
+    let prompt = tokenizer.encode(prompt, true).expect("the prompt encodes");
     let greedy =
         GenerationConfig { max_new_tokens: n, min_new_tokens: min, stop_tokens: eos, ..GenerationConfig::default() };
     let native: Vec<(u32, String)> = client
@@ -141,19 +153,20 @@ fn tools() -> Tools {
     Tools { package, driver, chromium }
 }
 
-/// Generates in the page through the node at `ws` and checks the tokens, the text and the route
+/// What the page must show: the native client's greedy generation after `prompt`, and `route`.
+struct Expected<'a> {
+    prompt: &'a str,
+    /// How many tokens both clients generate before the model's EOS may stop them.
+    min_new_tokens: usize,
+    native: (Vec<u32>, String),
+    route: &'a [Hop],
+}
+
+/// Generates in the page through the node at `bootstrap` and checks the tokens, the text and the route
 /// against the native generation.
 /// `shot` names the screenshot in `target/artifacts/`.
-fn check_page(
-    tools: &Tools,
-    model_dir: &Path,
-    ws: &str,
-    prefix: &str,
-    native: (Vec<u32>, String),
-    route: &[Hop],
-    shot: &str,
-) {
-    let (native_ids, native_text) = native;
+fn check_page(tools: &Tools, model_dir: &Path, bootstrap: &str, prefix: &str, expected: Expected, shot: &str) {
+    let (native_ids, native_text) = expected.native;
     assert_eq!(native_ids.len(), NEW_TOKENS, "the demo model does not stop early on this prompt");
     let page = PageRun::generate(&PageSetup {
         driver: &tools.driver,
@@ -161,19 +174,28 @@ fn check_page(
         package: &tools.package,
         site: &workspace().join("examples/browser"),
         model: model_dir,
-        bootstrap: ws,
+        bootstrap,
         prefix,
-        prompt: PROMPT,
+        prompt: expected.prompt,
         new_tokens: NEW_TOKENS,
-        min_new_tokens: 0,
+        min_new_tokens: expected.min_new_tokens,
         screenshot: &workspace().join("target/artifacts").join(shot),
     });
     assert_eq!(page.ids, native_ids, "the browser's greedy tokens are the native client's");
-    assert_eq!(page.output, format!("{PROMPT}{native_text}"), "the page shows the prompt and the generated text");
-    let hops: Vec<String> =
-        route.iter().map(|h| format!("{} [{}:{})", web::short_peer(&h.peer.to_base58()), h.start, h.end)).collect();
+    let shown = format!("{}{native_text}", expected.prompt);
+    assert_eq!(page.output, shown, "the page shows the prompt and the generated text");
+    let hops: Vec<String> = (expected.route.iter())
+        .map(|h| format!("{} [{}:{})", web::short_peer(&h.peer.to_base58()), h.start, h.end))
+        .collect();
     assert_eq!(page.route, hops.join(" → "), "the page shows the route");
     assert!(page.speed.contains("tokens/s"), "the speed is shown: {:?}", page.speed);
+}
+
+/// The route through `servers`, of blocks 0:2 and 2:4.
+fn route_of(servers: &[(Node, Server); 2]) -> Vec<Hop> {
+    (servers.iter().zip([(0, 2), (2, 4)]))
+        .map(|((host, _), (start, end))| Hop { peer: host.peer_id(), start, end })
+        .collect()
 }
 
 #[test]
@@ -185,13 +207,34 @@ fn the_browser_page_generates_the_native_clients_greedy_tokens() {
     // The swarm: a DHT node on TCP and WebSocket, and two servers joined to it over TCP.
     let (bootstrap, tcp, ws) = websocket_node(Vec::new());
     let servers = [(0, 2), (2, 4)].map(|(start, end)| rust_server(vec![tcp.clone()], &model_dir, PREFIX, start, end));
-    let native = native_greedy(vec![tcp.clone()], &model_dir, PREFIX, NEW_TOKENS, 0);
-    let route: Vec<Hop> = servers
-        .iter()
-        .zip([(0, 2), (2, 4)])
-        .map(|((host, _), (start, end))| Hop { peer: host.peer_id(), start, end })
-        .collect();
-    check_page(&tools, &model_dir, &ws, PREFIX, native, &route, "browser-generation.png");
+    let native = native_greedy(PROMPT, vec![tcp.clone()], &model_dir, PREFIX, NEW_TOKENS, 0);
+    let expected = Expected { prompt: PROMPT, min_new_tokens: 0, native, route: &route_of(&servers) };
+    check_page(&tools, &model_dir, &ws, PREFIX, expected, "browser-generation.png");
+    for (host, mut server) in servers {
+        server.shutdown();
+        host.shutdown();
+    }
+    bootstrap.shutdown();
+}
+
+#[test]
+fn the_browser_page_generates_over_webrtc_direct() {
+    if !common::in_private_network() {
+        return;
+    }
+    let tools = tools();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let model_dir = dir.path().join(PREFIX);
+    demo_model::write_demo_model(&model_dir).expect("the demo model is written");
+    // The page reaches the DHT node over WebRTC-direct only; the servers joined it over TCP. A long
+    // prompt: the page's first request to each server (its hidden states) is over 8 KiB, more
+    // than libp2p-webrtc reads in one data-channel message (see kwaai_core::p2p::bounded_writes).
+    let prompt = [PROMPT; 12].join(" ");
+    let (bootstrap, tcp, webrtc) = webrtc_node();
+    let servers = [(0, 2), (2, 4)].map(|(start, end)| rust_server(vec![tcp.clone()], &model_dir, PREFIX, start, end));
+    let native = native_greedy(&prompt, vec![tcp.clone()], &model_dir, PREFIX, NEW_TOKENS, NEW_TOKENS);
+    let expected = Expected { prompt: &prompt, min_new_tokens: NEW_TOKENS, native, route: &route_of(&servers) };
+    check_page(&tools, &model_dir, &webrtc, PREFIX, expected, "browser-generation-webrtc.png");
     for (host, mut server) in servers {
         server.shutdown();
         host.shutdown();
@@ -211,13 +254,14 @@ fn the_browser_page_generates_through_a_mixed_chain_with_a_python_server() {
     let swarm = client_common::Swarm::start(&model_dir, &dir.path().join("swarm"), &["2:4"]);
     let (relay, tcp, ws) = websocket_node(swarm.initial_peers.clone());
     let (host, mut server) = rust_server(vec![tcp.clone()], &model_dir, prefix, 0, 2);
-    let native = native_greedy(swarm.initial_peers.clone(), &model_dir, prefix, NEW_TOKENS, 0);
+    let native = native_greedy(PROMPT, swarm.initial_peers.clone(), &model_dir, prefix, NEW_TOKENS, 0);
     let python = &swarm.servers[0];
     let route = [
         Hop { peer: host.peer_id(), start: 0, end: 2 },
         Hop { peer: python.peer, start: python.blocks.0, end: python.blocks.1 },
     ];
-    check_page(&tools, &model_dir, &ws, prefix, native, &route, "browser-generation-mixed.png");
+    let expected = Expected { prompt: PROMPT, min_new_tokens: 0, native, route: &route };
+    check_page(&tools, &model_dir, &ws, prefix, expected, "browser-generation-mixed.png");
     server.shutdown();
     host.shutdown();
     relay.shutdown();
@@ -234,7 +278,7 @@ fn the_page_fails_over_when_a_server_leaves_mid_generation() {
     let (relay, tcp, ws) = websocket_node(Vec::new());
     let (first_host, mut first) = rust_server(vec![tcp.clone()], &model_dir, PREFIX, 0, 2);
     let spares = RefCell::new([0, 1].map(|_| Some(rust_server(vec![tcp.clone()], &model_dir, PREFIX, 2, 4))));
-    let (native_ids, native_text) = native_greedy(vec![tcp.clone()], &model_dir, PREFIX, LONG, LONG);
+    let (native_ids, native_text) = native_greedy(PROMPT, vec![tcp.clone()], &model_dir, PREFIX, LONG, LONG);
     let left = Cell::new(None);
     let setup = PageSetup {
         driver: &tools.driver,
@@ -285,16 +329,30 @@ fn the_page_fails_over_when_a_server_leaves_mid_generation() {
 
 #[test]
 fn the_page_reconnects_to_another_node_when_its_node_goes_away() {
+    page_reconnects(false, "browser-generation-reconnect.png");
+}
+
+#[test]
+fn the_page_reconnects_when_its_webrtc_direct_node_goes_away() {
+    if !common::in_private_network() {
+        return;
+    }
+    // The browser's WebRTC does not report the node's end: the page finds out by pinging it.
+    page_reconnects(true, "browser-generation-reconnect-webrtc.png");
+}
+
+/// The page knows two kwaai nodes and connects to the first (over WebRTC-direct if `webrtc`, else
+/// WebSocket), which leaves; the page reconnects to the second (WebSocket) and generates.
+fn page_reconnects(webrtc: bool, shot: &str) {
     let tools = tools();
     let dir = tempfile::tempdir().expect("a temp dir");
     let model_dir = dir.path().join(PREFIX);
     demo_model::write_demo_model(&model_dir).expect("the demo model is written");
-    // Two kwaai nodes on WebSocket; the page knows both and connects to the first, which leaves.
-    let (first, tcp, first_ws) = websocket_node(Vec::new());
+    let (first, tcp, first_ws) = if webrtc { webrtc_node() } else { websocket_node(Vec::new()) };
     let (second, second_tcp, second_ws) = websocket_node(vec![tcp.clone()]);
     let peers = vec![tcp.clone(), second_tcp.clone()];
     let servers = [(0, 2), (2, 4)].map(|(start, end)| rust_server(peers.clone(), &model_dir, PREFIX, start, end));
-    let (native_ids, native_text) = native_greedy(vec![second_tcp.clone()], &model_dir, PREFIX, NEW_TOKENS, 0);
+    let (native_ids, native_text) = native_greedy(PROMPT, vec![second_tcp.clone()], &model_dir, PREFIX, NEW_TOKENS, 0);
     let bootstrap = format!("{first_ws},{second_ws}");
     let setup = PageSetup {
         driver: &tools.driver,
@@ -307,7 +365,7 @@ fn the_page_reconnects_to_another_node_when_its_node_goes_away() {
         prompt: PROMPT,
         new_tokens: NEW_TOKENS,
         min_new_tokens: 0,
-        screenshot: &workspace().join("target/artifacts/browser-generation-reconnect.png"),
+        screenshot: &workspace().join("target/artifacts").join(shot),
     };
     let before = |browser: &web::Browser| {
         assert_eq!(browser.events(), ["connected"]);

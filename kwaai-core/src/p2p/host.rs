@@ -20,6 +20,7 @@ use super::behaviour::{Behaviour, BehaviourEvent};
 use super::kad_responder::KnownPeer;
 use super::muxer::RpcMuxer;
 use super::rpc::{Rpc, RpcShared};
+use super::webrtc;
 use super::yamux_muxer::YamuxUpgrade;
 use crate::config::NodeConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -103,8 +104,9 @@ pub(crate) async fn start_host(
 ) -> Result<(HostHandle, JoinHandle<()>)> {
     let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
     let rpc = Arc::new(RpcShared::new(tokio::runtime::Handle::current(), commands_tx.downgrade()));
-    if listen.iter().any(|addr| addr.iter().any(|p| matches!(p, Protocol::Ws(_)))) {
-        // Browsers reach the swarm through WebSocket listeners: forward their calls to other peers.
+    if listen.iter().any(|addr| addr.iter().any(|p| matches!(p, Protocol::Ws(_) | Protocol::WebRTCDirect))) {
+        // Browsers reach the swarm through WebSocket and WebRTC-direct listeners: forward their
+        // calls to other peers.
         rpc.enable_forwarding(identity.peer_id());
     }
     let mut swarm = build_swarm(identity, rpc.clone(), config.idle_connection_timeout)?;
@@ -158,8 +160,9 @@ pub(crate) async fn start_host(
 }
 
 /// TCP or WebSocket over TCP (`/ws`, which browsers can dial), then Noise, then yamux (as p2pd
-/// offers them), with every yamux connection wrapped in [`RpcMuxer`] so that hivemind's handler
-/// names reach our RPC layer.
+/// offers them); or WebRTC-direct (`/udp/N/webrtc-direct`, listen only, see [`super::webrtc`]). Every
+/// connection's muxer is wrapped in [`RpcMuxer`] so that hivemind's handler names reach our RPC
+/// layer.
 fn build_swarm(identity: &Identity, rpc: Arc<RpcShared>, idle_timeout: Duration) -> Result<Swarm<Behaviour>> {
     let keypair = identity.keypair();
     let noise = noise::Config::new(keypair)
@@ -170,10 +173,13 @@ fn build_swarm(identity: &Identity, rpc: Arc<RpcShared>, idle_timeout: Duration)
         .upgrade(Version::V1Lazy)
         .authenticate(noise)
         .multiplex(YamuxUpgrade::default())
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .or_transport(webrtc::transport(keypair)?)
         .map({
             let rpc = rpc.clone();
-            move |(peer, muxer), _| {
-                let muxer = RpcMuxer::new(StreamMuxerBox::new(muxer), peer, rpc.clone());
+            move |either, _| {
+                let (peer, muxer) = either.into_inner();
+                let muxer = RpcMuxer::new(muxer, peer, rpc.clone());
                 (peer, StreamMuxerBox::new(muxer))
             }
         })

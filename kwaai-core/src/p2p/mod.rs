@@ -1,11 +1,11 @@
-//! The libp2p host: TCP + Noise + yamux, identify, ping and Kademlia, as p2pd peers speak them,
+//! The libp2p host: TCP + Noise + yamux (or WebRTC-direct for browsers, `webrtc`), identify, ping and Kademlia, as p2pd peers speak them,
 //! plus hivemind RPC (unary and streaming) as caller and handler.
 //!
 //! The swarm runs as one task on the node's runtime; the rest of the library talks to it through
 //! `HostHandle` commands. RPC streams bypass the swarm: the `muxer` module negotiates hivemind's
 //! slash-less handler names itself, `framing` reads and writes the messages and `rpc` runs the
 //! calls and handlers. Inbound Kademlia requests are answered by `kad_responder` (go-libp2p cannot
-//! dial the addresses rust-libp2p's kad would send). A node that listens on WebSockets also
+//! dial the addresses rust-libp2p's kad would send). A node that listens on WebSockets or WebRTC-direct also
 //! forwards streams for peers that can reach only it (`forward`, [`crate::wire::forward`]).
 //!
 //! Without the `native` feature only the pure parts remain: `multistream` and `framing`, which
@@ -13,6 +13,7 @@
 
 #[cfg(feature = "native")]
 mod behaviour;
+pub mod bounded_writes;
 #[cfg(feature = "native")]
 mod forward;
 pub mod framing;
@@ -27,6 +28,8 @@ pub mod multistream;
 mod muxer;
 #[cfg(feature = "native")]
 mod rpc;
+#[cfg(feature = "native")]
+mod webrtc;
 #[cfg(feature = "native")]
 mod yamux_muxer;
 

@@ -148,6 +148,60 @@ pub fn run_reference_script(script: &str, args: &[&str], stdin: &str) -> String 
     String::from_utf8(output.stdout).expect("UTF-8 output")
 }
 
+/// The network of a private namespace: loopback, and a pair of virtual Ethernet interfaces
+/// joined only to each other, one with the documentation address 192.0.2.1, since WebRTC stacks
+/// offer no candidate on a loopback interface.
+const PRIVATE_NETWORK_SETUP: &str = "ip link set lo up && ip link add kwaai-priv0 type veth peer name kwaai-priv1 \
+     && ip addr add 192.0.2.1/24 dev kwaai-priv0 && ip link set kwaai-priv0 up && ip link set kwaai-priv1 up";
+
+/// Whether this process's network namespace is one that [`PRIVATE_NETWORK_SETUP`] made: its
+/// interfaces, none of which reaches outside the namespace, and no other.
+pub fn in_private_namespace() -> bool {
+    let devices = std::fs::read_to_string("/proc/self/net/dev").expect("reading /proc/self/net/dev");
+    let names: Vec<&str> = devices.lines().skip(2).filter_map(|line| line.split(':').next()).map(str::trim).collect();
+    names.contains(&"kwaai-priv0") && names.iter().all(|name| *name == "lo" || name.starts_with("kwaai-priv"))
+}
+
+/// A command that runs `program` in a new network namespace (`unshare --net --map-root-user`)
+/// set up by [`PRIVATE_NETWORK_SETUP`].
+pub fn in_new_network_namespace(program: &std::path::Path) -> Command {
+    let script = format!("{PRIVATE_NETWORK_SETUP} && exec \"$0\" \"$@\"");
+    let mut command = Command::new("unshare");
+    command.args(["--net", "--map-root-user", "sh", "-c", &script]).arg(program);
+    command
+}
+
+/// A test that makes WebRTC connections calls this first, and goes on only if it returns true.
+///
+/// WebRTC opens sockets on every interface of the machine (ICE gathers a candidate on each;
+/// webrtc-rs's ICE agents and Chromium listen for mDNS on 0.0.0.0:5353), and tests bind only to
+/// loopback. So outside a [private namespace](in_private_namespace) this runs the calling test
+/// again in a child process inside a new one, prints the child's output, panics if it failed, and
+/// returns false; inside, it returns true.
+pub fn in_private_network() -> bool {
+    if in_private_namespace() {
+        return true;
+    }
+    // libtest names each test's thread after the test.
+    let test = std::thread::current().name().expect("the test's thread has the test's name").to_owned();
+    let output = in_new_network_namespace(&std::env::current_exe().expect("the test binary's path"))
+        .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("starting `unshare` (util-linux) for a network namespace: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    print!("{stdout}");
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "`{test}` failed ({}) in a network namespace of its own (unshare --net --map-root-user, then \
+         `{PRIVATE_NETWORK_SETUP}`: both must be allowed)",
+        output.status
+    );
+    assert!(stdout.contains("test result: ok. 1 passed"), "`{test}` did not run in its network namespace");
+    false
+}
+
 /// Registers a unary handler `name` on `node` that never answers; the receiver gets a message
 /// when the handler's call is dropped (cancelled or timed out).
 pub fn add_stalling_handler(node: &kwaai_core::Node, name: &str) -> std::sync::mpsc::Receiver<()> {

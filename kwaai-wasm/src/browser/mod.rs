@@ -253,8 +253,8 @@ fn generation_config(options: &JsValue, model: &ClientModel, tokenizer: &TextTok
 
 #[wasm_bindgen]
 impl BrowserClient {
-    /// Connects to the first answering node of `options.bootstrap` (`/ws` multiaddrs ending with
-    /// `/p2p/<id>`), fetches the model's `config.json`, `tokenizer.json` and `model.safetensors`
+    /// Connects to the first answering node of `options.bootstrap` (`/ws` or
+    /// `/webrtc-direct/certhash/...` multiaddrs ending with `/p2p/<id>`), fetches the model's `config.json`, `tokenizer.json` and `model.safetensors`
     /// from `options.modelUrl`, and reads the swarm under `options.dhtPrefix` (default: the last
     /// path segment of the model URL). `options.onEvent` receives the client's events.
     pub async fn connect(options: JsValue) -> std::result::Result<BrowserClient, JsError> {

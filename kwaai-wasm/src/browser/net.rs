@@ -1,8 +1,12 @@
-//! The browser's connection to a kwaai node: libp2p over the browser's WebSocket, Noise and yamux.
+//! The browser's connection to a kwaai node: libp2p over the browser's WebSocket with Noise and
+//! yamux (`/ws` addresses), or over the browser's WebRTC (`/webrtc-direct/certhash/...`
+//! addresses, whose data channels are the streams). Either way it is one muxer of streams.
 //!
 //! A task on the page's event loop drives the connection's muxer and refuses every inbound stream
-//! (the browser serves nothing). Outbound streams negotiate hivemind's slash-less handler names
-//! with multistream-select here; streams to other peers go through the node's `kwaai.forward`.
+//! (the browser serves nothing); over WebRTC it also pings the node, since the browser's WebRTC
+//! stack does not report the node's end. Outbound streams negotiate hivemind's slash-less handler
+//! names with multistream-select here; streams to other peers go through the node's
+//! `kwaai.forward`.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -12,13 +16,16 @@ use std::time::Duration;
 
 use futures::channel::oneshot;
 use futures::future::{self, Either};
-use futures::StreamExt;
-use kwaai_core::p2p::framing::{append_forward_request, read_forward_answer, read_negotiation_answer, write_all};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use kwaai_core::p2p::bounded_writes::BoundedStreams;
+use kwaai_core::p2p::framing::{
+    append_forward_request, io_error, new_call_id, read_forward_answer, read_negotiation_answer, write_all,
+};
 use kwaai_core::p2p::multistream::dialer_proposal;
 use kwaai_core::wire::forward::FORWARD_PROTOCOL;
 use kwaai_core::{Error, ErrorKind, Result};
 use libp2p::core::muxing::{StreamMuxerBox, StreamMuxerExt, SubstreamBox};
-use libp2p::core::transport::{DialOpts, PortUse};
+use libp2p::core::transport::{Boxed, DialOpts, PortUse};
 use libp2p::core::upgrade::Version;
 use libp2p::core::{Endpoint, Transport};
 use libp2p::identity::Keypair;
@@ -57,22 +64,17 @@ pub fn split_peer(addr: &Multiaddr) -> Result<(Multiaddr, PeerId)> {
 }
 
 impl Connection {
-    /// Dials `addr` (a `/ws` address ending with `/p2p/<id>`) as `key`; resolves once the
-    /// connection is secured and multiplexed. The returned receiver fires with the reason when the
-    /// connection ends.
+    /// Dials `addr` (a `/ws` or `/webrtc-direct/certhash/...` address ending with `/p2p/<id>`) as
+    /// `key`; resolves once the connection is secured and multiplexed. The returned receiver fires
+    /// with the reason when the connection ends.
     pub async fn dial(
         key: &Keypair,
         addr: &Multiaddr,
         limit: Duration,
     ) -> Result<(Connection, oneshot::Receiver<String>)> {
         let (transport_addr, expected) = split_peer(addr)?;
-        let noise = libp2p::noise::Config::new(key)
-            .map_err(|e| Error::with_source(ErrorKind::Internal, "setting up Noise", e))?;
-        let mut transport = libp2p::websocket_websys::Transport::default()
-            .upgrade(Version::V1)
-            .authenticate(noise)
-            .multiplex(libp2p::yamux::Config::default())
-            .boxed();
+        let webrtc = transport_addr.iter().any(|p| matches!(p, Protocol::WebRTCDirect));
+        let mut transport = transport_for(key, &transport_addr)?;
         let dialing = transport
             .dial(transport_addr.clone(), DialOpts { role: Endpoint::Dialer, port_use: PortUse::New })
             .map_err(|e| Error::new(ErrorKind::Network, format!("cannot dial {transport_addr}: {e}")))?;
@@ -83,10 +85,29 @@ impl Connection {
         if peer != expected {
             return Err(Error::new(ErrorKind::Network, format!("{addr} answered as {peer}")));
         }
-        let muxer = Rc::new(RefCell::new(muxer));
+        let connection = Connection { peer, muxer: Rc::new(RefCell::new(muxer)) };
         let (ended, ended_rx) = oneshot::channel();
-        wasm_bindgen_futures::spawn_local(drive(Rc::clone(&muxer), ended));
-        Ok((Connection { peer, muxer }, ended_rx))
+        let driven = Rc::clone(&connection.muxer);
+        let watched = webrtc.then(|| connection.clone());
+        wasm_bindgen_futures::spawn_local(async move {
+            let reason =
+                match watched {
+                    // The browser's WebRTC stack does not tell libp2p when the node goes away.
+                    Some(watched) => {
+                        let reason =
+                            match future::select(std::pin::pin!(drive(driven)), std::pin::pin!(heartbeat(&watched)))
+                                .await
+                            {
+                                Either::Left((reason, _)) | Either::Right((reason, _)) => reason,
+                            };
+                        watched.close();
+                        reason
+                    }
+                    None => drive(driven).await,
+                };
+            let _ = ended.send(reason);
+        });
+        Ok((connection, ended_rx))
     }
 
     /// The node's peer ID.
@@ -134,13 +155,32 @@ impl Connection {
     }
 }
 
+/// The browser's transport for `addr`: WebRTC for a `/webrtc-direct` address (its streams' writes
+/// kept small enough for the node, see [`kwaai_core::p2p::bounded_writes`]), else WebSocket with
+/// Noise and yamux.
+fn transport_for(key: &Keypair, addr: &Multiaddr) -> Result<Boxed<(PeerId, StreamMuxerBox)>> {
+    if addr.iter().any(|p| matches!(p, Protocol::WebRTCDirect)) {
+        let config = libp2p::webrtc_websys::Config::new(key);
+        return Ok(libp2p::webrtc_websys::Transport::new(config)
+            .map(|(peer, connection), _| (peer, StreamMuxerBox::new(BoundedStreams::new(connection))))
+            .boxed());
+    }
+    let noise =
+        libp2p::noise::Config::new(key).map_err(|e| Error::with_source(ErrorKind::Internal, "setting up Noise", e))?;
+    Ok(libp2p::websocket_websys::Transport::default()
+        .upgrade(Version::V1)
+        .authenticate(noise)
+        .multiplex(libp2p::yamux::Config::default())
+        .boxed())
+}
+
 /// How often the muxer is polled even when nothing woke it: libp2p-websocket-websys 0.6 does not
 /// wake a pending read when the socket closes, so a closed connection is noticed at the next poll.
 const CLOSE_CHECK: u32 = 500;
 
 /// Drives the muxer until the connection fails or closes, dropping (refusing) inbound streams;
-/// then reports why on `ended`.
-async fn drive(muxer: Rc<RefCell<StreamMuxerBox>>, ended: oneshot::Sender<String>) {
+/// then says why.
+async fn drive(muxer: Rc<RefCell<StreamMuxerBox>>) -> String {
     let mut ticks = gloo_timers::future::IntervalStream::new(CLOSE_CHECK);
     let reason = future::poll_fn(|cx| {
         // Only to be polled again soon (see CLOSE_CHECK); the ticks themselves mean nothing.
@@ -159,5 +199,40 @@ async fn drive(muxer: Rc<RefCell<StreamMuxerBox>>, ended: oneshot::Sender<String
         }
     })
     .await;
-    let _ = ended.send(if reason.is_empty() { "connection closed".to_owned() } else { reason });
+    if reason.is_empty() {
+        "connection closed".to_owned()
+    } else {
+        reason
+    }
+}
+
+/// How often a WebRTC connection's node is pinged, and how long it has to answer.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// libp2p's ping protocol, which every kwaai node answers.
+const PING_PROTOCOL: &str = "/ipfs/ping/1.0.0";
+
+/// Pings the node over libp2p's ping protocol every [`HEARTBEAT`] until it fails to answer in
+/// time; then says why. (The node does not count these streams as calls: an idle page still
+/// relies on its `rpc_ping` keep-alive.)
+async fn heartbeat(connection: &Connection) -> String {
+    loop {
+        sleep(HEARTBEAT).await;
+        if let Err(e) = timeout(HEARTBEAT, "the node's ping answer", ping(connection)).await {
+            return format!("the node stopped answering: {e}");
+        }
+    }
+}
+
+/// One libp2p ping: 32 random bytes that the node echoes.
+async fn ping(connection: &Connection) -> Result<()> {
+    let payload = [new_call_id(), new_call_id()].concat();
+    let mut stream = connection.open(PING_PROTOCOL, &payload).await?;
+    let mut echo = vec![0u8; payload.len()];
+    stream.read_exact(&mut echo).await.map_err(io_error)?;
+    let _ = stream.close().await;
+    if echo == payload {
+        Ok(())
+    } else {
+        Err(Error::new(ErrorKind::Protocol, "the node's ping echo differs"))
+    }
 }

@@ -185,8 +185,10 @@ impl Browser {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": chromium.to_string_lossy(),
+                // Chromium's WebRTC leaves the loopback interface out of its ICE candidates unless
+                // this flag allows it, and the page dials nodes' /webrtc-direct addresses on 127.0.0.1.
                 "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                         "--window-size=1100,900"],
+                         "--window-size=1100,900", "--allow-loopback-in-peer-connection"],
             },
         }}});
         let session = webdriver(port, "POST", "/session", Some(&capabilities)).expect("a Chromium session starts");
@@ -287,7 +289,7 @@ pub struct PageSetup<'a> {
     pub site: &'a Path,
     /// The model directory, served under `/model/`.
     pub model: &'a Path,
-    /// The kwaai node's `/ws` multiaddr with its peer ID.
+    /// The kwaai node's `/ws` or `/webrtc-direct/certhash/...` multiaddr with its peer ID.
     pub bootstrap: &'a str,
     /// The model's DHT prefix.
     pub prefix: &'a str,
