@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Tensor};
 
+use super::attention::causal_attention;
 use super::cache::LayerCache;
 use super::config::{ModelConfig, RopeScaling, SparseExperts};
 use super::ops::{
@@ -136,8 +137,10 @@ impl LlamaBlock {
         let k = apply_rotary(&k, &cos, &sin, r)?;
         let (k, v) = cache.append(&k, &v)?;
         let scale = 1.0 / (d as f64).sqrt();
-        let a = attention(&q, &k, &v, r, |s| r.r((r.r(s)? * scale)?))?;
-        let a = a.transpose(1, 2)?.reshape((b, t, hidden))?;
+        let a = match causal_attention(&q, &k, &v, scale, r)? {
+            Some(a) => a,
+            None => attention(&q, &k, &v, r, |s| r.r((r.r(s)? * scale)?))?.transpose(1, 2)?.reshape((b, t, hidden))?,
+        };
         let x = add_rounded(x, &self.o.forward_r(&a, r)?, r)?;
         let h = rms_norm(&x, &self.post_norm, self.eps, r)?;
         let mlp = match &self.mlp {

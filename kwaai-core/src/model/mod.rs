@@ -13,6 +13,7 @@
 //!   token by token, beams reordered, rewinds), Petals' deep prompts, and backward for fine-tuning.
 //! - [`ClientModel`], [`TextTokenizer`], [`Sampler`] and [`generate`]: the client's ends of the model.
 
+mod attention;
 mod bloom;
 mod cache;
 mod client;
