@@ -181,11 +181,10 @@ fn rms_norm_bf16(x: &Tensor, w: &Tensor, eps: f64) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let w = w.to_vec1::<f32>()?;
-    let rows_per_task = (ROUND_PARALLEL_MIN / 2 / n).max(1);
+    // Whole rows per chunk.
+    let chunk = (ROUND_PARALLEL_MIN / 2 / n).max(1) * n;
     let normed = with_f32_values(x, |x| {
-        let mut out = Vec::with_capacity(x.len());
-        for_each_chunk_mut(&mut out.spare_capacity_mut()[..x.len()], rows_per_task * n, |task, dst| {
-            let first = task * rows_per_task * n;
+        fill_values(x.len(), chunk, |first, dst| {
             for (dst, row) in dst.chunks_exact_mut(n).zip(x[first..].chunks_exact(n)) {
                 let mean_square = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
                 let scale = (mean_square + eps as f32).sqrt();
@@ -193,10 +192,7 @@ fn rms_norm_bf16(x: &Tensor, w: &Tensor, eps: f64) -> Result<Option<Tensor>> {
                     o.write(round_bf16(round_bf16(v / scale) * w));
                 }
             }
-        });
-        // SAFETY: the tasks' chunks are whole rows and cover all of `x`, each value written.
-        unsafe { out.set_len(x.len()) };
-        out
+        })
     })?;
     Ok(normed.map(|normed| Tensor::from_vec(normed, x.shape().clone(), &Device::Cpu)).transpose()?)
 }
@@ -356,8 +352,8 @@ fn rotary_bf16(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>>
     let src = cpu.as_slice::<f32>()?;
     let (base, stride) = (layout.start_offset(), layout.stride());
     let (half, len) = (d / 2, b * h * t * d);
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    for_each_chunk_mut(&mut out.spare_capacity_mut()[..len], t * d, |head, dst| {
+    let out = fill_values(len, t * d, |first, dst| {
+        let head = first / (t * d);
         let head_start = base + (head / h) * stride[0] + (head % h) * stride[1];
         for (p, dst) in dst.chunks_exact_mut(d).enumerate() {
             let at = |j: usize| src[head_start + p * stride[2] + j * stride[3]];
@@ -369,8 +365,6 @@ fn rotary_bf16(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>>
         }
     });
     drop(storage);
-    // SAFETY: each head's chunk wrote all of its `t × d` values.
-    unsafe { out.set_len(len) };
     Ok(Some(Tensor::from_vec(out, (b, h, t, d), &Device::Cpu)?))
 }
 
@@ -422,25 +416,25 @@ fn with_f32_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<Option<
     Ok(Some(f(&cpu.as_slice::<f32>()?[start..end])))
 }
 
-/// A new vector of `len` values written by `fill(first, chunk)` for chunks of it (`first` is the chunk's
-/// offset): in parallel over large lengths, and without zeroing the vector first.
-fn fill_values(len: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
+/// A new vector of `len` values written by `fill(first, part)` for parts of it of up to `chunk` values (`first`
+/// is the part's offset; every part but the last is `chunk` long): in parallel over large lengths, and without
+/// zeroing the vector first.
+fn fill_values(len: usize, chunk: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
     let mut out = Vec::with_capacity(len);
     let spare = &mut out.spare_capacity_mut()[..len];
     if len >= ROUND_PARALLEL_MIN {
-        let chunk = ROUND_PARALLEL_MIN / 2;
         for_each_chunk_mut(spare, chunk, |i, part| fill(i * chunk, part));
     } else {
-        fill(0, spare);
+        spare.chunks_mut(chunk).enumerate().for_each(|(i, part)| fill(i * chunk, part));
     }
-    // SAFETY: `fill` writes every element of its chunk, and the chunks cover the first `len` elements.
+    // SAFETY: `fill` writes every element of its part, and the parts cover the first `len` elements.
     unsafe { out.set_len(len) };
     out
 }
 
 /// `f` of every value, into a new vector (see [`fill_values`]).
 fn map_values(values: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    fill_values(values.len(), |first, chunk| {
+    fill_values(values.len(), ROUND_PARALLEL_MIN / 2, |first, chunk| {
         chunk.iter_mut().zip(&values[first..]).for_each(|(o, v)| {
             o.write(f(*v));
         })
@@ -456,7 +450,7 @@ pub fn zip_bf16(a: &Tensor, b: &Tensor, r: Rounding, f: impl Fn(f32, f32) -> f32
     }
     let values = with_f32_values(a, |a| {
         with_f32_values(b, |b| {
-            fill_values(a.len(), |first, chunk| {
+            fill_values(a.len(), ROUND_PARALLEL_MIN / 2, |first, chunk| {
                 chunk.iter_mut().zip(&a[first..]).zip(&b[first..]).for_each(|((o, a), b)| {
                     o.write(round_bf16(f(*a, *b)));
                 })
@@ -565,11 +559,7 @@ mod tests {
         let a = r.r(x.broadcast_mul(&cos).unwrap()).unwrap();
         let c = r.r(rotated.unwrap().broadcast_mul(&sin).unwrap()).unwrap();
         let want = r.r((a + c).unwrap()).unwrap();
-        let (got, want) = (
-            fused.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-        );
-        assert_eq!(got, want);
+        assert_eq!(values(&fused), values(&want));
     }
 
     fn values(t: &Tensor) -> Vec<f32> {
@@ -596,7 +586,8 @@ mod tests {
     #[test]
     fn fused_bf16_rms_norm_is_within_a_rounding_step_of_the_op_by_op_path() {
         let r = Rounding(Some(DType::BF16));
-        let x = r.r(Tensor::randn(0f32, 1.0, (2, 40, 96), &Device::Cpu).unwrap()).unwrap();
+        // Large enough to be split across threads, in whole rows.
+        let x = r.r(Tensor::randn(0f32, 1.0, (2, 400, 96), &Device::Cpu).unwrap()).unwrap();
         let w = r.r(Tensor::randn(1f32, 0.1, 96, &Device::Cpu).unwrap()).unwrap();
         let fused = rms_norm_bf16(&x, &w, 1e-6).unwrap().expect("applies");
         let var = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
