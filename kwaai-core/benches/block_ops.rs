@@ -21,18 +21,23 @@ fn bench(c: &mut Criterion) {
     use kwaai_core::model::{matmul_t_prefill, WeightBits};
     let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
     let ws: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
-    if matmul_t_prefill(&xs, 128, 2048, WeightBits::F32(&ws), 5504).is_some() {
+    if matmul_t_prefill(&xs, 128, 2048, WeightBits::F32(&ws), 5504, false).is_some() {
         g.bench_function("matmul_prefill_f32_128x2048x5504", |b| {
-            b.iter(|| matmul_t_prefill(&xs, 128, 2048, WeightBits::F32(&ws), 5504).unwrap())
+            b.iter(|| matmul_t_prefill(&xs, 128, 2048, WeightBits::F32(&ws), 5504, false).unwrap())
         });
     }
     let xb: Vec<f32> =
         x.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     let bits: Vec<u16> =
         wb.flatten_all().unwrap().to_vec1::<half::bf16>().unwrap().iter().map(|v| v.to_bits()).collect();
-    if matmul_t_prefill(&xb, 128, 2048, WeightBits::Bf16(&bits), 5504).is_some() {
+    if matmul_t_prefill(&xb, 128, 2048, WeightBits::Bf16(&bits), 5504, true).is_some() {
         g.bench_function("matmul_prefill_bf16_128x2048x5504", |b| {
-            b.iter(|| matmul_t_prefill(&xb, 128, 2048, WeightBits::Bf16(&bits), 5504).unwrap())
+            b.iter(|| matmul_t_prefill(&xb, 128, 2048, WeightBits::Bf16(&bits), 5504, true).unwrap())
+        });
+        // The down projection's shape: the inner size is the intermediate one.
+        let xd: Vec<f32> = xb.iter().cycle().take(128 * 5504).copied().collect();
+        g.bench_function("matmul_prefill_bf16_128x5504x2048", |b| {
+            b.iter(|| matmul_t_prefill(&xd, 128, 5504, WeightBits::Bf16(&bits), 2048, true).unwrap())
         });
     }
     let y = x.matmul(&wt).unwrap();

@@ -27,47 +27,91 @@ const TASK_COLS: usize = 4 * TILE_COLS;
 /// `y (rows, out) = x (rows, inp) · W^T`, or `None` where this module cannot compute it: 8-bit weights, a CPU
 /// without AVX-512 (AVX512-BF16 for bfloat16 weights), over 2^27 output columns, or bfloat16 weights that are
 /// not 4-byte aligned, have an odd `inp`, or meet an `x` that holds a value bfloat16 cannot represent exactly.
-pub fn matmul_t_prefill(x: &[f32], rows: usize, inp: usize, w: WeightBits<'_>, out: usize) -> Option<Vec<f32>> {
+/// With `round_bf16`, each result is rounded to the nearest bfloat16 as it is written.
+pub fn matmul_t_prefill(
+    x: &[f32],
+    rows: usize,
+    inp: usize,
+    w: WeightBits<'_>,
+    out: usize,
+    round_bf16: bool,
+) -> Option<Vec<f32>> {
+    matmul_t_prefill_many(x, rows, inp, &[(w, out)], round_bf16)?.pop()
+}
+
+/// [`matmul_t_prefill`] for several layers that read the same `x`, each given as its weights and `out`: `x`
+/// is packed once and all the layers' columns are shared out in one parallel pass. The weights must all be
+/// float32 or all bfloat16.
+pub fn matmul_t_prefill_many(
+    x: &[f32],
+    rows: usize,
+    inp: usize,
+    layers: &[(WeightBits<'_>, usize)],
+    round_bf16: bool,
+) -> Option<Vec<Vec<f32>>> {
     // The scatter addresses 16 rows of a column by 32-bit element offsets.
-    if rows == 0 || out == 0 || inp == 0 || out > i32::MAX as usize / 16 {
+    let fits = |&(_, out): &(WeightBits<'_>, usize)| out > 0 && out <= i32::MAX as usize / 16;
+    if rows == 0 || inp == 0 || layers.is_empty() || !layers.iter().all(fits) {
         return None;
     }
     assert!(x.len() == rows * inp, "matmul_t_prefill: x has {} values, not {rows} × {inp}", x.len());
     // Each step multiplies one word of `x` with one word of a weight row: a float32, or a pair of bfloat16.
-    let (words, steps, kernel): (&[u32], usize, x86::Columns) = match w {
-        WeightBits::F32(w) if supported(false) => (bytemuck::cast_slice(w), inp, x86::columns_f32),
-        WeightBits::Bf16(w) if supported(true) && inp.is_multiple_of(2) => {
-            (bytemuck::try_cast_slice(w).ok()?, inp / 2, x86::columns_bf16)
-        }
+    let bf16 = matches!(layers[0].0, WeightBits::Bf16(_));
+    let (steps, kernel): (usize, x86::Columns) = match bf16 {
+        false if supported(false) => (inp, x86::columns_f32),
+        true if supported(true) && inp.is_multiple_of(2) => (inp / 2, x86::columns_bf16),
         _ => return None,
     };
-    assert!(words.len() == out * steps, "matmul_t_prefill: W has {} words, not {out} × {steps}", words.len());
-    let packed = match w {
-        WeightBits::Bf16(_) => pack_rows_bf16(x, rows, inp)?,
-        _ => pack_rows_f32(x, rows, inp),
+    let mut words: Vec<&[u32]> = Vec::with_capacity(layers.len());
+    for &(w, out) in layers {
+        let w: &[u32] = match w {
+            WeightBits::F32(w) if !bf16 => bytemuck::cast_slice(w),
+            WeightBits::Bf16(w) if bf16 => bytemuck::try_cast_slice(w).ok()?,
+            _ => return None,
+        };
+        assert!(w.len() == out * steps, "matmul_t_prefill: W has {} words, not {out} × {steps}", w.len());
+        words.push(w);
+    }
+    let packed = match bf16 {
+        true => pack_rows_bf16(x, rows, inp)?,
+        false => pack_rows_f32(x, rows, inp),
     };
     let padded = rows.next_multiple_of(TILE_ROWS);
     // Not zeroed: the tasks write every element.
-    let mut y: Vec<f32> = Vec::with_capacity(rows * out);
-    let target = Output { y: y.as_mut_ptr(), rows, out };
-    for_each_task(out.div_ceil(TASK_COLS), |task| {
-        let first = task * TASK_COLS;
-        let cols = TASK_COLS.min(out - first);
+    let mut ys: Vec<Vec<f32>> = layers.iter().map(|&(_, out)| Vec::with_capacity(rows * out)).collect();
+    let targets: Vec<Output> =
+        ys.iter_mut().zip(layers).map(|(y, &(_, out))| Output { y: y.as_mut_ptr(), rows, out, round_bf16 }).collect();
+    // Tasks of every layer, in order: layer `l` has tasks `first_task[l]..first_task[l + 1]`.
+    let mut first_task = vec![0];
+    for &(_, out) in layers {
+        first_task.push(first_task.last().unwrap() + out.div_ceil(TASK_COLS));
+    }
+    for_each_task(*first_task.last().unwrap(), |task| {
+        let l = first_task.partition_point(|&f| f <= task) - 1;
+        let first = (task - first_task[l]) * TASK_COLS;
+        let cols = TASK_COLS.min(layers[l].1 - first);
         // SAFETY: `supported()` checked the CPU for the kernel's features; the kernel checks the slices' bounds
-        // and writes only columns `first..first + cols` of the `rows` rows of `y`, which no other task writes.
-        unsafe { kernel(&packed, padded, steps, &words[first * steps..(first + cols) * steps], first, cols, &target) };
+        // and writes only columns `first..first + cols` of the `rows` rows of its layer's `y`, which no other
+        // task writes.
+        unsafe {
+            kernel(&packed, padded, steps, &words[l][first * steps..(first + cols) * steps], first, cols, &targets[l])
+        };
     });
-    // SAFETY: the tasks cover columns `0..out`, and each writes its columns of all `rows` rows.
-    unsafe { y.set_len(rows * out) };
-    Some(y)
+    for (y, &(_, out)) in ys.iter_mut().zip(layers) {
+        // SAFETY: the tasks cover columns `0..out` of each layer, and each writes its columns of all `rows` rows.
+        unsafe { y.set_len(rows * out) };
+    }
+    Some(ys)
 }
 
-/// Where the kernels write: `y` (rows, out), shared by the parallel tasks, each of which writes its own columns.
+/// Where the kernels write: `y` (rows, out), shared by the parallel tasks, each of which writes its own columns;
+/// with `round_bf16`, each value rounded to the nearest bfloat16.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the x86-64 kernels write
 pub struct Output {
     y: *mut f32,
     rows: usize,
     out: usize,
+    round_bf16: bool,
 }
 
 // SAFETY: the tasks that share an `Output` write disjoint columns of it, and it outlives them.
@@ -137,6 +181,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{Output, TILE_COLS, TILE_ROWS, VECS};
+    use crate::model::simd::x86 as simd;
 
     /// Every tile of `cols` output columns from column `column` (weight rows `w`, (cols, steps) words) by every
     /// row tile of `packed` ((padded / 64) tiles of steps × 64 words), into those columns of the output.
@@ -149,6 +194,7 @@ mod x86 {
         rows16: __m512i,
         out: usize,
         valid: usize,
+        round_bf16: bool,
     }
 
     impl Store {
@@ -159,6 +205,7 @@ mod x86 {
             if lanes == 0 {
                 return;
             }
+            let sum = if self.round_bf16 { simd::round_bf16(sum) } else { sum };
             let mask = (((1u32 << lanes) - 1) & 0xffff) as __mmask16;
             let base = self.y.add(16 * v * self.out + c);
             _mm512_mask_i32scatter_ps::<4>(base.cast(), mask, self.rows16, sum);
@@ -197,7 +244,7 @@ mod x86 {
                         let w = w.as_ptr().add(first * steps);
                         let y = output.y.add(tile * TILE_ROWS * output.out + column + first);
                         let valid = output.rows - tile * TILE_ROWS;
-                        let at = Store { y, rows16, out: output.out, valid };
+                        let at = Store { y, rows16, out: output.out, valid, round_bf16: output.round_bf16 };
                         match take {
                             TILE_COLS => $tile::<TILE_COLS>(a, w, steps, &at),
                             4 => $tile::<4>(a, w, steps, &at),
@@ -297,11 +344,11 @@ mod tests {
                 (0..rows * inp).map(|_| crate::model::round_bf16(rng.next_f64() as f32 * 4.0 - 2.0)).collect();
             let w: Vec<f32> = (0..out * inp).map(|_| rng.next_f64() as f32 - 0.5).collect();
             let bits: Vec<u16> = w.iter().map(|v| bf16_bits(*v)).collect();
-            match matmul_t_prefill(&x, rows, inp, WeightBits::F32(&w), out) {
+            match matmul_t_prefill(&x, rows, inp, WeightBits::F32(&w), out, false) {
                 Some(y) => assert_matmul(&y, &x, &w, shape),
                 None => assert!(!supported(false), "float32 weights are taken wherever AVX-512 is"),
             }
-            match matmul_t_prefill(&x, rows, inp, WeightBits::Bf16(&bits), out) {
+            match matmul_t_prefill(&x, rows, inp, WeightBits::Bf16(&bits), out, false) {
                 Some(y) => assert_matmul(&y, &x, &widen(&bits), shape),
                 None => assert!(!supported(true), "bfloat16 inputs are taken wherever AVX512-BF16 is"),
             }
@@ -309,12 +356,56 @@ mod tests {
     }
 
     #[test]
+    fn several_layers_in_one_pass_equal_each_alone_and_round_as_round_bf16() {
+        let mut rng = crate::model::Rng::new(9);
+        let (rows, inp) = (70, 66);
+        let x: Vec<f32> = (0..rows * inp).map(|_| crate::model::round_bf16(rng.next_f64() as f32 - 0.5)).collect();
+        // Output sizes with a partial task, a column tail and a layer smaller than one task.
+        let outs = [50, 7, 24];
+        let f32s: Vec<Vec<f32>> =
+            outs.iter().map(|&out| (0..out * inp).map(|_| rng.next_f64() as f32 - 0.5).collect()).collect();
+        let bf16s: Vec<Vec<u16>> = f32s.iter().map(|w| w.iter().map(|v| bf16_bits(*v)).collect()).collect();
+        let kinds: [Vec<WeightBits<'_>>; 2] =
+            [f32s.iter().map(|w| WeightBits::F32(w)).collect(), bf16s.iter().map(|w| WeightBits::Bf16(w)).collect()];
+        for (bf16, kind) in kinds.into_iter().enumerate() {
+            let layers: Vec<_> = kind.into_iter().zip(outs).collect();
+            let Some(rounded) = matmul_t_prefill_many(&x, rows, inp, &layers, true) else {
+                assert!(!supported(bf16 == 1), "the kernels take these layers wherever the CPU has them");
+                continue;
+            };
+            for (&(w, out), rounded) in layers.iter().zip(&rounded) {
+                let alone = matmul_t_prefill(&x, rows, inp, w, out, false).unwrap();
+                let want: Vec<u32> = alone.iter().map(|v| crate::model::round_bf16(*v).to_bits()).collect();
+                assert_eq!(rounded.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
+            }
+        }
+        // float32 and bfloat16 weights in one call are declined.
+        let mixed = [(WeightBits::F32(&f32s[0]), 50), (WeightBits::Bf16(&bf16s[1]), 7)];
+        assert!(matmul_t_prefill_many(&x, rows, inp, &mixed, false).is_none());
+    }
+
+    #[test]
+    fn rounds_ties_to_even_and_keeps_nan() {
+        // 1 + 2^-8 is halfway between two bfloat16 values (ties to 1.0); 1 + 3·2^-8 ties up to 1 + 2^-6.
+        let values = [1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -2.7, 1e-40, f32::MAX, f32::NAN, f32::INFINITY];
+        let x: Vec<f32> = values.iter().flat_map(|v| [*v, 0.0]).collect();
+        // float32 weights, so that `x` may hold any value: y = x[r][0] · 1 + x[r][1] · 0.
+        let Some(y) = matmul_t_prefill(&x, values.len(), 2, WeightBits::F32(&[1.0, 0.0]), 1, true) else {
+            return assert!(!supported(false));
+        };
+        for (v, got) in values.iter().zip(&y) {
+            let want = crate::model::round_bf16(*v);
+            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{v}: {got} vs {want}");
+        }
+    }
+
+    #[test]
     fn declines_bfloat16_inputs_it_cannot_multiply_exactly() {
         let w = vec![bf16_bits(1.0); 4 * 6];
         // 0.1 is not a bfloat16 value; an odd inner size has no pairs.
-        assert!(matmul_t_prefill(&[0.1, 1.0, 2.0, 3.0, 4.0, 5.0], 1, 6, WeightBits::Bf16(&w), 4).is_none());
-        assert!(matmul_t_prefill(&[1.0, 2.0, 3.0], 1, 3, WeightBits::Bf16(&w[..12]), 4).is_none());
+        assert!(matmul_t_prefill(&[0.1, 1.0, 2.0, 3.0, 4.0, 5.0], 1, 6, WeightBits::Bf16(&w), 4, false).is_none());
+        assert!(matmul_t_prefill(&[1.0, 2.0, 3.0], 1, 3, WeightBits::Bf16(&w[..12]), 4, false).is_none());
         let q = [1i8; 4];
-        assert!(matmul_t_prefill(&[1.0, 2.0], 1, 2, WeightBits::Int8 { q: &q, scale: &[1.0, 1.0] }, 2).is_none());
+        assert!(matmul_t_prefill(&[1.0, 2.0], 1, 2, WeightBits::Int8 { q: &q, scale: &[1.0, 1.0] }, 2, false).is_none());
     }
 }

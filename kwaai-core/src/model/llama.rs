@@ -7,9 +7,7 @@ use candle_core::{DType, Tensor};
 use super::attention::causal_attention;
 use super::cache::LayerCache;
 use super::config::{ModelConfig, RopeScaling, SparseExperts};
-use super::ops::{
-    add_rounded, apply_rotary, attention, rms_norm, round_bf16, silu, softmax_last, zip_bf16, Linear, Rounding,
-};
+use super::ops::{add_rounded, apply_rotary, attention, rms_norm, silu_mul_bf16, softmax_last, Linear, Rounding};
 use super::weights::Loader;
 use crate::Result;
 
@@ -23,8 +21,8 @@ struct SwiGlu {
 
 impl SwiGlu {
     fn forward(&self, h: &Tensor, r: Rounding) -> Result<Tensor> {
-        let (gate, up) = (self.gate.forward_r(h, r)?, self.up.forward_r(h, r)?);
-        let product = match zip_bf16(&gate, &up, r, |g, u| round_bf16(silu(g)) * u)? {
+        let [gate, up] = Linear::forward_each_r(&[&self.gate, &self.up], h, r)?.try_into().expect("two layers");
+        let product = match silu_mul_bf16(&gate, &up, r)? {
             Some(product) => product,
             None => r.r((r.r(gate.silu()?)? * up)?)?,
         };
@@ -129,9 +127,10 @@ impl LlamaBlock {
         let (b, t, hidden) = x.dims3()?;
         let (d, r) = (self.head_dim, self.round);
         let h = rms_norm(x, &self.input_norm, self.eps, r)?;
-        let q = self.q.forward_r(&h, r)?.reshape((b, t, self.heads, d))?.transpose(1, 2)?;
-        let k = self.k.forward_r(&h, r)?.reshape((b, t, self.kv_heads, d))?.transpose(1, 2)?;
-        let v = self.v.forward_r(&h, r)?.reshape((b, t, self.kv_heads, d))?.transpose(1, 2)?;
+        let [q, k, v] = Linear::forward_each_r(&[&self.q, &self.k, &self.v], &h, r)?.try_into().expect("three layers");
+        let q = q.reshape((b, t, self.heads, d))?.transpose(1, 2)?;
+        let k = k.reshape((b, t, self.kv_heads, d))?.transpose(1, 2)?;
+        let v = v.reshape((b, t, self.kv_heads, d))?.transpose(1, 2)?;
         let (cos, sin) = self.rotary(cache.len(), t)?;
         let q = apply_rotary(&q, &cos, &sin, r)?;
         let k = apply_rotary(&k, &cos, &sin, r)?;

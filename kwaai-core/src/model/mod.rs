@@ -27,6 +27,7 @@ mod kernels;
 mod llama;
 mod ops;
 mod sampling;
+mod simd;
 mod span;
 mod threads;
 mod tokenizer;

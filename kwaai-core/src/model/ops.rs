@@ -9,11 +9,12 @@ use half::slice::HalfFloatSliceExt;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
 
-use super::gemm::matmul_t_prefill;
+use super::gemm::matmul_t_prefill_many;
 use super::kernels::{matmul_t, widen_bf16, Int8Weight, WeightBits, MAX_ROWS};
 use super::threads::for_each_chunk_mut;
 
 use super::config::RopeScaling;
+use super::simd;
 use crate::Result;
 
 /// Values from which an elementwise pass (rounding) is split across threads.
@@ -45,59 +46,73 @@ impl Linear {
 
     /// Applies the layer to `x` of shape (..., in), rounding the result.
     pub fn forward_r(&self, x: &Tensor, round: Rounding) -> Result<Tensor> {
-        round.r(self.forward(x)?)
+        Ok(Self::forward_each_r(&[self], x, round)?.remove(0))
     }
 
-    /// Applies the layer to `x` of shape (..., in); the result is float32.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// Applies each of `layers` to the same `x` of shape (..., in), rounding the results. Over many rows the
+    /// prefill kernel runs them all in one pass where it can (and rounds to bfloat16 as it writes).
+    pub fn forward_each_r(layers: &[&Linear], x: &Tensor, round: Rounding) -> Result<Vec<Tensor>> {
+        let (ys, rounded) = Self::apply_each(layers, x, round.0 == Some(DType::BF16))?;
+        match rounded {
+            true => Ok(ys),
+            false => ys.into_iter().map(|y| round.r(y)).collect(),
+        }
+    }
+
+    /// Each of `layers` applied to `x` (..., in), as (..., out) float32 with the biases added, and whether the
+    /// values came out rounded to bfloat16: the prefill kernel rounds as it writes if `round_bf16` asks for it
+    /// and no layer adds a bias afterwards.
+    fn apply_each(layers: &[&Linear], x: &Tensor, round_bf16: bool) -> Result<(Vec<Tensor>, bool)> {
         let dims = x.dims();
         let inner = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
+        let in_kernel = round_bf16 && layers.iter().all(|l| l.bias.is_none());
+        let fused = match rows > MAX_ROWS {
+            true => Self::prefill_each(layers, &x.reshape((rows, inner))?, in_kernel)?,
+            false => None,
+        };
+        let (products, rounded) = match fused {
+            Some(ys) => (ys, in_kernel),
+            None => (layers.iter().map(|l| l.product(x, rows, inner)).collect::<Result<_>>()?, false),
+        };
+        let ys = products
+            .into_iter()
+            .zip(layers)
+            .map(|(y, l)| {
+                let y = match &l.bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                };
+                let mut shape = dims[..dims.len() - 1].to_vec();
+                shape.push(y.dim(1)?);
+                Ok(y.reshape(shape)?)
+            })
+            .collect::<Result<_>>()?;
+        Ok((ys, rounded))
+    }
+
+    /// `x W^T` as (rows, out) float32 by the decode kernels, candle's matmul, or the 8-bit weights widened.
+    fn product(&self, x: &Tensor, rows: usize, inner: usize) -> Result<Tensor> {
         let out = self.weight.dim(0)?;
-        let y = match self.small_rows(x, rows, inner, out)? {
-            Some(y) => y,
-            None => {
-                let x2 = x.reshape((rows, inner))?;
-                if let Some(y) = self.prefill(&x2)? {
-                    y
-                } else {
-                    match (&self.int8, self.bf16_chunks(&x2)?) {
-                        (None, Some(y)) => y,
-                        (Some(q), _) => {
-                            x2.matmul(&Tensor::from_vec(q.dequantize(), (q.out, q.inp), &Device::Cpu)?.t()?)?
-                        }
-                        (None, None) => x2.matmul(&self.weight.to_dtype(DType::F32)?.t()?)?,
-                    }
-                }
-            }
-        };
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        let mut shape = dims[..dims.len() - 1].to_vec();
-        shape.push(out);
-        Ok(y.reshape(shape)?)
+        if let Some(y) = self.small_rows(x, rows, inner, out)? {
+            return Ok(y);
+        }
+        let x2 = x.reshape((rows, inner))?;
+        Ok(match (&self.int8, self.bf16_chunks(&x2)?) {
+            (None, Some(y)) => y,
+            (Some(q), _) => x2.matmul(&Tensor::from_vec(q.dequantize(), (q.out, q.inp), &Device::Cpu)?.t()?)?,
+            (None, None) => x2.matmul(&self.weight.to_dtype(DType::F32)?.t()?)?,
+        })
     }
 
     /// Calls `f` with the float32 or bfloat16 weight as stored; `None` for another dtype, or a weight not
     /// contiguous in CPU memory.
     fn with_weight_bits<T>(&self, f: impl FnOnce(WeightBits<'_>) -> T) -> Result<Option<T>> {
-        if !self.weight.is_contiguous() {
-            return Ok(None);
-        }
         let (storage, layout) = self.weight.storage_and_layout();
-        let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
-            return Ok(None);
-        };
-        Ok(match self.weight.dtype() {
-            DType::F32 => Some(f(WeightBits::F32(&cpu.as_slice::<f32>()?[start..end]))),
-            DType::BF16 => Some(f(WeightBits::Bf16(cpu.as_slice::<half::bf16>()?[start..end].reinterpret_cast()))),
-            _ => None,
-        })
+        Ok(weight_bits(&self.weight, &storage, layout)?.map(f))
     }
 
-    /// `x W^T` for bfloat16 `W` and many rows where [`Linear::prefill`] declines: `W` is widened to float32 a
+    /// `x W^T` for bfloat16 `W` and many rows where [`Linear::prefill_each`] declines: `W` is widened to float32 a
     /// slab of output rows at a time (so the float32 copy stays small and in cache) and each slab goes through
     /// the float32 matmul.
     fn bf16_chunks(&self, x: &Tensor) -> Result<Option<Tensor>> {
@@ -123,19 +138,28 @@ impl Linear {
         }
     }
 
-    /// The prefill path: many rows of float32 `x` without a gradient, by [`matmul_t_prefill`] (AVX-512), which
-    /// reads float32 or bfloat16 `W` as stored; `None` where it declines.
-    fn prefill(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        let stored = matches!(self.weight.dtype(), DType::F32 | DType::BF16);
-        if x.track_op() || x.dtype() != DType::F32 || self.int8.is_some() || !stored {
+    /// The prefill path: many rows of float32 `x` (rows, in) without a gradient, through every layer in one
+    /// pass of [`matmul_t_prefill_many`] (AVX-512), which reads float32 or bfloat16 weights as stored; `None`
+    /// where it declines. With `round_bf16`, the results are rounded to bfloat16.
+    fn prefill_each(layers: &[&Linear], x: &Tensor, round_bf16: bool) -> Result<Option<Vec<Tensor>>> {
+        let stored = |l: &&Linear| l.int8.is_none() && matches!(l.weight.dtype(), DType::F32 | DType::BF16);
+        if x.track_op() || x.dtype() != DType::F32 || !layers.iter().all(stored) {
             return Ok(None);
         }
         let (rows, inp) = x.dims2()?;
-        let out = self.weight.dim(0)?;
         let x = x.contiguous()?;
-        let y = with_f32_values(&x, |xs| self.with_weight_bits(|w| matmul_t_prefill(xs, rows, inp, w, out)))?;
-        let y = y.transpose()?.flatten().flatten();
-        Ok(y.map(|y| Tensor::from_vec(y, (rows, out), &Device::Cpu)).transpose()?)
+        // The weights' storage stays locked for reading while the kernel reads it.
+        let held: Vec<_> = layers.iter().map(|l| l.weight.storage_and_layout()).collect();
+        let mut weights = Vec::with_capacity(layers.len());
+        for (l, (storage, layout)) in layers.iter().zip(&held) {
+            match weight_bits(&l.weight, storage, layout)? {
+                Some(bits) => weights.push((bits, l.weight.dim(0)?)),
+                None => return Ok(None),
+            }
+        }
+        let ys = with_f32_values(&x, |xs| matmul_t_prefill_many(xs, rows, inp, &weights, round_bf16))?.flatten();
+        let tensor = |(y, &(_, out)): (Vec<f32>, _)| Ok(Tensor::from_vec(y, (rows, out), &Device::Cpu)?);
+        ys.map(|ys| ys.into_iter().zip(&weights).map(tensor).collect()).transpose()
     }
 
     /// The decode path: a few rows, no gradient, weights streamed once by our kernels.
@@ -351,17 +375,21 @@ fn rotary_bf16(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>>
     };
     let src = cpu.as_slice::<f32>()?;
     let (base, stride) = (layout.start_offset(), layout.stride());
-    let (half, len) = (d / 2, b * h * t * d);
+    let len = b * h * t * d;
     let out = fill_values(len, t * d, |first, dst| {
         let head = first / (t * d);
         let head_start = base + (head / h) * stride[0] + (head % h) * stride[1];
+        let mut row = vec![0f32; d];
         for (p, dst) in dst.chunks_exact_mut(d).enumerate() {
-            let at = |j: usize| src[head_start + p * stride[2] + j * stride[3]];
-            for (j, o) in dst.iter_mut().enumerate() {
-                let rotated = if j < half { -at(j + half) } else { at(j - half) };
-                let (c, s) = (cos[p * d + j], sin[p * d + j]);
-                o.write(round_bf16(round_bf16(at(j) * c) + round_bf16(rotated * s)));
-            }
+            let start = head_start + p * stride[2];
+            let x = match stride[3] {
+                1 => &src[start..start + d],
+                _ => {
+                    row.iter_mut().enumerate().for_each(|(j, v)| *v = src[start + j * stride[3]]);
+                    &row
+                }
+            };
+            simd::rotary_row_bf16(x, &cos[p * d..][..d], &sin[p * d..][..d], dst);
         }
     });
     drop(storage);
@@ -404,6 +432,19 @@ pub fn alibi_bias(slopes: &[f32], len: usize, bf16_rounding: bool, scale: f32) -
     Ok(Tensor::from_vec(data, (1, slopes.len(), 1, len), &Device::Cpu)?)
 }
 
+/// The float32 or bfloat16 weights of `w` as stored, given its storage and layout; `None` for another dtype, or
+/// a weight not contiguous in CPU memory.
+fn weight_bits<'a>(w: &Tensor, storage: &'a Storage, layout: &candle_core::Layout) -> Result<Option<WeightBits<'a>>> {
+    let (Storage::Cpu(cpu), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+        return Ok(None);
+    };
+    Ok(match w.dtype() {
+        DType::F32 => Some(WeightBits::F32(&cpu.as_slice::<f32>()?[start..end])),
+        DType::BF16 => Some(WeightBits::Bf16(cpu.as_slice::<half::bf16>()?[start..end].reinterpret_cast())),
+        _ => None,
+    })
+}
+
 /// Calls `f` with the values of a contiguous float32 CPU tensor, read in place; `None` for any other tensor.
 fn with_f32_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<Option<T>> {
     if t.dtype() != DType::F32 || !t.is_contiguous() {
@@ -444,16 +485,30 @@ fn map_values(values: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
 /// `round_bf16(f(a, b))` elementwise over two float32 CPU tensors of one shape, in one parallel pass that reads
 /// both in place; `None` where it does not apply: rounding other than bfloat16, a gradient to carry, or inputs
 /// that are not contiguous float32 tensors of equal shapes on the CPU.
-pub fn zip_bf16(a: &Tensor, b: &Tensor, r: Rounding, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Option<Tensor>> {
+fn zip_bf16(a: &Tensor, b: &Tensor, r: Rounding, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Option<Tensor>> {
+    zip_parts_bf16(a, b, r, |a, b, out| {
+        out.iter_mut().zip(a).zip(b).for_each(|((o, a), b)| {
+            o.write(round_bf16(f(*a, *b)));
+        })
+    })
+}
+
+/// [`zip_bf16`] with the pass's inner loop given: `fill(a_part, b_part, out_part)` writes every value of
+/// `out_part` from the equally long parts of `a` and `b`.
+fn zip_parts_bf16(
+    a: &Tensor,
+    b: &Tensor,
+    r: Rounding,
+    fill: impl Fn(&[f32], &[f32], &mut [MaybeUninit<f32>]) + Sync,
+) -> Result<Option<Tensor>> {
     if r.0 != Some(DType::BF16) || a.track_op() || b.track_op() || a.dims() != b.dims() {
         return Ok(None);
     }
     let values = with_f32_values(a, |a| {
         with_f32_values(b, |b| {
-            fill_values(a.len(), ROUND_PARALLEL_MIN / 2, |first, chunk| {
-                chunk.iter_mut().zip(&a[first..]).zip(&b[first..]).for_each(|((o, a), b)| {
-                    o.write(round_bf16(f(*a, *b)));
-                })
+            fill_values(a.len(), ROUND_PARALLEL_MIN / 2, |first, part| {
+                let n = part.len();
+                fill(&a[first..first + n], &b[first..first + n], part)
             })
         })
     })?;
@@ -461,6 +516,12 @@ pub fn zip_bf16(a: &Tensor, b: &Tensor, r: Rounding, f: impl Fn(f32, f32) -> f32
         return Ok(None);
     };
     Ok(Some(Tensor::from_vec(values, a.shape().clone(), &Device::Cpu)?))
+}
+
+/// The SwiGLU product `round(round(silu(gate)) · up)` with bfloat16 rounding, in one parallel pass; `None` where
+/// it does not apply (as for [`zip_bf16`]).
+pub fn silu_mul_bf16(gate: &Tensor, up: &Tensor, r: Rounding) -> Result<Option<Tensor>> {
+    zip_parts_bf16(gate, up, r, simd::silu_mul_bf16)
 }
 
 /// `a + b`, rounded: by [`zip_bf16`] where it applies.

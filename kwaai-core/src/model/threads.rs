@@ -2,9 +2,31 @@
 //! ops run on, so that a block's matmuls and its elementwise ops take turns on one set of threads instead
 //! of keeping two pools spinning on the same cores.
 
-/// Runs `task(i)` for every `i < n`, spread over candle's pool (the calling thread takes part).
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Runs `task(i)` for every `i < n`, spread over candle's pool (the calling thread takes part). Each thread
+/// takes one task at a time, so that all finish within about one task of each other: callers size their
+/// tasks (at least some microseconds each) so that taking one costs nothing in comparison.
 pub(super) fn for_each_task(n: usize, task: impl Fn(usize) + Sync) {
-    candle_core::utils::barrier_pool().execute_chunked(n, |range| range.for_each(&task));
+    let pool = candle_core::utils::barrier_pool();
+    let next = AtomicUsize::new(0);
+    // One item per thread, each of which takes tasks until none is left. candle runs all items on the calling
+    // thread when it is itself one of the pool's workers.
+    let threads = pool.n_workers() + 1;
+    pool.execute_chunked(threads, |_| loop {
+        let mut first = next.load(Ordering::Relaxed);
+        let take = loop {
+            if first >= n {
+                return;
+            }
+            let take = ((n - first) / (2 * threads)).max(1);
+            match next.compare_exchange_weak(first, first + take, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => break take,
+                Err(now) => first = now,
+            }
+        };
+        (first..first + take).for_each(&task);
+    });
 }
 
 /// Runs `f(i, chunk)` for every `chunk_len`-element chunk of `data` (the last may be shorter), spread over
