@@ -210,11 +210,7 @@ fn rms_norm_bf16(x: &Tensor, w: &Tensor, eps: f64) -> Result<Option<Tensor>> {
     let normed = with_f32_values(x, |x| {
         fill_values(x.len(), chunk, |first, dst| {
             for (dst, row) in dst.chunks_exact_mut(n).zip(x[first..].chunks_exact(n)) {
-                let mean_square = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
-                let scale = (mean_square + eps as f32).sqrt();
-                for ((o, v), w) in dst.iter_mut().zip(row).zip(&w) {
-                    o.write(round_bf16(round_bf16(v / scale) * w));
-                }
+                simd::rms_row_bf16(row, &w, eps as f32, dst);
             }
         })
     })?;

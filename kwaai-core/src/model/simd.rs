@@ -38,6 +38,21 @@ pub(super) fn rotary_row_bf16(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [Ma
     }
 }
 
+/// RMSNorm of one row with bfloat16 rounding, as transformers computes it for a bfloat16 checkpoint:
+/// `out = round(round(x / sqrt(mean(x²) + eps)) · w)`, the mean in float32. `w` and `out` are as long as `x`.
+pub(super) fn rms_row_bf16(x: &[f32], w: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: the CPU has AVX-512.
+        return unsafe { x86::rms_row_bf16(x, w, eps, out) };
+    }
+    assert!(w.len() == x.len() && out.len() == x.len());
+    let scale = (x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32 + eps).sqrt();
+    for ((o, v), w) in out.iter_mut().zip(x).zip(w) {
+        o.write(round_bf16(round_bf16(v / scale) * w));
+    }
+}
+
 /// Whether this CPU runs the vector code here.
 #[cfg(target_arch = "x86_64")]
 fn available() -> bool {
@@ -125,6 +140,30 @@ pub(super) mod x86 {
                 let high = term(x2, load(cos, half + j), x1, load(sin, half + j));
                 _mm512_mask_storeu_ps(out.as_mut_ptr().add(j).cast(), mask, low);
                 _mm512_mask_storeu_ps(out.as_mut_ptr().add(half + j).cast(), mask, high);
+            }
+        }
+    }
+
+    /// [`super::rms_row_bf16`]: the squares summed in 16 lanes, then across them.
+    #[target_feature(enable = "avx512f")]
+    pub fn rms_row_bf16(x: &[f32], w: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
+        let n = x.len();
+        assert!(w.len() == n && out.len() == n);
+        let mut squares = _mm512_setzero_ps();
+        for first in (0..n).step_by(16) {
+            // SAFETY: the mask covers only elements below `n`.
+            let v = unsafe { _mm512_maskz_loadu_ps(lanes_from(first, n), x.as_ptr().add(first)) };
+            squares = _mm512_fmadd_ps(v, v, squares);
+        }
+        let scale = _mm512_set1_ps((_mm512_reduce_add_ps(squares) / n as f32 + eps).sqrt());
+        for first in (0..n).step_by(16) {
+            let mask = lanes_from(first, n);
+            // SAFETY: the mask covers only elements below the slices' common length.
+            unsafe {
+                let v = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(first));
+                let w = _mm512_maskz_loadu_ps(mask, w.as_ptr().add(first));
+                let y = round_bf16(_mm512_mul_ps(round_bf16(_mm512_div_ps(v, scale)), w));
+                _mm512_mask_storeu_ps(out.as_mut_ptr().add(first).cast(), mask, y);
             }
         }
     }
@@ -263,5 +302,29 @@ mod tests {
             let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
             assert_eq!(bits(run(vector, &x, &tables)), bits(run(scalar, &x, &tables)), "d = {d}");
         }
+    }
+
+    #[test]
+    fn rms_row_is_the_scalar_one_up_to_the_order_of_the_sum() {
+        let mut rng = crate::model::Rng::new(8);
+        let (mut same, mut all) = (0, 0);
+        for n in (1..40).chain([2048]) {
+            let (x, w) = (values(n, 3.0, &mut rng), values(n, 2.0, &mut rng));
+            let mut got = vec![MaybeUninit::new(f32::NAN); n];
+            rms_row_bf16(&x, &w, 1e-5, &mut got);
+            let scale = (x.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / n as f64 + 1e-5).sqrt();
+            for ((g, v), w) in got.into_iter().zip(&x).zip(&w) {
+                // SAFETY: initialised above.
+                let g = unsafe { g.assume_init() };
+                let r = crate::model::round_bf16;
+                let want = r(r((f64::from(*v) / scale) as f32) * w);
+                // A float32 sum in another order may move a rounding to bfloat16 by one step.
+                let steps = (i64::from(g.to_bits()) - i64::from(want.to_bits())).abs() >> 16;
+                assert!(steps <= 1 && g.to_bits() & 0xffff == 0, "n = {n}: {g:e} vs {want:e}");
+                same += usize::from(g.to_bits() == want.to_bits());
+            }
+            all += n;
+        }
+        assert!(same * 100 >= all * 99, "{same} of {all} equal");
     }
 }
