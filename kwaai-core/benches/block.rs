@@ -1,6 +1,6 @@
 //! A Llama-shaped stack (hidden 2048, intermediate 5504, 16 heads, 8 blocks, random weights): 128-token prefill
 //! and per-token decode at 128 tokens of context, in float32, bfloat16 and float32 quantized to 8 bits, plus
-//! the memory-bandwidth floor.
+//! the memory-bandwidth floor (also measured step by step beside decode, for the ratio).
 //!
 //! `cargo bench -p kwaai-core --bench block` (`KWAAI_BENCH_DTYPES=f32,bf16,q8` picks the variants).
 //! Compare with `../shared/reference/bench/block.py` run in the same session.
@@ -70,23 +70,38 @@ fn copy_bandwidth() -> f64 {
 /// Best-of-5 read bandwidth of a 1 GiB buffer summed by every thread (rayon), in GB/s: how fast decoding can
 /// stream weights at most.
 fn read_bandwidth() -> f64 {
+    let src = vec![1u64; (1usize << 30) / 8];
+    let best = (0..5).map(|_| read_all(&src)).min().unwrap();
+    (src.len() * 8) as f64 / best.as_secs_f64() / 1e9
+}
+
+/// How long every thread (rayon) takes to sum `src` once.
+fn read_all(src: &[u64]) -> Duration {
     use rayon::prelude::*;
-    let n = (1usize << 30) / 8;
-    let src = vec![1u64; n];
-    let best = (0..5)
+    let t = Instant::now();
+    // Integer adds reorder freely, so the sum vectorizes and the loop is bound by memory.
+    let s: u64 =
+        src.par_chunks(1 << 17).map(|c| c.iter().fold(0u64, |a, b| a.wrapping_add(*b))).reduce(|| 0, u64::wrapping_add);
+    std::hint::black_box(s);
+    t.elapsed()
+}
+
+/// Decode time over the read floor measured right before it, pair by pair (this machine's memory bandwidth
+/// swings from minute to minute): one decode step, then the same number of bytes as the weights read by every
+/// thread, 15 times. Returns the median, lowest and highest ratio.
+fn paired_floor_ratio(weight_bytes: usize, mut decode: impl FnMut()) -> (f64, f64, f64) {
+    let src = vec![1u64; weight_bytes.div_ceil(8)];
+    read_all(&src);
+    let mut ratios: Vec<f64> = (0..15)
         .map(|_| {
+            let floor = read_all(&src);
             let t = Instant::now();
-            // Integer adds reorder freely, so the sum vectorizes and the loop is bound by memory.
-            let s: u64 = src
-                .par_chunks(1 << 17)
-                .map(|c| c.iter().fold(0u64, |a, b| a.wrapping_add(*b)))
-                .reduce(|| 0, u64::wrapping_add);
-            std::hint::black_box(s);
-            t.elapsed()
+            decode();
+            t.elapsed().as_secs_f64() / floor.as_secs_f64()
         })
-        .min()
-        .unwrap();
-    (n * 8) as f64 / best.as_secs_f64() / 1e9
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    (ratios[ratios.len() / 2], ratios[0], ratios[ratios.len() - 1])
 }
 
 fn weight_bytes(dtype: DType) -> usize {
@@ -138,6 +153,11 @@ fn bench(c: &mut Criterion) {
             })
         });
         g.finish();
+        let (median, low, high) = paired_floor_ratio(wb, || {
+            std::hint::black_box(span.forward_with_cache(&tok, None, &mut prefilled).unwrap());
+            prefilled.truncate(PREFILL).unwrap();
+        });
+        eprintln!("{name}: decode / read floor, paired: median {median:.2}x (lowest {low:.2}x, highest {high:.2}x)");
     }
 }
 
