@@ -6,10 +6,12 @@
 //! roundings (bfloat16 after the product, after the scaling, of the probabilities and of the result); only the
 //! order of the float32 sums differs.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{DType, Device, Storage, Tensor};
 
 use super::ops::{round_bf16, Rounding};
-use super::threads::for_each_task;
+use super::threads::{for_each_task, Disjoint};
 use crate::Result;
 
 /// Query rows of one head per task: the head's keys and values stay in cache across them.
@@ -58,7 +60,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, round: R
     let blocks = t.div_ceil(ROWS_PER_TASK);
     let len = b * t * h * d;
     let mut out: Vec<f32> = Vec::with_capacity(len);
-    let target = Target(out.as_mut_ptr());
+    let target = Target::new(out.spare_capacity_mut().as_mut_ptr());
     // The last rows see the most keys: their tasks come first, so that the cheap ones fill in at the end.
     for_each_task(blocks * b * h, |task| {
         let block = blocks - 1 - task / (b * h);
@@ -92,20 +94,7 @@ impl<'a> Strided<'a> {
 }
 
 /// The output, (B, T, H × d), shared by the tasks; each writes the rows of its own head.
-struct Target(*mut f32);
-
-// SAFETY: the tasks write disjoint parts of the output, which outlives them.
-unsafe impl Sync for Target {}
-
-impl Target {
-    /// The `d` values of `head` in output row `row` (of `heads × d` values).
-    ///
-    /// SAFETY: `row` and `head` are in bounds, and no other task holds the same part.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn part(&self, row: usize, head: usize, heads: usize, d: usize) -> &mut [std::mem::MaybeUninit<f32>] {
-        std::slice::from_raw_parts_mut(self.0.add((row * heads + head) * d).cast(), d)
-    }
-}
+type Target = Disjoint<MaybeUninit<f32>>;
 
 /// What every task reads: the query, keys and values, and the shapes.
 struct Heads<'a> {
@@ -204,7 +193,7 @@ impl Heads<'_> {
                 let sums = weighted_sums(&weights[..seen * GROUP], values);
                 for (r, sum) in sums.iter().enumerate().take(n) {
                     // SAFETY: row `batch × t + first + r` and `head` are in bounds, and only this task writes them.
-                    let part = unsafe { target.part(batch * self.t + first + r, head, self.heads, d) };
+                    let part = unsafe { target.part(((batch * self.t + first + r) * self.heads + head) * d, d) };
                     for (o, s) in part[dims..dims + width].iter_mut().zip(sum) {
                         o.write(round(*s));
                     }

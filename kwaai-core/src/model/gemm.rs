@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::kernels::WeightBits;
-use super::threads::{for_each_chunk_mut, for_each_task};
+use super::threads::{for_each_chunk_mut, for_each_task, Disjoint};
 
 /// Vectors of 16 rows of `x` in one tile.
 const VECS: usize = 4;
@@ -79,8 +79,11 @@ pub fn matmul_t_prefill_many(
     let padded = rows.next_multiple_of(TILE_ROWS);
     // Not zeroed: the tasks write every element.
     let mut ys: Vec<Vec<f32>> = layers.iter().map(|&(_, out)| Vec::with_capacity(rows * out)).collect();
-    let targets: Vec<Output> =
-        ys.iter_mut().zip(layers).map(|(y, &(_, out))| Output { y: y.as_mut_ptr(), rows, out, round_bf16 }).collect();
+    let targets: Vec<Output> = ys
+        .iter_mut()
+        .zip(layers)
+        .map(|(y, &(_, out))| Output { y: Disjoint::new(y.as_mut_ptr()), rows, out, round_bf16 })
+        .collect();
     // Tasks of every layer, in order: layer `l` has tasks `first_task[l]..first_task[l + 1]`.
     let mut first_task = vec![0];
     for &(_, out) in layers {
@@ -108,14 +111,11 @@ pub fn matmul_t_prefill_many(
 /// with `round_bf16`, each value rounded to the nearest bfloat16.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the x86-64 kernels write
 pub struct Output {
-    y: *mut f32,
+    y: Disjoint<f32>,
     rows: usize,
     out: usize,
     round_bf16: bool,
 }
-
-// SAFETY: the tasks that share an `Output` write disjoint columns of it, and it outlives them.
-unsafe impl Sync for Output {}
 
 /// Whether this CPU runs the float32 kernel, or with `bf16` the bfloat16 one.
 fn supported(bf16: bool) -> bool {
@@ -242,7 +242,7 @@ mod x86 {
                     for tile in 0..padded / TILE_ROWS {
                         let a = packed.as_ptr().add(tile * steps * TILE_ROWS);
                         let w = w.as_ptr().add(first * steps);
-                        let y = output.y.add(tile * TILE_ROWS * output.out + column + first);
+                        let y = output.y.start().add(tile * TILE_ROWS * output.out + column + first);
                         let valid = output.rows - tile * TILE_ROWS;
                         let at = Store { y, rows16, out: output.out, valid, round_bf16: output.round_bf16 };
                         match take {

@@ -33,24 +33,42 @@ pub(super) fn for_each_task(n: usize, task: impl Fn(usize) + Sync) {
 /// candle's pool.
 pub(super) fn for_each_chunk_mut<T: Send>(data: &mut [T], chunk_len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     assert!(chunk_len > 0, "for_each_chunk_mut: empty chunks");
-    /// The start of `data`, shared by the tasks, each of which takes its own chunk.
-    struct Start<T>(*mut T);
-    // SAFETY: the tasks reach disjoint chunks of `data` through it, and `T: Send` lets them move there.
-    unsafe impl<T: Send> Sync for Start<T> {}
-    impl<T> Start<T> {
-        // A method, so that closures capture the whole `Start` (which is `Sync`), not its pointer field.
-        fn get(&self) -> *mut T {
-            self.0
-        }
-    }
-    let (start, len) = (Start(data.as_mut_ptr()), data.len());
+    let (start, len) = (Disjoint::new(data.as_mut_ptr()), data.len());
     for_each_task(len.div_ceil(chunk_len), |i| {
         let first = i * chunk_len;
         // SAFETY: chunk `i` is `first..first + its length` of `data`, which no other task touches and which
         // outlives this call (it is borrowed mutably for all of it).
-        let chunk = unsafe { std::slice::from_raw_parts_mut(start.get().add(first), chunk_len.min(len - first)) };
-        f(i, chunk)
+        f(i, unsafe { start.part(first, chunk_len.min(len - first)) })
     });
+}
+
+/// A buffer that parallel tasks each write their own parts of, shared through a pointer to its start.
+pub(super) struct Disjoint<T>(*mut T);
+
+// SAFETY: every task reaches only its own parts ([`Disjoint::part`]'s contract), and `T: Send` lets values be
+// written there from any thread.
+unsafe impl<T: Send> Sync for Disjoint<T> {}
+
+impl<T> Disjoint<T> {
+    /// The buffer that starts at `start`.
+    pub(super) fn new(start: *mut T) -> Self {
+        Disjoint(start)
+    }
+
+    /// The buffer's first element.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the x86-64 kernels write through it
+    pub(super) fn start(&self) -> *mut T {
+        self.0
+    }
+
+    /// Elements `first..first + len` of the buffer.
+    ///
+    /// SAFETY: they lie within the buffer, which outlives the returned slice, and no other task reaches them
+    /// while it lives.
+    #[allow(clippy::mut_from_ref)]
+    pub(super) unsafe fn part(&self, first: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(first), len)
+    }
 }
 
 #[cfg(test)]
