@@ -405,6 +405,14 @@ mod tests {
         // 0.1 is not a bfloat16 value; an odd inner size has no pairs.
         assert!(matmul_t_prefill(&[0.1, 1.0, 2.0, 3.0, 4.0, 5.0], 1, 6, WeightBits::Bf16(&w), 4, false).is_none());
         assert!(matmul_t_prefill(&[1.0, 2.0, 3.0], 1, 3, WeightBits::Bf16(&w[..12]), 4, false).is_none());
+        // One inexact value anywhere in a row is found, in the second of 70 rows.
+        let w = vec![bf16_bits(1.0); 2 * 40];
+        for at in [0, 20, 31, 37, 39] {
+            let mut x = vec![1.5f32; 70 * 40];
+            assert!(matmul_t_prefill(&x, 70, 40, WeightBits::Bf16(&w), 2, false).is_some() || !supported(true));
+            x[40 + at] = 0.1;
+            assert!(matmul_t_prefill(&x, 70, 40, WeightBits::Bf16(&w), 2, false).is_none(), "value {at}");
+        }
         let q = [1i8; 4];
         assert!(matmul_t_prefill(&[1.0, 2.0], 1, 2, WeightBits::Int8 { q: &q, scale: &[1.0, 1.0] }, 2, false).is_none());
     }
