@@ -375,13 +375,15 @@ fn rotary_bf16(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>>
     let out = fill_values(len, t * d, |first, dst| {
         let head = first / (t * d);
         let head_start = base + (head / h) * stride[0] + (head % h) * stride[1];
-        let mut row = vec![0f32; d];
+        // A strided row is gathered here first (no allocation for contiguous rows).
+        let mut row = Vec::new();
         for (p, dst) in dst.chunks_exact_mut(d).enumerate() {
             let start = head_start + p * stride[2];
             let x = match stride[3] {
                 1 => &src[start..start + d],
                 _ => {
-                    row.iter_mut().enumerate().for_each(|(j, v)| *v = src[start + j * stride[3]]);
+                    row.clear();
+                    row.extend((0..d).map(|j| src[start + j * stride[3]]));
                     &row
                 }
             };
@@ -603,20 +605,23 @@ mod tests {
     fn fused_bf16_rotary_rounds_as_the_op_by_op_path_on_strided_input() {
         let (b, t, h, d) = (2, 5, 3, 8);
         let r = Rounding(Some(DType::BF16));
-        let x = Tensor::randn(0f32, 1.0, (b, t, h, d), &Device::Cpu).unwrap();
-        // Bfloat16 values laid out (B, T, H, d), seen as (B, H, T, d), as a block's projections are.
-        let x = r.r(x).unwrap().transpose(1, 2).unwrap();
         let (cos, sin) = rotary_tables(d, 10_000.0, 1.0, 3, t).unwrap();
-        let fused = rotary_bf16(&x, &cos, &sin).unwrap().expect("the fused path applies");
-        assert!(fused.is_contiguous());
+        // Bfloat16 values laid out (B, T, H, d), seen as (B, H, T, d), as a block's projections are; and laid out
+        // (B, H, d, T), whose rows are not contiguous.
+        let by_tokens = r.r(Tensor::randn(0f32, 1.0, (b, t, h, d), &Device::Cpu).unwrap()).unwrap();
+        let by_dims = r.r(Tensor::randn(0f32, 1.0, (b, h, d, t), &Device::Cpu).unwrap()).unwrap();
+        for x in [by_tokens.transpose(1, 2).unwrap(), by_dims.transpose(2, 3).unwrap()] {
+            let fused = rotary_bf16(&x, &cos, &sin).unwrap().expect("the fused path applies");
+            assert!(fused.is_contiguous());
 
-        let (cos, sin) = (r.r(cos).unwrap(), r.r(sin).unwrap());
-        let rotated =
-            Tensor::cat(&[&x.narrow(3, d / 2, d / 2).unwrap().neg().unwrap(), &x.narrow(3, 0, d / 2).unwrap()], 3);
-        let a = r.r(x.broadcast_mul(&cos).unwrap()).unwrap();
-        let c = r.r(rotated.unwrap().broadcast_mul(&sin).unwrap()).unwrap();
-        let want = r.r((a + c).unwrap()).unwrap();
-        assert_eq!(values(&fused), values(&want));
+            let (cos, sin) = (r.r(cos.clone()).unwrap(), r.r(sin.clone()).unwrap());
+            let half = |start| x.narrow(3, start, d / 2).unwrap();
+            let rotated = Tensor::cat(&[&half(d / 2).neg().unwrap(), &half(0)], 3).unwrap();
+            let a = r.r(x.broadcast_mul(&cos).unwrap()).unwrap();
+            let c = r.r(rotated.broadcast_mul(&sin).unwrap()).unwrap();
+            let want = r.r((a + c).unwrap()).unwrap();
+            assert_eq!(values(&fused), values(&want));
+        }
     }
 
     fn values(t: &Tensor) -> Vec<f32> {

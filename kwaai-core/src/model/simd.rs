@@ -1,6 +1,7 @@
 //! The bfloat16 passes' inner loops, 16 lanes at a time on AVX-512 (checked at run time) and one value at a time
-//! elsewhere, with equal results: the vector math rounds like [`round_bf16`] and its exponential is within two
-//! units in the last place of float32 (as are the vectorised exponentials PyTorch's CPU kernels use).
+//! elsewhere. The vector math rounds exactly like [`round_bf16`]; its exponential is within two units in the last
+//! place of float32 (as are the vectorised exponentials PyTorch's CPU kernels use), which now and then moves
+//! SiLU's rounding to bfloat16 by one step, and RMSNorm sums its squares in another order.
 
 use std::mem::MaybeUninit;
 
@@ -101,8 +102,7 @@ pub(super) mod x86 {
         _mm512_scalef_ps(p, n)
     }
 
-    /// `out[i] = round(round(silu(gate[i])) · up[i])`, rounding to bfloat16: the SwiGLU product as a bfloat16
-    /// transformers computes it. All three slices have one length.
+    /// [`super::silu_mul_bf16`], with [`exp`].
     #[target_feature(enable = "avx512f")]
     pub fn silu_mul_bf16(gate: &[f32], up: &[f32], out: &mut [MaybeUninit<f32>]) {
         assert!(gate.len() == out.len() && up.len() == out.len());
@@ -119,9 +119,7 @@ pub(super) mod x86 {
         }
     }
 
-    /// Rotary embedding of one head's row `x` (`d` values, even), rounding to bfloat16 where transformers does:
-    /// `out = round(round(x · cos) + round(rotate_half(x) · sin))` with `rotate_half(x) = (-x2, x1)` for the
-    /// halves `x1`, `x2`. `cos`, `sin` and `out` have `d` values.
+    /// [`super::rotary_row_bf16`]: both halves of the row 16 lanes at a time.
     #[target_feature(enable = "avx512f")]
     pub fn rotary_row_bf16(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [MaybeUninit<f32>]) {
         let d = x.len();

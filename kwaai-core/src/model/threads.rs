@@ -4,14 +4,15 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Runs `task(i)` for every `i < n`, spread over candle's pool (the calling thread takes part). Each thread
-/// takes one task at a time, so that all finish within about one task of each other: callers size their
-/// tasks (at least some microseconds each) so that taking one costs nothing in comparison.
+/// Runs `task(i)` for every `i < n`, spread over candle's pool (the calling thread takes part). Threads take
+/// runs of consecutive tasks, each run half of what is left divided among the threads, down to single tasks,
+/// so that all finish within about one task of each other: callers size their tasks (at least some
+/// microseconds each) so that taking a run costs nothing in comparison.
 pub(super) fn for_each_task(n: usize, task: impl Fn(usize) + Sync) {
     let pool = candle_core::utils::barrier_pool();
     let next = AtomicUsize::new(0);
-    // One item per thread, each of which takes tasks until none is left. candle runs all items on the calling
-    // thread when it is itself one of the pool's workers.
+    // One item per thread, each of which takes runs of tasks until none is left. candle runs all items on the
+    // calling thread when it is itself one of the pool's workers.
     let threads = pool.n_workers() + 1;
     pool.execute_chunked(threads, |_| loop {
         let mut first = next.load(Ordering::Relaxed);
