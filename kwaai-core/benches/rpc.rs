@@ -10,29 +10,37 @@
 //! (100 after 10), and streaming throughput for 64 MiB in 1 MiB messages each way (one 8 MiB
 //! warm-up, then 5 runs: best and median). MB/s = 1e6 bytes/s of payload. Prints one JSON line.
 //! A filter argument (`cargo bench -p kwaai-core --bench rpc -- unary_64B`) runs only the parts
-//! whose name contains it; `KWAAI_RPC_BENCH_WORKERS=N` gives both nodes N runtime worker threads.
+//! whose name contains it; `KWAAI_RPC_BENCH_WORKERS=N` gives both nodes N runtime worker threads;
+//! `KWAAI_RPC_BENCH_SECURITY=tls` (or `noise`, the default) picks the connection's security and
+//! `KWAAI_RPC_BENCH_LISTEN=/ip4/127.0.0.1/udp/0/quic-v1` the server's listener (TCP by default).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kwaai_core::{Node, NodeConfig, PeerId};
+use kwaai_core::{Node, NodeConfig, PeerId, Security};
 
 const MIB: usize = 1 << 20;
 const T: Duration = Duration::from_secs(60);
 const SERVER_ENV: &str = "KWAAI_RPC_BENCH_SERVER";
 /// Worker threads of both nodes' runtimes (the default is `NodeConfig`'s).
 const WORKERS_ENV: &str = "KWAAI_RPC_BENCH_WORKERS";
+/// The security protocol both nodes speak: `noise` or `tls`.
+const SECURITY_ENV: &str = "KWAAI_RPC_BENCH_SECURITY";
+/// The server's listen address.
+const LISTEN_ENV: &str = "KWAAI_RPC_BENCH_LISTEN";
 
 fn start_node() -> Node {
     let worker_threads = std::env::var(WORKERS_ENV).ok().map(|w| w.parse().expect("a number of worker threads"));
-    Node::start(NodeConfig {
-        listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".into()],
-        worker_threads,
-        ..NodeConfig::default()
-    })
-    .expect("node starts")
+    let security = match std::env::var(SECURITY_ENV).as_deref() {
+        Ok("tls") => vec![Security::Tls],
+        Ok("noise") | Err(_) => vec![Security::Noise],
+        Ok(other) => panic!("{SECURITY_ENV} is `noise` or `tls`, not {other:?}"),
+    };
+    let listen = std::env::var(LISTEN_ENV).unwrap_or_else(|_| "/ip4/127.0.0.1/tcp/0".into());
+    Node::start(NodeConfig { listen_addrs: vec![listen], worker_threads, security, ..NodeConfig::default() })
+        .expect("node starts")
 }
 
 fn serve() {
@@ -84,18 +92,26 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[index]
 }
 
+/// Unary echo calls made one after another by a task on the client node's runtime, as `rpc.py`
+/// makes them from its event loop.
 fn unary(node: &Node, peer: PeerId, size: usize, calls: usize, warmup: usize) -> serde_json::Value {
     let request: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-    for _ in 0..warmup {
-        node.call_unary(peer, "echo", &request, T).unwrap();
-    }
-    let mut latencies = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let start = Instant::now();
-        let reply = node.call_unary(peer, "echo", &request, T).unwrap();
-        latencies.push(start.elapsed().as_secs_f64() * 1e3);
-        assert_eq!(reply.len(), size);
-    }
+    let rpc = node.rpc().unwrap();
+    let runtime = node.runtime().unwrap();
+    let mut latencies = runtime
+        .block_on(runtime.spawn(async move {
+            let mut latencies = Vec::with_capacity(calls);
+            for i in 0..warmup + calls {
+                let start = Instant::now();
+                let reply = rpc.call_unary(peer, "echo", request.clone(), T).await.unwrap();
+                if i >= warmup {
+                    latencies.push(start.elapsed().as_secs_f64() * 1e3);
+                }
+                assert_eq!(reply.len(), size);
+            }
+            latencies
+        }))
+        .unwrap();
     let mean = latencies.iter().sum::<f64>() / calls as f64;
     latencies.sort_by(f64::total_cmp);
     serde_json::json!({

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::dht::DhtConfig;
+use crate::p2p::Security;
 
 /// Where hivemind listens by default: loopback, an OS-chosen TCP port.
 pub const DEFAULT_LISTEN_ADDR: &str = "/ip4/127.0.0.1/tcp/0";
@@ -12,7 +13,8 @@ pub const DEFAULT_LISTEN_ADDR: &str = "/ip4/127.0.0.1/tcp/0";
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     /// Multiaddrs to listen on, e.g. `/ip4/127.0.0.1/tcp/0`. Empty means [`DEFAULT_LISTEN_ADDR`].
-    /// Browsers can dial `/tcp/N/ws` and `/udp/N/webrtc-direct` listeners (the latter's
+    /// `/ip4/127.0.0.1/udp/0/quic-v1` listens on QUIC, which p2pd dials and listens on too when
+    /// given such an address. Browsers can dial `/tcp/N/ws` and `/udp/N/webrtc-direct` listeners (the latter's
     /// `/certhash/...` changes on every start); a node with either forwards their calls. A node
     /// does not dial WebRTC-direct itself: native peers reach it over TCP.
     pub listen_addrs: Vec<String>,
@@ -31,6 +33,9 @@ pub struct NodeConfig {
     pub start_timeout: Duration,
     /// How long a connection stays open after its last call ended (p2pd keeps 30 s).
     pub idle_connection_timeout: Duration,
+    /// The security protocols of TCP and WebSocket connections, in the order we propose them when
+    /// dialing (a listener takes the first it speaks). p2pd speaks both. QUIC always runs TLS.
+    pub security: Vec<Security>,
 }
 
 impl Default for NodeConfig {
@@ -43,6 +48,7 @@ impl Default for NodeConfig {
             worker_threads: None,
             start_timeout: Duration::from_secs(10),
             idle_connection_timeout: Duration::from_secs(30),
+            security: vec![Security::Noise, Security::Tls],
         }
     }
 }

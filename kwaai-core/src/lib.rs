@@ -54,5 +54,5 @@ mod native_api {
     };
     pub use crate::identity::Identity;
     pub use crate::node::Node;
-    pub use crate::p2p::PeerInfo;
+    pub use crate::p2p::{PeerInfo, Security};
 }

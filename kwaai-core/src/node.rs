@@ -119,6 +119,12 @@ impl Node {
         Ok(self.host().ok_or_else(closed)?.rpc().clone())
     }
 
+    /// The node's tokio runtime. Async work spawned on it (calls through [`Node::rpc`], say) runs
+    /// beside the node's own tasks, without a hand-off between threads on every call.
+    pub fn runtime(&self) -> Result<tokio::runtime::Handle> {
+        Ok(self.rpc_and_runtime()?.1)
+    }
+
     /// Registers a unary hivemind handler under `name` (e.g. `DHTProtocol.rpc_ping`, no leading
     /// slash): it gets the caller's peer ID and serialized request and returns the serialized
     /// reply, or an error whose message the caller receives. It runs on the node's runtime.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kwaai_core::p2p::RpcLimits;
-use kwaai_core::{Error, ErrorKind, Node, NodeConfig};
+use kwaai_core::{Error, ErrorKind, Node, NodeConfig, Security};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -44,6 +44,55 @@ fn pair() -> (Node, Node) {
     let info = a.connect(&b.listen_addrs()[0].to_string(), T).unwrap();
     assert_eq!(info.peer_id, b.peer_id(), "identify still works behind the RPC muxer");
     (a, b)
+}
+
+/// A node listening on `listen` with the security protocols `security`, serving `Test.echo`.
+fn echo_node(listen: &str, security: &[Security]) -> Node {
+    let node = Node::start(NodeConfig {
+        listen_addrs: vec![listen.into()],
+        security: security.to_vec(),
+        ..NodeConfig::default()
+    })
+    .unwrap();
+    node.add_unary_handler("Test.echo", |_peer, request: Vec<u8>| async move { Ok(request) }).unwrap();
+    node
+}
+
+#[test]
+fn calls_run_over_tls_and_over_quic() {
+    let tls = [Security::Tls];
+    let both = [Security::Noise, Security::Tls];
+    for (listen, a_security, b_security) in [
+        ("/ip4/127.0.0.1/tcp/0", &tls[..], &both[..]),
+        ("/ip4/127.0.0.1/tcp/0", &both[..], &tls[..]),
+        ("/ip4/127.0.0.1/tcp/0/ws", &tls[..], &tls[..]),
+        ("/ip4/127.0.0.1/udp/0/quic-v1", &both[..], &both[..]),
+    ] {
+        let (a, b) = (echo_node(listen, a_security), echo_node(listen, b_security));
+        let info = a.connect(&b.listen_addrs()[0].to_string(), T).unwrap();
+        assert_eq!(info.peer_id, b.peer_id(), "{listen}");
+        for size in [0usize, 64, 3 << 20] {
+            let request: Vec<u8> = (0..size).map(|i| (i * 5 % 247) as u8).collect();
+            let reply = a.call_unary(b.peer_id(), "Test.echo", &request, T).unwrap();
+            assert_eq!(reply, request, "{listen}, {size} bytes");
+            let reply = b.call_unary(a.peer_id(), "Test.echo", &request, T).unwrap();
+            assert_eq!(reply, request, "{listen}, {size} bytes back");
+        }
+    }
+}
+
+#[test]
+fn nodes_without_a_common_security_protocol_do_not_connect() {
+    let (a, b) =
+        (echo_node("/ip4/127.0.0.1/tcp/0", &[Security::Noise]), echo_node("/ip4/127.0.0.1/tcp/0", &[Security::Tls]));
+    let err = a.connect(&b.listen_addrs()[0].to_string(), T).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Network, "{err}");
+    let err = Node::start(NodeConfig { security: vec![], ..NodeConfig::default() }).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.message().contains("no security protocol"), "{err}");
+    let twice = vec![Security::Tls, Security::Tls];
+    let err = Node::start(NodeConfig { security: twice, ..NodeConfig::default() }).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
 }
 
 #[test]

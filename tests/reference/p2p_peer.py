@@ -1,9 +1,10 @@
 """A hivemind.P2P peer (with its Go p2pd) for kwaai's RPC and peer-routing interop tests.
 
-Usage: p2p_peer.py [--dht-client] [INITIAL_PEER_MULTIADDR ...]
-(--dht-client runs p2pd's Kademlia in client mode, as a hivemind DHT in client mode does.)
+Usage: p2p_peer.py [--dht-client] [--quic] [INITIAL_PEER_MULTIADDR ...]
+(--dht-client runs p2pd's Kademlia in client mode, as a hivemind DHT in client mode does; --quic
+also listens on QUIC draft-29, /udp/0/quic: this venv's Python multiaddr cannot parse /quic-v1.)
 
-Listens on 127.0.0.1 and serves (ExpertRequest -> ExpertResponse, hivemind's runtime.proto):
+Listens on 127.0.0.1 (TCP; p2pd offers Noise and TLS) and serves (ExpertRequest -> ExpertResponse, hivemind's runtime.proto):
   "Py.echo"   unary: metadata reversed; uid "fail" raises ValueError("python says no"); uid "whoami"
               returns the caller's peer ID bytes; uid "big:N" returns N bytes.
   "Py.stream" stream in, stream out: each request's metadata reversed; uid "fail" raises
@@ -83,9 +84,10 @@ async def run_command(p2p: P2P, command: dict) -> dict:
 async def main():
     args = sys.argv[1:]
     dht_mode = "client" if "--dht-client" in args else "server"
-    initial_peers = [a for a in args if a != "--dht-client"]
+    host_maddrs = ["/ip4/127.0.0.1/tcp/0"] + (["/ip4/127.0.0.1/udp/0/quic"] if "--quic" in args else [])
+    initial_peers = [a for a in args if not a.startswith("--")]
     p2p = await P2P.create(
-        initial_peers=initial_peers, host_maddrs=["/ip4/127.0.0.1/tcp/0"], nat_port_map=False, dht_mode=dht_mode
+        initial_peers=initial_peers, host_maddrs=host_maddrs, nat_port_map=False, dht_mode=dht_mode
     )
     try:
         await p2p.add_protobuf_handler("Py.echo", echo, ExpertRequest)

@@ -11,7 +11,7 @@ use libp2p::core::upgrade::Version;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
-use libp2p::{identify, kad, noise, tcp, Multiaddr, PeerId, Swarm, Transport};
+use libp2p::{identify, kad, quic, tcp, Multiaddr, PeerId, Swarm, Transport};
 use libp2p_websocket as websocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -20,6 +20,7 @@ use super::behaviour::{Behaviour, BehaviourEvent};
 use super::kad_responder::KnownPeer;
 use super::muxer::RpcMuxer;
 use super::rpc::{Rpc, RpcShared};
+use super::security::SecurityUpgrade;
 use super::webrtc;
 use super::yamux_muxer::YamuxUpgrade;
 use crate::config::NodeConfig;
@@ -109,7 +110,7 @@ pub(crate) async fn start_host(
         // calls to other peers.
         rpc.enable_forwarding(identity.peer_id());
     }
-    let mut swarm = build_swarm(identity, rpc.clone(), config.idle_connection_timeout)?;
+    let mut swarm = build_swarm(identity, rpc.clone(), config)?;
     let mut waiting: HashSet<ListenerId> = HashSet::new();
     for addr in listen {
         let id = swarm
@@ -159,21 +160,31 @@ pub(crate) async fn start_host(
     Ok((handle, task))
 }
 
-/// TCP or WebSocket over TCP (`/ws`, which browsers can dial), then Noise, then yamux (as p2pd
-/// offers them); or WebRTC-direct (`/udp/N/webrtc-direct`, listen only, see [`super::webrtc`]). Every
-/// connection's muxer is wrapped in [`RpcMuxer`] so that hivemind's handler names reach our RPC
-/// layer.
-fn build_swarm(identity: &Identity, rpc: Arc<RpcShared>, idle_timeout: Duration) -> Result<Swarm<Behaviour>> {
+/// TCP or WebSocket over TCP (`/ws`, which browsers can dial), then Noise or TLS, then yamux (as p2pd
+/// offers them); QUIC (`/udp/N/quic-v1`); or WebRTC-direct (`/udp/N/webrtc-direct`, listen only, see
+/// [`super::webrtc`]). Every connection's muxer is wrapped in [`RpcMuxer`] so that hivemind's handler
+/// names reach our RPC layer.
+fn build_swarm(identity: &Identity, rpc: Arc<RpcShared>, config: &NodeConfig) -> Result<Swarm<Behaviour>> {
     let keypair = identity.keypair();
-    let noise = noise::Config::new(keypair)
-        .map_err(|e| Error::with_source(ErrorKind::Internal, "building the noise transport", e))?;
+    let security = SecurityUpgrade::new(keypair, &config.security)?;
     let tcp = || tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let mut quic_config = quic::Config::new(keypair);
+    // `/quic` (draft-29) as well as `/quic-v1`: hivemind's Python side cannot parse `/quic-v1`
+    // addresses, so a p2pd that hivemind can run listens on `/quic` only.
+    #[allow(deprecated)]
+    {
+        quic_config.support_draft_29 = true;
+    }
+    let quic =
+        quic::tokio::Transport::new(quic_config).map(|(peer, connection), _| (peer, StreamMuxerBox::new(connection)));
     let transport = websocket::Config::new(tcp())
         .or_transport(tcp())
         .upgrade(Version::V1Lazy)
-        .authenticate(noise)
+        .authenticate(security)
         .multiplex(YamuxUpgrade::default())
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .or_transport(quic)
+        .map(|either, _| either.into_inner())
         .or_transport(webrtc::transport(keypair)?)
         .map({
             let rpc = rpc.clone();
@@ -185,8 +196,9 @@ fn build_swarm(identity: &Identity, rpc: Arc<RpcShared>, idle_timeout: Duration)
         })
         .boxed();
     let behaviour = Behaviour::new(keypair.public(), rpc);
-    let config = libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(idle_timeout);
-    Ok(Swarm::new(transport, behaviour, keypair.public().to_peer_id(), config))
+    let swarm_config =
+        libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(config.idle_connection_timeout);
+    Ok(Swarm::new(transport, behaviour, keypair.public().to_peer_id(), swarm_config))
 }
 
 /// How often kad's routing table is refreshed (p2pd's kad refreshes every 10 minutes).

@@ -1,4 +1,4 @@
-//! The libp2p host: TCP + Noise + yamux (or WebRTC-direct for browsers, `webrtc`), identify, ping and Kademlia, as p2pd peers speak them,
+//! The libp2p host: TCP + Noise or TLS + yamux, QUIC (or WebRTC-direct for browsers, `webrtc`), identify, ping and Kademlia, as p2pd peers speak them,
 //! plus hivemind RPC (unary and streaming) as caller and handler.
 //!
 //! The swarm runs as one task on the node's runtime; the rest of the library talks to it through
@@ -29,6 +29,8 @@ mod muxer;
 #[cfg(feature = "native")]
 mod rpc;
 #[cfg(feature = "native")]
+mod security;
+#[cfg(feature = "native")]
 mod webrtc;
 #[cfg(feature = "native")]
 mod yamux_muxer;
@@ -39,3 +41,5 @@ pub use host::PeerInfo;
 pub(crate) use host::{start_host, HostHandle};
 #[cfg(feature = "native")]
 pub use rpc::{RequestStream, ResponseStream, Rpc, RpcLimits};
+#[cfg(feature = "native")]
+pub use security::Security;
