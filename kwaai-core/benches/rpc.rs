@@ -6,7 +6,8 @@
 //!   `echo`   unary, returns the request unchanged (payload travels both ways);
 //!   `sink`   streaming input, replies once with the number of bytes received;
 //!   `source` one request "COUNT,SIZE", replies with COUNT messages of SIZE bytes.
-//! Measured on the client: unary echo p50/p99 for 64 B (2000 calls after 200 warm-up) and 1 MiB
+//! Measured on the client: the machine's loopback floor (`tcp_floor_64B`: 64 B echoed over a plain
+//! TCP socket between the same two processes), unary echo p50/p99 for 64 B (2000 calls after 200 warm-up) and 1 MiB
 //! (100 after 10), and streaming throughput for 64 MiB in 1 MiB messages each way (one 8 MiB
 //! warm-up, then 5 runs: best and median). MB/s = 1e6 bytes/s of payload. Prints one JSON line.
 //! A filter argument (`cargo bench -p kwaai-core --bench rpc -- unary_64B`) runs only the parts
@@ -14,7 +15,7 @@
 //! `KWAAI_RPC_BENCH_SECURITY=tls` (or `noise`, the default) picks the connection's security and
 //! `KWAAI_RPC_BENCH_LISTEN=/ip4/127.0.0.1/udp/0/quic-v1` the server's listener (TCP by default).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -69,8 +70,10 @@ fn serve() {
         })
     })
     .unwrap();
-    println!("{}", node.listen_addrs()[0]);
+    let floor = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    println!("{} {}", node.listen_addrs()[0], floor.local_addr().unwrap());
     std::io::stdout().flush().unwrap();
+    std::thread::spawn(move || serve_tcp_echo(floor));
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line); // until the client closes our stdin
 }
@@ -90,6 +93,38 @@ fn async_stream(
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     let index = ((sorted.len() - 1) as f64 * q).round() as usize;
     sorted[index]
+}
+
+/// Echoes whatever its one client sends, over plain TCP with blocking I/O: the round-trip floor.
+fn serve_tcp_echo(listener: std::net::TcpListener) {
+    let Ok((mut socket, _)) = listener.accept() else { return };
+    socket.set_nodelay(true).unwrap();
+    let mut buffer = vec![0u8; 1 << 16];
+    while let Ok(n @ 1..) = socket.read(&mut buffer) {
+        if socket.write_all(&buffer[..n]).is_err() {
+            return;
+        }
+    }
+}
+
+/// The loopback round-trip floor of this machine: `size` bytes each way over a plain TCP socket
+/// with blocking I/O between the same two processes (no encryption, muxing or runtime).
+fn tcp_floor(addr: &str, size: usize, calls: usize, warmup: usize) -> serde_json::Value {
+    let mut socket = std::net::TcpStream::connect(addr).unwrap();
+    socket.set_nodelay(true).unwrap();
+    let request = vec![0x5au8; size];
+    let mut reply = vec![0u8; size];
+    let mut latencies = Vec::with_capacity(calls);
+    for i in 0..warmup + calls {
+        let start = Instant::now();
+        socket.write_all(&request).unwrap();
+        socket.read_exact(&mut reply).unwrap();
+        if i >= warmup {
+            latencies.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    serde_json::json!({ "p50_ms": percentile(&latencies, 0.5), "p99_ms": percentile(&latencies, 0.99), "calls": calls })
 }
 
 /// Unary echo calls made one after another by a task on the client node's runtime, as `rpc.py`
@@ -163,14 +198,16 @@ fn main() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("server process starts");
-    let mut addr = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut addr).unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let (addr, floor_addr) = line.trim().split_once(' ').expect("the server's two addresses");
     let client = start_node();
-    let info = client.connect(addr.trim(), T).expect("client connects");
+    let info = client.connect(addr, T).expect("client connects");
     let peer = info.peer_id;
     let started = Instant::now();
     let mut result = serde_json::json!({ "bench": "rpc_rust", "mode": "separate_processes" });
-    let parts: [(&str, &dyn Fn() -> serde_json::Value); 4] = [
+    let parts: [(&str, &dyn Fn() -> serde_json::Value); 5] = [
+        ("tcp_floor_64B", &|| tcp_floor(floor_addr, 64, 2000, 200)),
         ("unary_64B", &|| unary(&client, peer, 64, 2000, 200)),
         ("unary_1MiB", &|| unary(&client, peer, MIB, 100, 10)),
         ("stream_upload", &|| throughput(|n| upload(&client, peer, n), 64, 5)),

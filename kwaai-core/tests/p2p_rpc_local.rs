@@ -65,6 +65,7 @@ fn calls_run_over_tls_and_over_quic() {
     for (listen, a_security, b_security) in [
         ("/ip4/127.0.0.1/tcp/0", &tls[..], &both[..]),
         ("/ip4/127.0.0.1/tcp/0", &both[..], &tls[..]),
+        ("/ip4/127.0.0.1/tcp/0/ws", &both[..], &both[..]),
         ("/ip4/127.0.0.1/tcp/0/ws", &tls[..], &tls[..]),
         ("/ip4/127.0.0.1/udp/0/quic-v1", &both[..], &both[..]),
     ] {

@@ -181,7 +181,7 @@ fn build_swarm(identity: &Identity, rpc: Arc<RpcShared>, config: &NodeConfig) ->
         .or_transport(tcp())
         .upgrade(Version::V1Lazy)
         .authenticate(security)
-        .multiplex(YamuxUpgrade::default())
+        .multiplex(YamuxUpgrade)
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
         .or_transport(quic)
         .map(|either, _| either.into_inner())

@@ -43,3 +43,7 @@ pub(crate) use host::{start_host, HostHandle};
 pub use rpc::{RequestStream, ResponseStream, Rpc, RpcLimits};
 #[cfg(feature = "native")]
 pub use security::Security;
+/// Our yamux, fed arbitrary peer bytes (for the `p2p_yamux` fuzz target).
+#[cfg(feature = "native")]
+#[doc(hidden)]
+pub use yamux_muxer::serve_peer_bytes as fuzz_yamux;

@@ -55,21 +55,12 @@ pub(crate) struct RpcStream {
     skip_write: usize,
     /// Our multistream answer, when it was deferred to go out with the first reply.
     answer: Vec<u8>,
-    nudge: ConnectionNudge,
     _active: Option<ActiveGuard>,
 }
 
 impl RpcStream {
     fn plain(inner: SubstreamBox) -> Self {
-        RpcStream {
-            inner,
-            prefix: Vec::new(),
-            read: 0,
-            skip_write: 0,
-            answer: Vec::new(),
-            nudge: ConnectionNudge(None),
-            _active: None,
-        }
+        RpcStream { inner, prefix: Vec::new(), read: 0, skip_write: 0, answer: Vec::new(), _active: None }
     }
 
     /// The multistream answer the handler must send before anything else (empty if already sent).
@@ -103,9 +94,7 @@ impl AsyncWrite for RpcStream {
             this.skip_write -= n;
             return Poll::Ready(Ok(n));
         }
-        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.nudge.wake();
-        written
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -113,29 +102,7 @@ impl AsyncWrite for RpcStream {
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let closed = Pin::new(&mut this.inner).poll_close(cx);
-        this.nudge.wake();
-        closed
-    }
-}
-
-/// Wakes a connection's task once, after the first frame of a stream opened outside that task
-/// is queued (or when the stream goes away unused): yamux only notices such a stream when its
-/// connection is polled again, and waking it before the frame is queued would cost a second run.
-struct ConnectionNudge(Option<Arc<AtomicWaker>>);
-
-impl ConnectionNudge {
-    fn wake(&mut self) {
-        if let Some(task) = self.0.take() {
-            task.wake();
-        }
-    }
-}
-
-impl Drop for ConnectionNudge {
-    fn drop(&mut self) {
-        self.wake();
+        Pin::new(&mut self.get_mut().inner).poll_close(cx)
     }
 }
 
@@ -143,9 +110,8 @@ impl Drop for ConnectionNudge {
 struct Activity {
     open: AtomicUsize,
     changes: AtomicU64,
-    /// The connection task's waker. Yamux only notices a stream opened outside that task (its
-    /// command channel, its writes, its drop) once the task polls the muxer again, and the
-    /// keep-alive handler only sees a stream close when it is polled.
+    /// The connection task's waker: the keep-alive handler only sees a stream close when it is
+    /// polled.
     connection_task: Arc<AtomicWaker>,
 }
 
@@ -230,11 +196,7 @@ impl Connections {
             let inner = futures::future::poll_fn(|cx| lock(&muxer).poll_outbound_unpin(cx))
                 .await
                 .map_err(|e| Error::with_source(ErrorKind::Network, "opening a stream", e))?;
-            Ok(RpcStream {
-                nudge: ConnectionNudge(Some(activity.connection_task.clone())),
-                _active: Some(ActiveGuard::new(&activity)),
-                ..RpcStream::plain(inner)
-            })
+            Ok(RpcStream { _active: Some(ActiveGuard::new(&activity)), ..RpcStream::plain(inner) })
         })
     }
 
