@@ -154,21 +154,44 @@ fn unary(node: &Node, peer: PeerId, size: usize, calls: usize, warmup: usize) ->
     })
 }
 
+/// Streams `messages` MiB to `sink` from a task on the client's runtime.
 fn upload(node: &Node, peer: PeerId, messages: usize) -> f64 {
-    let chunk = vec![0xa5u8; MIB];
-    let requests = vec![chunk; messages];
-    let start = Instant::now();
-    let replies = node.call_stream(peer, "sink", requests, T).unwrap();
-    let elapsed = start.elapsed().as_secs_f64();
+    let requests = vec![vec![0xa5u8; MIB]; messages];
+    let rpc = node.rpc().unwrap();
+    let runtime = node.runtime().unwrap();
+    let (elapsed, replies) = runtime
+        .block_on(runtime.spawn(async move {
+            let start = Instant::now();
+            let mut replies = rpc.call_stream(peer, "sink", futures::stream::iter(requests), T).await.unwrap();
+            let mut got = Vec::new();
+            while let Some(reply) = replies.next().await {
+                got.push(reply.unwrap());
+            }
+            (start.elapsed().as_secs_f64(), got)
+        }))
+        .unwrap();
     assert_eq!(replies, vec![(messages * MIB).to_string().into_bytes()]);
     elapsed
 }
 
+/// Receives `messages` MiB from `source` in a task on the client's runtime, counting each
+/// message and letting it go, as `rpc.py` does.
 fn download(node: &Node, peer: PeerId, messages: usize) -> f64 {
-    let start = Instant::now();
-    let replies = node.call_stream(peer, "source", vec![format!("{messages},{MIB}").into_bytes()], T).unwrap();
-    let elapsed = start.elapsed().as_secs_f64();
-    assert_eq!(replies.len(), messages);
+    let rpc = node.rpc().unwrap();
+    let runtime = node.runtime().unwrap();
+    let (elapsed, total) = runtime
+        .block_on(runtime.spawn(async move {
+            let start = Instant::now();
+            let request = futures::stream::iter([format!("{messages},{MIB}").into_bytes()]);
+            let mut replies = rpc.call_stream(peer, "source", request, T).await.unwrap();
+            let mut total = 0;
+            while let Some(reply) = replies.next().await {
+                total += reply.unwrap().len();
+            }
+            (start.elapsed().as_secs_f64(), total)
+        }))
+        .unwrap();
+    assert_eq!(total, messages * MIB);
     elapsed
 }
 

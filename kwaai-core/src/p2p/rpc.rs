@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::forward;
 use super::framing::{
-    append_forward_request, append_unary_envelope, check_name, read_forward_answer, read_frame,
+    append_forward_request, append_unary_envelope, check_name, io_error, read_forward_answer, read_frame,
     read_negotiation_answer, read_unary_envelope, remote_error, unary_call, unary_reply, write_all, write_error_frame,
     write_frame, Frame, CALL_ID_LEN,
 };
@@ -509,7 +509,8 @@ async fn serve_unary(
         };
         append_unary_envelope(&refusal, &mut out);
     }
-    write_all(&mut stream, &out).await?;
+    // No flush before the close: the reply and the end of the stream leave in one write.
+    stream.write_all(&out).await.map_err(io_error)?;
     let _ = stream.close().await;
     Ok(())
 }

@@ -49,7 +49,7 @@ pub(crate) const MAX_STREAMS: usize = 512;
 /// Inbound streams held while the swarm has not taken them yet; more are reset.
 const MAX_BUFFERED_INBOUND: usize = 256;
 /// Unsent bytes a writer may queue before it waits for the socket.
-const MAX_QUEUED: usize = 1 << 20;
+const MAX_QUEUED: usize = 128 << 10;
 /// Socket reads per poll of the connection task before it lets other tasks run.
 const READS_PER_POLL: usize = 16;
 /// Size of the connection's read buffer.
@@ -329,20 +329,25 @@ impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
     /// Reads and handles frames until the socket has no more for now.
     fn drive(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         let shared = self.shared.clone();
-        let mut inner = lock(&shared);
-        inner.check()?;
-        if !inner.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            inner.driver = Some(cx.waker().clone());
+        {
+            let mut inner = lock(&shared);
+            inner.check()?;
+            if !inner.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                inner.driver = Some(cx.waker().clone());
+            }
         }
-        let mut reads = 0;
-        loop {
+        // The lock is taken again for each read, so that streams can take what came while the
+        // next Noise message is read and decrypted.
+        for reads in 0.. {
+            let mut inner = lock(&shared);
             if let Err(e) = self.handle_frames(&mut inner) {
                 inner.fail(e.kind(), e.to_string());
                 return Err(e);
             }
             if reads == READS_PER_POLL {
                 cx.waker().wake_by_ref();
-                break;
+                inner.flush_soon(&shared.flush_waker);
+                return Ok(());
             }
             if self.start > 0 {
                 self.read_buf.copy_within(self.start..self.end, 0);
@@ -354,18 +359,17 @@ impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
                     inner.fail(io::ErrorKind::ConnectionReset, "connection lost".into());
                     return inner.check();
                 }
-                Poll::Ready(Ok(n)) => {
-                    self.end += n;
-                    reads += 1;
-                }
+                Poll::Ready(Ok(n)) => self.end += n,
                 Poll::Ready(Err(e)) => {
                     inner.fail(e.kind(), format!("connection lost: {e}"));
                     return Err(e);
                 }
-                Poll::Pending => break,
+                Poll::Pending => {
+                    inner.flush_soon(&shared.flush_waker);
+                    return Ok(());
+                }
             }
         }
-        inner.flush_soon(&shared.flush_waker);
         Ok(())
     }
 
