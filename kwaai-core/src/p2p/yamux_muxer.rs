@@ -7,10 +7,12 @@
 //! the socket ([`StreamMuxer::poll`] and [`StreamMuxer::poll_inbound`]); it hands each frame's
 //! payload to its stream's buffer and wakes that stream's reader.
 //!
-//! Windows: each stream grants its peer [`RECEIVE_WINDOW`] bytes at once (the spec's 256 KiB plus a
+//! Windows: each stream grants its peer [`LARGE_WINDOW`] bytes at once (the spec's 256 KiB plus a
 //! window update sent with the stream's SYN or ACK), so a 1 MiB message never waits for an update,
-//! and tops the window up whenever half of it was read. Outgoing data frames just fill one Noise
-//! message. Memory per connection is bounded by [`MAX_STREAMS`] times that window.
+//! and tops the window up whenever half of it was read. Only the first [`LARGE_WINDOW_STREAMS`]
+//! streams open at a time get that; the others keep the spec's window, which bounds what a peer can
+//! make a connection buffer (about 160 MiB at [`MAX_STREAMS`] streams). Outgoing data frames just
+//! fill one Noise message.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -37,15 +39,17 @@ const FIN: u16 = 4;
 const RST: u16 = 8;
 /// The window every stream starts with in both directions (the spec's).
 const DEFAULT_WINDOW: u32 = 256 * 1024;
-/// The receive window we grant each stream.
-pub(crate) const RECEIVE_WINDOW: u32 = 2 << 20;
+/// The receive window we grant a stream when few are open.
+const LARGE_WINDOW: u32 = 2 << 20;
+/// How many streams at a time get [`LARGE_WINDOW`].
+const LARGE_WINDOW_STREAMS: usize = 16;
 /// The largest plaintext libp2p-noise puts in one Noise transport message (65535 bytes, less the
 /// 1024 it keeps for the tag and spare room).
 const NOISE_MAX_PLAINTEXT: usize = 65535 - 1024;
 /// Largest data frame payload we send: header and payload fill one Noise message.
 const MAX_DATA_FRAME: usize = NOISE_MAX_PLAINTEXT - HEADER_LEN;
 /// Open streams per connection, both directions; an inbound stream beyond them is reset.
-pub(crate) const MAX_STREAMS: usize = 512;
+const MAX_STREAMS: usize = 512;
 /// Inbound streams held while the swarm has not taken them yet; more are reset.
 const MAX_BUFFERED_INBOUND: usize = 256;
 /// Unsent bytes a writer may queue before it waits for the socket.
@@ -165,6 +169,8 @@ struct Inner<C> {
 #[derive(Default)]
 struct StreamState {
     recv: BytesMut,
+    /// The window we grant: what the peer may have sent and we have not read.
+    window: u32,
     /// Bytes the peer may still send before our next window update.
     recv_window: u32,
     /// Bytes read by the stream's owner and not granted back yet.
@@ -180,8 +186,8 @@ struct StreamState {
 }
 
 impl StreamState {
-    fn new(send_window: u32) -> Self {
-        StreamState { recv_window: RECEIVE_WINDOW, send_window, ..StreamState::default() }
+    fn new(window: u32) -> Self {
+        StreamState { window, recv_window: window, send_window: DEFAULT_WINDOW, ..StreamState::default() }
     }
 
     fn wake(&mut self) {
@@ -213,6 +219,15 @@ impl<C> Inner<C> {
         self.out.extend_from_slice(&flags.to_be_bytes());
         self.out.extend_from_slice(&id.to_be_bytes());
         self.out.extend_from_slice(&length.to_be_bytes());
+    }
+
+    /// The window to grant a new stream.
+    fn grant(&self) -> u32 {
+        if self.streams.len() < LARGE_WINDOW_STREAMS {
+            LARGE_WINDOW
+        } else {
+            DEFAULT_WINDOW
+        }
     }
 
     fn queued(&self) -> usize {
@@ -428,7 +443,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
                                 )));
                             }
                             stream.recv_window -= length;
-                        } else if length > RECEIVE_WINDOW {
+                        } else if length > LARGE_WINDOW {
                             return Err(protocol_error(format!("a data frame of {length} bytes")));
                         }
                         self.body = Some((id, length as usize, flags & (FIN | RST)));
@@ -461,8 +476,9 @@ impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
                 inner.push_frame(TYPE_WINDOW_UPDATE, RST, id, 0);
                 return Ok(());
             }
-            inner.streams.insert(id, StreamState::new(DEFAULT_WINDOW));
-            inner.push_frame(TYPE_WINDOW_UPDATE, ACK, id, RECEIVE_WINDOW - DEFAULT_WINDOW);
+            let window = inner.grant();
+            inner.streams.insert(id, StreamState::new(window));
+            inner.push_frame(TYPE_WINDOW_UPDATE, ACK, id, window - DEFAULT_WINDOW);
             inner.inbound.push_back(id);
             if let Some(w) = inner.inbound_waker.take() {
                 w.wake();
@@ -529,9 +545,10 @@ impl<C: AsyncRead + AsyncWrite + Unpin> StreamMuxer for YamuxMuxer<C> {
         }
         let id = inner.next_id;
         inner.next_id = id.checked_add(2).ok_or_else(|| io::Error::other("yamux stream IDs are used up"))?;
-        inner.streams.insert(id, StreamState::new(DEFAULT_WINDOW));
+        let window = inner.grant();
+        inner.streams.insert(id, StreamState::new(window));
         // The SYN goes out with the stream's first flush.
-        inner.push_frame(TYPE_WINDOW_UPDATE, SYN, id, RECEIVE_WINDOW - DEFAULT_WINDOW);
+        inner.push_frame(TYPE_WINDOW_UPDATE, SYN, id, window - DEFAULT_WINDOW);
         Poll::Ready(Ok(YamuxStream { id, shared: this.shared.clone() }))
     }
 
@@ -580,7 +597,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> AsyncRead for YamuxStream<C> {
             buf[..n].copy_from_slice(&stream.recv[..n]);
             stream.recv.advance(n);
             stream.consumed += n as u32;
-            if stream.consumed >= RECEIVE_WINDOW / 2 && !stream.remote_closed && !stream.reset {
+            if stream.consumed >= stream.window / 2 && !stream.remote_closed && !stream.reset {
                 let delta = std::mem::take(&mut stream.consumed);
                 stream.recv_window += delta;
                 inner.push_frame(TYPE_WINDOW_UPDATE, 0, this.id, delta);
@@ -855,7 +872,7 @@ mod tests {
         let mut h = Harness::new(input, false);
         h.poll().unwrap();
         let mut stream = h.inbound().expect("the peer's stream");
-        assert_eq!(h.sent(), vec![(TYPE_WINDOW_UPDATE, ACK, 1, RECEIVE_WINDOW - DEFAULT_WINDOW, vec![])]);
+        assert_eq!(h.sent(), vec![(TYPE_WINDOW_UPDATE, ACK, 1, LARGE_WINDOW - DEFAULT_WINDOW, vec![])]);
         let mut got = Vec::new();
         while let Poll::Ready(Ok(bytes)) = read(&mut stream) {
             if bytes.is_empty() {
@@ -891,7 +908,7 @@ mod tests {
         assert_eq!(written, DEFAULT_WINDOW as usize, "the peer granted only the default window so far");
         // Waiting on the window flushed what was queued: the peer must see it to grant more.
         let sent = h.sent();
-        assert_eq!(sent[0], (TYPE_WINDOW_UPDATE, SYN, 1, RECEIVE_WINDOW - DEFAULT_WINDOW, vec![]));
+        assert_eq!(sent[0], (TYPE_WINDOW_UPDATE, SYN, 1, LARGE_WINDOW - DEFAULT_WINDOW, vec![]));
         assert!(sent[1..].iter().all(|f| f.0 == TYPE_DATA && f.2 == 1 && f.3 as usize <= MAX_DATA_FRAME));
         assert_eq!(sent[1..].iter().map(|f| f.3 as usize).sum::<usize>(), DEFAULT_WINDOW as usize);
         h.feed(&frame(TYPE_WINDOW_UPDATE, ACK, 1, 10, &[]));
@@ -933,7 +950,7 @@ mod tests {
     fn a_peer_that_breaks_the_protocol_loses_the_connection() {
         let over_window = {
             let mut input = data(SYN, 1, b"");
-            input.extend(frame(TYPE_DATA, 0, 1, RECEIVE_WINDOW + 1, &[]));
+            input.extend(frame(TYPE_DATA, 0, 1, LARGE_WINDOW + 1, &[]));
             input
         };
         let cases: [(&str, Vec<u8>); 4] = [
@@ -949,6 +966,21 @@ mod tests {
             assert!(err.to_string().contains(why), "{why}: {err}");
             assert!(matches!(Pin::new(&mut h.muxer).poll_outbound(&mut noop()), Poll::Ready(Err(_))), "{why}");
         }
+    }
+
+    #[test]
+    fn only_the_first_streams_get_the_large_window() {
+        let input: Vec<u8> = (0..LARGE_WINDOW_STREAMS as u32 + 2).flat_map(|i| data(SYN, 2 * i + 1, b"")).collect();
+        let mut h = Harness::new(input, false);
+        h.poll().unwrap();
+        let grants: Vec<u32> = h.sent().into_iter().filter(|f| f.1 == ACK).map(|f| f.3).collect();
+        let mut expected = vec![LARGE_WINDOW - DEFAULT_WINDOW; LARGE_WINDOW_STREAMS];
+        expected.extend([0, 0]);
+        assert_eq!(grants, expected);
+        // The peer may send a small-window stream its window and no more.
+        let last = 2 * (LARGE_WINDOW_STREAMS as u32 + 1) + 1;
+        h.feed(&frame(TYPE_DATA, 0, last, DEFAULT_WINDOW + 1, &[]));
+        assert!(h.poll().unwrap_err().to_string().contains("exceed its window"));
     }
 
     #[test]
