@@ -13,10 +13,10 @@ pub const DEFAULT_LISTEN_ADDR: &str = "/ip4/127.0.0.1/tcp/0";
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     /// Multiaddrs to listen on, e.g. `/ip4/127.0.0.1/tcp/0`. Empty means [`DEFAULT_LISTEN_ADDR`].
-    /// `/ip4/127.0.0.1/udp/0/quic-v1` listens on QUIC, which p2pd dials and listens on too when
-    /// given such an address. Browsers can dial `/tcp/N/ws` and `/udp/N/webrtc-direct` listeners (the latter's
-    /// `/certhash/...` changes on every start); a node with either forwards their calls. A node
-    /// does not dial WebRTC-direct itself: native peers reach it over TCP.
+    /// `/udp/N/quic-v1` and `/udp/N/quic` (draft-29, the only QUIC that hivemind's Python side can
+    /// parse) listen on QUIC. Browsers can dial `/tcp/N/ws` and `/udp/N/webrtc-direct` listeners
+    /// (the latter's `/certhash/...` changes on every start); a node with either forwards their
+    /// calls. A node does not dial WebRTC-direct itself: native peers reach it over TCP.
     pub listen_addrs: Vec<String>,
     /// A libp2p private-key file (hivemind's format: a protobuf `PrivateKey`). When the file is
     /// missing a fresh Ed25519 key is written there (mode 0400); when `None` the node gets a fresh

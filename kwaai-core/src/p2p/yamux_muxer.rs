@@ -164,6 +164,8 @@ struct Inner<C> {
     failed: Option<(io::ErrorKind, String)>,
     /// The peer sent GoAway: no new streams.
     go_away: bool,
+    /// The same as [`Shared::flush_waker`], to wake its waiters when the connection fails.
+    flush_waker: Arc<FlushWaker>,
 }
 
 #[derive(Default)]
@@ -253,6 +255,10 @@ impl<C> Inner<C> {
         if let Some(w) = self.driver.take() {
             w.wake();
         }
+        if let Some(w) = self.inbound_waker.take() {
+            w.wake();
+        }
+        Wake::wake_by_ref(&self.flush_waker);
     }
 
     /// Resets stream `id` towards the peer and forgets it.
@@ -317,6 +323,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Inner<C> {
 
 impl<C> YamuxMuxer<C> {
     fn new(socket: C, dialer: bool) -> Self {
+        let flush_waker = Arc::<FlushWaker>::default();
         let inner = Inner {
             socket,
             out: Vec::new(),
@@ -329,9 +336,10 @@ impl<C> YamuxMuxer<C> {
             driver: None,
             failed: None,
             go_away: false,
+            flush_waker: flush_waker.clone(),
         };
         YamuxMuxer {
-            shared: Arc::new(Shared { inner: Mutex::new(inner), flush_waker: Arc::default() }),
+            shared: Arc::new(Shared { inner: Mutex::new(inner), flush_waker }),
             read_buf: vec![0u8; READ_BUFFER].into_boxed_slice(),
             start: 0,
             end: 0,
