@@ -54,6 +54,8 @@ const MAX_STREAMS: usize = 512;
 const MAX_BUFFERED_INBOUND: usize = 256;
 /// Unsent bytes a writer may queue before it waits for the socket.
 const MAX_QUEUED: usize = 128 << 10;
+/// Unsent bytes after which a peer that sends but does not read (pings, say) loses the connection.
+const MAX_UNSENT: usize = 4 << 20;
 /// Socket reads per poll of the connection task before it lets other tasks run.
 const READS_PER_POLL: usize = 16;
 /// Size of the connection's read buffer.
@@ -364,6 +366,11 @@ impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
         for reads in 0.. {
             let mut inner = lock(&shared);
             if let Err(e) = self.handle_frames(&mut inner) {
+                inner.fail(e.kind(), e.to_string());
+                return Err(e);
+            }
+            if inner.queued() > MAX_UNSENT {
+                let e = protocol_error(format!("the peer left {} bytes of ours unread", inner.queued()));
                 inner.fail(e.kind(), e.to_string());
                 return Err(e);
             }
@@ -713,6 +720,8 @@ struct MemorySocket {
     /// Bytes each read returns at most.
     chunk: usize,
     output: Arc<Mutex<Vec<u8>>>,
+    /// Writes wait (forever) while this is set: a peer that does not read.
+    stalled: bool,
 }
 
 impl AsyncRead for MemorySocket {
@@ -730,6 +739,9 @@ impl AsyncRead for MemorySocket {
 
 impl AsyncWrite for MemorySocket {
     fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.stalled {
+            return Poll::Pending;
+        }
         self.output.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -749,7 +761,8 @@ impl AsyncWrite for MemorySocket {
 #[doc(hidden)]
 pub fn serve_peer_bytes(input: &[u8], chunk: usize) -> io::Result<Vec<u8>> {
     let output = Arc::new(Mutex::new(Vec::new()));
-    let socket = MemorySocket { input: input.to_vec(), read: 0, chunk: chunk.max(1), output: output.clone() };
+    let socket =
+        MemorySocket { input: input.to_vec(), read: 0, chunk: chunk.max(1), output: output.clone(), stalled: false };
     let mut muxer = YamuxMuxer::new(socket, false);
     let waker = futures::task::noop_waker();
     let mut cx = Context::from_waker(&waker);
@@ -830,7 +843,7 @@ mod tests {
     impl Harness {
         fn new(input: Vec<u8>, dialer: bool) -> Self {
             let output = Arc::new(Mutex::new(Vec::new()));
-            let socket = MemorySocket { input, read: 0, chunk: 7, output: output.clone() };
+            let socket = MemorySocket { input, read: 0, chunk: 7, output: output.clone(), stalled: false };
             Harness { muxer: YamuxMuxer::new(socket, dialer), output }
         }
 
@@ -989,6 +1002,15 @@ mod tests {
         let last = 2 * (LARGE_WINDOW_STREAMS as u32 + 1) + 1;
         h.feed(&frame(TYPE_DATA, 0, last, DEFAULT_WINDOW + 1, &[]));
         assert!(h.poll().unwrap_err().to_string().contains("exceed its window"));
+    }
+
+    #[test]
+    fn a_peer_that_sends_pings_and_reads_nothing_loses_the_connection() {
+        let pings = MAX_UNSENT / HEADER_LEN + 1;
+        let mut h = Harness::new(frame(TYPE_PING, SYN, 0, 1, &[]).repeat(pings), false);
+        lock(&h.muxer.shared).socket.stalled = true;
+        let err = h.poll().expect_err("the peer reads nothing");
+        assert!(err.to_string().contains("unread"), "{err}");
     }
 
     #[test]
