@@ -30,6 +30,10 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// The WebRTC-direct transport for `keypair`, with a certificate generated now; it listens only.
 pub(crate) fn transport(keypair: &libp2p::identity::Keypair) -> Result<Boxed<(PeerId, StreamMuxerBox)>> {
+    // webrtc-rs's DTLS takes rustls's process-wide crypto provider, which rustls can no longer pick
+    // by itself once both of its providers are compiled in (libp2p's TLS and QUIC bring aws-lc-rs,
+    // webrtc-rs brings ring). Install ring's, as before, unless the application installed one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let certificate = Certificate::generate(&mut rand_010::rng())
         .map_err(|e| Error::with_source(ErrorKind::Internal, "generating the WebRTC certificate", e))?;
     let transport = libp2p_webrtc::tokio::Transport::new(keypair.clone(), certificate)
