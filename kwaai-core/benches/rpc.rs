@@ -15,11 +15,13 @@
 //! `KWAAI_RPC_BENCH_SECURITY=tls` (or `noise`, the default) picks the connection's security and
 //! `KWAAI_RPC_BENCH_LISTEN=/ip4/127.0.0.1/udp/0/quic-v1` the server's listener (TCP by default).
 
+use std::future::Future;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use kwaai_core::p2p::Rpc;
 use kwaai_core::{Node, NodeConfig, PeerId, Security};
 
 const MIB: usize = 1 << 20;
@@ -127,26 +129,28 @@ fn tcp_floor(addr: &str, size: usize, calls: usize, warmup: usize) -> serde_json
     serde_json::json!({ "p50_ms": percentile(&latencies, 0.5), "p99_ms": percentile(&latencies, 0.99), "calls": calls })
 }
 
-/// Unary echo calls made one after another by a task on the client node's runtime, as `rpc.py`
-/// makes them from its event loop.
+/// Runs `work` as a task on the client node's runtime, as `rpc.py` runs its calls in its event
+/// loop, and waits for its result.
+fn on_client<T: Send + 'static, F: Future<Output = T> + Send + 'static>(node: &Node, work: impl FnOnce(Rpc) -> F) -> T {
+    let runtime = node.runtime().unwrap();
+    runtime.block_on(runtime.spawn(work(node.rpc().unwrap()))).unwrap()
+}
+
+/// Unary echo calls made one after another.
 fn unary(node: &Node, peer: PeerId, size: usize, calls: usize, warmup: usize) -> serde_json::Value {
     let request: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-    let rpc = node.rpc().unwrap();
-    let runtime = node.runtime().unwrap();
-    let mut latencies = runtime
-        .block_on(runtime.spawn(async move {
-            let mut latencies = Vec::with_capacity(calls);
-            for i in 0..warmup + calls {
-                let start = Instant::now();
-                let reply = rpc.call_unary(peer, "echo", request.clone(), T).await.unwrap();
-                if i >= warmup {
-                    latencies.push(start.elapsed().as_secs_f64() * 1e3);
-                }
-                assert_eq!(reply.len(), size);
+    let mut latencies = on_client(node, |rpc| async move {
+        let mut latencies = Vec::with_capacity(calls);
+        for i in 0..warmup + calls {
+            let start = Instant::now();
+            let reply = rpc.call_unary(peer, "echo", request.clone(), T).await.unwrap();
+            if i >= warmup {
+                latencies.push(start.elapsed().as_secs_f64() * 1e3);
             }
-            latencies
-        }))
-        .unwrap();
+            assert_eq!(reply.len(), size);
+        }
+        latencies
+    });
     let mean = latencies.iter().sum::<f64>() / calls as f64;
     latencies.sort_by(f64::total_cmp);
     serde_json::json!({
@@ -154,43 +158,35 @@ fn unary(node: &Node, peer: PeerId, size: usize, calls: usize, warmup: usize) ->
     })
 }
 
-/// Streams `messages` MiB to `sink` from a task on the client's runtime.
+/// Streams `messages` MiB to `sink`.
 fn upload(node: &Node, peer: PeerId, messages: usize) -> f64 {
     let requests = vec![vec![0xa5u8; MIB]; messages];
-    let rpc = node.rpc().unwrap();
-    let runtime = node.runtime().unwrap();
-    let (elapsed, replies) = runtime
-        .block_on(runtime.spawn(async move {
-            let start = Instant::now();
-            let mut replies = rpc.call_stream(peer, "sink", futures::stream::iter(requests), T).await.unwrap();
-            let mut got = Vec::new();
-            while let Some(reply) = replies.next().await {
-                got.push(reply.unwrap());
-            }
-            (start.elapsed().as_secs_f64(), got)
-        }))
-        .unwrap();
+    let (elapsed, replies) = on_client(node, |rpc| async move {
+        let start = Instant::now();
+        let mut replies = rpc.call_stream(peer, "sink", futures::stream::iter(requests), T).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(reply) = replies.next().await {
+            got.push(reply.unwrap());
+        }
+        (start.elapsed().as_secs_f64(), got)
+    });
     assert_eq!(replies, vec![(messages * MIB).to_string().into_bytes()]);
     elapsed
 }
 
-/// Receives `messages` MiB from `source` in a task on the client's runtime, counting each
-/// message and letting it go, as `rpc.py` does.
+/// Receives `messages` MiB from `source`, counting each message and letting it go, as `rpc.py`
+/// does.
 fn download(node: &Node, peer: PeerId, messages: usize) -> f64 {
-    let rpc = node.rpc().unwrap();
-    let runtime = node.runtime().unwrap();
-    let (elapsed, total) = runtime
-        .block_on(runtime.spawn(async move {
-            let start = Instant::now();
-            let request = futures::stream::iter([format!("{messages},{MIB}").into_bytes()]);
-            let mut replies = rpc.call_stream(peer, "source", request, T).await.unwrap();
-            let mut total = 0;
-            while let Some(reply) = replies.next().await {
-                total += reply.unwrap().len();
-            }
-            (start.elapsed().as_secs_f64(), total)
-        }))
-        .unwrap();
+    let (elapsed, total) = on_client(node, |rpc| async move {
+        let start = Instant::now();
+        let request = futures::stream::iter([format!("{messages},{MIB}").into_bytes()]);
+        let mut replies = rpc.call_stream(peer, "source", request, T).await.unwrap();
+        let mut total = 0;
+        while let Some(reply) = replies.next().await {
+            total += reply.unwrap().len();
+        }
+        (start.elapsed().as_secs_f64(), total)
+    });
     assert_eq!(total, messages * MIB);
     elapsed
 }

@@ -19,7 +19,7 @@ use crate::error::{Error, ErrorKind, Result};
 pub enum Security {
     /// Noise XX with ChaCha20-Poly1305 (`/noise`), the one p2pd proposes first.
     Noise,
-    /// TLS 1.3 (`/tls/1.0.0`), whose AES-GCM is cheaper per byte on CPUs with AES instructions.
+    /// TLS 1.3 (`/tls/1.0.0`). libp2p's TLS offers ChaCha20-Poly1305 first, as Noise uses.
     Tls,
 }
 

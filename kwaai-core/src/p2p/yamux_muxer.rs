@@ -102,7 +102,7 @@ where
 
 /// One yamux connection as a [`StreamMuxer`].
 pub(crate) struct YamuxMuxer<C> {
-    shared: Arc<Shared<C>>,
+    shared: Arc<Mutex<Inner<C>>>,
     /// Bytes read from the socket and not yet parsed: `read_buf[start..end]`.
     read_buf: Box<[u8]>,
     start: usize,
@@ -110,12 +110,6 @@ pub(crate) struct YamuxMuxer<C> {
     /// The payload of the data frame being read: its stream, the bytes still to come and the
     /// frame's FIN or RST, which take effect after the payload.
     body: Option<(u32, usize, u16)>,
-}
-
-/// What the connection and its streams share.
-struct Shared<C> {
-    inner: Mutex<Inner<C>>,
-    flush_waker: Arc<FlushWaker>,
 }
 
 /// The waker every socket write is polled with: when the socket can take more it wakes the
@@ -166,7 +160,7 @@ struct Inner<C> {
     failed: Option<(io::ErrorKind, String)>,
     /// The peer sent GoAway: no new streams.
     go_away: bool,
-    /// The same as [`Shared::flush_waker`], to wake its waiters when the connection fails.
+    /// The waker every socket write is polled with.
     flush_waker: Arc<FlushWaker>,
 }
 
@@ -204,8 +198,8 @@ impl StreamState {
     }
 }
 
-fn lock<C>(shared: &Shared<C>) -> MutexGuard<'_, Inner<C>> {
-    shared.inner.lock().unwrap_or_else(|p| p.into_inner())
+fn lock<C>(shared: &Mutex<Inner<C>>) -> MutexGuard<'_, Inner<C>> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn protocol_error(message: impl Into<String>) -> io::Error {
@@ -275,9 +269,9 @@ impl<C> Inner<C> {
 impl<C: AsyncRead + AsyncWrite + Unpin> Inner<C> {
     /// Hands every queued frame to the socket and flushes it. `Pending` leaves the socket
     /// registered with the connection's [`FlushWaker`].
-    fn poll_flush_out(&mut self, flush_waker: &Arc<FlushWaker>) -> Poll<io::Result<()>> {
+    fn poll_flush_out(&mut self) -> Poll<io::Result<()>> {
         self.check()?;
-        let waker = Waker::from(flush_waker.clone());
+        let waker = Waker::from(self.flush_waker.clone());
         let mut cx = Context::from_waker(&waker);
         while self.out_pos < self.out.len() {
             match Pin::new(&mut self.socket).poll_write(&mut cx, &self.out[self.out_pos..]) {
@@ -313,19 +307,18 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Inner<C> {
 
     /// Flushes for a caller that does not wait: whatever cannot go now goes when the connection
     /// task is woken.
-    fn flush_soon(&mut self, flush_waker: &Arc<FlushWaker>) {
+    fn flush_soon(&mut self) {
         if self.queued() > 0 || self.unflushed {
             if let Some(driver) = &self.driver {
-                flush_waker.wait(driver);
+                self.flush_waker.wait(driver);
             }
-            let _ = self.poll_flush_out(flush_waker);
+            let _ = self.poll_flush_out();
         }
     }
 }
 
 impl<C> YamuxMuxer<C> {
     fn new(socket: C, dialer: bool) -> Self {
-        let flush_waker = Arc::<FlushWaker>::default();
         let inner = Inner {
             socket,
             out: Vec::new(),
@@ -338,10 +331,10 @@ impl<C> YamuxMuxer<C> {
             driver: None,
             failed: None,
             go_away: false,
-            flush_waker: flush_waker.clone(),
+            flush_waker: Arc::default(),
         };
         YamuxMuxer {
-            shared: Arc::new(Shared { inner: Mutex::new(inner), flush_waker }),
+            shared: Arc::new(Mutex::new(inner)),
             read_buf: vec![0u8; READ_BUFFER].into_boxed_slice(),
             start: 0,
             end: 0,
@@ -376,7 +369,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
             }
             if reads == READS_PER_POLL {
                 cx.waker().wake_by_ref();
-                inner.flush_soon(&shared.flush_waker);
+                inner.flush_soon();
                 return Ok(());
             }
             if self.start > 0 {
@@ -395,7 +388,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
                     return Err(e);
                 }
                 Poll::Pending => {
-                    inner.flush_soon(&shared.flush_waker);
+                    inner.flush_soon();
                     return Ok(());
                 }
             }
@@ -577,9 +570,8 @@ impl<C: AsyncRead + AsyncWrite + Unpin> StreamMuxer for YamuxMuxer<C> {
             inner.go_away = true;
             inner.push_frame(TYPE_GO_AWAY, 0, 0, 0);
         }
-        let flush_waker = this.shared.flush_waker.clone();
-        futures::ready!(inner.poll_flush_out(&flush_waker))?;
-        let waker = Waker::from(flush_waker);
+        futures::ready!(inner.poll_flush_out())?;
+        let waker = Waker::from(inner.flush_waker.clone());
         futures::ready!(Pin::new(&mut inner.socket).poll_close(&mut Context::from_waker(&waker)))?;
         inner.fail(io::ErrorKind::NotConnected, "the connection is closed".into());
         Poll::Ready(Ok(()))
@@ -595,7 +587,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> StreamMuxer for YamuxMuxer<C> {
 /// One yamux stream.
 pub(crate) struct YamuxStream<C> {
     id: u32,
-    shared: Arc<Shared<C>>,
+    shared: Arc<Mutex<Inner<C>>>,
 }
 
 impl<C: AsyncRead + AsyncWrite + Unpin> AsyncRead for YamuxStream<C> {
@@ -616,7 +608,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> AsyncRead for YamuxStream<C> {
                 let delta = std::mem::take(&mut stream.consumed);
                 stream.recv_window += delta;
                 inner.push_frame(TYPE_WINDOW_UPDATE, 0, this.id, delta);
-                inner.flush_soon(&this.shared.flush_waker);
+                inner.flush_soon();
             }
             return Poll::Ready(Ok(n));
         }
@@ -638,8 +630,8 @@ impl<C: AsyncRead + AsyncWrite + Unpin> AsyncWrite for YamuxStream<C> {
         let mut inner = lock(&this.shared);
         inner.check()?;
         if inner.queued() >= MAX_QUEUED {
-            this.shared.flush_waker.wait(cx.waker());
-            if inner.poll_flush_out(&this.shared.flush_waker)?.is_pending() {
+            inner.flush_waker.wait(cx.waker());
+            if inner.poll_flush_out()?.is_pending() {
                 return Poll::Pending;
             }
         }
@@ -658,7 +650,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> AsyncWrite for YamuxStream<C> {
         if stream.send_window == 0 {
             stream.writer = Some(cx.waker().clone());
             // The peer grants more only for data it got: send what is queued.
-            inner.flush_soon(&this.shared.flush_waker);
+            inner.flush_soon();
             return Poll::Pending;
         }
         let n = buf.len().min(stream.send_window as usize).min(MAX_DATA_FRAME);
@@ -675,8 +667,8 @@ impl<C: AsyncRead + AsyncWrite + Unpin> AsyncWrite for YamuxStream<C> {
             return Poll::Ready(inner.check());
         }
         // Registered before the socket is polled: it may be ready again before this returns.
-        this.shared.flush_waker.wait(cx.waker());
-        inner.poll_flush_out(&this.shared.flush_waker)
+        inner.flush_waker.wait(cx.waker());
+        inner.poll_flush_out()
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -819,6 +811,11 @@ mod tests {
 
     fn data(flags: u16, id: u32, payload: &[u8]) -> Vec<u8> {
         frame(TYPE_DATA, flags, id, payload.len() as u32, payload)
+    }
+
+    /// The peer opening `n` streams (1, 3, 5, ...) with empty data frames.
+    fn opened(n: usize) -> Vec<u8> {
+        (0..n as u32).flat_map(|i| data(SYN, 2 * i + 1, b"")).collect()
     }
 
     /// The frames in `bytes`, as (type, flags, stream, length, payload).
@@ -991,8 +988,7 @@ mod tests {
 
     #[test]
     fn only_the_first_streams_get_the_large_window() {
-        let input: Vec<u8> = (0..LARGE_WINDOW_STREAMS as u32 + 2).flat_map(|i| data(SYN, 2 * i + 1, b"")).collect();
-        let mut h = Harness::new(input, false);
+        let mut h = Harness::new(opened(LARGE_WINDOW_STREAMS + 2), false);
         h.poll().unwrap();
         let grants: Vec<u32> = h.sent().into_iter().filter(|f| f.1 == ACK).map(|f| f.3).collect();
         let mut expected = vec![LARGE_WINDOW - DEFAULT_WINDOW; LARGE_WINDOW_STREAMS];
@@ -1015,8 +1011,7 @@ mod tests {
 
     #[test]
     fn inbound_streams_beyond_the_limit_are_reset() {
-        let input: Vec<u8> = (0..MAX_BUFFERED_INBOUND as u32 + 2).flat_map(|i| data(SYN, 2 * i + 1, b"")).collect();
-        let mut h = Harness::new(input, false);
+        let mut h = Harness::new(opened(MAX_BUFFERED_INBOUND + 2), false);
         h.poll().unwrap();
         let resets: Vec<u32> = h.sent().into_iter().filter(|f| f.1 == RST).map(|f| f.2).collect();
         let first_refused = 2 * MAX_BUFFERED_INBOUND as u32 + 1;
