@@ -25,12 +25,17 @@ pub fn message(data: &[u8], compression: CompressionType) -> Option<runtime::Ten
     })
 }
 
-/// Decodes and, when that succeeds, checks the result agrees with the header.
+/// Decodes and, when that succeeds, checks the result agrees with the header; decoding in place
+/// must succeed or fail with it and give the same elements.
 pub fn check(msg: &runtime::Tensor) {
-    if let Ok(t) = kwaai_core::tensor::decode(msg, &LIMITS) {
+    let decoded = kwaai_core::tensor::decode(msg, &LIMITS);
+    let borrowed = kwaai_core::tensor::decode_borrowed(msg, &LIMITS);
+    assert_eq!(decoded.is_ok(), borrowed.is_ok());
+    if let (Ok(t), Ok(b)) = (decoded, borrowed) {
         let shape: Vec<usize> = msg.size.iter().map(|&d| d as usize).collect();
         assert_eq!(t.shape(), &shape[..]);
         assert_eq!(t.dtype().name(), msg.dtype);
         assert_eq!(t.numel(), shape.iter().product::<usize>());
+        assert_eq!((b.view().shape(), b.view().bytes()), (t.shape(), t.as_bytes()));
     }
 }

@@ -3,6 +3,7 @@
 //! Compare with ../shared/reference/bench/codecs.py run on the same machine.
 //!
 //! `encode` allocates a fresh message each time (as hivemind does); `encode_into` reuses one.
+//! `decode` allocates a fresh tensor; `decode_into` reuses one; NONE's `decode_borrowed` copies nothing.
 //!
 //! `cargo bench -p kwaai-core --bench codecs` (set KWAAI_BENCH_ELEMENTS to change the size).
 
@@ -68,6 +69,12 @@ fn bench(c: &mut Criterion) {
                 BatchSize::PerIteration,
             )
         });
+        if codec == CompressionType::None {
+            // Reading the message's elements in place, as hivemind's NONE decode views its bytes.
+            group.bench_function(format!("{name}/decode_borrowed"), |b| {
+                b.iter(|| tensor::decode_borrowed(black_box(&msg), &limits).expect("decodes").view().numel())
+            });
+        }
         // The same, decoding into a tensor whose storage is reused (NONE and FLOAT16 only).
         let mut into = tensor::decode(&msg, &limits).expect("decodes");
         group.bench_function(format!("{name}/decode_into"), |b| {

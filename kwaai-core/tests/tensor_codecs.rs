@@ -3,7 +3,9 @@
 
 use half::bf16;
 use kwaai_core::tensor::gradient::{BlockwiseErrorFeedback, TopK, TopKErrorFeedback};
-use kwaai_core::tensor::{self, stream, CompressionType, DType, Data, DecodeLimits, Tensor, TensorView, DYNAMIC_CODE};
+use kwaai_core::tensor::{
+    self, stream, CompressionType, DType, Data, DecodeLimits, Decoded, Tensor, TensorView, DYNAMIC_CODE,
+};
 use kwaai_core::wire::runtime;
 use kwaai_core::ErrorKind;
 
@@ -323,4 +325,38 @@ fn decode_into_reuses_storage_and_matches_decode() {
     bad_index.buffer.drain(12..8 + 4 * 256);
     bad_index.buffer[12..].copy_from_slice(&[0, 0, 5]);
     assert_eq!(tensor::decode_into(&bad_index, &limits, &mut f).unwrap_err().kind(), ErrorKind::Protocol);
+}
+
+#[test]
+fn none_messages_decode_in_place_unless_their_bytes_need_converting() {
+    let limits = DecodeLimits::default();
+    let cases = [
+        Tensor::new(vec![2, 3], Data::F32(wave(6))).unwrap(),
+        Tensor::new(vec![3], Data::I64(vec![1, -1, i64::MAX])).unwrap(),
+        Tensor::new(vec![2], Data::BF16(vec![bf16::from_f32(1.5), bf16::from_f32(-2.0)])).unwrap(),
+        Tensor::new(vec![0, 4], Data::F16(Vec::new())).unwrap(),
+    ];
+    for t in cases {
+        let msg = tensor::encode(&t.view(), CompressionType::None).unwrap();
+        let decoded = tensor::decode_borrowed(&msg, &limits).unwrap();
+        let Decoded::Borrowed { bytes, .. } = &decoded else { panic!("{:?} was copied", t.dtype()) };
+        assert_eq!(bytes.as_ptr(), msg.buffer.as_ptr(), "the message's own bytes");
+        assert_eq!((decoded.view().shape(), decoded.view().dtype()), (t.shape(), t.dtype()));
+        assert_eq!(decoded.into_tensor().unwrap(), t);
+    }
+    // Bytes that need converting decode as `decode` does: bools are normalised, and bfloat16 sent
+    // as float32 values is rounded.
+    let bools = message("bool", &[3], CompressionType::None, vec![0, 2, 1]);
+    let legacy = message("bfloat16", &[1], CompressionType::None, 1.5f32.to_le_bytes().to_vec());
+    let half = tensor::encode(&f32_tensor(&[4], wave(4)).view(), CompressionType::Float16).unwrap();
+    for msg in [bools, legacy, half] {
+        let decoded = tensor::decode_borrowed(&msg, &limits).unwrap();
+        assert!(matches!(decoded, Decoded::Owned(_)), "{} is converted", msg.dtype);
+        assert_eq!(decoded.into_tensor().unwrap(), decode(&msg).unwrap());
+    }
+    // A lying header is refused as `decode` refuses it.
+    let short = message("float32", &[3], CompressionType::None, vec![0; 8]);
+    assert_eq!(tensor::decode_borrowed(&short, &limits).unwrap_err().kind(), ErrorKind::Protocol);
+    let huge = message("float32", &[u32::MAX, u32::MAX], CompressionType::None, vec![0; 8]);
+    assert_eq!(tensor::decode_borrowed(&huge, &limits).unwrap_err().kind(), ErrorKind::Protocol);
 }

@@ -340,7 +340,7 @@ fn encode_part(values: &[f32], compression: CompressionType) -> Result<crate::wi
 /// Decodes a part into float32 values, checking its length unless `expected` is `usize::MAX`.
 fn decode_part(part: Option<&crate::wire::runtime::Tensor>, expected: usize) -> Result<Vec<f32>> {
     let part = part.ok_or_else(|| Error::new(ErrorKind::Protocol, "a message without a tensor part"))?;
-    let tensor = tensor::decode(part, &DecodeLimits::default())?;
+    let tensor = tensor::decode_borrowed(part, &DecodeLimits::default())?;
     let values = tensor.view().to_f32().into_owned();
     if expected != usize::MAX && values.len() != expected {
         return Err(Error::new(ErrorKind::Protocol, format!("a part of {} values, expected {expected}", values.len())));

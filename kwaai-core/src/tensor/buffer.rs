@@ -1,4 +1,5 @@
-//! [`Tensor`] (owned, typed storage) and [`TensorView`] (borrowed bytes from any host buffer).
+//! [`Tensor`] (owned, typed storage), [`TensorView`] (borrowed bytes from any host buffer) and
+//! [`Decoded`] (either: a decoded message that reads its bytes in place where it can).
 
 use std::borrow::Cow;
 
@@ -309,6 +310,41 @@ impl<'a> TensorView<'a> {
             DType::I8 => Cow::Owned(each(b, |v: i8| f32::from(v))),
             DType::U8 => Cow::Owned(b.iter().map(|&v| f32::from(v)).collect()),
             DType::Bool => Cow::Owned(b.iter().map(|&v| f32::from(u8::from(v != 0))).collect()),
+        }
+    }
+}
+
+/// A decoded message: its own bytes, read in place, where the codec needs no conversion (NONE);
+/// otherwise the decoded tensor. See [`decode_borrowed`](super::decode_borrowed).
+#[derive(Clone, Debug)]
+pub enum Decoded<'a> {
+    /// The message's buffer, already checked against the shape and dtype.
+    Borrowed {
+        /// The shape.
+        shape: Vec<usize>,
+        /// The element type.
+        dtype: DType,
+        /// The elements' bytes, inside the message.
+        bytes: &'a [u8],
+    },
+    /// Values the codec computed.
+    Owned(Tensor),
+}
+
+impl Decoded<'_> {
+    /// A view of the elements, without copying.
+    pub fn view(&self) -> TensorView<'_> {
+        match self {
+            Decoded::Borrowed { shape, dtype, bytes } => TensorView { shape, dtype: *dtype, bytes },
+            Decoded::Owned(tensor) => tensor.view(),
+        }
+    }
+
+    /// An owned tensor: borrowed bytes are copied, an owned tensor is moved.
+    pub fn into_tensor(self) -> Result<Tensor> {
+        match self {
+            Decoded::Borrowed { shape, dtype, bytes } => Tensor::from_bytes(dtype, shape, bytes),
+            Decoded::Owned(tensor) => Ok(tensor),
         }
     }
 }

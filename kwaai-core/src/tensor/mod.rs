@@ -3,6 +3,7 @@
 //! splitting into stream parts and joining them ([`stream`]), gradient compression
 //! ([`gradient`]), per-call compression for pushed tensors ([`training`]), and candle conversion ([`Tensor::into_candle`] moves the storage;
 //! [`Tensor::with_candle_view`] encodes straight from a candle tensor's memory).
+//! [`decode_borrowed`] reads a NONE message's elements in place.
 //!
 //! Pure data: no I/O, no async. Every decoder is bounded by [`DecodeLimits`].
 
@@ -17,10 +18,10 @@ pub mod gradient;
 pub mod stream;
 pub mod training;
 
-pub use buffer::{checked_numel, Data, Tensor, TensorView};
+pub use buffer::{checked_numel, Data, Decoded, Tensor, TensorView};
 pub use codec::{
-    decode, decode_into, dequantize_blockwise, encode, encode_into, quantize_blockwise, BlockwiseQuantized,
-    DecodeLimits, BLOCKWISE_BLOCK_SIZE, DYNAMIC_CODE,
+    decode, decode_borrowed, decode_into, dequantize_blockwise, encode, encode_into, quantize_blockwise,
+    BlockwiseQuantized, DecodeLimits, BLOCKWISE_BLOCK_SIZE, DYNAMIC_CODE,
 };
 pub use dtype::DType;
 

@@ -17,7 +17,7 @@ mod uniform;
 
 pub use blockwise::{dequantize_blockwise, quantize_blockwise, BlockwiseQuantized, BLOCKWISE_BLOCK_SIZE, DYNAMIC_CODE};
 
-use super::{checked_numel, DType, Tensor, TensorView};
+use super::{checked_numel, DType, Decoded, Tensor, TensorView};
 use crate::wire::runtime::{self, CompressionType};
 use crate::{Error, ErrorKind, Result};
 
@@ -75,15 +75,31 @@ pub fn encode_into(view: &TensorView<'_>, compression: CompressionType, msg: &mu
 
 /// Decodes a runtime.proto tensor message (a whole tensor, not a stream part).
 pub fn decode(msg: &runtime::Tensor, limits: &DecodeLimits) -> Result<Tensor> {
+    decode_parsed(&Header::parse(msg, limits)?, msg)
+}
+
+/// Like [`decode`], but reads a NONE message's elements in place instead of copying them, as
+/// hivemind's NONE decode is a view of the bytes it was given. Bool (normalised to 0/1),
+/// bfloat16 sent as float32 values, and the other codecs decode to an owned tensor.
+pub fn decode_borrowed<'a>(msg: &'a runtime::Tensor, limits: &DecodeLimits) -> Result<Decoded<'a>> {
     let header = Header::parse(msg, limits)?;
+    if msg.compression == CompressionType::None as i32 {
+        if let Some(bytes) = none::in_place(&header, &msg.buffer)? {
+            return Ok(Decoded::Borrowed { shape: header.shape, dtype: header.dtype, bytes });
+        }
+    }
+    decode_parsed(&header, msg).map(Decoded::Owned)
+}
+
+fn decode_parsed(header: &Header, msg: &runtime::Tensor) -> Result<Tensor> {
     let compression = CompressionType::try_from(msg.compression)
         .map_err(|_| protocol(format!("unknown tensor compression {}", msg.compression)))?;
     match compression {
-        CompressionType::None => none::decode(&header, &msg.buffer),
-        CompressionType::Float16 => float16::decode(&header, &msg.buffer),
-        CompressionType::Meanstd16bit => meanstd::decode(&header, &msg.buffer),
-        CompressionType::Quantile8bit | CompressionType::Uniform8bit => codebook::decode(&header, &msg.buffer),
-        CompressionType::Blockwise8bit => blockwise::decode(&header, &msg.buffer),
+        CompressionType::None => none::decode(header, &msg.buffer),
+        CompressionType::Float16 => float16::decode(header, &msg.buffer),
+        CompressionType::Meanstd16bit => meanstd::decode(header, &msg.buffer),
+        CompressionType::Quantile8bit | CompressionType::Uniform8bit => codebook::decode(header, &msg.buffer),
+        CompressionType::Blockwise8bit => blockwise::decode(header, &msg.buffer),
     }
 }
 

@@ -18,9 +18,24 @@ pub(super) fn encode(view: &TensorView<'_>, buf: &mut Vec<u8>) {
     }
 }
 
+/// The buffer itself when its bytes are the elements as they are (every dtype but bool, whose
+/// bytes are normalised, and bfloat16 sent as float32 values); `None` when they need converting.
+pub(super) fn in_place<'a>(header: &Header, buffer: &'a [u8]) -> Result<Option<&'a [u8]>> {
+    if header.dtype == DType::Bool || is_legacy_bfloat16(header, buffer) {
+        return Ok(None);
+    }
+    header.expect_len(buffer, header.numel.checked_mul(header.dtype.size()), "NONE")?;
+    Ok(Some(buffer))
+}
+
+/// Whether `buffer` holds bfloat16 elements as 4-byte float32 values.
+fn is_legacy_bfloat16(header: &Header, buffer: &[u8]) -> bool {
+    header.dtype == DType::BF16 && header.numel > 0 && buffer.len() / header.numel == 4
+}
+
 pub(super) fn decode(header: &Header, buffer: &[u8]) -> Result<Tensor> {
     let numel = header.numel;
-    if header.dtype == DType::BF16 && numel > 0 && buffer.len() / numel == 4 {
+    if is_legacy_bfloat16(header, buffer) {
         header.expect_len(buffer, numel.checked_mul(4), "NONE (legacy bfloat16)")?;
         let legacy: Vec<f32> = bytemuck::pod_collect_to_vec(buffer);
         let mut out = vec![bf16::ZERO; numel];
