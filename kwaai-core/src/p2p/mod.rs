@@ -27,6 +27,8 @@ pub mod multistream;
 #[cfg(feature = "native")]
 mod muxer;
 #[cfg(feature = "native")]
+mod noise;
+#[cfg(feature = "native")]
 mod rpc;
 #[cfg(feature = "native")]
 mod security;
@@ -39,6 +41,10 @@ mod yamux_muxer;
 pub use host::PeerInfo;
 #[cfg(feature = "native")]
 pub(crate) use host::{start_host, HostHandle};
+/// Our Noise transport, with a peer that acts out arbitrary steps (for the `p2p_noise` fuzz target).
+#[cfg(feature = "native")]
+#[doc(hidden)]
+pub use noise::serve_peer_steps as fuzz_noise;
 #[cfg(feature = "native")]
 pub use rpc::{RequestStream, ResponseStream, Rpc, RpcLimits};
 #[cfg(feature = "native")]

@@ -10,7 +10,9 @@ use std::io;
 use futures::future::{BoxFuture, Either};
 use futures::{AsyncRead, AsyncWrite, FutureExt, TryFutureExt};
 use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, UpgradeInfo};
-use libp2p::{identity, noise, tls, PeerId};
+use libp2p::{identity, tls, PeerId};
+
+use super::noise::{NoiseConfig, NoiseStream};
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -43,7 +45,7 @@ impl fmt::Display for Security {
 #[derive(Clone)]
 pub(crate) struct SecurityUpgrade {
     order: Vec<Security>,
-    noise: noise::Config,
+    noise: NoiseConfig,
     tls: tls::Config,
 }
 
@@ -59,7 +61,7 @@ impl SecurityUpgrade {
                 format!("a security protocol is listed twice: {order:?}"),
             ));
         }
-        let noise = noise::Config::new(keypair)
+        let noise = NoiseConfig::new(keypair)
             .map_err(|e| Error::with_source(ErrorKind::Internal, "building the noise transport", e))?;
         let tls = tls::Config::new(keypair)
             .map_err(|e| Error::with_source(ErrorKind::Internal, "building the TLS transport", e))?;
@@ -68,7 +70,7 @@ impl SecurityUpgrade {
 }
 
 /// An authenticated connection: Noise's or TLS's stream.
-pub(crate) type SecureStream<C> = Either<noise::Output<C>, tls::TlsStream<C>>;
+pub(crate) type SecureStream<C> = Either<NoiseStream<C>, tls::TlsStream<C>>;
 
 impl UpgradeInfo for SecurityUpgrade {
     type Info = &'static str;
@@ -91,7 +93,7 @@ where
         if protocol == Security::Tls.protocol() {
             secured(self.tls.upgrade_inbound(socket, protocol).map_ok(|(peer, s)| (peer, Either::Right(s))))
         } else {
-            secured(self.noise.upgrade_inbound(socket, protocol).map_ok(|(peer, s)| (peer, Either::Left(s))))
+            self.noise.upgrade(socket, false).map_ok(|(peer, s)| (peer, Either::Left(s))).boxed()
         }
     }
 }
@@ -108,12 +110,12 @@ where
         if protocol == Security::Tls.protocol() {
             secured(self.tls.upgrade_outbound(socket, protocol).map_ok(|(peer, s)| (peer, Either::Right(s))))
         } else {
-            secured(self.noise.upgrade_outbound(socket, protocol).map_ok(|(peer, s)| (peer, Either::Left(s))))
+            self.noise.upgrade(socket, true).map_ok(|(peer, s)| (peer, Either::Left(s))).boxed()
         }
     }
 }
 
-/// Boxes a handshake, turning its error into an I/O error that keeps the message.
+/// Boxes a TLS handshake, turning its error into an I/O error that keeps the message.
 fn secured<T, E>(
     handshake: impl std::future::Future<Output = std::result::Result<T, E>> + Send + 'static,
 ) -> BoxFuture<'static, io::Result<T>>

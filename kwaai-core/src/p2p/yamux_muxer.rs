@@ -43,11 +43,8 @@ const DEFAULT_WINDOW: u32 = 256 * 1024;
 const LARGE_WINDOW: u32 = 2 << 20;
 /// How many streams at a time get [`LARGE_WINDOW`].
 const LARGE_WINDOW_STREAMS: usize = 16;
-/// The largest plaintext libp2p-noise puts in one Noise transport message (65535 bytes, less the
-/// 1024 it keeps for the tag and spare room).
-const NOISE_MAX_PLAINTEXT: usize = 65535 - 1024;
-/// Largest data frame payload we send: header and payload fill one Noise message.
-const MAX_DATA_FRAME: usize = NOISE_MAX_PLAINTEXT - HEADER_LEN;
+/// Largest data frame payload we send: a frame that starts a Noise message fills it.
+const MAX_DATA_FRAME: usize = super::noise::MAX_PLAINTEXT - HEADER_LEN;
 /// Open streams per connection, both directions; an inbound stream beyond them is reset.
 const MAX_STREAMS: usize = 512;
 /// Inbound streams held while the swarm has not taken them yet; more are reset.
