@@ -131,11 +131,11 @@ pub fn decode_into(msg: &runtime::Tensor, limits: &DecodeLimits, out: &mut Tenso
             Ok(CompressionType::Blockwise8bit) => {
                 out.refill(shape, |data| result = blockwise::decode_reusing(&header, buffer, data))
             }
-            _ => return decode(msg, limits).map(|t| *out = t),
+            _ => return decode_parsed(&header, msg).map(|t| *out = t),
         };
         return result.and(filled);
     }
-    *out = decode(msg, limits)?;
+    *out = decode_parsed(&header, msg)?;
     Ok(())
 }
 
