@@ -33,6 +33,8 @@ mod rpc;
 #[cfg(feature = "native")]
 mod security;
 #[cfg(feature = "native")]
+mod tls;
+#[cfg(feature = "native")]
 mod webrtc;
 #[cfg(feature = "native")]
 mod yamux_muxer;

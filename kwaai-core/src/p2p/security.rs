@@ -10,9 +10,10 @@ use std::io;
 use futures::future::{BoxFuture, Either};
 use futures::{AsyncRead, AsyncWrite, FutureExt, TryFutureExt};
 use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, UpgradeInfo};
-use libp2p::{identity, tls, PeerId};
+use libp2p::{identity, PeerId};
 
 use super::noise::{NoiseConfig, NoiseStream};
+use super::tls::{TlsConfig, TlsStream};
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -46,7 +47,7 @@ impl fmt::Display for Security {
 pub(crate) struct SecurityUpgrade {
     order: Vec<Security>,
     noise: NoiseConfig,
-    tls: tls::Config,
+    tls: TlsConfig,
 }
 
 impl SecurityUpgrade {
@@ -63,14 +64,14 @@ impl SecurityUpgrade {
         }
         let noise = NoiseConfig::new(keypair)
             .map_err(|e| Error::with_source(ErrorKind::Internal, "building the noise transport", e))?;
-        let tls = tls::Config::new(keypair)
+        let tls = TlsConfig::new(keypair)
             .map_err(|e| Error::with_source(ErrorKind::Internal, "building the TLS transport", e))?;
         Ok(SecurityUpgrade { order: order.to_vec(), noise, tls })
     }
 }
 
 /// An authenticated connection: Noise's or TLS's stream.
-pub(crate) type SecureStream<C> = Either<NoiseStream<C>, tls::TlsStream<C>>;
+pub(crate) type SecureStream<C> = Either<NoiseStream<C>, TlsStream<C>>;
 
 impl UpgradeInfo for SecurityUpgrade {
     type Info = &'static str;
@@ -91,7 +92,7 @@ where
 
     fn upgrade_inbound(self, socket: C, protocol: &'static str) -> Self::Future {
         if protocol == Security::Tls.protocol() {
-            secured(self.tls.upgrade_inbound(socket, protocol).map_ok(|(peer, s)| (peer, Either::Right(s))))
+            self.tls.upgrade(socket, false).map_ok(|(peer, s)| (peer, Either::Right(s))).boxed()
         } else {
             self.noise.upgrade(socket, false).map_ok(|(peer, s)| (peer, Either::Left(s))).boxed()
         }
@@ -108,19 +109,9 @@ where
 
     fn upgrade_outbound(self, socket: C, protocol: &'static str) -> Self::Future {
         if protocol == Security::Tls.protocol() {
-            secured(self.tls.upgrade_outbound(socket, protocol).map_ok(|(peer, s)| (peer, Either::Right(s))))
+            self.tls.upgrade(socket, true).map_ok(|(peer, s)| (peer, Either::Right(s))).boxed()
         } else {
             self.noise.upgrade(socket, true).map_ok(|(peer, s)| (peer, Either::Left(s))).boxed()
         }
     }
-}
-
-/// Boxes a TLS handshake, turning its error into an I/O error that keeps the message.
-fn secured<T, E>(
-    handshake: impl std::future::Future<Output = std::result::Result<T, E>> + Send + 'static,
-) -> BoxFuture<'static, io::Result<T>>
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    handshake.map_err(io::Error::other).boxed()
 }
