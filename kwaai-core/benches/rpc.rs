@@ -12,7 +12,8 @@
 //! warm-up, then 5 runs: best and median). MB/s = 1e6 bytes/s of payload. Prints one JSON line.
 //! A filter argument (`cargo bench -p kwaai-core --bench rpc -- unary_64B`) runs only the parts
 //! whose name contains it; `KWAAI_RPC_BENCH_WORKERS=N` gives both nodes N runtime worker threads;
-//! `KWAAI_RPC_BENCH_SECURITY=tls` (or `noise`, the default) picks the connection's security and
+//! `KWAAI_RPC_BENCH_SECURITY=tls` or `noise` picks the connection's security (by default, the
+//! client proposes `Security::default_order()`: TLS first where the CPU has AES instructions) and
 //! `KWAAI_RPC_BENCH_LISTEN=/ip4/127.0.0.1/udp/0/quic-v1` the server's listener (TCP by default).
 
 use std::future::Future;
@@ -38,7 +39,8 @@ fn start_node() -> Node {
     let worker_threads = std::env::var(WORKERS_ENV).ok().map(|w| w.parse().expect("a number of worker threads"));
     let security = match std::env::var(SECURITY_ENV).as_deref() {
         Ok("tls") => vec![Security::Tls],
-        Ok("noise") | Err(_) => vec![Security::Noise],
+        Ok("noise") => vec![Security::Noise],
+        Err(_) => Security::default_order(),
         Ok(other) => panic!("{SECURITY_ENV} is `noise` or `tls`, not {other:?}"),
     };
     let listen = std::env::var(LISTEN_ENV).unwrap_or_else(|_| "/ip4/127.0.0.1/tcp/0".into());

@@ -34,7 +34,8 @@ pub struct NodeConfig {
     /// How long a connection stays open after its last call ended (p2pd keeps 30 s).
     pub idle_connection_timeout: Duration,
     /// The security protocols of TCP and WebSocket connections, in the order we propose them when
-    /// dialing (a listener takes the first it speaks). p2pd speaks both. QUIC always runs TLS.
+    /// dialing (a listener takes the first it speaks). p2pd speaks both. QUIC always runs TLS. The
+    /// default is [`Security::default_order`].
     pub security: Vec<Security>,
 }
 
@@ -48,7 +49,7 @@ impl Default for NodeConfig {
             worker_threads: None,
             start_timeout: Duration::from_secs(10),
             idle_connection_timeout: Duration::from_secs(30),
-            security: vec![Security::Noise, Security::Tls],
+            security: Security::default_order(),
         }
     }
 }

@@ -23,6 +23,8 @@ mod host;
 mod kad_responder;
 #[cfg(feature = "native")]
 mod keep_alive;
+#[cfg(feature = "native")]
+mod memory_pipe;
 pub mod multistream;
 #[cfg(feature = "native")]
 mod muxer;
@@ -34,6 +36,8 @@ mod rpc;
 mod security;
 #[cfg(feature = "native")]
 mod tls;
+#[cfg(feature = "native")]
+mod tls_record;
 #[cfg(feature = "native")]
 mod webrtc;
 #[cfg(feature = "native")]
@@ -51,6 +55,10 @@ pub use noise::serve_peer_steps as fuzz_noise;
 pub use rpc::{RequestStream, ResponseStream, Rpc, RpcLimits};
 #[cfg(feature = "native")]
 pub use security::Security;
+/// Our TLS record layer, with a peer that acts out arbitrary steps (for the `p2p_tls` fuzz target).
+#[cfg(feature = "native")]
+#[doc(hidden)]
+pub use tls::serve_peer_steps as fuzz_tls;
 /// Our yamux, fed arbitrary peer bytes (for the `p2p_yamux` fuzz target).
 #[cfg(feature = "native")]
 #[doc(hidden)]

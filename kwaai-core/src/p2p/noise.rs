@@ -8,17 +8,18 @@
 //! large write is encrypted straight from the writer's buffer, and several messages leave in one
 //! socket write.
 
-use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll, Waker};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{identity, PeerId};
 use prost::Message;
 use snow::resolvers::{DefaultResolver, FallbackResolver, RingResolver};
+
+use super::memory_pipe::{connection, now, End};
 
 /// The Noise protocol name libp2p fixes.
 const PATTERN: &str = "Noise_XX_25519_ChaChaPoly_SHA256";
@@ -348,82 +349,6 @@ impl<C: AsyncWrite + Unpin> AsyncWrite for NoiseStream<C> {
         ready!(self.as_mut().poll_flush(cx))?;
         Pin::new(&mut self.get_mut().socket).poll_close(cx)
     }
-}
-
-/// One direction of an in-memory connection.
-#[derive(Default)]
-struct Pipe {
-    bytes: VecDeque<u8>,
-    closed: bool,
-    reader: Option<Waker>,
-}
-
-/// One end of an in-memory connection whose reads return at most `max_read` bytes: for the tests
-/// and the fuzz target.
-struct End {
-    rx: Arc<Mutex<Pipe>>,
-    tx: Arc<Mutex<Pipe>>,
-    max_read: usize,
-}
-
-fn connection(max_read: usize) -> (End, End) {
-    let (a, b) = (Arc::new(Mutex::new(Pipe::default())), Arc::new(Mutex::new(Pipe::default())));
-    (End { rx: a.clone(), tx: b.clone(), max_read }, End { rx: b, tx: a, max_read })
-}
-
-impl AsyncRead for End {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        let mut pipe = self.rx.lock().unwrap();
-        if pipe.bytes.is_empty() {
-            if pipe.closed {
-                return Poll::Ready(Ok(0));
-            }
-            pipe.reader = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
-        let n = buf.len().min(self.max_read).min(pipe.bytes.len());
-        for (slot, byte) in buf.iter_mut().zip(pipe.bytes.drain(..n)) {
-            *slot = byte;
-        }
-        Poll::Ready(Ok(n))
-    }
-}
-
-impl AsyncWrite for End {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let mut pipe = self.tx.lock().unwrap();
-        pipe.bytes.extend(buf);
-        if let Some(w) = pipe.reader.take() {
-            w.wake();
-        }
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut pipe = self.tx.lock().unwrap();
-        pipe.closed = true;
-        if let Some(w) = pipe.reader.take() {
-            w.wake();
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// Completes a future over in-memory connections, which never wait for anything outside.
-fn now<T>(future: impl std::future::Future<Output = T>) -> T {
-    let waker = futures::task::noop_waker();
-    let mut cx = Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    for _ in 0..10_000 {
-        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-            return out;
-        }
-    }
-    panic!("an in-memory exchange did not finish");
 }
 
 /// Acts out `input` as a peer on an established Noise connection whose socket reads return at

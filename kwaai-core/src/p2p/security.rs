@@ -22,11 +22,21 @@ use crate::error::{Error, ErrorKind, Result};
 pub enum Security {
     /// Noise XX with ChaCha20-Poly1305 (`/noise`), the one p2pd proposes first.
     Noise,
-    /// TLS 1.3 (`/tls/1.0.0`). libp2p's TLS offers ChaCha20-Poly1305 first, as Noise uses.
+    /// TLS 1.3 (`/tls/1.0.0`), offering AES-GCM first where the CPU has AES instructions.
     Tls,
 }
 
 impl Security {
+    /// The order a node proposes by default: TLS first where the CPU has AES instructions (AES-GCM
+    /// then costs a quarter of Noise's ChaCha20-Poly1305 per byte), Noise first elsewhere.
+    pub fn default_order() -> Vec<Security> {
+        if super::tls::aes_in_hardware() {
+            vec![Security::Tls, Security::Noise]
+        } else {
+            vec![Security::Noise, Security::Tls]
+        }
+    }
+
     /// The multistream-select protocol name.
     pub fn protocol(self) -> &'static str {
         match self {

@@ -11,23 +11,27 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::{AsyncRead, AsyncWrite};
-use futures_rustls::{TlsAcceptor, TlsConnector};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::tls::certificate;
 use libp2p::{identity, PeerId};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::ResolvesClientCert;
+use rustls::client::{ClientConnectionData, ResolvesClientCert, UnbufferedClientConnection};
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
+use rustls::kernel::KernelConnection;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerConnectionData, UnbufferedServerConnection};
 use rustls::sign::CertifiedKey;
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme, SupportedCipherSuite};
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, ExtractedSecrets, SignatureScheme, SupportedCipherSuite,
+};
+
+pub(crate) use super::tls_record::TlsStream;
+use super::tls_record::{RecordKey, Session};
 
 /// The ALPN protocol of libp2p's TLS handshake.
 const ALPN: &[u8] = b"libp2p";
@@ -35,9 +39,8 @@ const ALPN: &[u8] = b"libp2p";
 /// How long a peer may take to finish the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// How many bytes of records rustls may hold encrypted and unsent (its default is 64 KiB): one
-/// write of the muxer's queue then leaves in fewer, larger socket writes.
-const SEND_BUFFER: usize = 256 * 1024;
+/// The most handshake bytes we hold while rustls waits for a whole message.
+const MAX_HANDSHAKE_BUFFER: usize = 1 << 20;
 
 /// Both sides' rustls configs for one identity.
 #[derive(Clone)]
@@ -63,12 +66,16 @@ impl TlsConfig {
             .with_custom_certificate_verifier(verifier.clone())
             .with_client_cert_resolver(ours.clone());
         client.alpn_protocols = vec![ALPN.to_vec()];
+        client.enable_secret_extraction = true;
         let mut server = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(io::Error::other)?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(ours);
         server.alpn_protocols = vec![ALPN.to_vec()];
+        server.enable_secret_extraction = true;
+        // Tickets serve resumption, which libp2p never uses.
+        server.send_tls13_tickets = 0;
         Ok(TlsConfig { client: Arc::new(client), server: Arc::new(server) })
     }
 
@@ -79,25 +86,15 @@ impl TlsConfig {
         C: AsyncRead + AsyncWrite + Unpin,
     {
         let handshake = async {
-            let mut stream: futures_rustls::TlsStream<C> = if initiator {
+            if initiator {
                 // libp2p's TLS sends no server name: an unspecified address turns SNI off.
                 let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into());
-                TlsConnector::from(self.client).connect(name, socket).await?.into()
+                let conn = UnbufferedClientConnection::new(self.client, name).map_err(invalid)?;
+                secure(conn, socket, initiator).await
             } else {
-                TlsAcceptor::from(self.server).accept(socket).await?.into()
-            };
-            let session = stream.get_ref().1;
-            let peer = match session.peer_certificates() {
-                Some([cert]) => certificate::parse(cert).map_err(invalid)?.peer_id(),
-                _ => return Err(invalid("tls: the peer must present exactly one certificate")),
-            };
-            let suite = session.negotiated_cipher_suite().map(|s| s.suite());
-            tracing::debug!(%peer, ?suite, initiator, "tls: secured");
-            match &mut stream {
-                futures_rustls::TlsStream::Client(s) => s.get_mut().1.set_buffer_limit(Some(SEND_BUFFER)),
-                futures_rustls::TlsStream::Server(s) => s.get_mut().1.set_buffer_limit(Some(SEND_BUFFER)),
+                let conn = UnbufferedServerConnection::new(self.server).map_err(invalid)?;
+                secure(conn, socket, initiator).await
             }
-            Ok((peer, TlsStream(stream)))
         };
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(result) => result,
@@ -106,39 +103,125 @@ impl TlsConfig {
     }
 }
 
-/// An authenticated TLS connection. A read gathers every record that has already arrived, as many as
-/// fit: rustls alone returns one record (at most 16 KiB) per read, and the muxer above would then
-/// handle, and wake its readers for, every record of a large message.
-pub(crate) struct TlsStream<C>(futures_rustls::TlsStream<C>);
+/// rustls's unbuffered client and server connections, as the handshake drives them.
+trait Handshake: Sized {
+    type Data;
+    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
+    fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]>;
+    fn into_session(self) -> Result<(ExtractedSecrets, Session), rustls::Error>;
+}
 
-impl<C: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<C> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        let mut filled = 0;
-        while filled < buf.len() {
-            match Pin::new(&mut self.0).poll_read(cx, &mut buf[filled..]) {
-                Poll::Ready(Ok(0)) => break,
-                Poll::Ready(Ok(n)) => filled += n,
-                // What was read goes up first; the error comes again with the next read.
-                Poll::Ready(Err(_)) | Poll::Pending if filled > 0 => break,
-                other => return other,
-            }
-        }
-        Poll::Ready(Ok(filled))
+impl Handshake for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+    fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        (**self).peer_certificates()
+    }
+    fn into_session(self) -> Result<(ExtractedSecrets, Session), rustls::Error> {
+        let (secrets, kernel): (_, KernelConnection<ClientConnectionData>) = self.dangerous_into_kernel_connection()?;
+        Ok((secrets, Session::Client(kernel)))
     }
 }
 
-impl<C: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<C> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+impl Handshake for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
     }
+    fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        (**self).peer_certificates()
+    }
+    fn into_session(self) -> Result<(ExtractedSecrets, Session), rustls::Error> {
+        let (secrets, kernel): (_, KernelConnection<ServerConnectionData>) = self.dangerous_into_kernel_connection()?;
+        Ok((secrets, Session::Server(kernel)))
+    }
+}
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+/// Runs rustls's handshake over `socket` until we may send data, then hands the traffic keys, and
+/// whatever arrived after the handshake, to our record layer.
+async fn secure<T, C>(mut conn: T, mut socket: C, initiator: bool) -> io::Result<(PeerId, TlsStream<C>)>
+where
+    T: Handshake,
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut incoming = vec![0u8; 16 * 1024];
+    let mut filled = 0;
+    let mut outgoing = Vec::new();
+    // Data the peer sent right behind its last handshake message, which rustls decrypted.
+    let mut early = Vec::new();
+    loop {
+        let status = conn.process(&mut incoming[..filled]);
+        let discard = status.discard;
+        let (mut read_more, mut done) = (false, false);
+        match status.state.map_err(invalid)? {
+            ConnectionState::EncodeTlsData(mut data) => {
+                let at = outgoing.len();
+                loop {
+                    match data.encode(&mut outgoing[at..]) {
+                        Ok(n) => {
+                            outgoing.truncate(at + n);
+                            break;
+                        }
+                        Err(EncodeError::InsufficientSize(e)) => outgoing.resize(at + e.required_size, 0),
+                        Err(e) => return Err(invalid(e)),
+                    }
+                }
+            }
+            ConnectionState::TransmitTlsData(transmit) => {
+                socket.write_all(&outgoing).await?;
+                socket.flush().await?;
+                outgoing.clear();
+                transmit.done();
+            }
+            ConnectionState::ReadTraffic(mut records) => {
+                while let Some(record) = records.next_record() {
+                    early.extend_from_slice(record.map_err(invalid)?.payload);
+                }
+            }
+            ConnectionState::BlockedHandshake => read_more = true,
+            ConnectionState::WriteTraffic(_) => done = true,
+            ConnectionState::PeerClosed | ConnectionState::Closed => {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "tls: the peer closed during the handshake"))
+            }
+            other => return Err(invalid(format!("unexpected handshake state {other:?}"))),
+        }
+        incoming.copy_within(discard..filled, 0);
+        filled -= discard;
+        if done {
+            break;
+        }
+        if read_more {
+            if filled == incoming.len() {
+                if incoming.len() >= MAX_HANDSHAKE_BUFFER {
+                    return Err(invalid("a handshake message over 1 MiB"));
+                }
+                incoming.resize(2 * incoming.len(), 0);
+            }
+            let n = socket.read(&mut incoming[filled..]).await?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "tls: the peer closed during the handshake"));
+            }
+            filled += n;
+        }
     }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_close(cx)
-    }
+    let peer = match conn.peer_certificates() {
+        Some([cert]) => certificate::parse(cert).map_err(invalid)?.peer_id(),
+        _ => return Err(invalid("the peer must present exactly one certificate")),
+    };
+    let (secrets, session) = conn.into_session().map_err(invalid)?;
+    let ((tx_seq, tx), (rx_seq, rx)) = (secrets.tx, secrets.rx);
+    let stream = TlsStream::new(
+        socket,
+        session,
+        RecordKey::new(rx_seq, rx)?,
+        RecordKey::new(tx_seq, tx)?,
+        &early,
+        &incoming[..filled],
+    );
+    tracing::debug!(%peer, suite = ?stream.suite(), initiator, "tls: secured");
+    Ok((peer, stream))
 }
 
 /// aws-lc's provider (as libp2p-tls uses) with TLS 1.3's suites in the order this CPU runs fastest.
@@ -153,7 +236,7 @@ fn provider() -> CryptoProvider {
 }
 
 /// Whether this CPU has the instructions that make AES-GCM fast (AES rounds and carry-less multiply).
-fn aes_in_hardware() -> bool {
+pub(crate) fn aes_in_hardware() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq")
@@ -168,8 +251,8 @@ fn aes_in_hardware() -> bool {
     }
 }
 
-fn invalid(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e)
+fn invalid(why: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("tls: {why}"))
 }
 
 /// Presents our certificate, whatever the peer asks for.
@@ -313,6 +396,108 @@ impl ClientCertVerifier for PeerCertVerifier {
     }
 }
 
+/// Acts out `input` as a peer on an established TLS connection (both sides ours, over an
+/// in-memory connection whose reads return at most `97 * input[0] + 1` bytes): each 3-byte step
+/// after that writes (flushed or not), tampers with or cuts the bytes in flight, asks us to update
+/// our keys, or lets our side read (through a buffer of any size) or write. Panics unless our side
+/// reads exactly what the peer sent, in order: all of it, or a prefix once the peer's bytes were
+/// tampered with. Returns how many bytes our side read. For the `p2p_tls` fuzz target.
+#[doc(hidden)]
+pub fn serve_peer_steps(input: &[u8]) -> usize {
+    use std::pin::Pin;
+    use std::sync::OnceLock;
+    use std::task::{Context, Poll};
+
+    use super::memory_pipe::{connection, now};
+
+    static CONFIGS: OnceLock<[TlsConfig; 2]> = OnceLock::new();
+    let [ours, theirs] = CONFIGS
+        .get_or_init(|| {
+            let config = || TlsConfig::new(&identity::Keypair::generate_ed25519()).unwrap();
+            [config(), config()]
+        })
+        .clone();
+    let Some((&chunk, input)) = input.split_first() else { return 0 };
+    let (x, y) = connection(97 * usize::from(chunk) + 1);
+    let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into());
+    let (ours, theirs) = now(futures::future::join(
+        secure(UnbufferedServerConnection::new(ours.server).unwrap(), x, false),
+        secure(UnbufferedClientConnection::new(theirs.client, name).unwrap(), y, true),
+    ));
+    let ((_, mut ours), (_, mut peer)) = (ours.unwrap(), theirs.unwrap());
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    let (mut sent, mut read, mut intact, mut failed) = (Vec::new(), Vec::new(), true, false);
+    let mut buf = vec![0u8; 70_000];
+    for step in input.chunks_exact(3) {
+        let arg = usize::from(u16::from_le_bytes([step[1], step[2]]));
+        let bytes: Vec<u8> = (0..arg * 2).map(|i| (i * 7 + sent.len()) as u8).collect();
+        match step[0] % 7 {
+            0 | 1 => {
+                now(peer.write_all(&bytes)).unwrap();
+                sent.extend_from_slice(&bytes);
+                if step[0] % 7 == 0 {
+                    now(peer.flush()).unwrap();
+                }
+            }
+            2 => {
+                let mut pipe = peer.socket().tx.lock().unwrap_or_else(|p| p.into_inner());
+                let len = pipe.bytes.len();
+                if len > 0 {
+                    pipe.bytes[arg % len] ^= 1 << (step[1] % 8);
+                    intact = false;
+                }
+            }
+            3 => {
+                let mut pipe = peer.socket().tx.lock().unwrap_or_else(|p| p.into_inner());
+                let keep = pipe.bytes.len().saturating_sub(arg % 17);
+                intact &= keep == pipe.bytes.len();
+                pipe.bytes.truncate(keep);
+                pipe.closed = true;
+            }
+            4 if !failed => match Pin::new(&mut ours).poll_read(&mut cx, &mut buf[..arg % 70_000 + 1]) {
+                Poll::Ready(Ok(n)) => read.extend_from_slice(&buf[..n]),
+                Poll::Ready(Err(_)) => failed = true,
+                Poll::Pending => {}
+            },
+            5 if !failed => {
+                now(ours.write_all(&bytes)).unwrap();
+                now(ours.flush()).unwrap();
+                let mut back = vec![0u8; bytes.len()];
+                now(peer.read_exact(&mut back)).unwrap();
+                assert_eq!(back, bytes, "what we send arrives intact");
+            }
+            6 if !closed(&peer) => {
+                if !peer.has_room() {
+                    now(peer.flush()).unwrap();
+                }
+                peer.update_keys(step[1] % 2 == 0).unwrap();
+            }
+            _ => {}
+        }
+    }
+    if !closed(&peer) {
+        now(peer.flush()).unwrap();
+    }
+    while !failed {
+        match Pin::new(&mut ours).poll_read(&mut cx, &mut buf) {
+            Poll::Ready(Ok(0)) | Poll::Pending => break,
+            Poll::Ready(Ok(n)) => read.extend_from_slice(&buf[..n]),
+            Poll::Ready(Err(_)) => failed = true,
+        }
+    }
+    assert!(sent.starts_with(&read), "only what the peer sent is read, in order");
+    if intact && !closed(&peer) {
+        assert!(!failed && read.len() == sent.len(), "an untouched stream delivers everything");
+    }
+    read.len()
+}
+
+/// Whether the peer's direction of the in-memory connection was cut.
+fn closed(peer: &TlsStream<super::memory_pipe::End>) -> bool {
+    peer.socket().tx.lock().unwrap_or_else(|p| p.into_inner()).closed
+}
+
 #[cfg(test)]
 mod tests {
     use futures::future::join;
@@ -320,10 +505,14 @@ mod tests {
     use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade};
     use libp2p::tcp::tokio::TcpStream;
 
+    use super::super::memory_pipe::{connection, now, End};
     use super::*;
 
+    /// The most plaintext one record carries.
+    const MAX_RECORD_PLAINTEXT: usize = 1 << 14;
+
     /// Both ends of a TCP connection on 127.0.0.1.
-    async fn connection() -> (TcpStream, TcpStream) {
+    async fn connection_tcp() -> (TcpStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (dialer, accepted) = join(tokio::net::TcpStream::connect(addr), listener.accept()).await;
@@ -356,7 +545,7 @@ mod tests {
     #[tokio::test]
     async fn each_side_learns_the_other_peer_and_the_cipher_follows_the_cpu() {
         let (a, b) = (identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519());
-        let (dialer, listener) = connection().await;
+        let (dialer, listener) = connection_tcp().await;
         let (ours, theirs) = join(
             TlsConfig::new(&a).unwrap().upgrade(dialer, true),
             TlsConfig::new(&b).unwrap().upgrade(listener, false),
@@ -364,7 +553,7 @@ mod tests {
         .await;
         let ((seen_by_dialer, dialer), (seen_by_listener, listener)) = (ours.unwrap(), theirs.unwrap());
         assert_eq!((seen_by_dialer, seen_by_listener), (b.public().to_peer_id(), a.public().to_peer_id()));
-        let suite = dialer.0.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+        let suite = dialer.suite();
         let expected = if aes_in_hardware() {
             rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
         } else {
@@ -380,7 +569,7 @@ mod tests {
         let a = crate::identity::Identity::generate_rsa().unwrap().keypair().clone();
         let b = identity::Keypair::generate_ed25519();
         // We dial rust-libp2p's TLS.
-        let (dialer, listener) = connection().await;
+        let (dialer, listener) = connection_tcp().await;
         let (ours, theirs) = join(
             TlsConfig::new(&a).unwrap().upgrade(dialer, true),
             libp2p::tls::Config::new(&b).unwrap().upgrade_inbound(listener, "/tls/1.0.0"),
@@ -390,7 +579,7 @@ mod tests {
         assert_eq!((seen_by_us, seen_by_them), (b.public().to_peer_id(), a.public().to_peer_id()));
         echo_once(ours, theirs).await;
         // rust-libp2p's TLS dials us.
-        let (dialer, listener) = connection().await;
+        let (dialer, listener) = connection_tcp().await;
         let (theirs, ours) = join(
             libp2p::tls::Config::new(&b).unwrap().upgrade_outbound(dialer, "/tls/1.0.0"),
             TlsConfig::new(&a).unwrap().upgrade(listener, false),
@@ -403,7 +592,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_is_not_speaking_tls_is_an_error_not_a_hang() {
-        let (dialer, mut listener) = connection().await;
+        let (dialer, mut listener) = connection_tcp().await;
         let garbage = async {
             listener.write_all(&[0x16, 0x03, 0x03, 0xff, 0xff, 1, 2, 3]).await.unwrap();
             listener.flush().await.unwrap();
@@ -413,5 +602,134 @@ mod tests {
         let keypair = identity::Keypair::generate_ed25519();
         let (result, ()) = join(TlsConfig::new(&keypair).unwrap().upgrade(dialer, true), garbage).await;
         assert!(result.is_err());
+    }
+
+    /// Both sides ours, over an in-memory connection whose reads return at most `max_read` bytes.
+    fn pipe_pair(max_read: usize) -> (TlsStream<End>, TlsStream<End>) {
+        let (x, y) = connection(max_read);
+        let (a, b) = (identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519());
+        let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into());
+        let (dialer, listener) = now(join(
+            secure(UnbufferedClientConnection::new(TlsConfig::new(&a).unwrap().client, name).unwrap(), x, true),
+            secure(UnbufferedServerConnection::new(TlsConfig::new(&b).unwrap().server).unwrap(), y, false),
+        ));
+        (dialer.unwrap().1, listener.unwrap().1)
+    }
+
+    #[test]
+    fn records_cross_intact_through_small_reads_key_updates_and_close() {
+        for max_read in [usize::MAX, 1000] {
+            let (mut dialer, mut listener) = pipe_pair(max_read);
+            let large: Vec<u8> = (0..3 * MAX_RECORD_PLAINTEXT + 12345).map(|i| (i * 31 % 251) as u8).collect();
+            now(dialer.write_all(&large)).unwrap();
+            // The dialer asks for new keys both ways, then sends more under its new key.
+            dialer.update_keys(true).unwrap();
+            for piece in [&b"abc"[..], b"", b"defg"] {
+                now(dialer.write_all(piece)).unwrap();
+            }
+            now(dialer.close()).unwrap();
+            let mut got = Vec::new();
+            let mut small = [0u8; 777];
+            while got.len() < MAX_RECORD_PLAINTEXT {
+                let n = now(listener.read(&mut small)).unwrap();
+                got.extend_from_slice(&small[..n]);
+            }
+            now(listener.read_to_end(&mut got)).unwrap();
+            assert!(got[..large.len()] == large[..], "bytes changed on the way");
+            assert_eq!(&got[large.len()..], b"abcdefg");
+            // The listener owes a key update, sent before its reply.
+            now(listener.write_all(b"reply")).unwrap();
+            now(listener.flush()).unwrap();
+            let mut reply = [0u8; 5];
+            now(dialer.read_exact(&mut reply)).unwrap();
+            assert_eq!(&reply, b"reply");
+        }
+    }
+
+    #[test]
+    fn a_flipped_bit_is_invalid_data_and_a_cut_record_is_unexpected_eof() {
+        let (mut dialer, mut listener) = pipe_pair(usize::MAX);
+        now(dialer.write_all(b"hello")).unwrap();
+        now(dialer.flush()).unwrap();
+        listener.socket().rx.lock().unwrap().bytes[7] ^= 1;
+        let mut buf = [0u8; 16];
+        assert_eq!(now(listener.read(&mut buf)).unwrap_err().kind(), io::ErrorKind::InvalidData);
+
+        let (mut dialer, mut listener) = pipe_pair(usize::MAX);
+        now(dialer.write_all(b"hello")).unwrap();
+        now(dialer.flush()).unwrap();
+        {
+            let mut pipe = dialer.socket().tx.lock().unwrap();
+            let keep = pipe.bytes.len() - 3;
+            pipe.bytes.truncate(keep);
+            pipe.closed = true;
+        }
+        assert_eq!(now(listener.read(&mut buf)).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn the_fuzz_peer_runs_every_kind_of_step() {
+        // Writes flushed and not, a key update asked and not, reads, our writes, then a tamper.
+        let steps: &[[u8; 3]] = &[
+            [0, 200, 0],
+            [1, 10, 0],
+            [6, 0, 0],
+            [4, 255, 3],
+            [5, 50, 0],
+            [6, 1, 0],
+            [0, 100, 100],
+            [4, 1, 0],
+            [2, 9, 0],
+        ];
+        let input: Vec<u8> = std::iter::once(3).chain(steps.iter().flatten().copied()).collect();
+        assert!(serve_peer_steps(&input) > 0);
+        // Untouched, everything arrives (the hook asserts it).
+        let input: Vec<u8> = std::iter::once(0).chain(steps[..8].iter().flatten().copied()).collect();
+        assert_eq!(serve_peer_steps(&input), 2 * (200 + 10 + 25700));
+    }
+
+    #[tokio::test]
+    async fn data_sent_right_behind_the_handshake_is_not_lost() {
+        let (a, b) = (identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519());
+        let (dialer, listener) = connection_tcp().await;
+        let dial_and_send = async {
+            let (_, mut stream) = TlsConfig::new(&a).unwrap().upgrade(dialer, true).await.unwrap();
+            stream.write_all(b"first words").await.unwrap();
+            stream.flush().await.unwrap();
+            stream
+        };
+        let (_dialer, theirs) = join(dial_and_send, TlsConfig::new(&b).unwrap().upgrade(listener, false)).await;
+        let (_, mut listener) = theirs.unwrap();
+        let mut got = [0u8; 11];
+        listener.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"first words");
+    }
+
+    #[tokio::test]
+    async fn rustls_key_updates_are_followed_and_ours_are_understood() {
+        let (a, b) = (identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519());
+        let (dialer, listener) = connection_tcp().await;
+        let (ours, theirs) = join(
+            TlsConfig::new(&a).unwrap().upgrade(dialer, true),
+            libp2p::tls::Config::new(&b).unwrap().upgrade_inbound(listener, "/tls/1.0.0"),
+        )
+        .await;
+        let ((_, mut ours), (_, mut theirs)) = (ours.unwrap(), theirs.unwrap());
+        // Ours updates its sending key every two records; theirs asks for an update.
+        ours.key_update_every = 2;
+        let futures_rustls::TlsStream::Server(theirs_inner) = &mut theirs else { panic!("a server stream") };
+        theirs_inner.get_mut().1.refresh_traffic_keys().unwrap();
+        for round in 0..3u8 {
+            let message = vec![round; 3 * MAX_RECORD_PLAINTEXT];
+            theirs.write_all(&message).await.unwrap();
+            theirs.flush().await.unwrap();
+            let mut got = vec![0u8; message.len()];
+            ours.read_exact(&mut got).await.unwrap();
+            assert!(got == message);
+            ours.write_all(&message).await.unwrap();
+            ours.flush().await.unwrap();
+            theirs.read_exact(&mut got).await.unwrap();
+            assert!(got == message);
+        }
     }
 }
