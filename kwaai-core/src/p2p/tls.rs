@@ -1,4 +1,5 @@
-//! libp2p's TLS 1.3 (`/tls/1.0.0`) with our own rustls configs, so that the cipher follows the CPU.
+//! libp2p's TLS 1.3 (`/tls/1.0.0`): rustls runs the handshake with our configs, then hands the
+//! traffic keys to our record layer ([`super::tls_record`]), which carries the data.
 //!
 //! The certificate is libp2p's: a self-signed one whose extension carries the libp2p public key and
 //! its signature of the certificate's key (`libp2p::tls::certificate`). The peer ID is taken from
@@ -6,8 +7,8 @@
 //! against that certificate's key.
 //!
 //! libp2p-tls always offers ChaCha20-Poly1305 first. Where the CPU has AES and carry-less multiply
-//! instructions, AES-GCM is three to four times cheaper per byte, so we offer it first there; the
-//! listener takes the dialer's order (rustls as Go's TLS does when its CPU has AES too).
+//! instructions AES-GCM costs about a quarter as much per byte, so we offer it first there. The
+//! listener takes the dialer's first choice: rustls always, Go's TLS when its CPU has AES too.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};

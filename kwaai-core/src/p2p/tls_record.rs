@@ -312,6 +312,9 @@ impl<C: AsyncWrite + Unpin> TlsStream<C> {
 impl<C: AsyncRead + Unpin> AsyncRead for TlsStream<C> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
         let mut filled = 0;
         loop {
             // Plaintext first, then every whole record already read, until `buf` is full.
