@@ -84,3 +84,89 @@ pub(crate) fn now<T>(future: impl std::future::Future<Output = T>) -> T {
     }
     panic!("an in-memory exchange did not finish");
 }
+
+/// Acts out `steps` as the peer on an established secure connection (`ours` and `peer`, whose
+/// underlying ends `end` gives): each 3-byte step writes (flushed or not), tampers with or cuts
+/// the bytes in flight, lets our side read (through a buffer of any size) or write, or (step 6,
+/// while the connection is not cut) runs `extra` on the peer with the step's second byte. Panics
+/// unless our side reads exactly what the peer sent, in order: all of it, or a prefix once the
+/// peer's bytes were tampered with. Returns how many bytes our side read. For the security layers'
+/// fuzz targets.
+pub(crate) fn act_out_peer_steps<S>(
+    mut ours: S,
+    mut peer: S,
+    steps: &[u8],
+    end: impl FnOnce(&S) -> &End,
+    mut extra: impl FnMut(&mut S, u8),
+) -> usize
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use futures::{AsyncReadExt, AsyncWriteExt};
+
+    // The peer's direction of the connection, which the steps tamper with or cut.
+    let in_flight = end(&peer).tx.clone();
+    let in_flight = || in_flight.lock().unwrap_or_else(|p| p.into_inner());
+    let closed = || in_flight().closed;
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    let (mut sent, mut read, mut intact, mut failed) = (Vec::new(), Vec::new(), true, false);
+    let mut buf = vec![0u8; 70_000];
+    for step in steps.chunks_exact(3) {
+        let arg = usize::from(u16::from_le_bytes([step[1], step[2]]));
+        let bytes: Vec<u8> = (0..arg * 2).map(|i| (i * 7 + sent.len()) as u8).collect();
+        match step[0] % 7 {
+            0 | 1 => {
+                now(peer.write_all(&bytes)).unwrap();
+                sent.extend_from_slice(&bytes);
+                if step[0] % 7 == 0 {
+                    now(peer.flush()).unwrap();
+                }
+            }
+            2 => {
+                let mut pipe = in_flight();
+                let len = pipe.bytes.len();
+                if len > 0 {
+                    pipe.bytes[arg % len] ^= 1 << (step[1] % 8);
+                    intact = false;
+                }
+            }
+            3 => {
+                let mut pipe = in_flight();
+                let keep = pipe.bytes.len().saturating_sub(arg % 17);
+                intact &= keep == pipe.bytes.len();
+                pipe.bytes.truncate(keep);
+                pipe.closed = true;
+            }
+            4 if !failed => match Pin::new(&mut ours).poll_read(&mut cx, &mut buf[..arg % 70_000 + 1]) {
+                Poll::Ready(Ok(n)) => read.extend_from_slice(&buf[..n]),
+                Poll::Ready(Err(_)) => failed = true,
+                Poll::Pending => {}
+            },
+            5 if !failed => {
+                now(ours.write_all(&bytes)).unwrap();
+                now(ours.flush()).unwrap();
+                let mut back = vec![0u8; bytes.len()];
+                now(peer.read_exact(&mut back)).unwrap();
+                assert_eq!(back, bytes, "what we send arrives intact");
+            }
+            6 if !closed() => extra(&mut peer, step[1]),
+            _ => {}
+        }
+    }
+    if !closed() {
+        now(peer.flush()).unwrap();
+    }
+    while !failed {
+        match Pin::new(&mut ours).poll_read(&mut cx, &mut buf) {
+            Poll::Ready(Ok(0)) | Poll::Pending => break,
+            Poll::Ready(Ok(n)) => read.extend_from_slice(&buf[..n]),
+            Poll::Ready(Err(_)) => failed = true,
+        }
+    }
+    assert!(sent.starts_with(&read), "only what the peer sent is read, in order");
+    if intact && !closed() {
+        assert!(!failed && read.len() == sent.len(), "an untouched stream delivers everything");
+    }
+    read.len()
+}

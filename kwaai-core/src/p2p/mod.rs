@@ -31,6 +31,8 @@ mod muxer;
 #[cfg(feature = "native")]
 mod noise;
 #[cfg(feature = "native")]
+mod outbound;
+#[cfg(feature = "native")]
 mod rpc;
 #[cfg(feature = "native")]
 mod security;

@@ -19,7 +19,8 @@ use libp2p::{identity, PeerId};
 use prost::Message;
 use snow::resolvers::{DefaultResolver, FallbackResolver, RingResolver};
 
-use super::memory_pipe::{connection, now, End};
+use super::memory_pipe::{act_out_peer_steps, connection, now, End};
+use super::outbound::Outbound;
 
 /// The Noise protocol name libp2p fixes.
 const PATTERN: &str = "Noise_XX_25519_ChaChaPoly_SHA256";
@@ -163,10 +164,8 @@ pub(crate) struct NoiseStream<C> {
     plain_start: usize,
     /// Plaintext written but not yet sealed (small writes share a message).
     pending: Vec<u8>,
-    /// Sealed messages not yet handed to the socket: `outbound[out_start..out_end]`.
-    outbound: Box<[u8]>,
-    out_start: usize,
-    out_end: usize,
+    /// Sealed messages not yet handed to the socket.
+    outbound: Outbound,
 }
 
 impl<C> NoiseStream<C> {
@@ -180,9 +179,7 @@ impl<C> NoiseStream<C> {
             plain: Vec::new(),
             plain_start: 0,
             pending: Vec::with_capacity(MAX_PLAINTEXT),
-            outbound: vec![0u8; BUFFER].into_boxed_slice(),
-            out_start: 0,
-            out_end: 0,
+            outbound: Outbound::new(BUFFER),
         }
     }
 
@@ -204,10 +201,10 @@ impl<C> NoiseStream<C> {
 
     /// Encrypts `plain` (at most [`MAX_PLAINTEXT`] bytes) into `outbound`, which has room.
     fn seal(&mut self, plain: &[u8]) -> io::Result<()> {
-        let start = self.out_end;
-        let n = self.state.write_message(plain, &mut self.outbound[start + 2..]).map_err(invalid)?;
-        self.outbound[start..start + 2].copy_from_slice(&(n as u16).to_be_bytes());
-        self.out_end = start + 2 + n;
+        let spare = self.outbound.spare();
+        let n = self.state.write_message(plain, &mut spare[2..]).map_err(invalid)?;
+        spare[..2].copy_from_slice(&(n as u16).to_be_bytes());
+        self.outbound.commit(2 + n);
         Ok(())
     }
 
@@ -220,30 +217,7 @@ impl<C> NoiseStream<C> {
     }
 
     fn has_room(&self) -> bool {
-        self.outbound.len() - self.out_end >= MAX_FRAME
-    }
-}
-
-impl<C: AsyncWrite + Unpin> NoiseStream<C> {
-    /// Writes sealed messages to the socket until none are left (`Ready`) or it is full
-    /// (`Pending`, the unwritten bytes moved to the front).
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.out_start < self.out_end {
-            match Pin::new(&mut self.socket).poll_write(cx, &self.outbound[self.out_start..self.out_end]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.out_start += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    self.outbound.copy_within(self.out_start..self.out_end, 0);
-                    self.out_end -= self.out_start;
-                    self.out_start = 0;
-                    return Poll::Pending;
-                }
-            }
-        }
-        self.out_start = 0;
-        self.out_end = 0;
-        Poll::Ready(Ok(()))
+        self.outbound.room() >= MAX_FRAME
     }
 }
 
@@ -317,7 +291,7 @@ impl<C: AsyncWrite + Unpin> AsyncWrite for NoiseStream<C> {
         let this = self.get_mut();
         if !this.has_room() {
             // Pending only while the socket cannot take the bytes that leave no room.
-            if this.poll_send(cx)?.is_pending() && !this.has_room() {
+            if this.outbound.poll_send(&mut this.socket, cx)?.is_pending() && !this.has_room() {
                 return Poll::Pending;
             }
         }
@@ -337,11 +311,11 @@ impl<C: AsyncWrite + Unpin> AsyncWrite for NoiseStream<C> {
         let this = self.get_mut();
         if !this.pending.is_empty() {
             if !this.has_room() {
-                ready!(this.poll_send(cx))?;
+                ready!(this.outbound.poll_send(&mut this.socket, cx))?;
             }
             this.seal_pending()?;
         }
-        ready!(this.poll_send(cx))?;
+        ready!(this.outbound.poll_send(&mut this.socket, cx))?;
         Pin::new(&mut this.socket).poll_flush(cx)
     }
 
@@ -352,11 +326,8 @@ impl<C: AsyncWrite + Unpin> AsyncWrite for NoiseStream<C> {
 }
 
 /// Acts out `input` as a peer on an established Noise connection whose socket reads return at
-/// most `97 * input[0] + 1` bytes: each 3-byte step after that writes
-/// (flushed or not), tampers with or cuts the bytes in flight, or lets our side read (through a
-/// buffer of any size) or write. Panics unless our side reads exactly what the peer sent, in
-/// order: all of it, or a prefix once the peer's bytes were tampered with. Returns how many bytes
-/// our side read. For the `p2p_noise` fuzz target.
+/// most `97 * input[0] + 1` bytes, with the steps of [`act_out_peer_steps`] after that (step 6
+/// does nothing here). Returns how many bytes our side read. For the `p2p_noise` fuzz target.
 #[doc(hidden)]
 pub fn serve_peer_steps(input: &[u8]) -> usize {
     let keys = [identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519()];
@@ -365,72 +336,8 @@ pub fn serve_peer_steps(input: &[u8]) -> usize {
     let configs = [NoiseConfig::new(&keys[0]).unwrap(), NoiseConfig::new(&keys[1]).unwrap()];
     let [ours, theirs] = configs;
     let (ours, theirs) = now(futures::future::join(ours.handshake(x, false), theirs.handshake(y, true)));
-    let ((_, mut ours), (_, mut peer)) = (ours.unwrap(), theirs.unwrap());
-    let waker = futures::task::noop_waker();
-    let mut cx = Context::from_waker(&waker);
-    let (mut sent, mut read, mut intact, mut failed) = (Vec::new(), Vec::new(), true, false);
-    let mut buf = vec![0u8; 70_000];
-    for step in input.chunks_exact(3) {
-        let arg = usize::from(u16::from_le_bytes([step[1], step[2]]));
-        let bytes: Vec<u8> = (0..arg * 2).map(|i| (i * 7 + sent.len()) as u8).collect();
-        let in_flight = || peer.socket.tx.lock().unwrap_or_else(|p| p.into_inner());
-        match step[0] % 6 {
-            0 | 1 => {
-                now(peer.write_all(&bytes)).unwrap();
-                sent.extend_from_slice(&bytes);
-                if step[0] % 6 == 0 {
-                    now(peer.flush()).unwrap();
-                }
-            }
-            2 => {
-                let mut pipe = in_flight();
-                let len = pipe.bytes.len();
-                if len > 0 {
-                    pipe.bytes[arg % len] ^= 1 << (step[1] % 8);
-                    intact = false;
-                }
-            }
-            3 => {
-                let mut pipe = in_flight();
-                let keep = pipe.bytes.len().saturating_sub(arg % 17);
-                intact &= keep == pipe.bytes.len();
-                pipe.bytes.truncate(keep);
-                pipe.closed = true;
-            }
-            4 if !failed => match Pin::new(&mut ours).poll_read(&mut cx, &mut buf[..arg % 70_000 + 1]) {
-                Poll::Ready(Ok(n)) => read.extend_from_slice(&buf[..n]),
-                Poll::Ready(Err(_)) => failed = true,
-                Poll::Pending => {}
-            },
-            5 if !failed => {
-                now(ours.write_all(&bytes)).unwrap();
-                now(ours.flush()).unwrap();
-                let mut back = vec![0u8; bytes.len()];
-                now(peer.read_exact(&mut back)).unwrap();
-                assert_eq!(back, bytes, "what we send arrives intact");
-            }
-            _ => {}
-        }
-    }
-    if !in_flight_closed(&peer) {
-        now(peer.flush()).unwrap();
-    }
-    while !failed {
-        match Pin::new(&mut ours).poll_read(&mut cx, &mut buf) {
-            Poll::Ready(Ok(0)) | Poll::Pending => break,
-            Poll::Ready(Ok(n)) => read.extend_from_slice(&buf[..n]),
-            Poll::Ready(Err(_)) => failed = true,
-        }
-    }
-    assert!(sent.starts_with(&read), "only what the peer sent is read, in order");
-    if intact && !in_flight_closed(&peer) {
-        assert!(!failed && read.len() == sent.len(), "an untouched stream delivers everything");
-    }
-    read.len()
-}
-
-fn in_flight_closed(peer: &NoiseStream<End>) -> bool {
-    peer.socket.tx.lock().unwrap_or_else(|p| p.into_inner()).closed
+    let ((_, ours), (_, peer)) = (ours.unwrap(), theirs.unwrap());
+    act_out_peer_steps(ours, peer, input, |s| &s.socket, |_, _| {})
 }
 
 #[cfg(test)]

@@ -398,18 +398,14 @@ impl ClientCertVerifier for PeerCertVerifier {
 }
 
 /// Acts out `input` as a peer on an established TLS connection (both sides ours, over an
-/// in-memory connection whose reads return at most `97 * input[0] + 1` bytes): each 3-byte step
-/// after that writes (flushed or not), tampers with or cuts the bytes in flight, asks us to update
-/// our keys, or lets our side read (through a buffer of any size) or write. Panics unless our side
-/// reads exactly what the peer sent, in order: all of it, or a prefix once the peer's bytes were
-/// tampered with. Returns how many bytes our side read. For the `p2p_tls` fuzz target.
+/// in-memory connection whose reads return at most `97 * input[0] + 1` bytes), with the steps of
+/// [`act_out_peer_steps`] after that; step 6 sends a `KeyUpdate`, asking us to update ours when its
+/// second byte is even. Returns how many bytes our side read. For the `p2p_tls` fuzz target.
 #[doc(hidden)]
 pub fn serve_peer_steps(input: &[u8]) -> usize {
-    use std::pin::Pin;
     use std::sync::OnceLock;
-    use std::task::{Context, Poll};
 
-    use super::memory_pipe::{connection, now};
+    use super::memory_pipe::{act_out_peer_steps, connection, now, End};
 
     static CONFIGS: OnceLock<[TlsConfig; 2]> = OnceLock::new();
     let [ours, theirs] = CONFIGS
@@ -425,78 +421,14 @@ pub fn serve_peer_steps(input: &[u8]) -> usize {
         secure(UnbufferedServerConnection::new(ours.server).unwrap(), x, false),
         secure(UnbufferedClientConnection::new(theirs.client, name).unwrap(), y, true),
     ));
-    let ((_, mut ours), (_, mut peer)) = (ours.unwrap(), theirs.unwrap());
-    let waker = futures::task::noop_waker();
-    let mut cx = Context::from_waker(&waker);
-    let (mut sent, mut read, mut intact, mut failed) = (Vec::new(), Vec::new(), true, false);
-    let mut buf = vec![0u8; 70_000];
-    for step in input.chunks_exact(3) {
-        let arg = usize::from(u16::from_le_bytes([step[1], step[2]]));
-        let bytes: Vec<u8> = (0..arg * 2).map(|i| (i * 7 + sent.len()) as u8).collect();
-        match step[0] % 7 {
-            0 | 1 => {
-                now(peer.write_all(&bytes)).unwrap();
-                sent.extend_from_slice(&bytes);
-                if step[0] % 7 == 0 {
-                    now(peer.flush()).unwrap();
-                }
-            }
-            2 => {
-                let mut pipe = peer.socket().tx.lock().unwrap_or_else(|p| p.into_inner());
-                let len = pipe.bytes.len();
-                if len > 0 {
-                    pipe.bytes[arg % len] ^= 1 << (step[1] % 8);
-                    intact = false;
-                }
-            }
-            3 => {
-                let mut pipe = peer.socket().tx.lock().unwrap_or_else(|p| p.into_inner());
-                let keep = pipe.bytes.len().saturating_sub(arg % 17);
-                intact &= keep == pipe.bytes.len();
-                pipe.bytes.truncate(keep);
-                pipe.closed = true;
-            }
-            4 if !failed => match Pin::new(&mut ours).poll_read(&mut cx, &mut buf[..arg % 70_000 + 1]) {
-                Poll::Ready(Ok(n)) => read.extend_from_slice(&buf[..n]),
-                Poll::Ready(Err(_)) => failed = true,
-                Poll::Pending => {}
-            },
-            5 if !failed => {
-                now(ours.write_all(&bytes)).unwrap();
-                now(ours.flush()).unwrap();
-                let mut back = vec![0u8; bytes.len()];
-                now(peer.read_exact(&mut back)).unwrap();
-                assert_eq!(back, bytes, "what we send arrives intact");
-            }
-            6 if !closed(&peer) => {
-                if !peer.has_room() {
-                    now(peer.flush()).unwrap();
-                }
-                peer.update_keys(step[1] % 2 == 0).unwrap();
-            }
-            _ => {}
+    let ((_, ours), (_, peer)) = (ours.unwrap(), theirs.unwrap());
+    let ask_peer_to_update = |peer: &mut TlsStream<End>, byte: u8| {
+        if !peer.has_room() {
+            now(peer.flush()).unwrap();
         }
-    }
-    if !closed(&peer) {
-        now(peer.flush()).unwrap();
-    }
-    while !failed {
-        match Pin::new(&mut ours).poll_read(&mut cx, &mut buf) {
-            Poll::Ready(Ok(0)) | Poll::Pending => break,
-            Poll::Ready(Ok(n)) => read.extend_from_slice(&buf[..n]),
-            Poll::Ready(Err(_)) => failed = true,
-        }
-    }
-    assert!(sent.starts_with(&read), "only what the peer sent is read, in order");
-    if intact && !closed(&peer) {
-        assert!(!failed && read.len() == sent.len(), "an untouched stream delivers everything");
-    }
-    read.len()
-}
-
-/// Whether the peer's direction of the in-memory connection was cut.
-fn closed(peer: &TlsStream<super::memory_pipe::End>) -> bool {
-    peer.socket().tx.lock().unwrap_or_else(|p| p.into_inner()).closed
+        peer.update_keys(byte % 2 == 0).unwrap();
+    };
+    act_out_peer_steps(ours, peer, input, |s| s.socket(), ask_peer_to_update)
 }
 
 #[cfg(test)]

@@ -22,6 +22,8 @@ use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
 use rustls::ConnectionTrafficSecrets;
 
+use super::outbound::Outbound;
+
 /// A record's header: content type, legacy version (3, 3), length.
 const HEADER_LEN: usize = 5;
 /// The most plaintext a record carries.
@@ -120,10 +122,8 @@ pub(crate) struct TlsStream<C> {
     read_closed: bool,
     /// The peer asked for a `KeyUpdate`, owed before our next data.
     key_update_owed: bool,
-    /// Sealed records not yet handed to the socket: `outbound[out_start..out_end]`.
-    outbound: Box<[u8]>,
-    out_start: usize,
-    out_end: usize,
+    /// Sealed records not yet handed to the socket.
+    outbound: Outbound,
     close_sent: bool,
     /// Records sent under one key before we update it ([`KEY_UPDATE_EVERY`]; less in tests).
     pub(crate) key_update_every: u64,
@@ -149,9 +149,7 @@ impl<C> TlsStream<C> {
             in_end,
             read_closed: false,
             key_update_owed: false,
-            outbound: vec![0u8; BUFFER].into_boxed_slice(),
-            out_start: 0,
-            out_end: 0,
+            outbound: Outbound::new(BUFFER),
             close_sent: false,
             key_update_every: KEY_UPDATE_EVERY,
         }
@@ -250,9 +248,8 @@ impl<C> TlsStream<C> {
     /// Seals one record of `content_type` around `data` (at most [`MAX_PLAINTEXT`] bytes) into
     /// `outbound`, which has room.
     fn seal(&mut self, content_type: u8, data: &[u8]) -> io::Result<()> {
-        let start = self.out_end;
         let body_len = data.len() + 1 + TAG_LEN;
-        let record = &mut self.outbound[start..start + HEADER_LEN + body_len];
+        let record = &mut self.outbound.spare()[..HEADER_LEN + body_len];
         record[..HEADER_LEN].copy_from_slice(&[APPLICATION_DATA, 3, 3, (body_len >> 8) as u8, body_len as u8]);
         let (header, body) = record.split_at_mut(HEADER_LEN);
         body[..data.len()].copy_from_slice(data);
@@ -265,7 +262,7 @@ impl<C> TlsStream<C> {
             .seal_in_place_separate_tag(nonce, Aad::from(&*header), inner)
             .map_err(|_| invalid("sealing"))?;
         tag.copy_from_slice(sealed.as_ref());
-        self.out_end = start + HEADER_LEN + body_len;
+        self.outbound.commit(HEADER_LEN + body_len);
         Ok(())
     }
 
@@ -282,30 +279,7 @@ impl<C> TlsStream<C> {
 
     /// Room for two more records (a `KeyUpdate` and data).
     pub(crate) fn has_room(&self) -> bool {
-        self.outbound.len() - self.out_end >= 2 * MAX_SEALED
-    }
-}
-
-impl<C: AsyncWrite + Unpin> TlsStream<C> {
-    /// Writes sealed records to the socket until none are left (`Ready`) or it is full
-    /// (`Pending`, the unwritten bytes moved to the front).
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.out_start < self.out_end {
-            match Pin::new(&mut self.socket).poll_write(cx, &self.outbound[self.out_start..self.out_end]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.out_start += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    self.outbound.copy_within(self.out_start..self.out_end, 0);
-                    self.out_end -= self.out_start;
-                    self.out_start = 0;
-                    return Poll::Pending;
-                }
-            }
-        }
-        self.out_start = 0;
-        self.out_end = 0;
-        Poll::Ready(Ok(()))
+        self.outbound.room() >= 2 * MAX_SEALED
     }
 }
 
@@ -371,7 +345,7 @@ impl<C: AsyncWrite + Unpin> AsyncWrite for TlsStream<C> {
         }
         if !this.has_room() {
             // Pending only while the socket cannot take the bytes that leave no room.
-            if this.poll_send(cx)?.is_pending() && !this.has_room() {
+            if this.outbound.poll_send(&mut this.socket, cx)?.is_pending() && !this.has_room() {
                 return Poll::Pending;
             }
         }
@@ -389,7 +363,7 @@ impl<C: AsyncWrite + Unpin> AsyncWrite for TlsStream<C> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_send(cx))?;
+        ready!(this.outbound.poll_send(&mut this.socket, cx))?;
         Pin::new(&mut this.socket).poll_flush(cx)
     }
 
@@ -397,13 +371,13 @@ impl<C: AsyncWrite + Unpin> AsyncWrite for TlsStream<C> {
         let this = self.get_mut();
         if !this.close_sent {
             if !this.has_room() {
-                ready!(this.poll_send(cx))?;
+                ready!(this.outbound.poll_send(&mut this.socket, cx))?;
             }
             // close_notify: a warning-level alert 0.
             this.seal(ALERT, &[1, 0])?;
             this.close_sent = true;
         }
-        ready!(this.poll_send(cx))?;
+        ready!(this.outbound.poll_send(&mut this.socket, cx))?;
         ready!(Pin::new(&mut this.socket).poll_flush(cx))?;
         Pin::new(&mut this.socket).poll_close(cx)
     }
