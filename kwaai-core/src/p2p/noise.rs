@@ -19,7 +19,7 @@ use libp2p::{identity, PeerId};
 use prost::Message;
 use snow::resolvers::{DefaultResolver, FallbackResolver, RingResolver};
 
-use super::memory_pipe::{act_out_peer_steps, connection, now, End};
+use super::memory_pipe::{act_out_peer_steps, connection, now};
 use super::outbound::Outbound;
 
 /// The Noise protocol name libp2p fixes.
@@ -343,6 +343,8 @@ pub fn serve_peer_steps(input: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use futures::future::join;
+
+    use super::super::memory_pipe::End;
 
     use super::*;
 

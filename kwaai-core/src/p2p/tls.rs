@@ -426,7 +426,7 @@ pub fn serve_peer_steps(input: &[u8]) -> usize {
         if !peer.has_room() {
             now(peer.flush()).unwrap();
         }
-        peer.update_keys(byte % 2 == 0).unwrap();
+        peer.update_keys(byte.is_multiple_of(2)).unwrap();
     };
     act_out_peer_steps(ours, peer, input, |s| s.socket(), ask_peer_to_update)
 }
