@@ -7,6 +7,11 @@
 //! the socket ([`StreamMuxer::poll`] and [`StreamMuxer::poll_inbound`]); it hands each frame's
 //! payload to its stream's buffer and wakes that stream's reader.
 //!
+//! Frames that only keep the books wait for a write that carries data, so that a unary call costs
+//! each end one packet: an inbound stream's ACK goes out with its owner's first flush (or when the
+//! owner waits to read), and a FIN sent after the peer closed its side, with the connection's next
+//! write.
+//!
 //! Windows: each stream grants its peer [`LARGE_WINDOW`] bytes at once (the spec's 256 KiB plus a
 //! window update sent with the stream's SYN or ACK), so a 1 MiB message never waits for an update,
 //! and tops the window up whenever half of it was read. Only the first [`LARGE_WINDOW_STREAMS`]
@@ -107,6 +112,8 @@ pub(crate) struct YamuxMuxer<C> {
     /// The payload of the data frame being read: its stream, the bytes still to come and the
     /// frame's FIN or RST, which take effect after the payload.
     body: Option<(u32, usize, u16)>,
+    /// The wakers of [`Inner::woken`], while they are woken (kept for its allocation).
+    woken: Vec<Waker>,
 }
 
 /// The waker every socket write is polled with: when the socket can take more it wakes the
@@ -159,6 +166,8 @@ struct Inner<C> {
     go_away: bool,
     /// The waker every socket write is polled with.
     flush_waker: Arc<FlushWaker>,
+    /// Tasks to wake once the connection task lets go of the lock (so that they do not wait for it).
+    woken: Vec<Waker>,
 }
 
 #[derive(Default)]
@@ -173,6 +182,10 @@ struct StreamState {
     send_window: u32,
     remote_closed: bool,
     local_closed: bool,
+    /// An inbound stream whose ACK waits for its owner's first read, write or close.
+    ack_due: bool,
+    /// The owner wrote since its last completed flush.
+    dirty: bool,
     reset: bool,
     /// The owner dropped its handle after closing its side.
     dropped: bool,
@@ -186,12 +199,14 @@ impl StreamState {
     }
 
     fn wake(&mut self) {
-        if let Some(w) = self.reader.take() {
+        for w in self.reader.take().into_iter().chain(self.writer.take()) {
             w.wake();
         }
-        if let Some(w) = self.writer.take() {
-            w.wake();
-        }
+    }
+
+    /// Moves the stream's waiting reader and writer to `woken`, to be woken later.
+    fn defer_wake(&mut self, woken: &mut Vec<Waker>) {
+        woken.extend(self.reader.take().into_iter().chain(self.writer.take()));
     }
 }
 
@@ -254,11 +269,22 @@ impl<C> Inner<C> {
         Wake::wake_by_ref(&self.flush_waker);
     }
 
+    /// Queues stream `id`'s ACK (with the rest of our window grant) if it is due: it goes out with
+    /// the stream's first flush (a handler's reply, say) rather than in a packet of its own, and
+    /// at the latest when the owner waits for more to read.
+    fn acknowledge(&mut self, id: u32) {
+        let Some(stream) = self.streams.get_mut(&id) else { return };
+        if std::mem::take(&mut stream.ack_due) {
+            let grant = stream.window - DEFAULT_WINDOW;
+            self.push_frame(TYPE_WINDOW_UPDATE, ACK, id, grant);
+        }
+    }
+
     /// Resets stream `id` towards the peer and forgets it.
     fn reset(&mut self, id: u32) {
         self.push_frame(TYPE_WINDOW_UPDATE, RST, id, 0);
         if let Some(mut stream) = self.streams.remove(&id) {
-            stream.wake();
+            stream.defer_wake(&mut self.woken);
         }
     }
 }
@@ -302,14 +328,26 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Inner<C> {
         Poll::Ready(Ok(()))
     }
 
+    /// [`Inner::poll_flush_out`] for a task that waits: `Pending` means `waker` is woken when the
+    /// socket takes more.
+    fn poll_flush_for(&mut self, waker: &Waker) -> Poll<io::Result<()>> {
+        if let Poll::Ready(result) = self.poll_flush_out() {
+            return Poll::Ready(result);
+        }
+        // Listed only now that the socket is full (a list that only grows would hold every task
+        // that ever flushed), then the socket is asked again: room made in between is not missed.
+        self.flush_waker.wait(waker);
+        self.poll_flush_out()
+    }
+
     /// Flushes for a caller that does not wait: whatever cannot go now goes when the connection
     /// task is woken.
     fn flush_soon(&mut self) {
         if self.queued() > 0 || self.unflushed {
-            if let Some(driver) = &self.driver {
-                self.flush_waker.wait(driver);
+            match self.driver.clone() {
+                Some(driver) => _ = self.poll_flush_for(&driver),
+                None => _ = self.poll_flush_out(),
             }
-            let _ = self.poll_flush_out();
         }
     }
 }
@@ -329,6 +367,7 @@ impl<C> YamuxMuxer<C> {
             failed: None,
             go_away: false,
             flush_waker: Arc::default(),
+            woken: Vec::new(),
         };
         YamuxMuxer {
             shared: Arc::new(Mutex::new(inner)),
@@ -336,6 +375,7 @@ impl<C> YamuxMuxer<C> {
             start: 0,
             end: 0,
             body: None,
+            woken: Vec::new(),
         }
     }
 }
@@ -351,19 +391,11 @@ impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
                 inner.driver = Some(cx.waker().clone());
             }
         }
-        // The lock is taken again for each read, so that streams can take what came while the
-        // next Noise message is read and decrypted.
+        // The lock is held for one read and the frames it completes. The streams that got bytes
+        // are woken once it is let go, so they take them without waiting for the lock, and can do
+        // so while the next message is read and decrypted.
         for reads in 0.. {
             let mut inner = lock(&shared);
-            if let Err(e) = self.handle_frames(&mut inner) {
-                inner.fail(e.kind(), e.to_string());
-                return Err(e);
-            }
-            if inner.queued() > MAX_UNSENT {
-                let e = protocol_error(format!("the peer left {} bytes of ours unread", inner.queued()));
-                inner.fail(e.kind(), e.to_string());
-                return Err(e);
-            }
             if reads == READS_PER_POLL {
                 cx.waker().wake_by_ref();
                 inner.flush_soon();
@@ -389,6 +421,23 @@ impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
                     return Ok(());
                 }
             }
+            if let Err(e) = self.handle_frames(&mut inner) {
+                inner.fail(e.kind(), e.to_string());
+                return Err(e);
+            }
+            if inner.queued() > MAX_UNSENT {
+                let e = protocol_error(format!("the peer left {} bytes of ours unread", inner.queued()));
+                inner.fail(e.kind(), e.to_string());
+                return Err(e);
+            }
+            std::mem::swap(&mut self.woken, &mut inner.woken);
+            drop(inner);
+            for waker in self.woken.drain(..) {
+                // Not this task: it takes what it was woken for (a new stream) once this returns.
+                if !waker.will_wake(cx.waker()) {
+                    waker.wake();
+                }
+            }
         }
         Ok(())
     }
@@ -407,9 +456,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
                         inner.reset(id);
                     } else if !stream.reset {
                         stream.recv.extend_from_slice(bytes);
-                        if let Some(w) = stream.reader.take() {
-                            w.wake();
-                        }
+                        inner.woken.extend(stream.reader.take());
                     }
                 }
                 self.start += n;
@@ -481,13 +528,10 @@ impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
                 inner.push_frame(TYPE_WINDOW_UPDATE, RST, id, 0);
                 return Ok(());
             }
-            let window = inner.grant();
-            inner.streams.insert(id, StreamState::new(window));
-            inner.push_frame(TYPE_WINDOW_UPDATE, ACK, id, window - DEFAULT_WINDOW);
+            let state = StreamState { ack_due: true, ..StreamState::new(inner.grant()) };
+            inner.streams.insert(id, state);
             inner.inbound.push_back(id);
-            if let Some(w) = inner.inbound_waker.take() {
-                w.wake();
-            }
+            inner.woken.extend(inner.inbound_waker.take());
         }
         if delta > 0 {
             if let Some(stream) = inner.streams.get_mut(&id) {
@@ -495,9 +539,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
                     .send_window
                     .checked_add(delta)
                     .ok_or_else(|| protocol_error(format!("stream {id}'s window overflows")))?;
-                if let Some(w) = stream.writer.take() {
-                    w.wake();
-                }
+                inner.woken.extend(stream.writer.take());
             }
         }
         Ok(())
@@ -511,7 +553,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
         } else {
             stream.remote_closed = true;
         }
-        stream.wake();
+        stream.defer_wake(&mut inner.woken);
         if stream.dropped && (reset || stream.local_closed) {
             inner.streams.remove(&id);
         }
@@ -592,6 +634,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> AsyncRead for YamuxStream<C> {
         let this = self.get_mut();
         let mut inner = lock(&this.shared);
         let failed = inner.check();
+        inner.acknowledge(this.id);
         let Some(stream) = inner.streams.get_mut(&this.id) else {
             failed?;
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "stream reset")));
@@ -617,6 +660,8 @@ impl<C: AsyncRead + AsyncWrite + Unpin> AsyncRead for YamuxStream<C> {
         }
         failed?;
         stream.reader = Some(cx.waker().clone());
+        // Whatever is queued (this stream's ACK, say) goes out before the owner waits.
+        inner.flush_soon();
         Poll::Pending
     }
 }
@@ -626,12 +671,10 @@ impl<C: AsyncRead + AsyncWrite + Unpin> AsyncWrite for YamuxStream<C> {
         let this = self.get_mut();
         let mut inner = lock(&this.shared);
         inner.check()?;
-        if inner.queued() >= MAX_QUEUED {
-            inner.flush_waker.wait(cx.waker());
-            if inner.poll_flush_out()?.is_pending() {
-                return Poll::Pending;
-            }
+        if inner.queued() >= MAX_QUEUED && inner.poll_flush_for(cx.waker())?.is_pending() {
+            return Poll::Pending;
         }
+        inner.acknowledge(this.id);
         let Some(stream) = inner.streams.get_mut(&this.id) else {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "stream reset")));
         };
@@ -652,6 +695,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> AsyncWrite for YamuxStream<C> {
         }
         let n = buf.len().min(stream.send_window as usize).min(MAX_DATA_FRAME);
         stream.send_window -= n as u32;
+        stream.dirty = true;
         inner.push_frame(TYPE_DATA, 0, this.id, n as u32);
         inner.out.extend_from_slice(&buf[..n]);
         Poll::Ready(Ok(n))
@@ -660,23 +704,34 @@ impl<C: AsyncRead + AsyncWrite + Unpin> AsyncWrite for YamuxStream<C> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let mut inner = lock(&this.shared);
-        if inner.queued() == 0 && !inner.unflushed {
-            return Poll::Ready(inner.check());
+        if inner.queued() > 0 || inner.unflushed {
+            futures::ready!(inner.poll_flush_for(cx.waker()))?;
         }
-        // Registered before the socket is polled: it may be ready again before this returns.
-        inner.flush_waker.wait(cx.waker());
-        inner.poll_flush_out()
+        inner.check()?;
+        if let Some(stream) = inner.streams.get_mut(&this.id) {
+            stream.dirty = false;
+        }
+        Poll::Ready(Ok(()))
     }
 
+    /// Closes our side. When the peer closed its side already and everything this stream wrote
+    /// has been flushed, the FIN only lets the peer forget the stream: it is queued, to leave with
+    /// the connection's next write (the next call's request, say), instead of costing both ends a
+    /// packet of its own.
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         {
             let mut inner = lock(&this.shared);
             inner.check()?;
+            inner.acknowledge(this.id);
             let Some(stream) = inner.streams.get_mut(&this.id) else { return Poll::Ready(Ok(())) };
+            let finished = stream.remote_closed && !stream.dirty;
             if !stream.local_closed && !stream.reset {
                 stream.local_closed = true;
                 inner.push_frame(TYPE_WINDOW_UPDATE, FIN, this.id, 0);
+            }
+            if finished {
+                return Poll::Ready(Ok(()));
             }
         }
         Pin::new(this).poll_flush(cx)
@@ -881,13 +936,13 @@ mod tests {
     }
 
     #[test]
-    fn an_inbound_stream_is_acknowledged_with_our_window_and_reads_to_its_fin() {
+    fn an_inbound_stream_reads_to_its_fin_and_is_acknowledged_with_the_reply() {
         let mut input = data(SYN, 1, b"hello");
         input.extend(data(FIN, 1, b" world"));
         let mut h = Harness::new(input, false);
         h.poll().unwrap();
         let mut stream = h.inbound().expect("the peer's stream");
-        assert_eq!(h.sent(), vec![(TYPE_WINDOW_UPDATE, ACK, 1, LARGE_WINDOW - DEFAULT_WINDOW, vec![])]);
+        assert!(h.sent().is_empty(), "the ACK waits for the stream's owner");
         let mut got = Vec::new();
         while let Poll::Ready(Ok(bytes)) = read(&mut stream) {
             if bytes.is_empty() {
@@ -901,9 +956,42 @@ mod tests {
         assert!(matches!(s.as_mut().poll_write(&mut noop(), b"bye"), Poll::Ready(Ok(3))));
         assert!(h.sent().is_empty(), "a write is queued until a flush");
         assert!(matches!(s.as_mut().poll_close(&mut noop()), Poll::Ready(Ok(()))));
-        assert_eq!(h.sent(), vec![(TYPE_DATA, 0, 1, 3, b"bye".to_vec()), (TYPE_WINDOW_UPDATE, FIN, 1, 0, vec![])]);
+        let ack = (TYPE_WINDOW_UPDATE, ACK, 1, LARGE_WINDOW - DEFAULT_WINDOW, vec![]);
+        assert_eq!(h.sent(), vec![ack, (TYPE_DATA, 0, 1, 3, b"bye".to_vec()), (TYPE_WINDOW_UPDATE, FIN, 1, 0, vec![])]);
         drop(stream);
         assert!(lock(&h.muxer.shared).streams.is_empty(), "closed both ways and dropped: forgotten");
+    }
+
+    #[test]
+    fn a_reader_that_waits_sends_its_ack_first() {
+        let mut h = Harness::new(data(SYN, 1, b"part"), false);
+        h.poll().unwrap();
+        let mut stream = h.inbound().unwrap();
+        assert!(matches!(read(&mut stream), Poll::Ready(Ok(bytes)) if bytes == b"part"));
+        assert!(h.sent().is_empty(), "queued while there is data to read");
+        assert!(read(&mut stream).is_pending());
+        assert_eq!(h.sent(), vec![(TYPE_WINDOW_UPDATE, ACK, 1, LARGE_WINDOW - DEFAULT_WINDOW, vec![])]);
+    }
+
+    #[test]
+    fn closing_after_the_peer_finished_leaves_the_fin_for_the_next_flush() {
+        let mut h = Harness::new(data(SYN | FIN, 1, b"done"), false);
+        h.poll().unwrap();
+        let mut stream = h.inbound().unwrap();
+        while let Poll::Ready(Ok(bytes)) = read(&mut stream) {
+            if bytes.is_empty() {
+                break;
+            }
+        }
+        assert!(matches!(Pin::new(&mut stream).poll_close(&mut noop()), Poll::Ready(Ok(()))));
+        drop(stream);
+        assert!(h.sent().is_empty(), "the FIN waits for the connection's next write");
+        h.feed(&frame(TYPE_PING, SYN, 0, 9, &[]));
+        h.poll().unwrap();
+        let ack = (TYPE_WINDOW_UPDATE, ACK, 1, LARGE_WINDOW - DEFAULT_WINDOW, vec![]);
+        let fin = (TYPE_WINDOW_UPDATE, FIN, 1, 0, vec![]);
+        assert_eq!(h.sent(), vec![ack, fin, (TYPE_PING, ACK, 0, 9, vec![])]);
+        assert!(lock(&h.muxer.shared).streams.is_empty());
     }
 
     #[test]
@@ -987,6 +1075,10 @@ mod tests {
     fn only_the_first_streams_get_the_large_window() {
         let mut h = Harness::new(opened(LARGE_WINDOW_STREAMS + 2), false);
         h.poll().unwrap();
+        let mut streams: Vec<_> = std::iter::from_fn(|| h.inbound()).collect();
+        for stream in &mut streams {
+            assert!(read(stream).is_pending());
+        }
         let grants: Vec<u32> = h.sent().into_iter().filter(|f| f.1 == ACK).map(|f| f.3).collect();
         let mut expected = vec![LARGE_WINDOW - DEFAULT_WINDOW; LARGE_WINDOW_STREAMS];
         expected.extend([0, 0]);
