@@ -1,6 +1,7 @@
 //! The composed `NetworkBehaviour` of a kwaai node.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use libp2p::identity::PublicKey;
 use libp2p::kad::store::MemoryStore;
@@ -23,7 +24,7 @@ pub(crate) struct Behaviour {
 }
 
 impl Behaviour {
-    pub fn new(public_key: PublicKey, rpc: Arc<RpcShared>) -> Self {
+    pub fn new(public_key: PublicKey, rpc: Arc<RpcShared>, idle_timeout: Duration) -> Self {
         let agent = format!("kwaai/{}", crate::VERSION);
         let peer_id = PeerId::from_public_key(&public_key);
         // p2pd runs kad as a server under the IPFS protocol ID; Go peers admit us to their routing
@@ -40,7 +41,7 @@ impl Behaviour {
             ),
             ping: ping::Behaviour::new(ping::Config::new()),
             kad,
-            keep_alive: KeepAlive::new(rpc),
+            keep_alive: KeepAlive::new(rpc, idle_timeout),
         }
     }
 }

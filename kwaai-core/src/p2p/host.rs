@@ -195,9 +195,9 @@ fn build_swarm(identity: &Identity, rpc: Arc<RpcShared>, config: &NodeConfig) ->
             }
         })
         .boxed();
-    let behaviour = Behaviour::new(keypair.public(), rpc);
-    let swarm_config =
-        libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(config.idle_connection_timeout);
+    let behaviour = Behaviour::new(keypair.public(), rpc, config.idle_connection_timeout);
+    // Idle connections are closed by the keep-alive behaviour's own timer (see `keep_alive`).
+    let swarm_config = libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(Duration::ZERO);
     Ok(Swarm::new(transport, behaviour, keypair.public().to_peer_id(), swarm_config))
 }
 

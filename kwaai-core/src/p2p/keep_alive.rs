@@ -1,18 +1,19 @@
-//! Keeps a connection open while RPC streams run on it, and restarts its idle timer after each.
+//! Decides when an idle connection closes: an idle timeout after its last stream ended.
 //!
-//! RPC streams bypass the swarm's stream accounting (see [`super::muxer`]). Without this the
-//! swarm would close a connection that only carries a long streaming call once its idle timeout
-//! passes, and would count that timeout from the connection's first idle moment however many
-//! short calls came after it. The handler asks [`Connections`] about the peer's RPC streams: while
-//! one is open it keeps the connection alive; when any opened or closed since it last looked it
-//! keeps it alive once more and has itself polled again at once, which starts a fresh idle timer.
+//! RPC streams bypass the swarm's stream accounting (see [`super::muxer`]), and the swarm's own
+//! idle timer would restart (a timer armed and dropped) on every call. So the swarm runs with an
+//! idle timeout of zero, closing a connection as soon as no handler keeps it, and this handler
+//! keeps it while the peer has an RPC stream open or a stream ended less than
+//! [`crate::NodeConfig::idle_connection_timeout`] ago. A call costs it nothing: its timer wakes the
+//! connection only when the idle timeout it last saw runs out, and then looks again.
 
-use std::cell::Cell;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use futures::task::AtomicWaker;
 use libp2p::core::transport::PortUse;
 use libp2p::core::upgrade::DeniedUpgrade;
 use libp2p::core::Endpoint;
@@ -22,26 +23,26 @@ use libp2p::swarm::{
     SubstreamProtocol, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId};
+use tokio::time::Sleep;
 
 use super::muxer::Connections;
+
+/// Shortest wait between two looks at a connection's idleness.
+const MIN_RECHECK: Duration = Duration::from_millis(100);
 
 /// The behaviour: one [`KeepAliveHandler`] per connection, no events.
 pub(crate) struct KeepAlive {
     rpc: Arc<super::rpc::RpcShared>,
+    idle_timeout: Duration,
 }
 
 impl KeepAlive {
-    pub fn new(rpc: Arc<super::rpc::RpcShared>) -> Self {
-        KeepAlive { rpc }
+    pub fn new(rpc: Arc<super::rpc::RpcShared>, idle_timeout: Duration) -> Self {
+        KeepAlive { rpc, idle_timeout }
     }
 
     fn handler(&self, peer: PeerId) -> KeepAliveHandler {
-        KeepAliveHandler {
-            peer,
-            rpc: self.rpc.clone(),
-            seen_changes: Cell::new(0),
-            connection_task: AtomicWaker::new(),
-        }
+        KeepAliveHandler { peer, rpc: self.rpc.clone(), idle_timeout: self.idle_timeout, timer: None }
     }
 }
 
@@ -81,19 +82,35 @@ impl NetworkBehaviour for KeepAlive {
     }
 }
 
-/// Says "keep alive" while the peer has RPC streams open, and once after each change.
+/// Says "keep alive" while the peer has RPC streams open or used a stream recently.
 pub(crate) struct KeepAliveHandler {
     peer: PeerId,
     rpc: Arc<super::rpc::RpcShared>,
-    /// The peer's stream changes when this handler last answered.
-    seen_changes: Cell<u64>,
-    /// The connection task, registered by `poll`, to have the answer asked again.
-    connection_task: AtomicWaker,
+    idle_timeout: Duration,
+    /// Wakes the connection task when the idle timeout it last saw runs out (made on first poll,
+    /// inside the runtime).
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl KeepAliveHandler {
     fn connections(&self) -> &Connections {
         &self.rpc.connections
+    }
+
+    /// When the connection becomes idle if nothing happens meanwhile; `None` while a call runs.
+    fn idle_at(&self) -> Option<Instant> {
+        let activity = self.connections().activity(&self.peer);
+        (!activity.open).then(|| activity.last_active + self.idle_timeout)
+    }
+
+    /// When to look again: at the idle deadline, or a timeout from now if it passed or a call runs
+    /// (someone else may be keeping the connection).
+    fn next_look(&self) -> Instant {
+        let now = Instant::now();
+        match self.idle_at() {
+            Some(at) if at > now => at,
+            _ => now + self.idle_timeout.max(MIN_RECHECK),
+        }
     }
 }
 
@@ -110,20 +127,19 @@ impl ConnectionHandler for KeepAliveHandler {
     }
 
     fn connection_keep_alive(&self) -> bool {
-        let activity = self.connections().activity(&self.peer);
-        if activity.open {
-            return true;
-        }
-        if self.seen_changes.replace(activity.changes) != activity.changes {
-            // The swarm restarts its idle timer on a "yes" followed by a "no": ask for the "no" now.
-            self.connection_task.wake();
-            return true;
-        }
-        false
+        self.idle_at().is_none_or(|at| Instant::now() < at)
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ConnectionHandlerEvent<DeniedUpgrade, (), Infallible>> {
-        self.connection_task.register(cx.waker());
+        let mut timer = match self.timer.take() {
+            Some(timer) => timer,
+            None => Box::pin(tokio::time::sleep_until(self.next_look().into())),
+        };
+        // The swarm asks `connection_keep_alive` after this poll, and closes if it says no.
+        while timer.as_mut().poll(cx).is_ready() {
+            timer.as_mut().reset(self.next_look().into());
+        }
+        self.timer = Some(timer);
         Poll::Pending
     }
 

@@ -1,8 +1,9 @@
 //! A stream muxer wrapper that gives hivemind's slash-less protocol names to our RPC layer.
 //!
 //! rust-libp2p's multistream-select refuses protocol names without a leading `/`, and hivemind
-//! names its handlers `DHTProtocol.rpc_ping` and the like. Rather than patching it, every yamux
-//! connection is wrapped in [`RpcMuxer`]:
+//! names its handlers `DHTProtocol.rpc_ping` and the like. Rather than patching it, every
+//! connection's muxer is wrapped in [`RpcMuxer`], whose driver task reads the connection (see
+//! [`Driver`]; the swarm's own connection task sees only its streams and the end):
 //!
 //! * **Inbound**: each new substream is read by our own listener (a few lines of
 //!   multistream-select 1.0, [`super::multistream`]) until the dialer's first proposal arrives.
@@ -17,17 +18,18 @@
 //!   [`RpcMuxer`] shares (behind a mutex) for that purpose, so a call needs no round trip through
 //!   the connection task; the RPC layer then proposes the name itself.
 //!
-//! Streams handed to the RPC layer count as open in [`Connections`], which the keep-alive
-//! behaviour reads so that the swarm never closes a connection in the middle of a call, and
-//! counts its idle time from the end of the last call.
+//! Streams handed to the RPC layer count as open in [`Connections`], and every stream records
+//! when it closed: the keep-alive behaviour reads both, so that the swarm never closes a
+//! connection in the middle of a call and counts its idle time from the end of the last stream.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::task::AtomicWaker;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -106,31 +108,58 @@ impl AsyncWrite for RpcStream {
     }
 }
 
-/// The RPC streams of one connection: how many are open, and how often one opened or closed.
+/// The streams of one connection: how many RPC streams are open, and when a stream last closed.
 struct Activity {
     open: AtomicUsize,
-    changes: AtomicU64,
-    /// The connection task's waker: the keep-alive handler only sees a stream close when it is
-    /// polled.
-    connection_task: Arc<AtomicWaker>,
+    /// When a stream last closed (or the connection opened), in [`clock_ms`] milliseconds.
+    last_active: AtomicU64,
 }
 
-/// Counts one RPC stream as open on its connection while it lives.
-struct ActiveGuard(Arc<Activity>);
+/// Milliseconds since this process first asked.
+fn clock_ms() -> u64 {
+    clock_origin().elapsed().as_millis() as u64
+}
+
+fn clock_origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// Records a stream's end as the connection's last activity; an RPC stream's guard also counts
+/// the stream as open while it lives.
+struct ActiveGuard {
+    activity: Arc<Activity>,
+    counted: bool,
+}
 
 impl ActiveGuard {
+    /// Counts an RPC stream as open until the guard drops.
     fn new(activity: &Arc<Activity>) -> Self {
-        activity.open.fetch_add(1, Ordering::Relaxed);
-        activity.changes.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(activity.clone())
+        activity.open.fetch_add(1, Ordering::AcqRel);
+        ActiveGuard { activity: activity.clone(), counted: true }
+    }
+
+    /// Only records when the (swarm's) stream ends.
+    fn touch_on_drop(activity: &Arc<Activity>) -> Self {
+        ActiveGuard { activity: activity.clone(), counted: false }
+    }
+
+    /// Stops counting the stream as open; its end is still recorded.
+    fn uncounted(mut self) -> Self {
+        if std::mem::take(&mut self.counted) {
+            self.activity.open.fetch_sub(1, Ordering::AcqRel);
+        }
+        self
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-        self.0.changes.fetch_add(1, Ordering::Relaxed);
-        self.0.connection_task.wake();
+        // Stored before the count drops: whoever sees no open stream sees this end.
+        self.activity.last_active.fetch_max(clock_ms(), Ordering::AcqRel);
+        if self.counted {
+            self.activity.open.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -147,13 +176,13 @@ struct Slot {
     activity: Arc<Activity>,
 }
 
-/// What the RPC layer did on a peer's connections, as [`Connections::activity`] reports it.
+/// The streams on a peer's connections, as [`Connections::activity`] reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PeerActivity {
     /// Whether any RPC stream with the peer is open.
     pub open: bool,
-    /// How many times one opened or closed, summed over the peer's live connections.
-    pub changes: u64,
+    /// When the last stream with the peer closed, or its newest connection opened.
+    pub last_active: Instant,
 }
 
 /// Every live connection, by peer: how to open RPC streams on it and how many are open.
@@ -166,11 +195,7 @@ pub(crate) struct Connections {
 impl Connections {
     fn register(&self, peer: PeerId, muxer: SharedMuxer) -> (u64, Arc<Activity>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let activity = Arc::new(Activity {
-            open: AtomicUsize::new(0),
-            changes: AtomicU64::new(0),
-            connection_task: Arc::default(),
-        });
+        let activity = Arc::new(Activity { open: AtomicUsize::new(0), last_active: AtomicU64::new(clock_ms()) });
         self.lock().entry(peer).or_default().push(Slot { id, muxer, activity: activity.clone() });
         (id, activity)
     }
@@ -200,13 +225,14 @@ impl Connections {
         })
     }
 
-    /// The RPC streams on every live connection with `peer`.
+    /// The streams on every live connection with `peer`.
     pub fn activity(&self, peer: &PeerId) -> PeerActivity {
         let slots = self.lock();
         let list = slots.get(peer).map(Vec::as_slice).unwrap_or_default();
+        let last_active = list.iter().map(|slot| slot.activity.last_active.load(Ordering::Acquire)).max();
         PeerActivity {
-            open: list.iter().any(|slot| slot.activity.open.load(Ordering::Relaxed) > 0),
-            changes: list.iter().map(|slot| slot.activity.changes.load(Ordering::Relaxed)).sum(),
+            open: list.iter().any(|slot| slot.activity.open.load(Ordering::Acquire) > 0),
+            last_active: clock_origin() + Duration::from_millis(last_active.unwrap_or_else(clock_ms)),
         }
     }
 
@@ -227,23 +253,35 @@ pub(crate) struct RpcMuxer {
     slot: u64,
     rpc: Arc<RpcShared>,
     activity: Arc<Activity>,
-    replay_tx: mpsc::UnboundedSender<RpcStream>,
+    driven: Arc<Driven>,
     replays: mpsc::UnboundedReceiver<RpcStream>,
 }
 
 impl RpcMuxer {
-    /// Wraps the muxer of a fresh connection with `peer`.
+    /// Wraps the muxer of a fresh connection with `peer` and starts its driver task.
     pub fn new(inner: StreamMuxerBox, peer: PeerId, rpc: Arc<RpcShared>) -> Self {
         let inner = Arc::new(Mutex::new(inner));
         let (slot, activity) = rpc.connections.register(peer, inner.clone());
         let (replay_tx, replays) = mpsc::unbounded_channel();
-        RpcMuxer { inner, peer, slot, rpc, activity, replay_tx, replays }
+        let driven = Arc::new(Driven::default());
+        let driver = Driver {
+            inner: inner.clone(),
+            peer,
+            rpc: rpc.clone(),
+            activity: activity.clone(),
+            replay_tx,
+            driven: driven.clone(),
+        };
+        rpc.runtime.spawn(driver);
+        RpcMuxer { inner, peer, slot, rpc, activity, driven, replays }
     }
 }
 
 impl Drop for RpcMuxer {
     fn drop(&mut self) {
         self.rpc.connections.unregister(&self.peer, self.slot);
+        self.driven.released.store(true, Ordering::Release);
+        self.driven.driver_task.wake();
     }
 }
 
@@ -251,53 +289,145 @@ impl StreamMuxer for RpcMuxer {
     type Substream = RpcStream;
     type Error = io::Error;
 
-    fn poll_inbound(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<RpcStream, io::Error>> {
-        let this = self.get_mut();
-        loop {
-            if let Poll::Ready(Some(stream)) = this.replays.poll_recv(cx) {
-                return Poll::Ready(Ok(stream));
-            }
-            let stream = match lock(&this.inner).poll_inbound_unpin(cx) {
-                Poll::Ready(Ok(stream)) => stream,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            };
-            let (rpc, peer, replay) = (this.rpc.clone(), this.peer, this.replay_tx.clone());
-            let guard = ActiveGuard::new(&this.activity);
-            this.rpc.runtime.spawn(async move {
-                let listened = tokio::time::timeout(INBOUND_NEGOTIATION_TIMEOUT, listen(stream, &rpc)).await;
-                match listened {
-                    Ok(Ok(Listened::Handler { name, stream })) if name == KAD_PROTOCOL => {
-                        // Kad streams stay open between requests: they do not hold the connection.
-                        drop(guard);
-                        kad_responder::serve(peer, stream, rpc.commands()).await;
-                    }
-                    Ok(Ok(Listened::Handler { name, stream })) => {
-                        let stream = RpcStream { _active: Some(guard), ..stream };
-                        rpc.serve(peer, name, stream).await;
-                    }
-                    Ok(Ok(Listened::Swarm(stream))) => {
-                        drop(guard);
-                        let _ = replay.send(stream);
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, "inbound stream negotiation failed: {e}"),
-                    Err(_) => tracing::debug!(%peer, "inbound stream negotiation timed out"),
-                }
-            });
+    /// The peer's streams that the swarm negotiates (identify, ping, ...), from the driver task.
+    fn poll_inbound(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<RpcStream, io::Error>> {
+        match self.replays.poll_recv(cx) {
+            Poll::Ready(Some(stream)) => Poll::Ready(Ok(stream)),
+            // The driver ended: `poll` reports why.
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
         }
     }
 
     fn poll_outbound(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<RpcStream, io::Error>> {
-        lock(&self.inner).poll_outbound_unpin(cx).map_ok(RpcStream::plain)
+        let stream = futures::ready!(lock(&self.inner).poll_outbound_unpin(cx))?;
+        Poll::Ready(Ok(RpcStream {
+            _active: Some(ActiveGuard::touch_on_drop(&self.activity)),
+            ..RpcStream::plain(stream)
+        }))
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
         lock(&self.inner).poll_close_unpin(cx)
     }
 
+    /// The inner muxer's events and the error that ended it, from the driver task.
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<StreamMuxerEvent, io::Error>> {
-        self.activity.connection_task.register(cx.waker());
-        lock(&self.inner).poll_unpin(cx)
+        self.driven.connection_task.register(cx.waker());
+        let mut outcome = self.driven.outcome.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(event) = outcome.events.pop_front() {
+            return Poll::Ready(Ok(event));
+        }
+        match (outcome.error.take(), outcome.ended) {
+            (Some(e), _) => Poll::Ready(Err(e)),
+            (None, true) => Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "the connection ended"))),
+            (None, false) => Poll::Pending,
+        }
+    }
+}
+
+/// What a connection's driver task and the swarm's side of the connection share.
+#[derive(Default)]
+struct Driven {
+    outcome: Mutex<Outcome>,
+    /// The swarm's connection task, woken for an event or the end.
+    connection_task: AtomicWaker,
+    /// Set when the swarm let go of the connection: the driver task ends.
+    released: AtomicBool,
+    driver_task: AtomicWaker,
+}
+
+/// The inner muxer's events for the swarm, and how it ended.
+#[derive(Default)]
+struct Outcome {
+    events: VecDeque<StreamMuxerEvent>,
+    error: Option<io::Error>,
+    ended: bool,
+}
+
+impl Driven {
+    fn report(&self, event: Option<StreamMuxerEvent>, error: Option<io::Error>) {
+        {
+            let mut outcome = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
+            outcome.events.extend(event);
+            if error.is_some() {
+                outcome.error = error;
+                outcome.ended = true;
+            }
+        }
+        self.connection_task.wake();
+    }
+}
+
+/// Drives one connection's muxer on a task of its own: it reads the socket, serves the streams
+/// the peer opens for RPC and hands the others to the swarm. A call thus neither waits for nor
+/// wakes the swarm's connection task, which polls every protocol handler of the connection.
+struct Driver {
+    inner: SharedMuxer,
+    peer: PeerId,
+    rpc: Arc<RpcShared>,
+    activity: Arc<Activity>,
+    replay_tx: mpsc::UnboundedSender<RpcStream>,
+    driven: Arc<Driven>,
+}
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        this.driven.driver_task.register(cx.waker());
+        if this.driven.released.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        let inner = this.inner.clone();
+        let mut muxer = lock(&inner);
+        loop {
+            let error = match muxer.poll_unpin(cx) {
+                Poll::Ready(Ok(event)) => {
+                    this.driven.report(Some(event), None);
+                    continue;
+                }
+                Poll::Ready(Err(e)) => e,
+                Poll::Pending => match muxer.poll_inbound_unpin(cx) {
+                    Poll::Ready(Ok(stream)) => {
+                        this.accept(stream);
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => e,
+                    Poll::Pending => return Poll::Pending,
+                },
+            };
+            this.driven.report(None, Some(error));
+            return Poll::Ready(());
+        }
+    }
+}
+
+impl Driver {
+    /// Negotiates a stream the peer opened on a task of its own, and serves it or replays it to
+    /// the swarm.
+    fn accept(&self, stream: SubstreamBox) {
+        let (rpc, peer, replay) = (self.rpc.clone(), self.peer, self.replay_tx.clone());
+        let guard = ActiveGuard::new(&self.activity);
+        self.rpc.runtime.spawn(async move {
+            let listened = tokio::time::timeout(INBOUND_NEGOTIATION_TIMEOUT, listen(stream, &rpc)).await;
+            match listened {
+                Ok(Ok(Listened::Handler { name, stream })) if name == KAD_PROTOCOL => {
+                    // Kad streams stay open between requests: they do not hold the connection.
+                    let stream = RpcStream { _active: Some(guard.uncounted()), ..stream };
+                    kad_responder::serve(peer, stream, rpc.commands()).await;
+                }
+                Ok(Ok(Listened::Handler { name, stream })) => {
+                    let stream = RpcStream { _active: Some(guard), ..stream };
+                    rpc.serve(peer, name, stream).await;
+                }
+                Ok(Ok(Listened::Swarm(stream))) => {
+                    let _ = replay.send(RpcStream { _active: Some(guard.uncounted()), ..stream });
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, "inbound stream negotiation failed: {e}"),
+                Err(_) => tracing::debug!(%peer, "inbound stream negotiation timed out"),
+            }
+        });
     }
 }
 
