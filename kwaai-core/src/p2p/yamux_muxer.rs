@@ -9,8 +9,8 @@
 //!
 //! Frames that only keep the books wait for a write that carries data, so that a unary call costs
 //! each end one packet: an inbound stream's ACK goes out with its owner's first flush (or when the
-//! owner waits to read), and a FIN sent after the peer closed its side, with the connection's next
-//! write.
+//! owner waits to read, or at once when the peer has sent half the spec's window), and a FIN sent
+//! after the peer closed its side, with the connection's next write.
 //!
 //! Windows: each stream grants its peer [`LARGE_WINDOW`] bytes at once (the spec's 256 KiB plus a
 //! window update sent with the stream's SYN or ACK), so a 1 MiB message never waits for an update,
@@ -495,6 +495,10 @@ impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
                                 )));
                             }
                             stream.recv_window -= length;
+                            if stream.ack_due && stream.window - stream.recv_window >= DEFAULT_WINDOW / 2 {
+                                // The peer is using up the spec's window: it needs our grant now.
+                                inner.acknowledge(id);
+                            }
                         } else if length > LARGE_WINDOW {
                             return Err(protocol_error(format!("a data frame of {length} bytes")));
                         }
@@ -970,6 +974,17 @@ mod tests {
         assert!(matches!(read(&mut stream), Poll::Ready(Ok(bytes)) if bytes == b"part"));
         assert!(h.sent().is_empty(), "queued while there is data to read");
         assert!(read(&mut stream).is_pending());
+        assert_eq!(h.sent(), vec![(TYPE_WINDOW_UPDATE, ACK, 1, LARGE_WINDOW - DEFAULT_WINDOW, vec![])]);
+    }
+
+    #[test]
+    fn a_peer_that_used_half_the_spec_window_gets_our_grant_at_once() {
+        let half = vec![1u8; DEFAULT_WINDOW as usize / 2];
+        let mut h = Harness::new(data(SYN, 1, &half[..half.len() - 1]), false);
+        h.poll().unwrap();
+        assert!(h.sent().is_empty(), "a small request waits for its reply");
+        h.feed(&data(0, 1, b"x"));
+        h.poll().unwrap();
         assert_eq!(h.sent(), vec![(TYPE_WINDOW_UPDATE, ACK, 1, LARGE_WINDOW - DEFAULT_WINDOW, vec![])]);
     }
 
