@@ -91,7 +91,8 @@ pub async fn read_unary_envelope<R: AsyncRead + Unpin>(
     max_len: usize,
 ) -> Result<PersistentConnectionRequest> {
     let body = read_length_prefixed(reader, max_len).await?;
-    PersistentConnectionRequest::decode(&body[..])
+    // Decoded from `Bytes`, the data field is a view of `body` rather than two fresh copies.
+    PersistentConnectionRequest::decode(bytes::Bytes::from(body))
         .map_err(|e| Error::new(ErrorKind::Protocol, format!("bad PersistentConnectionRequest: {e}")))
 }
 
@@ -207,7 +208,7 @@ pub fn unary_call(peer: &libp2p::PeerId, name: &str, request: Vec<u8>) -> (Persi
         message: Some(request::Message::CallUnary(CallUnaryRequest {
             peer: peer.to_bytes(),
             proto: name.to_owned(),
-            data: request,
+            data: request.into(),
         })),
     };
     (call, call_id)
@@ -221,11 +222,18 @@ pub fn unary_reply(reply: PersistentConnectionRequest, call_id: &[u8]) -> Result
     }
     match reply.message {
         Some(request::Message::UnaryResponse(CallUnaryResponse { result: Some(result) })) => match result {
-            call_unary_response::Result::Response(bytes) => Ok(bytes),
+            call_unary_response::Result::Response(bytes) => Ok(into_vec(bytes)),
             call_unary_response::Result::Error(text) => Err(remote_error(&String::from_utf8_lossy(&text))),
         },
         _ => Err(Error::new(ErrorKind::Protocol, "reply without a unaryResponse")),
     }
+}
+
+/// `bytes` as a `Vec`, without copying them when they are the only view of their buffer (as the
+/// data field of an envelope that [`read_unary_envelope`] decoded is): a megabyte copied into
+/// fresh memory costs more in page faults than in the copy.
+pub fn into_vec(bytes: bytes::Bytes) -> Vec<u8> {
+    bytes.try_into_mut().map(Vec::from).unwrap_or_else(|shared| shared.to_vec())
 }
 
 /// The error of a remote handler, with its text.

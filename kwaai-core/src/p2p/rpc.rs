@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::forward;
 use super::framing::{
-    append_forward_request, append_unary_envelope, check_name, io_error, read_forward_answer, read_frame,
+    append_forward_request, append_unary_envelope, check_name, into_vec, io_error, read_forward_answer, read_frame,
     read_negotiation_answer, read_unary_envelope, remote_error, unary_call, unary_reply, write_all, write_error_frame,
     write_frame, Frame, CALL_ID_LEN,
 };
@@ -469,7 +469,7 @@ async fn serve_unary(
     if call.call_id.len() != CALL_ID_LEN {
         return Err(Error::new(ErrorKind::Protocol, "call ID is not 16 bytes"));
     }
-    let work = tokio::time::timeout(limits.handler_timeout, handler(peer, data));
+    let work = tokio::time::timeout(limits.handler_timeout, handler(peer, into_vec(data)));
     // p2pd cancels a call when its caller closes or resets the stream: watch for that meanwhile.
     let mut probe = [0u8; 1];
     let result = {
@@ -484,7 +484,7 @@ async fn serve_unary(
         }
     };
     let result = match result {
-        Ok(Ok(reply)) => call_unary_response::Result::Response(reply),
+        Ok(Ok(reply)) => call_unary_response::Result::Response(reply.into()),
         Ok(Err(e)) => call_unary_response::Result::Error(e.message().as_bytes().to_vec()),
         Err(_) => call_unary_response::Result::Error(
             format!("handler {name} took over {:?}", limits.handler_timeout).into_bytes(),

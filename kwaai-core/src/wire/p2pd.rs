@@ -53,9 +53,9 @@ pub struct CallUnaryRequest {
     /// The handler name; Python dispatches on it, so it must equal the stream's protocol.
     #[prost(string, required, tag = "2")]
     pub proto: String,
-    /// The serialized request message.
-    #[prost(bytes = "vec", required, tag = "3")]
-    pub data: Vec<u8>,
+    /// The serialized request message (decoded from a `Bytes` envelope, a view of its buffer).
+    #[prost(bytes = "bytes", required, tag = "3")]
+    pub data: bytes::Bytes,
 }
 
 /// `CallUnaryResponse`: the handler's reply or its error text.
@@ -73,9 +73,9 @@ pub mod call_unary_response {
     /// A handler's outcome.
     #[derive(Clone, PartialEq, Oneof)]
     pub enum Result {
-        /// The serialized reply message.
-        #[prost(bytes, tag = "1")]
-        Response(Vec<u8>),
+        /// The serialized reply message (decoded from a `Bytes` envelope, a view of its buffer).
+        #[prost(bytes = "bytes", tag = "1")]
+        Response(bytes::Bytes),
         /// The handler's error text (hivemind sends `repr(exc)`).
         #[prost(bytes, tag = "2")]
         Error(Vec<u8>),
@@ -206,7 +206,11 @@ mod tests {
     fn empty_required_fields_are_still_encoded() {
         let call = PersistentConnectionRequest {
             call_id: vec![7; 16],
-            message: Some(Kind::CallUnary(CallUnaryRequest { peer: vec![], proto: "A.b".into(), data: vec![] })),
+            message: Some(Kind::CallUnary(CallUnaryRequest {
+                peer: vec![],
+                proto: "A.b".into(),
+                data: Default::default(),
+            })),
         };
         let bytes = call.encode_to_vec();
         // callId(0a 10 ..16 bytes) callUnary(1a 09 (0a 00) (12 03 'A.b') (1a 00))
