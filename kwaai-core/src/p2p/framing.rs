@@ -3,6 +3,7 @@
 //! in [`crate::wire::p2pd`] and [`super::multistream`]. Pure (generic over `futures` I/O, no
 //! runtime): the browser client uses it as it is.
 
+use bytes::Bytes;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use prost::Message;
 
@@ -191,6 +192,53 @@ pub fn append_unary_envelope(message: &PersistentConnectionRequest, out: &mut Ve
     out.len() - start
 }
 
+/// Appends the head of `message`'s unary envelope to `out`: everything up to its big field (a
+/// call's request or a handler's reply), which comes last in the encoding. Returns the envelope's
+/// length and that field, to be written after the head: a megabyte reply is then not copied into
+/// a buffer of its own. A message whose big field is small, or that has none, goes into `out`
+/// whole.
+pub fn append_unary_envelope_head(mut message: PersistentConnectionRequest, out: &mut Vec<u8>) -> (usize, Bytes) {
+    use prost::encoding::{bytes as bytes_field, encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+    // Field tags, as `crate::wire::p2pd` declares them.
+    const CALL_UNARY: u32 = 3;
+    const UNARY_RESPONSE: u32 = 4;
+    const CALL_DATA: u32 = 3;
+    const RESPONSE: u32 = 1;
+    // The oneof's tag, the big field's tag inside it, and the nested fields before the big one.
+    let mut nested_head = Vec::new();
+    let (tag, data_tag, data) = match &mut message.message {
+        Some(request::Message::CallUnary(call)) => {
+            bytes_field::encode(1, &call.peer, &mut nested_head);
+            prost::encoding::string::encode(2, &call.proto, &mut nested_head);
+            (CALL_UNARY, CALL_DATA, std::mem::take(&mut call.data))
+        }
+        Some(request::Message::UnaryResponse(CallUnaryResponse {
+            result: Some(call_unary_response::Result::Response(reply)),
+        })) => (UNARY_RESPONSE, RESPONSE, std::mem::take(reply)),
+        _ => return (append_unary_envelope(&message, out), Bytes::new()),
+    };
+    let data_len = data.len() as u64;
+    let nested_len = nested_head.len() + key_len(data_tag) + encoded_len_varint(data_len) + data.len();
+    let outer_len = bytes_field::encoded_len(1, &message.call_id)
+        + key_len(tag)
+        + encoded_len_varint(nested_len as u64)
+        + nested_len;
+    let start = out.len();
+    encode_varint(outer_len as u64, out);
+    bytes_field::encode(1, &message.call_id, out);
+    encode_key(tag, WireType::LengthDelimited, out);
+    encode_varint(nested_len as u64, out);
+    out.extend_from_slice(&nested_head);
+    encode_key(data_tag, WireType::LengthDelimited, out);
+    encode_varint(data_len, out);
+    if data.len() <= FIRST_WRITE_PAYLOAD {
+        // Small enough to copy: the envelope stays one write.
+        out.extend_from_slice(&data);
+        return (out.len() - start, Bytes::new());
+    }
+    (out.len() - start + data.len(), data)
+}
+
 /// A fresh call ID: 16 random bytes shaped as a UUID4, as hivemind makes them.
 pub fn new_call_id() -> Vec<u8> {
     let mut id: [u8; CALL_ID_LEN] = rand::random();
@@ -275,6 +323,44 @@ mod tests {
     }
 
     const SHORT: Duration = Duration::from_millis(50);
+
+    #[test]
+    fn an_envelope_head_and_its_data_make_the_whole_envelope() {
+        let peer = libp2p::PeerId::random();
+        for len in [0usize, 1, 127, 128, 300, 16383, 16384, 1 << 20] {
+            let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let (call, call_id) = unary_call(&peer, "Test.echo", data.clone());
+            let reply = PersistentConnectionRequest {
+                call_id,
+                message: Some(request::Message::UnaryResponse(CallUnaryResponse {
+                    result: Some(call_unary_response::Result::Response(data.into())),
+                })),
+            };
+            for message in [call, reply] {
+                let mut whole = vec![7u8];
+                let whole_len = append_unary_envelope(&message, &mut whole);
+                let mut split = vec![7u8];
+                let (split_len, data) = append_unary_envelope_head(message, &mut split);
+                split.extend_from_slice(&data);
+                assert_eq!((split_len, &split), (whole_len, &whole), "{len} bytes");
+            }
+        }
+        let error = unary_reply_error_envelope();
+        let mut whole = Vec::new();
+        append_unary_envelope(&error, &mut whole);
+        let mut split = Vec::new();
+        let (_, data) = append_unary_envelope_head(error, &mut split);
+        assert!(data.is_empty() && split == whole, "other messages go whole");
+    }
+
+    fn unary_reply_error_envelope() -> PersistentConnectionRequest {
+        PersistentConnectionRequest {
+            call_id: new_call_id(),
+            message: Some(request::Message::UnaryResponse(CallUnaryResponse {
+                result: Some(call_unary_response::Result::Error(b"boom".to_vec())),
+            })),
+        }
+    }
 
     #[tokio::test]
     async fn frames_decode_and_end_cleanly() {

@@ -30,9 +30,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::forward;
 use super::framing::{
-    append_forward_request, append_unary_envelope, check_name, into_vec, io_error, read_forward_answer, read_frame,
-    read_negotiation_answer, read_unary_envelope, remote_error, unary_call, unary_reply, write_all, write_error_frame,
-    write_frame, Frame, CALL_ID_LEN,
+    append_forward_request, append_unary_envelope, append_unary_envelope_head, check_name, into_vec, io_error,
+    read_forward_answer, read_frame, read_negotiation_answer, read_unary_envelope, remote_error, unary_call,
+    unary_reply, write_all, write_error_frame, write_frame, Frame, CALL_ID_LEN,
 };
 use super::host::Command;
 use super::multistream::dialer_proposal;
@@ -252,19 +252,19 @@ impl Rpc {
         let peer = route.peer;
         let limits = self.shared.limits();
         let (call, call_id) = unary_call(&peer, name, request);
-        // The proposal and the envelope go out in one write.
+        // The proposal and the envelope go out in one flush.
         let mut out = route.preamble(name);
-        let envelope_len = append_unary_envelope(&call, &mut out);
+        let (envelope_len, data) = append_unary_envelope_head(call, &mut out);
         if envelope_len > limits.max_unary_len {
             return Err(Error::invalid_argument(format!(
                 "unary request of {envelope_len} bytes exceeds the limit of {} bytes",
                 limits.max_unary_len
             )));
         }
-        drop(call);
         let stream = self.open(route.first_hop()).await?;
         let mut stream = BufReader::new(stream);
-        write_all(&mut stream, &out).await?;
+        stream.write_all(&out).await.map_err(io_error)?;
+        write_all(&mut stream, &data).await?;
         route.read_answer(&mut stream, name).await?;
         let reply = read_unary_envelope(&mut stream, limits.max_unary_len).await?;
         let _ = stream.close().await;
@@ -493,16 +493,18 @@ async fn serve_unary(
     // A deferred multistream answer and the reply go out in one write.
     let mut out = answer;
     let answer_len = out.len();
+    let call_id = call.call_id;
     let reply = PersistentConnectionRequest {
-        call_id: call.call_id,
+        call_id: call_id.clone(),
         message: Some(request::Message::UnaryResponse(CallUnaryResponse { result: Some(result) })),
     };
-    let reply_len = append_unary_envelope(&reply, &mut out);
+    let (reply_len, mut data) = append_unary_envelope_head(reply, &mut out);
     if reply_len > limits.max_unary_len {
         out.truncate(answer_len);
+        data = Default::default();
         let text = format!("reply of {reply_len} bytes exceeds the limit of {} bytes", limits.max_unary_len);
         let refusal = PersistentConnectionRequest {
-            call_id: reply.call_id,
+            call_id,
             message: Some(request::Message::UnaryResponse(CallUnaryResponse {
                 result: Some(call_unary_response::Result::Error(text.into_bytes())),
             })),
@@ -511,6 +513,7 @@ async fn serve_unary(
     }
     // No flush before the close: the reply and the end of the stream leave in one write.
     stream.write_all(&out).await.map_err(io_error)?;
+    stream.write_all(&data).await.map_err(io_error)?;
     let _ = stream.close().await;
     Ok(())
 }
