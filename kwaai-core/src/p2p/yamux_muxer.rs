@@ -62,10 +62,6 @@ const MAX_UNSENT: usize = 4 << 20;
 const READS_PER_POLL: usize = 16;
 /// Size of the connection's read buffer.
 const READ_BUFFER: usize = 256 * 1024;
-/// Receive buffers of closed streams kept for new ones, and the largest kept (fresh memory costs
-/// a page fault per 4 KiB, about as much as the bytes' decryption).
-const SPARE_RECV_BUFFERS: usize = 4;
-const MAX_SPARE_RECV: usize = 4 << 20;
 
 /// The yamux upgrade for our transport.
 #[derive(Debug, Clone)]
@@ -172,8 +168,6 @@ struct Inner<C> {
     flush_waker: Arc<FlushWaker>,
     /// Tasks to wake once the connection task lets go of the lock (so that they do not wait for it).
     woken: Vec<Waker>,
-    /// Receive buffers of closed streams, for new ones.
-    spare_recv: Vec<BytesMut>,
 }
 
 #[derive(Default)]
@@ -286,26 +280,10 @@ impl<C> Inner<C> {
         }
     }
 
-    /// A new stream's state, with a spare receive buffer if there is one.
-    fn new_stream(&mut self, window: u32) -> StreamState {
-        StreamState { recv: self.spare_recv.pop().unwrap_or_default(), ..StreamState::new(window) }
-    }
-
-    /// Forgets stream `id`, keeping its receive buffer for a new stream.
-    fn forget(&mut self, id: u32) -> Option<StreamState> {
-        let mut stream = self.streams.remove(&id)?;
-        let mut recv = std::mem::take(&mut stream.recv);
-        recv.clear();
-        if recv.capacity() > 0 && recv.capacity() <= MAX_SPARE_RECV && self.spare_recv.len() < SPARE_RECV_BUFFERS {
-            self.spare_recv.push(recv);
-        }
-        Some(stream)
-    }
-
     /// Resets stream `id` towards the peer and forgets it.
     fn reset(&mut self, id: u32) {
         self.push_frame(TYPE_WINDOW_UPDATE, RST, id, 0);
-        if let Some(mut stream) = self.forget(id) {
+        if let Some(mut stream) = self.streams.remove(&id) {
             stream.defer_wake(&mut self.woken);
         }
     }
@@ -390,7 +368,6 @@ impl<C> YamuxMuxer<C> {
             go_away: false,
             flush_waker: Arc::default(),
             woken: Vec::new(),
-            spare_recv: Vec::new(),
         };
         YamuxMuxer {
             shared: Arc::new(Mutex::new(inner)),
@@ -555,8 +532,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
                 inner.push_frame(TYPE_WINDOW_UPDATE, RST, id, 0);
                 return Ok(());
             }
-            let window = inner.grant();
-            let state = StreamState { ack_due: true, ..inner.new_stream(window) };
+            let state = StreamState { ack_due: true, ..StreamState::new(inner.grant()) };
             inner.streams.insert(id, state);
             inner.inbound.push_back(id);
             inner.woken.extend(inner.inbound_waker.take());
@@ -583,7 +559,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
         }
         stream.defer_wake(&mut inner.woken);
         if stream.dropped && (reset || stream.local_closed) {
-            inner.forget(id);
+            inner.streams.remove(&id);
         }
     }
 }
@@ -621,8 +597,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> StreamMuxer for YamuxMuxer<C> {
         let id = inner.next_id;
         inner.next_id = id.checked_add(2).ok_or_else(|| io::Error::other("yamux stream IDs are used up"))?;
         let window = inner.grant();
-        let state = inner.new_stream(window);
-        inner.streams.insert(id, state);
+        inner.streams.insert(id, StreamState::new(window));
         // The SYN goes out with the stream's first flush.
         inner.push_frame(TYPE_WINDOW_UPDATE, SYN, id, window - DEFAULT_WINDOW);
         Poll::Ready(Ok(YamuxStream { id, shared: this.shared.clone() }))
@@ -772,7 +747,7 @@ impl<C> Drop for YamuxStream<C> {
         let mut inner = lock(&self.shared);
         let Some(stream) = inner.streams.get_mut(&self.id) else { return };
         if stream.reset || (stream.local_closed && stream.remote_closed) {
-            inner.forget(self.id);
+            inner.streams.remove(&self.id);
         } else if !stream.local_closed {
             // Abandoned mid-way: tell the peer (a hivemind call is cancelled this way).
             inner.reset(self.id);
