@@ -93,7 +93,7 @@ pub async fn read_unary_envelope<R: AsyncRead + Unpin>(
 ) -> Result<PersistentConnectionRequest> {
     let body = read_length_prefixed(reader, max_len).await?;
     // Decoded from `Bytes`, the data field is a view of `body` rather than two fresh copies.
-    PersistentConnectionRequest::decode(bytes::Bytes::from(body))
+    PersistentConnectionRequest::decode(Bytes::from(body))
         .map_err(|e| Error::new(ErrorKind::Protocol, format!("bad PersistentConnectionRequest: {e}")))
 }
 
@@ -280,7 +280,7 @@ pub fn unary_reply(reply: PersistentConnectionRequest, call_id: &[u8]) -> Result
 /// `bytes` as a `Vec`, without copying them when they are the only view of their buffer (as the
 /// data field of an envelope that [`read_unary_envelope`] decoded is): a megabyte copied into
 /// fresh memory costs more in page faults than in the copy.
-pub fn into_vec(bytes: bytes::Bytes) -> Vec<u8> {
+pub fn into_vec(bytes: Bytes) -> Vec<u8> {
     bytes.try_into_mut().map(Vec::from).unwrap_or_else(|shared| shared.to_vec())
 }
 
