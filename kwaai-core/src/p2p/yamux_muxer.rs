@@ -62,6 +62,9 @@ const MAX_UNSENT: usize = 4 << 20;
 const READS_PER_POLL: usize = 16;
 /// Size of the connection's read buffer.
 const READ_BUFFER: usize = 256 * 1024;
+/// Unread bytes in a stream's buffer after which the connection task lets its reader run before
+/// reading on (a reader woken on the same worker runs only once the connection task yields).
+const RECV_BACKLOG: usize = 256 * 1024;
 
 /// The yamux upgrade for our transport.
 #[derive(Debug, Clone)]
@@ -114,6 +117,8 @@ pub(crate) struct YamuxMuxer<C> {
     body: Option<(u32, usize, u16)>,
     /// The wakers of [`Inner::woken`], while they are woken (kept for its allocation).
     woken: Vec<Waker>,
+    /// A stream's unread bytes passed [`RECV_BACKLOG`] in the last read.
+    backlog: bool,
 }
 
 /// The waker every socket write is polled with: when the socket can take more it wakes the
@@ -376,6 +381,7 @@ impl<C> YamuxMuxer<C> {
             end: 0,
             body: None,
             woken: Vec::new(),
+            backlog: false,
         }
     }
 }
@@ -438,6 +444,11 @@ impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
                     waker.wake();
                 }
             }
+            if std::mem::take(&mut self.backlog) {
+                cx.waker().wake_by_ref();
+                lock(&shared).flush_soon();
+                return Ok(());
+            }
         }
         Ok(())
     }
@@ -456,6 +467,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
                         inner.reset(id);
                     } else if !stream.reset {
                         stream.recv.extend_from_slice(bytes);
+                        self.backlog |= stream.recv.len() >= RECV_BACKLOG;
                         inner.woken.extend(stream.reader.take());
                     }
                 }
