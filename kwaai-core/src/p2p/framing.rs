@@ -8,12 +8,13 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use prost::Message;
 
 use super::multistream::{decode_message, HEADER, MAX_MESSAGE_LEN, NOT_AVAILABLE};
+use super::spare_buffers;
 use crate::error::{Error, ErrorKind, Result};
 use crate::wire::forward::{ForwardRequest, ForwardResponse, MAX_FORWARD_REQUEST};
 use crate::wire::p2pd::{
-    call_unary_response, decode_envelope_length, decode_frame_header, decode_rpc_error, encode_frame_header,
-    persistent_connection_request as request, CallUnaryRequest, CallUnaryResponse, PersistentConnectionRequest,
-    FRAME_ERROR, FRAME_HEADER_LEN,
+    call_unary_response, decode_envelope_length, decode_frame_header, decode_rpc_error, decode_split_unary_envelope,
+    encode_frame_header, persistent_connection_request as request, split_unary_envelope, CallUnaryRequest,
+    CallUnaryResponse, EnvelopeSplit, PersistentConnectionRequest, FRAME_ERROR, FRAME_HEADER_LEN, SPLIT_MIN_BODY,
 };
 
 /// The length of a unary call ID (a UUID).
@@ -77,7 +78,7 @@ pub async fn read_frame_rest<R: AsyncRead + Unpin>(reader: &mut R, marker: u8, m
     header[0] = marker;
     reader.read_exact(&mut header[1..]).await.map_err(io_error)?;
     let header = decode_frame_header(&header, max_len).map_err(|e| Error::new(ErrorKind::Protocol, e))?;
-    let mut payload = vec![0u8; header.len];
+    let mut payload = spare_buffers::for_reading(header.len);
     reader.read_exact(&mut payload).await.map_err(io_error)?;
     if header.marker == FRAME_ERROR {
         let text = decode_rpc_error(&payload).map_err(|e| Error::new(ErrorKind::Protocol, e))?;
@@ -91,7 +92,30 @@ pub async fn read_unary_envelope<R: AsyncRead + Unpin>(
     reader: &mut R,
     max_len: usize,
 ) -> Result<PersistentConnectionRequest> {
-    let body = read_length_prefixed(reader, max_len).await?;
+    let len = read_length_prefix(reader, max_len).await?;
+    let mut head = Vec::new();
+    if len >= SPLIT_MIN_BODY {
+        // A large call or reply: its data goes into a buffer of its own, whole and at its start.
+        loop {
+            match split_unary_envelope(&head, len) {
+                EnvelopeSplit::NeedMore(n) => {
+                    let at = head.len();
+                    head.resize(at + n, 0);
+                    reader.read_exact(&mut head[at..]).await.map_err(io_error)?;
+                }
+                EnvelopeSplit::Split(at) => {
+                    let mut data = spare_buffers::for_reading(at.data_len);
+                    reader.read_exact(&mut data).await.map_err(io_error)?;
+                    return decode_split_unary_envelope(&head, at, data.into())
+                        .map_err(|e| Error::new(ErrorKind::Protocol, e));
+                }
+                EnvelopeSplit::Whole => break,
+            }
+        }
+    }
+    let mut body = spare_buffers::for_reading(len);
+    body[..head.len()].copy_from_slice(&head);
+    reader.read_exact(&mut body[head.len()..]).await.map_err(io_error)?;
     // Decoded from `Bytes`, the data field is a view of `body` rather than two fresh copies.
     PersistentConnectionRequest::decode(Bytes::from(body))
         .map_err(|e| Error::new(ErrorKind::Protocol, format!("bad PersistentConnectionRequest: {e}")))
@@ -99,20 +123,25 @@ pub async fn read_unary_envelope<R: AsyncRead + Unpin>(
 
 /// Reads one `uvarint(len) ‖ body` message of at most `max_len` bytes, without reading past it.
 pub async fn read_length_prefixed<R: AsyncRead + Unpin>(reader: &mut R, max_len: usize) -> Result<Vec<u8>> {
+    let len = read_length_prefix(reader, max_len).await?;
+    let mut body = spare_buffers::for_reading(len);
+    reader.read_exact(&mut body).await.map_err(io_error)?;
+    Ok(body)
+}
+
+/// Reads a message's `uvarint` length prefix, refusing lengths over `max_len`.
+async fn read_length_prefix<R: AsyncRead + Unpin>(reader: &mut R, max_len: usize) -> Result<usize> {
     let mut prefix = Vec::with_capacity(10);
-    let len = loop {
+    loop {
         let mut byte = [0u8; 1];
         reader.read_exact(&mut byte).await.map_err(io_error)?;
         prefix.push(byte[0]);
         if let Some((len, _)) =
             decode_envelope_length(&prefix, max_len).map_err(|e| Error::new(ErrorKind::Protocol, e))?
         {
-            break len;
+            return Ok(len);
         }
-    };
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await.map_err(io_error)?;
-    Ok(body)
+    }
 }
 
 /// Reads the listener's header and its answer to our proposal of `name`.
@@ -351,6 +380,40 @@ mod tests {
         let mut split = Vec::new();
         let (_, data) = append_unary_envelope_head(error, &mut split);
         assert!(data.is_empty() && split == whole, "other messages go whole");
+    }
+
+    #[tokio::test]
+    async fn large_and_small_envelopes_read_back_without_reading_past_them() {
+        let peer = libp2p::PeerId::random();
+        let big: Vec<u8> = (0..SPLIT_MIN_BODY + 5).map(|i| (i % 251) as u8).collect();
+        let (call, _) = unary_call(&peer, "Test.echo", big.clone());
+        let (small, _) = unary_call(&peer, "Test.echo", vec![1, 2, 3]);
+        let mut error = unary_reply_error_envelope();
+        if let Some(request::Message::UnaryResponse(CallUnaryResponse { result: Some(result) })) = &mut error.message {
+            *result = call_unary_response::Result::Error(big.clone());
+        }
+        for message in [call, small, error] {
+            let mut bytes = Vec::new();
+            append_unary_envelope(&message, &mut bytes);
+            bytes.extend_from_slice(b"next");
+            let mut reader = feed(&bytes, false);
+            assert_eq!(read_unary_envelope(&mut reader, 1 << 20).await.unwrap(), message);
+            let mut rest = Vec::new();
+            reader.read_to_end(&mut rest).await.unwrap();
+            assert_eq!(rest, b"next");
+        }
+        // A large call's request arrives whole and unshared, ready to hand over without a copy.
+        let (call, _) = unary_call(&peer, "Test.echo", big.clone());
+        let mut bytes = Vec::new();
+        append_unary_envelope(&call, &mut bytes);
+        let read = read_unary_envelope(&mut feed(&bytes, false), 1 << 20).await.unwrap();
+        let Some(request::Message::CallUnary(CallUnaryRequest { data, .. })) = read.message else { panic!() };
+        let address = data.as_ptr();
+        let handed = into_vec(data);
+        assert_eq!((handed.as_ptr(), &handed), (address, &big));
+        // A body that ends early fails in its data.
+        let err = read_unary_envelope(&mut feed(&bytes[..bytes.len() - 1], false), 1 << 20).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
     }
 
     fn unary_reply_error_envelope() -> PersistentConnectionRequest {

@@ -36,6 +36,7 @@ mod outbound;
 mod rpc;
 #[cfg(feature = "native")]
 mod security;
+mod spare_buffers;
 #[cfg(feature = "native")]
 mod tls;
 #[cfg(feature = "native")]

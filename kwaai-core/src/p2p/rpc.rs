@@ -37,6 +37,7 @@ use super::framing::{
 use super::host::Command;
 use super::multistream::dialer_proposal;
 use super::muxer::{Connections, RpcStream};
+use super::spare_buffers;
 use crate::error::{Error, ErrorKind, Result};
 use crate::wire::forward::FORWARD_PROTOCOL;
 use crate::wire::p2pd::{
@@ -265,6 +266,8 @@ impl Rpc {
         let mut stream = BufReader::new(stream);
         stream.write_all(&out).await.map_err(io_error)?;
         write_all(&mut stream, &data).await?;
+        // The reply, usually about as large, is read into the request's memory.
+        spare_buffers::recycle_bytes(data);
         route.read_answer(&mut stream, name).await?;
         let reply = read_unary_envelope(&mut stream, limits.max_unary_len).await?;
         let _ = stream.close().await;
@@ -323,6 +326,7 @@ impl Rpc {
                     )));
                 }
                 write_frame(&mut writer, FRAME_MESSAGE, &request).await?;
+                spare_buffers::recycle(request);
             }
             write_all(&mut writer, &END_OF_STREAM).await?;
             // Keep the write side open (a half-close cancels the call) until the call is dropped.
@@ -514,6 +518,7 @@ async fn serve_unary(
     // No flush before the close: the reply and the end of the stream leave in one write.
     stream.write_all(&out).await.map_err(io_error)?;
     stream.write_all(&data).await.map_err(io_error)?;
+    spare_buffers::recycle_bytes(data);
     let _ = stream.close().await;
     Ok(())
 }
@@ -563,7 +568,8 @@ async fn serve_stream(peer: PeerId, mut stream: RpcStream, handler: Arc<StreamFn
         while let Some(reply) = replies.next().await {
             match reply {
                 Ok(bytes) if bytes.len() <= limits.max_frame_len => {
-                    write_frame(&mut writer, FRAME_MESSAGE, &bytes).await?
+                    write_frame(&mut writer, FRAME_MESSAGE, &bytes).await?;
+                    spare_buffers::recycle(bytes);
                 }
                 Ok(bytes) => {
                     let text = format!("reply of {} bytes exceeds the limit of {}", bytes.len(), limits.max_frame_len);

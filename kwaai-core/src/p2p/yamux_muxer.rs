@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::future;
 use futures::{AsyncRead, AsyncWrite};
 use libp2p::core::muxing::{StreamMuxer, StreamMuxerEvent};
@@ -54,6 +54,8 @@ const MAX_DATA_FRAME: usize = super::noise::MAX_PLAINTEXT - HEADER_LEN;
 const MAX_STREAMS: usize = 512;
 /// Inbound streams held while the swarm has not taken them yet; more are reset.
 const MAX_BUFFERED_INBOUND: usize = 256;
+/// The largest receive buffer a connection keeps for its next stream.
+const MAX_SPARE_RECV: usize = 1 << 20;
 /// Unsent bytes a writer may queue before it waits for the socket.
 const MAX_QUEUED: usize = 128 << 10;
 /// Unsent bytes after which a peer that sends but does not read (pings, say) loses the connection.
@@ -173,6 +175,9 @@ struct Inner<C> {
     flush_waker: Arc<FlushWaker>,
     /// Tasks to wake once the connection task lets go of the lock (so that they do not wait for it).
     woken: Vec<Waker>,
+    /// The receive buffer of a stream that ended, for the next stream to start warm: a fresh one
+    /// grows by reallocating into memory the system has yet to fault in.
+    spare_recv: Option<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -236,6 +241,28 @@ impl<C> Inner<C> {
         self.out.extend_from_slice(&length.to_be_bytes());
     }
 
+    /// Adds stream `id` with the window it gets, reusing a spare receive buffer.
+    fn add_stream(&mut self, id: u32, ack_due: bool) -> u32 {
+        let window = self.grant();
+        // (Through `Bytes`, which takes over the `Vec`'s memory: `BytesMut` has no such `From`.)
+        let recv = self.spare_recv.take().map(|spare| BytesMut::from(Bytes::from(spare))).unwrap_or_default();
+        self.streams.insert(id, StreamState { recv, ack_due, ..StreamState::new(window) });
+        window
+    }
+
+    /// Forgets stream `id`, keeping its receive buffer as the spare if that is the larger.
+    fn remove_stream(&mut self, id: u32) -> Option<StreamState> {
+        let mut stream = self.streams.remove(&id)?;
+        // As a `Vec`, whose capacity counts the bytes already read too.
+        let mut recv = Vec::from(std::mem::take(&mut stream.recv));
+        let spare = self.spare_recv.as_ref().map_or(0, Vec::capacity);
+        if recv.capacity() > spare && recv.capacity() <= MAX_SPARE_RECV {
+            recv.clear();
+            self.spare_recv = Some(recv);
+        }
+        Some(stream)
+    }
+
     /// The window to grant a new stream.
     fn grant(&self) -> u32 {
         if self.streams.len() < LARGE_WINDOW_STREAMS {
@@ -288,7 +315,7 @@ impl<C> Inner<C> {
     /// Resets stream `id` towards the peer and forgets it.
     fn reset(&mut self, id: u32) {
         self.push_frame(TYPE_WINDOW_UPDATE, RST, id, 0);
-        if let Some(mut stream) = self.streams.remove(&id) {
+        if let Some(mut stream) = self.remove_stream(id) {
             stream.defer_wake(&mut self.woken);
         }
     }
@@ -373,6 +400,7 @@ impl<C> YamuxMuxer<C> {
             go_away: false,
             flush_waker: Arc::default(),
             woken: Vec::new(),
+            spare_recv: None,
         };
         YamuxMuxer {
             shared: Arc::new(Mutex::new(inner)),
@@ -544,8 +572,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
                 inner.push_frame(TYPE_WINDOW_UPDATE, RST, id, 0);
                 return Ok(());
             }
-            let state = StreamState { ack_due: true, ..StreamState::new(inner.grant()) };
-            inner.streams.insert(id, state);
+            inner.add_stream(id, true);
             inner.inbound.push_back(id);
             inner.woken.extend(inner.inbound_waker.take());
         }
@@ -571,7 +598,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
         }
         stream.defer_wake(&mut inner.woken);
         if stream.dropped && (reset || stream.local_closed) {
-            inner.streams.remove(&id);
+            inner.remove_stream(id);
         }
     }
 }
@@ -608,8 +635,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> StreamMuxer for YamuxMuxer<C> {
         }
         let id = inner.next_id;
         inner.next_id = id.checked_add(2).ok_or_else(|| io::Error::other("yamux stream IDs are used up"))?;
-        let window = inner.grant();
-        inner.streams.insert(id, StreamState::new(window));
+        let window = inner.add_stream(id, false);
         // The SYN goes out with the stream's first flush.
         inner.push_frame(TYPE_WINDOW_UPDATE, SYN, id, window - DEFAULT_WINDOW);
         Poll::Ready(Ok(YamuxStream { id, shared: this.shared.clone() }))
@@ -759,7 +785,7 @@ impl<C> Drop for YamuxStream<C> {
         let mut inner = lock(&self.shared);
         let Some(stream) = inner.streams.get_mut(&self.id) else { return };
         if stream.reset || (stream.local_closed && stream.remote_closed) {
-            inner.streams.remove(&self.id);
+            inner.remove_stream(self.id);
         } else if !stream.local_closed {
             // Abandoned mid-way: tell the peer (a hivemind call is cancelled this way).
             inner.reset(self.id);
@@ -976,6 +1002,34 @@ mod tests {
         assert_eq!(h.sent(), vec![ack, (TYPE_DATA, 0, 1, 3, b"bye".to_vec()), (TYPE_WINDOW_UPDATE, FIN, 1, 0, vec![])]);
         drop(stream);
         assert!(lock(&h.muxer.shared).streams.is_empty(), "closed both ways and dropped: forgotten");
+    }
+
+    #[test]
+    fn a_stream_that_ended_leaves_its_receive_buffer_to_the_next() {
+        let payload = vec![3u8; 100_000];
+        let mut input = data(SYN, 1, &payload);
+        input.extend(data(FIN, 1, b""));
+        let mut h = Harness::new(input, false);
+        h.poll().unwrap();
+        let mut first = h.inbound().unwrap();
+        while let Poll::Ready(Ok(bytes)) = read(&mut first) {
+            if bytes.is_empty() {
+                break;
+            }
+        }
+        assert!(matches!(Pin::new(&mut first).poll_close(&mut noop()), Poll::Ready(Ok(()))));
+        drop(first);
+        let grown = lock(&h.muxer.shared).spare_recv.as_ref().map_or(0, Vec::capacity);
+        assert!(grown >= payload.len(), "{grown}");
+        // The next stream starts with it, empty.
+        h.feed(&data(SYN, 3, b"next"));
+        h.poll().unwrap();
+        let mut second = h.inbound().unwrap();
+        let inner = lock(&h.muxer.shared);
+        assert!(inner.spare_recv.is_none());
+        assert!(inner.streams[&3].recv.capacity() >= grown);
+        drop(inner);
+        assert!(matches!(read(&mut second), Poll::Ready(Ok(bytes)) if bytes == b"next"));
     }
 
     #[test]

@@ -173,6 +173,162 @@ pub fn decode_unary_envelope(
     Ok(Some((message, prefix + len)))
 }
 
+/// Unary envelope bodies from this size on are worth reading as a head and then their data
+/// ([`split_unary_envelope`]); smaller ones are read whole.
+pub const SPLIT_MIN_BODY: usize = 64 << 10;
+/// The most head bytes [`split_unary_envelope`] looks at.
+const MAX_SPLIT_HEAD: usize = 1024;
+/// Tags of `PersistentConnectionRequest`'s `message` oneof.
+const ONEOF_TAGS: [u64; 5] = [2, 3, 4, 5, 6];
+const CALL_UNARY_TAG: u64 = 3;
+const UNARY_RESPONSE_TAG: u64 = 4;
+
+/// What [`split_unary_envelope`] makes of the start of an envelope body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvelopeSplit {
+    /// At least this many more head bytes are needed to tell.
+    NeedMore(usize),
+    /// The body is a head, then the call's or the reply's data up to the body's end.
+    Split(EnvelopeHead),
+    /// Any other layout: the body is to be read and decoded whole.
+    Whole,
+}
+
+/// Where a unary envelope's head ends and what it holds, from [`split_unary_envelope`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvelopeHead {
+    /// The fields before the nested message end here.
+    outer_end: usize,
+    /// The nested message's tag: `callUnary` or `unaryResponse`.
+    tag: u64,
+    /// The nested message's fields before the data field span `nested_start..nested_end`.
+    nested_start: usize,
+    nested_end: usize,
+    /// Bytes before the data.
+    pub head_len: usize,
+    /// Bytes of data, which end the body.
+    pub data_len: usize,
+}
+
+/// Finds, in `head` (the first bytes of a unary envelope body of `body_len` bytes), where the
+/// call's request data or the reply's data starts when the body ends with it, as p2pd and kwaai
+/// encode envelopes. Reading the data then into a buffer of its own spares a copy of a megabyte
+/// to the front of the body. Layouts this does not recognise, which protobuf also allows (a field
+/// repeated, another wire type, a reply's error), are `Whole`; a split decodes
+/// ([`decode_split_unary_envelope`]) to what the whole body decodes to.
+pub fn split_unary_envelope(head: &[u8], body_len: usize) -> EnvelopeSplit {
+    // The nested message's tag and where its key and payload start, once found.
+    let mut nested: Option<(u64, usize, usize)> = None;
+    let mut pos = 0;
+    loop {
+        if pos >= body_len.min(MAX_SPLIT_HEAD) {
+            return EnvelopeSplit::Whole;
+        }
+        let (key, key_len) = match leading_varint(&head[pos..]) {
+            Err(()) => return EnvelopeSplit::Whole,
+            Ok(None) => return EnvelopeSplit::NeedMore(1),
+            Ok(Some(key)) => key,
+        };
+        let field = key >> 3;
+        // Only length-delimited fields with valid keys; anything else is left to the full decoder.
+        if key > u64::from(u32::MAX) || field == 0 || key & 7 != 2 {
+            return EnvelopeSplit::Whole;
+        }
+        let len_at = pos + key_len;
+        if len_at >= body_len.min(MAX_SPLIT_HEAD) {
+            return EnvelopeSplit::Whole;
+        }
+        let (len, len_len) = match leading_varint(&head[len_at..]) {
+            Err(()) => return EnvelopeSplit::Whole,
+            Ok(None) => return EnvelopeSplit::NeedMore(1),
+            Ok(Some(len)) => len,
+        };
+        let start = len_at + len_len;
+        if len > (body_len - start.min(body_len)) as u64 {
+            return EnvelopeSplit::Whole;
+        }
+        let end = start + len as usize;
+        match nested {
+            None if field == CALL_UNARY_TAG || field == UNARY_RESPONSE_TAG => {
+                if end != body_len {
+                    return EnvelopeSplit::Whole;
+                }
+                nested = Some((field, pos, start));
+                pos = start;
+                continue;
+            }
+            None if ONEOF_TAGS.contains(&field) => return EnvelopeSplit::Whole,
+            None => {}
+            Some((tag, outer_end, nested_start)) => {
+                let data_field = if tag == CALL_UNARY_TAG { 3 } else { 1 };
+                if field == data_field && end == body_len {
+                    let at = EnvelopeHead {
+                        outer_end,
+                        tag,
+                        nested_start,
+                        nested_end: pos,
+                        head_len: start,
+                        data_len: len as usize,
+                    };
+                    return EnvelopeSplit::Split(at);
+                }
+                // An earlier data field, or a reply's error.
+                if field == data_field || tag == UNARY_RESPONSE_TAG {
+                    return EnvelopeSplit::Whole;
+                }
+            }
+        }
+        // A field before the nested message or before the data: wholly in the head.
+        if end > MAX_SPLIT_HEAD {
+            return EnvelopeSplit::Whole;
+        }
+        if head.len() < end {
+            return EnvelopeSplit::NeedMore(end - head.len());
+        }
+        pos = end;
+    }
+}
+
+/// The envelope whose body is `head` (as [`split_unary_envelope`] found it to be `at`) followed
+/// by `data`.
+pub fn decode_split_unary_envelope(
+    head: &[u8],
+    at: EnvelopeHead,
+    data: bytes::Bytes,
+) -> Result<PersistentConnectionRequest, String> {
+    let bad = |e: prost::DecodeError| format!("bad PersistentConnectionRequest: {e}");
+    let mut envelope = PersistentConnectionRequest::decode(&head[..at.outer_end]).map_err(bad)?;
+    let nested = &head[at.nested_start..at.nested_end];
+    envelope.message = Some(if at.tag == CALL_UNARY_TAG {
+        let call = CallUnaryRequest::decode(nested).map_err(bad)?;
+        persistent_connection_request::Message::CallUnary(CallUnaryRequest { data, ..call })
+    } else {
+        CallUnaryResponse::decode(nested).map_err(bad)?;
+        let result = Some(call_unary_response::Result::Response(data));
+        persistent_connection_request::Message::UnaryResponse(CallUnaryResponse { result })
+    });
+    Ok(envelope)
+}
+
+/// The protobuf varint at the start of `buf` and its length: `Ok(None)` if `buf` ends inside it,
+/// `Err` where prost refuses it (over 10 bytes, or over 64 bits).
+fn leading_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, ()> {
+    let mut value = 0u64;
+    for (i, &byte) in buf.iter().take(10).enumerate() {
+        if i == 9 && byte > 1 {
+            return Err(());
+        }
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok(Some((value, i + 1)));
+        }
+    }
+    if buf.len() >= 10 {
+        return Err(());
+    }
+    Ok(None)
+}
+
 /// Decodes the uvarint length prefix of a unary envelope: `Ok(None)` if incomplete, else the body
 /// length and the prefix length. Refuses lengths over `max_len` and varints over 10 bytes.
 pub fn decode_envelope_length(buf: &[u8], max_len: usize) -> Result<Option<(usize, usize)>, String> {
@@ -262,5 +418,101 @@ mod tests {
         let e = RpcError { message: Some("bad".into()) };
         assert_eq!(e.encode_to_vec(), vec![0x0a, 0x03, b'b', b'a', b'd']);
         assert_eq!(RpcError::decode(&e.encode_to_vec()[..]).unwrap(), e);
+    }
+
+    /// Splits `body` as a reader would, asking only for the head bytes the splitter wants, and
+    /// checks that a split decodes to what the whole body decodes to; returns the split.
+    fn split_as_read(body: &[u8]) -> Option<EnvelopeHead> {
+        let mut have = 0;
+        loop {
+            match split_unary_envelope(&body[..have], body.len()) {
+                EnvelopeSplit::NeedMore(n) => {
+                    assert!(n > 0 && have + n <= body.len().min(MAX_SPLIT_HEAD), "asks for {n} past {have}");
+                    have += n;
+                }
+                EnvelopeSplit::Whole => return None,
+                EnvelopeSplit::Split(at) => {
+                    assert_eq!(at.head_len, have, "the head is what was asked for");
+                    assert_eq!(at.head_len + at.data_len, body.len());
+                    let data = bytes::Bytes::copy_from_slice(&body[at.head_len..]);
+                    let split = decode_split_unary_envelope(&body[..at.head_len], at, data);
+                    let whole = PersistentConnectionRequest::decode(body);
+                    assert_eq!(split.ok(), whole.ok(), "split and whole decode differ");
+                    return Some(at);
+                }
+            }
+        }
+    }
+
+    fn call(data: Vec<u8>) -> PersistentConnectionRequest {
+        PersistentConnectionRequest {
+            call_id: vec![5; 16],
+            message: Some(Kind::CallUnary(CallUnaryRequest {
+                peer: vec![0x12; 38],
+                proto: "ConnectionHandler.rpc_forward".into(),
+                data: data.into(),
+            })),
+        }
+    }
+
+    fn reply(result: call_unary_response::Result) -> PersistentConnectionRequest {
+        PersistentConnectionRequest {
+            call_id: vec![6; 16],
+            message: Some(Kind::UnaryResponse(CallUnaryResponse { result: Some(result) })),
+        }
+    }
+
+    #[test]
+    fn large_calls_and_replies_split_before_their_data() {
+        let data: Vec<u8> = (0..SPLIT_MIN_BODY + 3).map(|i| i as u8).collect();
+        let response = call_unary_response::Result::Response(data.clone().into());
+        for message in [call(data.clone()), reply(response)] {
+            let body = message.encode_to_vec();
+            let at = split_as_read(&body).expect("split");
+            assert_eq!(at.data_len, data.len());
+            let decoded = decode_split_unary_envelope(&body[..at.head_len], at, data.clone().into()).unwrap();
+            assert_eq!(decoded, message);
+        }
+        // Small data splits too (the reader only asks from SPLIT_MIN_BODY on).
+        assert!(split_as_read(&call(vec![1, 2, 3]).encode_to_vec()).is_some());
+    }
+
+    #[test]
+    fn other_layouts_are_left_to_the_whole_decoder() {
+        let data = vec![9u8; 300];
+        // An error reply.
+        assert_eq!(split_as_read(&reply(call_unary_response::Result::Error(data.clone())).encode_to_vec()), None);
+        // Bytes after the message.
+        let mut trailing = call(data.clone()).encode_to_vec();
+        trailing.extend([0x0a, 0x00]);
+        assert_eq!(split_as_read(&trailing), None);
+        // The data field twice: the last one wins, which the whole decoder knows.
+        let mut body = vec![0x0a, 0x00, 0x1a, 0x08, 0x1a, 0x01, 0xaa, 0x1a, 0x03, 1, 2, 3];
+        assert_eq!(split_as_read(&body), None);
+        // The nested message after another member of the oneof.
+        body = vec![0x2a, 0x00, 0x1a, 0x03, 0x1a, 0x01, 7];
+        assert_eq!(split_as_read(&body), None);
+        // A varint field, a bad key, a varint over 64 bits, a length past the end.
+        for bad in [
+            &[0x08, 0x01, 0x1a, 0x00][..],
+            &[0x02, 0x00],
+            &[0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
+            &[0x1a, 0x05, 0x1a, 0x01],
+        ] {
+            assert_eq!(split_as_read(bad), None, "{bad:02x?}");
+        }
+        // A head too long to look through.
+        let mut long = vec![0x0a, 0x80, 0x10];
+        long.extend(vec![0u8; 2048]);
+        long.extend([0x22, 0x02, 0x0a, 0x00]);
+        assert_eq!(split_as_read(&long), None);
+    }
+
+    #[test]
+    fn unknown_fields_before_the_data_still_split() {
+        // An unknown length-delimited field (15) before the nested message and inside a call.
+        let body = [0x7a, 0x01, 0xee, 0x0a, 0x01, 0x07, 0x1a, 0x05, 0x7a, 0x00, 0x1a, 0x01, 0x42];
+        let at = split_as_read(&body).expect("split");
+        assert_eq!((at.head_len, at.data_len), (12, 1));
     }
 }
