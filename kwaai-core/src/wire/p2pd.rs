@@ -221,12 +221,15 @@ pub fn split_unary_envelope(head: &[u8], body_len: usize) -> EnvelopeSplit {
     let mut nested: Option<(u64, usize, usize)> = None;
     let mut pos = 0;
     loop {
-        if pos >= body_len.min(MAX_SPLIT_HEAD) {
+        let limit = body_len.min(MAX_SPLIT_HEAD);
+        if pos >= limit {
             return EnvelopeSplit::Whole;
         }
+        // A varint the head ends in needs another byte, if the body and our limit have one.
+        let one_more = || if head.len() < limit { EnvelopeSplit::NeedMore(1) } else { EnvelopeSplit::Whole };
         let (key, key_len) = match leading_varint(&head[pos..]) {
             Err(()) => return EnvelopeSplit::Whole,
-            Ok(None) => return EnvelopeSplit::NeedMore(1),
+            Ok(None) => return one_more(),
             Ok(Some(key)) => key,
         };
         let field = key >> 3;
@@ -235,12 +238,12 @@ pub fn split_unary_envelope(head: &[u8], body_len: usize) -> EnvelopeSplit {
             return EnvelopeSplit::Whole;
         }
         let len_at = pos + key_len;
-        if len_at >= body_len.min(MAX_SPLIT_HEAD) {
+        if len_at >= limit {
             return EnvelopeSplit::Whole;
         }
         let (len, len_len) = match leading_varint(&head[len_at..]) {
             Err(()) => return EnvelopeSplit::Whole,
-            Ok(None) => return EnvelopeSplit::NeedMore(1),
+            Ok(None) => return one_more(),
             Ok(Some(len)) => len,
         };
         let start = len_at + len_len;
@@ -501,6 +504,9 @@ mod tests {
         ] {
             assert_eq!(split_as_read(bad), None, "{bad:02x?}");
         }
+        // A varint cut short by the end of the body.
+        assert_eq!(split_as_read(&[0x0a, 0x01, 0x00, 0xff, 0xff]), None);
+        assert_eq!(split_as_read(&[0x0a, 0x01, 0x00, 0x1a, 0xff]), None);
         // A head too long to look through.
         let mut long = vec![0x0a, 0x80, 0x10];
         long.extend(vec![0u8; 2048]);
