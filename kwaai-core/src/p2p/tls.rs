@@ -551,7 +551,9 @@ mod tests {
 
     #[test]
     fn records_cross_intact_through_small_reads_key_updates_and_close() {
-        for max_read in [usize::MAX, 1000] {
+        // Reads of 3 bytes open every record where it lies; of 64 KiB, straight into the reader's
+        // buffer; of 777 bytes, some each way.
+        for (max_read, read_len) in [(usize::MAX, 777), (1000, 777), (usize::MAX, 3), (usize::MAX, 1 << 16)] {
             let (mut dialer, mut listener) = pipe_pair(max_read);
             let large: Vec<u8> = (0..3 * MAX_RECORD_PLAINTEXT + 12345).map(|i| (i * 31 % 251) as u8).collect();
             now(dialer.write_all(&large)).unwrap();
@@ -562,12 +564,14 @@ mod tests {
             }
             now(dialer.close()).unwrap();
             let mut got = Vec::new();
-            let mut small = [0u8; 777];
-            while got.len() < MAX_RECORD_PLAINTEXT {
-                let n = now(listener.read(&mut small)).unwrap();
-                got.extend_from_slice(&small[..n]);
+            let mut chunk = vec![0u8; read_len];
+            loop {
+                let n = now(listener.read(&mut chunk)).unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&chunk[..n]);
             }
-            now(listener.read_to_end(&mut got)).unwrap();
             assert!(got[..large.len()] == large[..], "bytes changed on the way");
             assert_eq!(&got[large.len()..], b"abcdefg");
             // The listener owes a key update, sent before its reply.

@@ -1,9 +1,10 @@
 //! TLS 1.3's record layer (RFC 8446 §5), ours, on the traffic keys of a handshake rustls ran.
 //!
 //! rustls copies every received record's plaintext into a fresh buffer and every written byte into
-//! its own before encrypting. Here, as in our Noise, a socket read takes in as many records as have
-//! arrived, each is decrypted where it lies and copied once into the reader's buffer, and a write
-//! is sealed straight from the writer's buffer into the bytes that leave in one socket write.
+//! its own before encrypting. Here a socket read takes in as many records as have arrived, and each
+//! is decrypted straight into the reader's buffer (or, when the reader has less room than the record
+//! holds, where it lies, and copied from there); a write is sealed straight from the writer's buffer
+//! into the bytes that leave in one socket write.
 //!
 //! After the handshake only three kinds of record may come: application data, alerts (a
 //! `close_notify` ends the stream, any other alert is an error) and the post-handshake messages
@@ -196,18 +197,42 @@ impl<C> TlsStream<C> {
             .open_in_place(nonce, Aad::from(&*header), body)
             .map_err(|_| invalid("a record failed to decrypt"))?;
         self.in_start += len;
-        // The content type is the last non-zero byte; zeros after it are padding.
-        let Some(type_at) = inner.iter().rposition(|&b| b != 0) else {
-            return Err(invalid("a record without a content type"));
-        };
-        if type_at > MAX_PLAINTEXT {
-            return Err(invalid("a record over 16 KiB of plaintext"));
+        let (content_type, content_len) = inner_content(inner)?;
+        let content = start + HEADER_LEN..start + HEADER_LEN + content_len;
+        if content_type == APPLICATION_DATA {
+            (self.plain_start, self.plain_end) = (content.start, content.end);
+            return Ok(());
         }
-        let content_type = inner[type_at];
-        let content = start + HEADER_LEN..start + HEADER_LEN + type_at;
+        let content = self.inbound[content].to_vec();
+        self.on_control(content_type, &content)
+    }
+
+    /// Opens the next record (`len` bytes, all buffered) straight into `out`, which has room for
+    /// all of its inner plaintext, and returns how many bytes of data it put there: the copy out of
+    /// our buffer that [`TlsStream::open`] leads to is spared.
+    fn open_into(&mut self, len: usize, out: &mut [u8]) -> io::Result<usize> {
+        let start = self.in_start;
+        let (header, body) = self.inbound[start..start + len].split_at(HEADER_LEN);
+        let (ciphertext, tag) = body.split_at(body.len() - TAG_LEN);
+        let out = &mut out[..ciphertext.len()];
+        let nonce = self.rx.next_nonce();
+        self.rx
+            .key
+            .open_separate_gather(nonce, Aad::from(header), ciphertext, tag, out)
+            .map_err(|_| invalid("a record failed to decrypt"))?;
+        self.in_start += len;
+        let (content_type, content_len) = inner_content(out)?;
+        if content_type == APPLICATION_DATA {
+            return Ok(content_len);
+        }
+        self.on_control(content_type, &out[..content_len])?;
+        Ok(0)
+    }
+
+    /// Handles a record that is not application data: an alert or handshake messages.
+    fn on_control(&mut self, content_type: u8, content: &[u8]) -> io::Result<()> {
         match content_type {
-            APPLICATION_DATA => (self.plain_start, self.plain_end) = (content.start, content.end),
-            ALERT => match self.inbound[content] {
+            ALERT => match content {
                 [_, 0] => self.read_closed = true,
                 [_, description] => return Err(invalid(format!("the peer sent alert {description}"))),
                 _ => return Err(invalid("a malformed alert")),
@@ -218,11 +243,11 @@ impl<C> TlsStream<C> {
         Ok(())
     }
 
-    /// Handles the whole handshake messages in `inbound[range]`.
-    fn on_handshake(&mut self, range: std::ops::Range<usize>) -> io::Result<()> {
-        let mut at = range.start;
-        while at < range.end {
-            let m = &self.inbound[at..range.end];
+    /// Handles the whole handshake messages in `messages`.
+    fn on_handshake(&mut self, messages: &[u8]) -> io::Result<()> {
+        let mut at = 0;
+        while at < messages.len() {
+            let m = &messages[at..];
             let len = match m {
                 [_, a, b, c, ..] => usize::from(*a) << 16 | usize::from(*b) << 8 | usize::from(*c),
                 _ => return Err(invalid("a handshake message split across records")),
@@ -252,16 +277,13 @@ impl<C> TlsStream<C> {
         let record = &mut self.outbound.spare()[..HEADER_LEN + body_len];
         record[..HEADER_LEN].copy_from_slice(&[APPLICATION_DATA, 3, 3, (body_len >> 8) as u8, body_len as u8]);
         let (header, body) = record.split_at_mut(HEADER_LEN);
-        body[..data.len()].copy_from_slice(data);
-        body[data.len()] = content_type;
-        let (inner, tag) = body.split_at_mut(data.len() + 1);
+        // Encrypted from the writer's buffer into the record: the data is not copied first.
+        let (ciphertext, type_and_tag) = body.split_at_mut(data.len());
         let nonce = self.tx.next_nonce();
-        let sealed = self
-            .tx
+        self.tx
             .key
-            .seal_in_place_separate_tag(nonce, Aad::from(&*header), inner)
+            .seal_out_of_place_scatter(nonce, Aad::from(&*header), data, ciphertext, &[content_type], type_and_tag)
             .map_err(|_| invalid("sealing"))?;
-        tag.copy_from_slice(sealed.as_ref());
         self.outbound.commit(HEADER_LEN + body_len);
         Ok(())
     }
@@ -281,6 +303,18 @@ impl<C> TlsStream<C> {
     pub(crate) fn has_room(&self) -> bool {
         self.outbound.room() >= 2 * MAX_SEALED
     }
+}
+
+/// A record's inner plaintext (RFC 8446 §5.2): its content type, the last non-zero byte (zeros
+/// after it are padding), and the length of the content before it.
+fn inner_content(inner: &[u8]) -> io::Result<(u8, usize)> {
+    let Some(type_at) = inner.iter().rposition(|&b| b != 0) else {
+        return Err(invalid("a record without a content type"));
+    };
+    if type_at > MAX_PLAINTEXT {
+        return Err(invalid("a record over 16 KiB of plaintext"));
+    }
+    Ok((inner[type_at], type_at))
 }
 
 impl<C: AsyncRead + Unpin> AsyncRead for TlsStream<C> {
@@ -306,7 +340,14 @@ impl<C: AsyncRead + Unpin> AsyncRead for TlsStream<C> {
                 return Poll::Ready(Ok(filled));
             }
             if let Some(len) = this.next_record()? {
-                this.open(len)?;
+                if buf.len() - filled >= len - HEADER_LEN - TAG_LEN {
+                    filled += this.open_into(len, &mut buf[filled..])?;
+                    if filled == buf.len() {
+                        return Poll::Ready(Ok(filled));
+                    }
+                } else {
+                    this.open(len)?;
+                }
                 continue;
             }
             if filled > 0 {
