@@ -253,11 +253,12 @@ impl<C> Inner<C> {
     /// Forgets stream `id`, keeping its receive buffer as the spare if that is the larger.
     fn remove_stream(&mut self, id: u32) -> Option<StreamState> {
         let mut stream = self.streams.remove(&id)?;
-        // As a `Vec`, whose capacity counts the bytes already read too.
-        let mut recv = Vec::from(std::mem::take(&mut stream.recv));
+        // Emptied first (so nothing unread is moved), then as a `Vec`, whose capacity counts the
+        // bytes already read too.
+        stream.recv.clear();
+        let recv = Vec::from(std::mem::take(&mut stream.recv));
         let spare = self.spare_recv.as_ref().map_or(0, Vec::capacity);
         if recv.capacity() > spare && recv.capacity() <= MAX_SPARE_RECV {
-            recv.clear();
             self.spare_recv = Some(recv);
         }
         Some(stream)
@@ -977,6 +978,18 @@ mod tests {
         Pin::new(stream).poll_read(&mut noop(), &mut buf).map_ok(|n| buf[..n].to_vec())
     }
 
+    /// Everything readable now, up to the peer's FIN (or until a read would wait or fails).
+    fn read_all(stream: &mut YamuxStream<MemorySocket>) -> Vec<u8> {
+        let mut got = Vec::new();
+        while let Poll::Ready(Ok(bytes)) = read(stream) {
+            if bytes.is_empty() {
+                break;
+            }
+            got.extend(bytes);
+        }
+        got
+    }
+
     #[test]
     fn an_inbound_stream_reads_to_its_fin_and_is_acknowledged_with_the_reply() {
         let mut input = data(SYN, 1, b"hello");
@@ -985,14 +998,7 @@ mod tests {
         h.poll().unwrap();
         let mut stream = h.inbound().expect("the peer's stream");
         assert!(h.sent().is_empty(), "the ACK waits for the stream's owner");
-        let mut got = Vec::new();
-        while let Poll::Ready(Ok(bytes)) = read(&mut stream) {
-            if bytes.is_empty() {
-                break;
-            }
-            got.extend(bytes);
-        }
-        assert_eq!(got, b"hello world", "the FIN takes effect after the payload it came with");
+        assert_eq!(read_all(&mut stream), b"hello world", "the FIN takes effect after the payload it came with");
         // Our reply and FIN leave in one flush.
         let mut s = Pin::new(&mut stream);
         assert!(matches!(s.as_mut().poll_write(&mut noop(), b"bye"), Poll::Ready(Ok(3))));
@@ -1012,11 +1018,7 @@ mod tests {
         let mut h = Harness::new(input, false);
         h.poll().unwrap();
         let mut first = h.inbound().unwrap();
-        while let Poll::Ready(Ok(bytes)) = read(&mut first) {
-            if bytes.is_empty() {
-                break;
-            }
-        }
+        assert_eq!(read_all(&mut first), payload);
         assert!(matches!(Pin::new(&mut first).poll_close(&mut noop()), Poll::Ready(Ok(()))));
         drop(first);
         let grown = lock(&h.muxer.shared).spare_recv.as_ref().map_or(0, Vec::capacity);
@@ -1059,11 +1061,7 @@ mod tests {
         let mut h = Harness::new(data(SYN | FIN, 1, b"done"), false);
         h.poll().unwrap();
         let mut stream = h.inbound().unwrap();
-        while let Poll::Ready(Ok(bytes)) = read(&mut stream) {
-            if bytes.is_empty() {
-                break;
-            }
-        }
+        assert_eq!(read_all(&mut stream), b"done");
         assert!(matches!(Pin::new(&mut stream).poll_close(&mut noop()), Poll::Ready(Ok(()))));
         drop(stream);
         assert!(h.sent().is_empty(), "the FIN waits for the connection's next write");
